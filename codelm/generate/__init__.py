@@ -1,0 +1,1 @@
+"""Generation stage: sampling, stop rules and the KV-cached decoding loop."""

@@ -1,0 +1,55 @@
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p.
+
+The defaults suit code: a low temperature (0.2) keeps completions on the likely
+path, and top-p 0.95 cuts the long tail of junk tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from codelm.errors import CodelmError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 0.2  # 0 means greedy
+    top_k: int = 0  # 0 means no top-k cut
+    top_p: float = 0.95  # nucleus mass kept, in (0, 1]
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise CodelmError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise CodelmError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise CodelmError(f"top-k must be >= 0, got {self.top_k}")
+        if self.max_new_tokens <= 0:
+            raise CodelmError(f"max new tokens must be positive, got {self.max_new_tokens}")
+
+
+def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Scale by temperature and mask tokens outside top-k / top-p with -inf. logits: (B, V)."""
+    logits = logits.float() / max(cfg.temperature, 1e-8)
+    if cfg.top_k > 0 and cfg.top_k < logits.size(-1):
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= cfg.top_p  # keep the token that crosses top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def sample(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """Next token ids (B,) from logits (B, V)."""
+    if cfg.temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, cfg).softmax(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)

@@ -1,0 +1,79 @@
+"""`ModelConfig`: the shape of the transformer, and the named presets.
+
+A preset is a plain dict of overrides, so `ModelConfig.from_preset("small",
+vocab_size=16384)` reads as what it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from codelm.errors import CodelmError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 8192
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256  # width; head size is n_embd // n_head
+    block_size: int = 512  # context length in tokens
+    # RoPE: relative positions generalise better than learned absolute ones and
+    # add no parameters (Su et al. 2021); "learned" is the GPT-2 choice.
+    pos: str = "rope"
+    rope_theta: float = 10000.0
+    # RMSNorm is as good as LayerNorm at lower cost (Zhang & Sennrich 2019).
+    norm: str = "rmsnorm"  # or "layernorm"
+    # SwiGLU beats GELU at equal parameters (Shazeer 2020); hidden is 8/3 wide to match.
+    mlp: str = "swiglu"  # or "gelu"
+    # Tied input/output embeddings save vocab*width parameters, a large share of a small model.
+    tie_embeddings: bool = True
+    dropout: float = 0.0  # short CPU runs never see a token twice, so regularisation only hurts
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise CodelmError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise CodelmError("RoPE needs an even head size")
+        for name, value, allowed in [
+            ("pos", self.pos, ("rope", "learned")),
+            ("norm", self.norm, ("rmsnorm", "layernorm")),
+            ("mlp", self.mlp, ("swiglu", "gelu")),
+        ]:
+            if value not in allowed:
+                raise CodelmError(f"model {name} must be one of {allowed}, got {value!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        if self.mlp == "swiglu":  # 8/3 * width keeps the parameter count of a 4x GELU MLP
+            return 64 * ((8 * self.n_embd // 3 + 63) // 64)
+        return 4 * self.n_embd
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        if name not in PRESETS:
+            raise CodelmError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        return replace(cls(**PRESETS[name]), **overrides)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Fits the demo: about 5 minutes on 2 CPU cores gives it ~1M tokens.
+    "tiny": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),
+    # The size MEASURED.md benchmarks against transformers (6L/384).
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=512),
+    # About GPT-2 small (12L/768); meant for a GPU.
+    "base": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+}

@@ -1,0 +1,1 @@
+"""Training stage: token files, packed batches, the optimisation loop and its trace."""

@@ -1,0 +1,50 @@
+"""`TrainConfig`: how long and how hard to train. Saved beside every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from codelm.errors import CodelmError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "tiny"  # model preset, see codelm.model.config.PRESETS
+    vocab_size: int = 8192  # tokenizer size when the run trains its own tokenizer
+    seq_len: int = 0  # tokens per training sequence; 0 means the model's block_size
+    batch_size: int = 16  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-3  # peak learning rate; small models tolerate a high one
+    min_lr_ratio: float = 0.1  # cosine decays to lr * this
+    warmup_steps: int = 30  # short: a 5-minute run only has a few hundred steps
+    weight_decay: float = 0.1  # on matrices only, never on norms or embeddings' biases
+    beta1: float = 0.9
+    beta2: float = 0.95  # faster second-moment tracking; standard for LM training
+    grad_clip: float = 1.0
+    epochs: float = 1.0  # passes over the training tokens (fractions allowed)
+    max_steps: int = 0  # 0 means no step limit
+    max_minutes: float = 0.0  # wall-clock budget for the loop; 0 means none
+    evals: int = 8  # validation points spread evenly over the budget (the trace rows)
+    eval_sequences: int = 64  # validation sequences per evaluation
+    seed: int = 1337
+    dtype: str = "auto"  # auto (bf16 where the device supports it) | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 and self.max_steps <= 0 and self.max_minutes <= 0:
+            raise CodelmError("give a budget: epochs, max steps or max minutes must be positive")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise CodelmError("batch size and gradient accumulation must be at least 1")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise CodelmError(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise CodelmError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
