@@ -72,6 +72,32 @@ def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
+def train_step(
+    model: Transformer,
+    opt: torch.optim.Optimizer,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    grad_clip: float,
+    amp: torch.dtype | None,
+) -> float:
+    """One optimizer step over (inputs, targets) micro-batches; returns the mean loss.
+
+    Targets equal to -100 (padding, or the instruction part of a pair) carry no loss.
+    """
+    device = next(model.parameters()).device
+    total = 0.0
+    for x, y in micro_batches:
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+        (loss / len(micro_batches)).backward()
+        total += loss.item() / len(micro_batches)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return total
+
+
 @torch.no_grad()
 def evaluate(
     model: Transformer,
@@ -112,7 +138,12 @@ class Budget:
 
 
 def prepare(
-    data_dir: Path, run_dir: Path, cfg: TrainConfig, tokenizer: str | Path | None, console: Console
+    data_dir: Path,
+    run_dir: Path,
+    cfg: TrainConfig,
+    tokenizer: str | Path | None,
+    console: Console,
+    model_overrides: dict | None = None,
 ) -> tuple[CodeTokenizer, PackedWindows, PackedWindows, ModelConfig]:
     """Tokenizer, token files and model config for a new run; writes config.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +153,9 @@ def prepare(
         console.print(f"training a {cfg.vocab_size}-token tokenizer on {data_dir}/train.parquet")
         tok = train_tokenizer(iter_texts(data_dir, "train"), cfg.vocab_size)
     tok.save(run_dir / "tokenizer.json")
-    model_cfg = ModelConfig.from_preset(cfg.preset, vocab_size=tok.vocab_size)
+    model_cfg = ModelConfig.from_preset(
+        cfg.preset, **{**(model_overrides or {}), "vocab_size": tok.vocab_size}
+    )
     seq_len = cfg.seq_len or model_cfg.block_size
     if seq_len > model_cfg.block_size:
         raise CodelmError(f"seq_len {seq_len} exceeds the model's block_size {model_cfg.block_size}")
@@ -159,13 +192,17 @@ def train(
     cfg: TrainConfig,
     tokenizer: str | Path | None = None,
     console: Console | None = None,
+    model_overrides: dict | None = None,
 ) -> Trace:
-    """Train a model on DATA/ into RUN/ and return its trace."""
+    """Train a model on DATA/ into RUN/ and return its trace.
+
+    `model_overrides` change fields of the preset's ModelConfig (tests use 2-layer models).
+    """
     console = console or Console(stderr=True)
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     device = resolve_device(cfg.device)
     amp = autocast_dtype(device, cfg.dtype)
-    tok, train_w, val_w, model_cfg = prepare(data_dir, run_dir, cfg, tokenizer, console)
+    tok, train_w, val_w, model_cfg = prepare(data_dir, run_dir, cfg, tokenizer, console, model_overrides)
     torch.manual_seed(cfg.seed)
     model = Transformer(model_cfg).to(device)
     console.print(
@@ -192,7 +229,7 @@ def train(
             state["order"] = train_w.epoch_order(cfg.seed, state["epoch"])
         idx = state["order"][state["cursor"] : state["cursor"] + batch]
         state["cursor"] += batch
-        return (t.to(device) for t in train_w.get(idx))
+        return tuple(t.to(device) for t in train_w.get(idx))
 
     step, tokens, losses, next_eval = 0, 0, [], 1
     with _progress(console) as bar:
@@ -205,18 +242,9 @@ def train(
             lr = lr_at(step, progress, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss_acc = 0.0
-            for _ in range(cfg.grad_accum):
-                x, y = next_batch()
-                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    logits = model(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / cfg.grad_accum
-                loss.backward()
-                loss_acc += loss.item()
-                tokens += y.numel()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            micro = [next_batch() for _ in range(cfg.grad_accum)]
+            loss_acc = train_step(model, opt, micro, cfg.grad_clip, amp)
+            tokens += sum(y.numel() for _, y in micro)
             step += 1
             losses.append(loss_acc)
             trace.log_train(step, loss_acc)

@@ -1,0 +1,76 @@
+"""The whole pipeline on a tiny inline corpus: data -> tokenizer -> train -> generate -> CLI."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import pyarrow.parquet as pq
+
+from codelm.cli import main
+from codelm.data.build import build_dataset
+from codelm.demo import PROMPTS, DemoConfig, run_demo
+from codelm.generate.generator import best_of, complete, load_run
+from codelm.generate.sampling import SamplingConfig
+from codelm.tokenizer import train_tokenizer
+from codelm.train.batches import iter_texts
+from codelm.train.config import TrainConfig
+from codelm.train.loop import train
+from tests.conftest import TINY_MODEL
+
+
+def test_pipeline_end_to_end(tmp_path, corpus_dir, capsys):
+    data, run = tmp_path / "data", tmp_path / "run"
+    stats = build_dataset([str(corpus_dir)], data)
+    assert stats["train_documents"] > 0
+    paths = {
+        s: set(pq.read_table(data / f"{s}.parquet")["path"].to_pylist()) for s in ("train", "val", "test")
+    }
+    assert not (paths["train"] & paths["val"]) and not (paths["train"] & paths["test"])
+
+    tok = train_tokenizer(iter_texts(data, "train"), vocab_size=512)
+    tok.save(tmp_path / "tok" / "tokenizer.json")
+    cfg = TrainConfig(epochs=30, batch_size=8, lr=3e-3, warmup_steps=5, evals=4, seed=0)
+    trace = train(data, run, cfg, tokenizer=tmp_path / "tok", model_overrides=TINY_MODEL)
+    assert len(trace.rows) == 4
+    assert trace.rows[-1].val_loss < trace.rows[0].val_loss
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "trace.md", "curves.png"):
+        assert (run / name).is_file(), name
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [r.step for r in trace.rows]
+
+    model, tok = load_run(str(run))
+    best, _ = best_of(model, tok, "def add(a, b):", 4, SamplingConfig(max_new_tokens=48, seed=0))
+    assert best.stop_reason in {"end_of_text", "block_end", "length", "context_full"}
+
+    capsys.readouterr()
+    assert main(["generate", str(run), "def add(a, b):", "--max-new-tokens", "16", "--seed", "0"]) == 0
+    expected = complete(model, tok, "def add(a, b):", SamplingConfig(max_new_tokens=16, seed=0)).text
+    assert capsys.readouterr().out.rstrip("\n") == expected.rstrip("\n")
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "nope"), "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("codelm: error:") and "\n" not in err
+    assert main(["data", "build", str(tmp_path / "missing"), "--out", str(tmp_path / "d")]) == 2
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_runs_on_a_small_corpus(tmp_path, corpus_dir, capsys):
+    cfg = DemoConfig(out=str(tmp_path / "demo"), max_minutes=0.05, vocab_size=400, samples=2)
+    summary = run_demo(cfg, sources=(str(corpus_dir),))
+    out = capsys.readouterr().out
+    assert "Epoch" in out and "val loss" in out and "Run directory" in out
+    assert [c["prompt"] for c in summary["completions"]] == list(PROMPTS)
+    for c in summary["completions"]:
+        assert c["parses"] == _parses(c["prompt"] + c["completion"])
+        assert c["prompt"] + c["completion"] in out
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except SyntaxError:
+        return False
+    return True
