@@ -31,6 +31,7 @@ class DemoConfig:
     vocab_size: int = 8192
     preset: str = "tiny"
     samples: int = 8  # candidates per prompt; the most likely one that parses is shown
+    max_new_tokens: int = 128  # a demo function body fits; a runaway one stops here
     seed: int = 1337
 
 
@@ -76,7 +77,9 @@ def run_demo(
     model, tok = load_run(str(run))
     summary["completions"] = []
     for prompt in PROMPTS:
-        best, dropped = best_of(model, tok, prompt, cfg.samples, SamplingConfig(seed=cfg.seed))
+        best, dropped = best_of(
+            model, tok, prompt, cfg.samples, SamplingConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        )
         ok = parses(prompt + best.text)
         summary["completions"].append(
             {
@@ -90,7 +93,7 @@ def run_demo(
             f"{prompt}  [dim](stop: {best.stop_reason}; {dropped}/{cfg.samples} samples "
             f"did not parse{'' if ok else '; none parsed'})[/dim]"
         )
-        out.print(prompt + best.text, markup=False, highlight=False)
+        out.print(prompt + best.text, markup=False, highlight=False, soft_wrap=True)
     out.rule()
     out.print(f"Run directory: {run.resolve()}")
     out.print("Next, try:")

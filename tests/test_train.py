@@ -3,6 +3,7 @@ the schedule warms up and decays, the trace's observations follow the numbers.""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from codelm.model import ModelConfig, Transformer
@@ -67,3 +68,181 @@ def test_observations_are_derived_from_the_numbers():
     assert observe(rows, _row(2.5, 2.5)) == "loss falling"
     assert observe(rows, _row(2.5, 3.2)) == "validation rising: overfitting"
     assert observe(rows, _row(3.0, 3.01)) == "plateau"
+
+
+# --- batches: masks and FIM, token by token ---------------------------------------------------
+
+
+def _ids(tok, text):
+    return tok.encode(text)
+
+
+def test_pair_mask_counts_only_the_code_and_the_end_token(tokenizer):
+    import numpy as np
+
+    from codelm.train.batches import assemble, document_layout
+
+    row = {
+        "kind": "pair",
+        "text": "x",
+        "prompt": "Add two numbers.",
+        "completion": "def add(a, b):\n    return a + b\n",
+    }
+    lay = document_layout(row, np.random.default_rng(0), fim_rate=1.0)  # pairs never get FIM
+    ids, mask = assemble(lay, [_ids(tokenizer, p) for p in lay.pieces], tokenizer)
+    s = tokenizer.special
+    prompt, code = _ids(tokenizer, row["prompt"]), _ids(tokenizer, row["completion"])
+    assert ids == [s["<|instruction|>"], *prompt, s["<|code|>"], *code, s["<|endoftext|>"]]
+    assert mask == [0] * (len(prompt) + 2) + [1] * (len(code) + 1)
+
+
+def test_fim_layouts_token_by_token(tokenizer):
+    import numpy as np
+
+    from codelm.train.batches import assemble, fim_layout
+
+    text = "def f(x):\n    return x * 2\n"
+    s = tokenizer.special
+    seen = set()
+    for seed in range(40):
+        lay = fim_layout(text, np.random.default_rng(seed))
+        prefix, middle, suffix = lay.pieces
+        assert prefix + middle + suffix == text
+        ids, mask = assemble(lay, [_ids(tokenizer, p) for p in lay.pieces], tokenizer)
+        p, m, x = (_ids(tokenizer, t) for t in (prefix, middle, suffix))
+        psm = [s["<|fim_prefix|>"], *p, s["<|fim_suffix|>"], *x, s["<|fim_middle|>"], *m, s["<|endoftext|>"]]
+        spm = [s["<|fim_suffix|>"], *x, s["<|fim_prefix|>"], *p, s["<|fim_middle|>"], *m, s["<|endoftext|>"]]
+        assert ids in (psm, spm)
+        seen.add("psm" if ids == psm else "spm")
+        assert all(mask)
+    assert seen == {"psm", "spm"}
+
+
+def test_windows_turn_masked_targets_into_ignore():
+    import numpy as np
+
+    from codelm.train.batches import IGNORE, PackedWindows
+
+    tokens = np.arange(20, dtype=np.uint16)
+    mask = np.ones(20, np.uint8)
+    mask[3:6] = 0
+    w = PackedWindows(tokens, mask, seq_len=8)
+    x, y = w.get(np.array([0, 1]))
+    assert x[0].tolist() == list(range(8)) and x[1].tolist() == list(range(8, 16))
+    assert y[0].tolist() == [1, 2, IGNORE, IGNORE, IGNORE, 6, 7, 8]  # target t+1 uses mask[t+1]
+    assert y[1].tolist() == list(range(9, 17))
+
+
+# --- the loop: resume, damage, distributed, fine-tuning ------------------------------------------
+
+
+def _data(tmp_path, corpus_dir, tokenizer):
+    from codelm.data.build import build_dataset
+
+    data = tmp_path / "data"
+    build_dataset([str(corpus_dir)], data)
+    tokenizer.save(tmp_path / "tok.json")
+    return data, tmp_path / "tok.json"
+
+
+LOOP = dict(max_steps=12, epochs=0, batch_size=4, evals=3, checkpoint_every=4, lr=3e-3, warmup_steps=2,
+            dtype="fp32", seed=3, fim_rate=0.5)  # fmt: skip
+
+
+def _metrics(run):
+    import json
+
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, corpus_dir, tokenizer, monkeypatch):
+    from safetensors.torch import load_file
+
+    import codelm.train.loop as loop
+
+    data, tok = _data(tmp_path, corpus_dir, tokenizer)
+    cfg = TrainConfig(**LOOP)
+    loop.train(data, tmp_path / "a", cfg, tokenizer=tok, model_overrides=TINY_MODEL)
+
+    real, calls = loop.train_step, []
+
+    def crashing(*args, **kw):
+        calls.append(1)
+        if len(calls) > 6:  # killed during step 7: the newest checkpoint is step 4
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loop, "train_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(data, tmp_path / "b", cfg, tokenizer=tok, model_overrides=TINY_MODEL)
+    monkeypatch.setattr(loop, "train_step", real)
+    loop.train(None, tmp_path / "b", cfg, resume=True)
+
+    def curve(run):
+        return [{k: v for k, v in m.items() if k != "elapsed_s"} for m in _metrics(tmp_path / run)]
+
+    assert len(curve("a")) == 3 and curve("a") == curve("b")
+    wa, wb = (load_file(str(tmp_path / r / "model.safetensors")) for r in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_damaged_checkpoint_is_reported_and_the_previous_one_used(tmp_path, corpus_dir, tokenizer, capsys):
+    from codelm.train.checkpoint import list_checkpoints
+    from codelm.train.loop import train
+
+    data, tok = _data(tmp_path, corpus_dir, tokenizer)
+    cfg = TrainConfig(**{**LOOP, "max_steps": 8, "keep_checkpoints": 5})
+    train(data, tmp_path / "r", cfg, tokenizer=tok, model_overrides=TINY_MODEL)
+    ckpts = list_checkpoints(tmp_path / "r" / "checkpoints")
+    assert [c.name for c in ckpts] == ["step-00000004", "step-00000008"]
+    weights = ckpts[-1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    trace = train(None, tmp_path / "r", cfg, resume=True)
+    err = capsys.readouterr().err
+    assert "step-00000008 is unusable" in err and "resuming from step-00000004" in err
+    assert trace.rows[-1].step == 8
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(tmp_path, corpus_dir, tokenizer):
+    from codelm.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 2
+
+
+def test_early_stopping_and_fine_tuning(tmp_path, corpus_dir, tokenizer):
+    from codelm.train.loop import train
+
+    data, tok = _data(tmp_path, corpus_dir, tokenizer)
+    cfg = TrainConfig(**{**LOOP, "lr": 5e-2, "warmup_steps": 0, "evals": 12, "early_stop_patience": 1})
+    trace = train(data, tmp_path / "es", cfg, tokenizer=tok, model_overrides=TINY_MODEL)
+    assert trace.rows[-1].step < 12 and trace.rows[-1].val_loss >= min(r.val_loss for r in trace.rows[:-1])
+
+    base = train(data, tmp_path / "base", TrainConfig(**LOOP), tokenizer=tok, model_overrides=TINY_MODEL)
+    ft = train(
+        data,
+        tmp_path / "ft",
+        TrainConfig(**{**LOOP, "max_steps": 3, "evals": 1}),
+        init_from=tmp_path / "base",
+    )
+    assert ft.rows[0].val_loss < base.rows[0].val_loss  # starts from trained weights, not from scratch
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, corpus_dir, tokenizer):
+    import subprocess
+    import sys
+
+    data, tok = _data(tmp_path, corpus_dir, tokenizer)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\nfrom codelm.train.config import TrainConfig\nfrom codelm.train.loop import train\n"
+        f"cfg = TrainConfig(**{dict(LOOP, fim_rate=0.0)!r})\n"
+        f"train({str(data)!r}, sys.argv[1], cfg, tokenizer={str(tok)!r}, model_overrides={TINY_MODEL!r})\n"
+    )
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run([*cmd, str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [m["step"] for m in one] == [m["step"] for m in two]
+    for a, b in zip(one, two, strict=True):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-5 and abs(a["val_loss"] - b["val_loss"]) < 1e-5

@@ -1,26 +1,40 @@
 """`codelm data build`: sources -> filtered, deduplicated, split Parquet files in DATA/.
 
 DATA/ holds `train.parquet`, `val.parquet`, `test.parquet` (one row per document:
-text, path, source, kind, prompt, completion), `stats.json` and `manifest.json`.
-Rows are written in batches as they stream in, and the directory is swapped in
-atomically, so a failed build leaves no half-written DATA.
+text, path, source, kind, prompt, completion), `stats.json` (seen, dropped and
+skipped per reason, kept per split) and `manifest.json` (inputs, options,
+content hash). The build is one streaming pass: files are read lazily, worked
+on in order by `num_proc` processes (process.py), and judged here against what
+came before (exact and near duplicates: the first of a cluster is kept), then
+written in row groups to the split of their group key. Memory holds a few
+chunks of files, one MinHash signature and one hash per kept file, never the
+corpus. The directory is swapped in atomically, so a failed build leaves no
+half-written DATA, and the same inputs and options give byte-identical files.
+
+This module does not tokenize or pack; that is train/batches.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from codelm.data.filters import FilterConfig, check
-from codelm.data.sources import iter_source
-from codelm.data.split import SPLITS, split_of
+from codelm.data.decontaminate import DecontamConfig, load_problems
+from codelm.data.dedup import DedupConfig, NearDupIndex, exact_key
+from codelm.data.filters import REASONS, FilterConfig
+from codelm.data.pairs import PairConfig, pair_text
+from codelm.data.process import Result, WorkerConfig, process_stream
+from codelm.data.sources import Skip, Source, open_source
+from codelm.data.split import SPLITS, check_fractions, group_key, split_of
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_directory, atomic_write_json
 
@@ -35,30 +49,91 @@ SCHEMA = pa.schema(
     ]
 )
 ROWS_PER_GROUP = 512  # Parquet row group size: bounds memory while streaming
+BYTES_PER_GROUP = 32_000_000  # ...and so does this, when documents are large
+MAX_WARNINGS = 10  # skip messages printed; the rest are only counted
+SKIP_REASONS = (
+    "unreadable",
+    "missing",
+    "symlink_loop",
+    "corrupt_jsonl",
+    "corrupt_parquet",
+    "missing_text_field",
+    "bad_record",
+    "other_language",
+)
+COUNTERS = (
+    "files_seen",
+    "bytes_seen",
+    *(f"dropped_{r}" for r in REASONS),
+    "kept_syntax_error",
+    "dropped_contaminated",
+    "dropped_exact_duplicate",
+    "dropped_near_duplicate",
+    *(f"skipped_{r}" for r in SKIP_REASONS),
+    "pairs_mined",
+    "dropped_duplicate_pair",
+    *(f"{s}_{what}" for s in SPLITS for what in ("documents", "pairs", "bytes")),
+)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test
     filters: FilterConfig = field(default_factory=FilterConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    pairs: PairConfig = field(default_factory=PairConfig)
+    decontaminate: tuple[str, ...] = ()  # benchmark JSONL files; documents containing a problem go
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
+    text_field: str = "content"  # the column holding code in JSONL/Parquet sources
+    near_dup: bool = True  # MinHash near-duplicate removal (exact duplicates always go)
+    num_proc: int = 1  # worker processes; the output does not depend on it
+
+    def __post_init__(self):
+        object.__setattr__(self, "fractions", tuple(self.fractions))
+        object.__setattr__(self, "decontaminate", tuple(self.decontaminate))
+        try:
+            check_fractions(self.fractions)
+        except ValueError as e:
+            raise CodelmError(str(e)) from None
+        checks = {
+            "--near-dup-threshold must be between 0 and 1": 0 < self.dedup.near_dup_threshold < 1,
+            "--num-perm must be at least 16": self.dedup.num_perm >= 16,
+            "--shingle-size must be at least 1": self.dedup.shingle_size >= 1,
+            "--max-bytes must be positive": self.filters.max_bytes > 0,
+            "--num-proc must be at least 1": self.num_proc >= 1,
+            "decontamination n-grams must be at least 1 token": self.decontam.ngram >= 1,
+            "decontamination overlap must be in (0, 1]": 0 < self.decontam.min_overlap <= 1,
+        }
+        for msg, ok in checks.items():
+            if not ok:
+                raise CodelmError(msg)
 
 
 class _SplitWriter:
-    """Buffers rows per split and flushes them as Parquet row groups."""
+    """Buffers rows per split, flushes them as Parquet row groups and hashes their content."""
 
     def __init__(self, out: Path):
         self.writers = {s: pq.ParquetWriter(out / f"{s}.parquet", SCHEMA) for s in SPLITS}
         self.buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        self.sizes = dict.fromkeys(SPLITS, 0)
+        self.rows = dict.fromkeys(SPLITS, 0)
+        self.content = hashlib.blake2b(digest_size=16)
 
     def add(self, split: str, row: dict) -> None:
+        for name in SCHEMA.names:  # length-prefixed, so field boundaries cannot shift
+            value = (row[name] or "").encode("utf-8", "surrogatepass")
+            self.content.update(len(value).to_bytes(8, "little") + value)
+        self.content.update(split.encode())
         self.buffers[split].append(row)
-        if len(self.buffers[split]) >= ROWS_PER_GROUP:
+        self.rows[split] += 1
+        self.sizes[split] += len(row["text"])
+        if len(self.buffers[split]) >= ROWS_PER_GROUP or self.sizes[split] >= BYTES_PER_GROUP:
             self._flush(split)
 
     def _flush(self, split: str) -> None:
         if self.buffers[split]:
             self.writers[split].write_table(pa.Table.from_pylist(self.buffers[split], SCHEMA))
-            self.buffers[split] = []
+            self.buffers[split], self.sizes[split] = [], 0
 
     def close(self) -> None:
         for s in SPLITS:
@@ -66,61 +141,246 @@ class _SplitWriter:
             self.writers[s].close()
 
 
-def _normalized_hash(text: str) -> str:
-    """Exact-duplicate key: content with all whitespace runs collapsed."""
-    return hashlib.blake2b(" ".join(text.split()).encode("utf-8"), digest_size=16).hexdigest()
+def _storable(path: str) -> str:
+    """A path as valid UTF-8: a file name's undecodable bytes become U+FFFD (Parquet needs UTF-8)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def build_dataset(sources: Iterable[str], out: str | Path, cfg: DataConfig = DataConfig()) -> dict:
-    """Build DATA/ from `sources` and return the stats written to `stats.json`."""
-    sources = list(sources)
-    if not sources:
+def _row(text: str, path: str, source: str, kind: str, prompt=None, completion=None) -> dict:
+    return {
+        "text": text,
+        "path": path,
+        "source": source,
+        "kind": kind,
+        "prompt": prompt,
+        "completion": completion,
+    }
+
+
+class _Judge:
+    """Takes results in input order and decides: drop (and why), or keep in which split."""
+
+    def __init__(self, cfg: DataConfig, writer: _SplitWriter, near: NearDupIndex | None, warn: Callable):
+        self.cfg, self.writer, self.near, self.warn = cfg, writer, near, warn
+        self.stats: Counter = Counter(dict.fromkeys(COUNTERS, 0))
+        self.by_problem: Counter = Counter()
+        self.seen: set[bytes] = set()
+        self.seen_pairs: set[bytes] = set()
+        self.first_skip = ""
+
+    def add(self, item: Result | Skip) -> None:
+        st = self.stats
+        st["files_seen"] += 1
+        if isinstance(item, Skip):
+            st[item.reason] += 1
+            if item.message:
+                self.first_skip = self.first_skip or item.message
+                self.warn(item.message)
+            return
+        st["bytes_seen"] += item.nbytes
+        if item.reason is not None:
+            st[f"dropped_{item.reason}"] += 1
+        elif item.contaminated_by:
+            st["dropped_contaminated"] += 1
+            self.by_problem.update(item.contaminated_by)
+        elif item.key in self.seen:
+            st["dropped_exact_duplicate"] += 1
+        else:
+            self.seen.add(item.key)
+            if self._near_duplicate(item):
+                st["dropped_near_duplicate"] += 1
+            else:
+                self._keep(item)
+
+    def _near_duplicate(self, item: Result) -> bool:
+        """True when `item` joins an earlier kept file's cluster; else it starts its own."""
+        if item.sig is None or self.near is None:
+            return False
+        return self.near.match_or_add(item.sig) is not None
+
+    def _keep(self, item: Result) -> None:
+        st = self.stats
+        st["kept_syntax_error"] += item.syntax_error
+        split = split_of(group_key(item.source, item.path), self.cfg.fractions)
+        file_path = _storable(item.path)
+        self.writer.add(split, _row(item.text, file_path, item.source, "file"))
+        st[f"{split}_documents"] += 1
+        st[f"{split}_bytes"] += len(item.text.encode("utf-8", "surrogatepass"))
+        for pair in item.pairs:  # a pair goes where its file went: no leak between splits
+            st["pairs_mined"] += 1
+            key = exact_key(f"{pair.prompt}\0{pair.completion}")
+            if key in self.seen_pairs:
+                st["dropped_duplicate_pair"] += 1
+                continue
+            self.seen_pairs.add(key)
+            text = pair_text(pair.prompt, pair.completion)
+            path = f"{file_path}::{pair.name}"
+            self.writer.add(split, _row(text, path, item.source, "pair", pair.prompt, pair.completion))
+            st[f"{split}_pairs"] += 1
+
+    def kept(self) -> int:
+        return sum(self.stats[f"{s}_documents"] for s in SPLITS)
+
+    def nothing_kept_message(self, specs: list[str]) -> str:
+        if self.first_skip and self.stats["files_seen"] == 1:
+            return self.first_skip  # the whole input was one bad file: say what is wrong with it
+        drops = {k: v for k, v in self.stats.items() if v and k.startswith(("dropped_", "skipped_"))}
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(drops.items(), key=lambda kv: -kv[1])[:4])
+        seen = self.stats["files_seen"]
+        return f"no usable code found in {', '.join(specs)} ({seen} files seen{'; ' + why if why else ''})"
+
+
+class _Progress:
+    """A progress line on stderr (files, MB, files/s, MB/s), refreshed at most 10 times a second."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        self.files = self.bytes = 0
+        self.start = self.last = time.monotonic()
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        columns = ("{task.completed:,} files", "{task.fields[mb]:.1f} MB", "{task.fields[rate]}")
+        self.bar = Progress(
+            SpinnerColumn(),
+            TextColumn("corpus"),
+            *(TextColumn(c) for c in columns),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        self.task = self.bar.add_task("corpus", total=None, mb=0.0, rate="")
+        self.bar.start()
+
+    def advance(self, nbytes: int) -> None:
+        self.files += 1
+        self.bytes += nbytes
+        if self.bar is not None and time.monotonic() - self.last >= 0.1:
+            self._show()
+
+    def _show(self) -> None:
+        self.last = time.monotonic()
+        dt = max(self.last - self.start, 1e-9)
+        rate = f"{self.files / dt:,.0f} files/s  {self.bytes / dt / 1e6:.2f} MB/s"
+        self.bar.update(self.task, completed=self.files, mb=self.bytes / 1e6, rate=rate)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self._show()  # the final numbers, however recently the line was refreshed
+            self.bar.stop()
+
+
+class _Warnings:
+    """Passes the first MAX_WARNINGS skip messages on; the rest are only counted."""
+
+    def __init__(self, log: Callable[[str], None] | None):
+        self.log = log or (lambda m: print(f"codelm: warning: skipped {m}", file=sys.stderr))
+        self.count = 0
+
+    def __call__(self, msg: str) -> None:
+        self.count += 1
+        if self.count <= MAX_WARNINGS:
+            self.log(msg)
+
+    def finish(self) -> None:
+        if self.count > MAX_WARNINGS:
+            self.log(f"... and {self.count - MAX_WARNINGS} more inputs (all counted in stats.json)")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that is a file, or a non-empty folder that is not a DATA directory."""
+    if out.exists() and not out.is_dir():
+        raise CodelmError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise CodelmError(f"refusing to replace {out}: it is not empty and holds no DATA manifest.json")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CodelmError(f"cannot create {out.parent}: {e.strerror or e}") from None
+
+
+def _manifest(opened: list[Source], cfg: DataConfig, writer: _SplitWriter, out: Path) -> dict:
+    options = asdict(cfg)
+    options.pop("num_proc")  # does not change the output, so it does not belong to its identity
+    files = {}
+    for s in SPLITS:
+        digest = hashlib.sha256((out / f"{s}.parquet").read_bytes()).hexdigest()
+        files[f"{s}.parquet"] = {"rows": writer.rows[s], "sha256": digest}
+    benchmarks = [
+        {"path": p, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()} for p in cfg.decontaminate
+    ]
+    return {
+        "inputs": [{"spec": s.spec, "kind": s.kind, **s.info} for s in opened],
+        "benchmarks": benchmarks,
+        "options": json.loads(json.dumps(options)),
+        "files": files,
+        "content_hash": writer.content.hexdigest(),
+    }
+
+
+def build_dataset(
+    sources: Iterable[str],
+    out: str | Path,
+    cfg: DataConfig = DataConfig(),
+    *,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Build DATA/ from `sources` and return the stats written to `stats.json`.
+
+    `progress`: show a progress bar on stderr (default: when stderr is a terminal).
+    `log`: receives one line per skipped input (default: printed to stderr).
+    """
+    specs = list(sources)
+    if not specs:
         raise CodelmError("no source given")
-    iters = [iter_source(s) for s in sources]  # validates every spec before writing anything
-    stats: Counter = Counter()
-    seen: set[str] = set()
-    content = hashlib.blake2b(digest_size=16)
+    out = Path(out)
+    _check_out(out)
+    # Check every spec and benchmark file before writing anything.
+    opened = [open_source(s, cfg.text_field, cfg.filters.max_bytes) for s in specs]
+    problems = tuple(load_problems(cfg.decontaminate))
+    wcfg = WorkerConfig(cfg.filters, cfg.dedup, cfg.pairs, cfg.decontam, problems)
+    try:
+        near = NearDupIndex(cfg.dedup) if cfg.near_dup else None
+    except ValueError as e:  # datasketch cannot band this few permutations at this threshold
+        raise CodelmError(f"near-duplicate settings: {e}") from None
+    show = sys.stderr.isatty() if progress is None else progress
     with atomic_directory(out) as tmp:
         writer = _SplitWriter(tmp)
-        for files in iters:
-            for raw in files:
-                stats["files_seen"] += 1
-                text, reason = check(raw.data, cfg.filters)
-                if reason is not None:
-                    stats[f"dropped_{reason}"] += 1
-                    continue
-                key = _normalized_hash(text)
-                if key in seen:
-                    stats["dropped_exact_duplicate"] += 1
-                    continue
-                seen.add(key)
-                split = split_of(f"{raw.source}:{raw.path}", cfg.fractions)
-                writer.add(
-                    split,
-                    {
-                        "text": text,
-                        "path": raw.path,
-                        "source": raw.source,
-                        "kind": "file",
-                        "prompt": None,
-                        "completion": None,
-                    },
-                )
-                stats[f"{split}_documents"] += 1
-                stats[f"{split}_bytes"] += len(raw.data)
-                content.update(f"{split}\0{raw.source}\0{raw.path}\0{key}\n".encode())
-        writer.close()
-        kept = sum(stats[f"{s}_documents"] for s in SPLITS)
-        if kept == 0:
-            raise CodelmError(f"no usable code found in {', '.join(sources)}")
-        stats = dict(sorted(stats.items()))
+        warnings = _Warnings(log)
+        judge = _Judge(cfg, writer, near, warnings)
+        bar = _Progress(show)
+        try:
+            stream = (item for src in opened for item in src)
+            for item in process_stream(stream, wcfg, cfg.num_proc):
+                judge.add(item)
+                bar.advance(getattr(item, "nbytes", 0))
+        finally:
+            bar.close()
+            writer.close()
+        warnings.finish()
+        if judge.kept() == 0:
+            raise CodelmError(judge.nothing_kept_message(specs))
+        stats = dict(judge.stats)
+        if cfg.decontaminate:
+            stats["contaminated_by_problem"] = dict(sorted(judge.by_problem.items()))
         atomic_write_json(tmp / "stats.json", stats)
-        atomic_write_json(
-            tmp / "manifest.json",
-            {
-                "inputs": sources,
-                "options": json.loads(json.dumps(asdict(cfg))),
-                "content_hash": content.hexdigest(),
-            },
-        )
+        atomic_write_json(tmp / "manifest.json", _manifest(opened, cfg, writer, tmp))
     return stats
+
+
+def stats_table(stats: dict, out: str | Path):
+    """The stats as a rich Table, in pipeline order; zero counts of rare skips are left out."""
+    from rich.table import Table
+
+    table = Table(title=f"corpus -> {out}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for k, v in stats.items():
+        if isinstance(v, dict):  # contaminated_by_problem
+            for problem, n in v.items():
+                table.add_row(f"contaminated by {problem}", f"{n:,}")
+        elif v or not k.startswith(("skipped_", "kept_syntax")):
+            table.add_row(k, f"{v:,}")
+    return table

@@ -1,23 +1,39 @@
-"""Where raw code comes from: the running interpreter's standard library, or a directory.
+"""Where raw code comes from: directories, git repositories, JSONL/Parquet dumps, the stdlib.
 
-A source yields `Document`s lazily, so a large tree is never held in memory.
-Reading is byte-exact; decoding and filtering happen in `filters.py`.
+`open_source(spec)` checks a source spec up front (a missing path or a symlink
+loop fails here, before anything is written) and returns a `Source` that yields,
+lazily and in a stable order, either a `RawFile` (bytes not decoded yet) or a
+`Skip` (a file or record that could not be read, with its reason). Nothing is
+held whole in memory: directories are walked, git blobs are streamed through
+one `git cat-file --batch`, JSONL is read line by line and Parquet in batches.
+
+Spec forms: `stdlib`; a directory (a git repository's root is read from its
+HEAD, any other directory from disk, honouring `.gitignore` inside a work
+tree); `git:PATH` and `dir:PATH` force either reading; `*.jsonl[.gz]`,
+`*.parquet`; a single code file. Decoding and filtering live in `filters.py`.
 """
 
 from __future__ import annotations
 
+import errno
+import gzip
+import json
 import os
+import stat
 import sysconfig
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
+from codelm.data import gitsource
 from codelm.errors import CodelmError
 
 # Language by file extension. Adding a language means adding an entry here.
 LANGUAGES: dict[str, str] = {".py": "python"}
 
-# Folders that never hold code worth learning from.
+# Folders that never hold code worth learning from. A virtualenv or conda env of any
+# name is recognised by its marker file (VENV_MARKERS) when walking a directory.
 SKIP_DIRS = frozenset(
     {
         ".git",
@@ -27,25 +43,59 @@ SKIP_DIRS = frozenset(
         "node_modules",
         ".venv",
         "venv",
-        "env",
         "build",
         "dist",
         ".tox",
+        ".nox",
+        ".eggs",
         ".mypy_cache",
         ".pytest_cache",
         ".ruff_cache",
         "site-packages",
     }
 )
+VENV_MARKERS = ("pyvenv.cfg", "conda-meta")
+PATH_FIELDS = ("path", "max_stars_repo_path", "file_path", "filepath", "filename")  # JSONL/Parquet
+REPO_FIELDS = ("repo_name", "max_stars_repo_name", "repo")  # prefixed to the path when present
+PARQUET_BATCH = 256  # rows per Parquet read
+
+
+def language_of(path: str) -> str | None:
+    """The language of a path by its extension, or None when it is not in LANGUAGES."""
+    return LANGUAGES.get(PurePosixPath(path).suffix.lower())
 
 
 @dataclass(frozen=True)
 class RawFile:
-    """One file as read from a source: its bytes are not decoded yet."""
+    """One file or record as read from a source: its bytes are not decoded yet."""
 
     path: str  # relative to the source root, with forward slashes
     data: bytes
     source: str  # the source spec it came from, e.g. "stdlib" or a directory
+    language: str | None = "python"  # None: unknown (a record without a path), not parsed
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A file or record that was not read. `reason` is counted in stats.json."""
+
+    path: str
+    source: str
+    reason: str  # a stats key: "dropped_too_large", "skipped_unreadable", ...
+    message: str = ""  # one line for the user; empty for per-record reasons not worth a line
+
+
+@dataclass
+class Source:
+    """A checked source spec; iterating it yields RawFile | Skip in a stable order."""
+
+    spec: str
+    kind: str  # stdlib | directory | worktree | git | jsonl | parquet | file
+    info: dict = field(default_factory=dict)  # recorded in manifest.json (e.g. the git commit)
+    _iter: Callable[[], Iterator[RawFile | Skip]] | None = None
+
+    def __iter__(self) -> Iterator[RawFile | Skip]:
+        return self._iter()
 
 
 def stdlib_root() -> Path:
@@ -53,28 +103,201 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def iter_directory(root: Path, source: str) -> Iterator[RawFile]:
-    """Files under `root` whose extension is in LANGUAGES, in sorted (stable) order."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        for name in sorted(filenames):
-            if Path(name).suffix not in LANGUAGES:
+def _read(path: Path, rel: str, source: str, max_bytes: int) -> RawFile | Skip:
+    """Read one file, turning the ways a read fails into a counted Skip."""
+    try:
+        st = path.stat()
+        if st.st_size > max_bytes:  # never read a huge file just to drop it
+            return Skip(rel, source, "dropped_too_large")
+        if not stat.S_ISREG(st.st_mode):
+            return Skip(rel, source, "skipped_unreadable", f"{path}: not a regular file")
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return Skip(rel, source, "skipped_symlink_loop", f"{path}: symlink loop")
+        if e.errno == errno.ENOENT:
+            return Skip(rel, source, "skipped_missing", f"{path}: missing (dangling symlink or deleted)")
+        return Skip(rel, source, "skipped_unreadable", f"{path}: {e.strerror or e}")
+    return RawFile(rel, data, source, language_of(rel))
+
+
+def _walk(root: Path, rel: str, ancestors: frozenset) -> Iterator[tuple[Path, str] | Skip]:
+    """Code files under `root` in sorted order; follows symlinked folders but not into a loop."""
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        yield Skip(rel or ".", "", "skipped_unreadable", f"{root}: {e.strerror or e}")
+        return
+    for entry in entries:
+        child = f"{rel}/{entry.name}" if rel else entry.name
+        try:
+            st = entry.stat()  # follows symlinks
+        except OSError as e:
+            if entry.is_symlink() and (e.errno == errno.ELOOP or language_of(entry.name)):
+                yield Path(entry.path), child  # a loop or dangling link: _read says which
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if entry.name in SKIP_DIRS or any(
+                os.path.exists(os.path.join(entry.path, m)) for m in VENV_MARKERS
+            ):
                 continue
-            full = Path(dirpath) / name
-            try:
-                data = full.read_bytes()
-            except OSError:
-                continue  # unreadable: skipped; the corpus issue counts these
-            yield RawFile(full.relative_to(root).as_posix(), data, source)
+            key = (st.st_dev, st.st_ino)
+            if key in ancestors:  # a symlink back up the tree: walking it would never end
+                yield Skip(child, "", "skipped_symlink_loop", f"{entry.path}: symlink loop")
+                continue
+            yield from _walk(Path(entry.path), child, ancestors | {key})
+        elif language_of(entry.name):
+            yield Path(entry.path), child
 
 
-def iter_source(spec: str) -> Iterator[RawFile]:
-    """Dispatch a source spec: "stdlib" or a directory path."""
+def iter_directory(root: Path, source: str, max_bytes: int = 1_000_000) -> Iterator[RawFile | Skip]:
+    """Files under `root` whose extension is in LANGUAGES, in sorted (stable) order."""
+    st = root.stat()
+    for item in _walk(root, "", frozenset({(st.st_dev, st.st_ino)})):
+        if isinstance(item, Skip):
+            yield Skip(item.path, source, item.reason, item.message)
+            continue
+        path, rel = item
+        yield _read(path, rel, source, max_bytes)
+
+
+def iter_worktree(root: Path, source: str, max_bytes: int = 1_000_000) -> Iterator[RawFile | Skip]:
+    """Files of a git work tree from disk, as `git ls-files` lists them: .gitignore honoured."""
+    for rel in gitsource.worktree_files(root):
+        parts = rel.split("/")
+        if language_of(rel) and not any(p in SKIP_DIRS for p in parts[:-1]):
+            yield _read(root / rel, rel, source, max_bytes)
+
+
+def _record_path(rec: dict, row: int, name: str) -> str:
+    path = next((rec[f] for f in PATH_FIELDS if isinstance(rec.get(f), str) and rec[f]), None)
+    if path is None:
+        return f"{name}#{row}"
+    repo = next((rec[f] for f in REPO_FIELDS if isinstance(rec.get(f), str) and rec[f]), None)
+    return f"{repo}/{path}" if repo else path
+
+
+def _record(rec: object, row: int, name: str, spec: str, text_field: str) -> RawFile | Skip:
+    if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str | bytes):
+        return Skip(f"{name}#{row}", spec, "skipped_bad_record")
+    path = _record_path(rec, row, name)
+    has_path = not path.startswith(f"{name}#")
+    lang = language_of(path) if has_path else None
+    if has_path and lang is None:
+        return Skip(path, spec, "skipped_other_language")
+    text = rec[text_field]
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    return RawFile(path, data, spec, lang)
+
+
+def iter_jsonl(path: Path, spec: str, text_field: str) -> Iterator[RawFile | Skip]:
+    """One record per line. A file whose first record is not JSON is corrupt as a whole."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    first = True
+    try:
+        with opener(path, "rb") as f:
+            for row, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    if first:
+                        yield Skip(path.name, spec, "skipped_corrupt_jsonl", f"{path}: not JSON Lines")
+                        return
+                    yield Skip(f"{path.name}#{row}", spec, "skipped_bad_record")
+                    continue
+                if first and isinstance(rec, dict) and text_field not in rec:
+                    keys = ", ".join(sorted(rec)[:8])
+                    msg = f"{path}: no field {text_field!r} (fields: {keys}); pick one with --text-field"
+                    yield Skip(path.name, spec, "skipped_missing_text_field", msg)
+                    return
+                first = False
+                yield _record(rec, row, path.name, spec, text_field)
+    except (OSError, EOFError, zlib.error) as e:
+        yield Skip(path.name, spec, "skipped_corrupt_jsonl", f"{path}: cannot read ({e})")
+
+
+def iter_parquet(path: Path, spec: str, text_field: str) -> Iterator[RawFile | Skip]:
+    """Rows of a Parquet file, read in batches of PARQUET_BATCH."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        msg = f"{path}: not a readable Parquet file ({str(e).splitlines()[0] if str(e) else e})"
+        yield Skip(path.name, spec, "skipped_corrupt_parquet", msg)
+        return
+    if text_field not in names:
+        msg = (
+            f"{path}: no column {text_field!r} (columns: {', '.join(names[:8])}); pick one with --text-field"
+        )
+        yield Skip(path.name, spec, "skipped_missing_text_field", msg)
+        return
+    columns = [c for c in (text_field, *PATH_FIELDS, *REPO_FIELDS) if c in names]
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH, columns=columns):
+            for rec in batch.to_pylist():
+                yield _record(rec, row, path.name, spec, text_field)
+                row += 1
+    except (OSError, ValueError) as e:
+        msg = f"{path}: corrupt after row {row} ({str(e).splitlines()[0] if str(e) else e})"
+        yield Skip(path.name, spec, "skipped_corrupt_parquet", msg)
+
+
+def _check_path(spec: str, path: Path) -> None:
+    """Fail with one line when a whole-input path is missing, a symlink loop or unreadable."""
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CodelmError(f"source is a symlink loop: {spec}") from None
+        if e.errno == errno.ENOENT:
+            raise CodelmError(f"source not found: {spec}") from None
+        raise CodelmError(f"cannot read source {spec}: {e.strerror or e}") from None
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise CodelmError(f"cannot read source {spec}: permission denied")
+
+
+def _open_directory(spec: str, path: Path, mode: str, max_bytes: int) -> Source:
+    if mode != "dir" and gitsource.is_repo_root(path):
+        mode = "git"
+    if mode == "git":
+        commit = gitsource.head_commit(path, spec)
+        walk = lambda: gitsource.iter_head(path, commit, spec, max_bytes, language_of, SKIP_DIRS)
+        return Source(spec, "git", {"commit": commit}, walk)
+    if gitsource.in_worktree(path):
+        return Source(spec, "worktree", {}, lambda: iter_worktree(path, spec, max_bytes))
+    return Source(spec, "directory", {}, lambda: iter_directory(path, spec, max_bytes))
+
+
+def open_source(spec: str, text_field: str = "content", max_bytes: int = 1_000_000) -> Source:
+    """Check a source spec and return it, ready to iterate; a bad spec is a one-line CodelmError."""
     if spec == "stdlib":
-        return iter_directory(stdlib_root(), "stdlib")
-    path = Path(spec)
-    if not path.exists():
-        raise CodelmError(f"source not found: {spec}")
-    if not path.is_dir():
-        raise CodelmError(f"source is not a directory: {spec}")
-    return iter_directory(path, str(path))
+        root = stdlib_root()
+        info = {"root": str(root), "python": sysconfig.get_python_version()}
+        return Source(spec, "stdlib", info, lambda: iter_directory(root, spec, max_bytes))
+    mode, _, rest = spec.partition(":")
+    if mode in ("git", "dir") and rest:
+        path = Path(rest)
+    else:
+        mode, path = "", Path(spec)
+    _check_path(spec, path)
+    if path.is_dir():
+        return _open_directory(spec, path, mode, max_bytes)
+    if mode == "git":
+        raise CodelmError(f"not a git repository: {spec}")
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return Source(spec, "jsonl", {}, lambda: iter_jsonl(path, spec, text_field))
+    if name.endswith(".parquet"):
+        return Source(spec, "parquet", {}, lambda: iter_parquet(path, spec, text_field))
+    if language_of(name):
+        return Source(spec, "file", {}, lambda: iter((_read(path, path.name, spec, max_bytes),)))
+    raise CodelmError(
+        f"unsupported source {spec}: expected a directory, a git repository, *.jsonl, *.parquet or 'stdlib'"
+    )

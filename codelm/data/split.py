@@ -1,20 +1,48 @@
-"""Stable train/val/test assignment by a hash of a group key (by default, the file path).
+"""Stable train/val/test assignment by a hash of a group key.
 
-The hash is blake2b, not Python's `hash()`, so the split is the same in every
-process and on every machine, and a file can only ever land in one split.
+The group key of a document is its source and path (`group_key`). A file's
+pairs use the file's key, and a near-duplicate cluster keeps only its
+representative, so every document derived from one piece of code lands in one
+split. The hash is blake2b, not Python's `hash()`, so the split is the same in
+every process and on every machine.
 """
 
 from __future__ import annotations
 
 import hashlib
 
+from codelm.errors import CodelmError
+
 SPLITS = ("train", "val", "test")
+
+
+def group_key(source: str, path: str) -> str:
+    """The key a document is split by: where it came from."""
+    return f"{source}:{path}"
+
+
+def check_fractions(fractions: tuple[float, ...]) -> None:
+    """Raise ValueError unless `fractions` are three non-negative numbers summing to 1."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(
+            f"split fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}"
+        )
+
+
+def parse_fractions(spec: str) -> tuple[float, float, float]:
+    """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1); a malformed spec is a one-line CodelmError."""
+    try:
+        fractions = tuple(float(x) for x in spec.split(","))
+        check_fractions(fractions)
+    except ValueError as e:
+        msg = str(e) if "fractions" in str(e) else f"bad split fractions {spec!r}: expected e.g. 0.8,0.1,0.1"
+        raise CodelmError(msg) from None
+    return fractions  # type: ignore[return-value]
 
 
 def split_of(key: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
     """The split for `key`: a uniform draw in [0, 1) from its hash, cut by `fractions`."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    check_fractions(fractions)
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     u = int.from_bytes(digest, "big") / 2**64
     edge = 0.0

@@ -1,15 +1,28 @@
-"""Token files and packed batches.
+"""Token files, loss masks, fill-in-the-middle and packed batches.
 
-Each split's documents are tokenized once into a flat token file (uint16 when
-the vocabulary fits, else uint32), each document followed by end-of-text, so
-sequences are packed with no padding. Training reads fixed windows of
-`seq_len + 1` tokens from a memory map, in an order fixed by (seed, epoch), so
-the data position is just (epoch, step) and a run can resume exactly.
+Each split is tokenized once into a flat token file (uint16 when the
+vocabulary fits, else uint32) and a parallel uint8 loss mask. Every document
+ends with end-of-text, so documents pack into fixed windows with no padding.
+
+- A file is trained on in full. With probability `fim_rate` it is first cut at
+  two random characters into prefix/middle/suffix and laid out as PSM
+  (`<|fim_prefix|> p <|fim_suffix|> s <|fim_middle|> m <|endoftext|>`) or, half
+  the time, SPM (`<|fim_suffix|> s <|fim_prefix|> p <|fim_middle|> m ...`), the
+  layouts of Bavarian et al. 2022. Cutting characters, not tokens, teaches the
+  model to infill from the middle of a word, as an editor asks.
+- A pair is `<|instruction|> prompt <|code|> completion <|endoftext|>`; its mask
+  is 0 over the instruction part and 1 over the completion and the end token.
+  The mask comes from the ids of each part, never from searching for a template.
+
+Windows are read from memory maps in an order fixed by (seed, epoch), so the
+data position is (epoch, cursor) and a resumed run sees the same batches.
+FIM is drawn once per document when tokenizing, not anew each epoch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,64 +32,150 @@ import torch
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_bytes
 from codelm.tokenizer import CodeTokenizer
+from codelm.tokenizer.code_tokenizer import CODE, EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, INSTRUCTION
 
 READ_BATCH = 256  # documents per Parquet read and per encode_batch call
+IGNORE = -100  # target value that carries no loss (F.cross_entropy's ignore_index)
 
 
-def iter_texts(data_dir: str | Path, split: str) -> Iterator[str]:
-    """The `text` column of DATA/<split>.parquet, streamed in batches."""
+def iter_rows(data_dir: str | Path, split: str, columns: list[str]) -> Iterator[dict]:
+    """Rows of DATA/<split>.parquet, streamed in batches."""
     path = Path(data_dir) / f"{split}.parquet"
     if not path.is_file():
         raise CodelmError(f"not a DATA directory (no {path.name}): {data_dir}")
     try:
         pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=READ_BATCH, columns=["text"]):
-            yield from (t for t in batch.column(0).to_pylist() if t)
+        names = set(pf.schema_arrow.names)
+        for batch in pf.iter_batches(batch_size=READ_BATCH, columns=[c for c in columns if c in names]):
+            yield from batch.to_pylist()
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise CodelmError(f"corrupt Parquet file {path}: {e}") from None
+
+
+def iter_texts(data_dir: str | Path, split: str) -> Iterator[str]:
+    """The text of each file document (not pairs, which repeat code) of a split."""
+    for row in iter_rows(data_dir, split, ["text", "kind"]):
+        if row["text"] and row.get("kind", "file") != "pair":
+            yield row["text"]
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def tokenize_split(data_dir: str | Path, split: str, tok: CodeTokenizer, out: str | Path) -> np.ndarray:
-    """Tokenize a split into `out` (written atomically) and return it memory-mapped."""
+@dataclass(frozen=True)
+class Layout:
+    """A document as text pieces (encoded together in one batch) and special ids around them."""
+
+    pieces: list[str]
+    # How to assemble: a list of ("special", name) or ("piece", index) with a loss flag.
+    parts: list[tuple[str, str | int, int]]
+
+
+def fim_layout(text: str, rng: np.random.Generator, spm_rate: float = 0.5) -> Layout:
+    """Cut `text` at two random characters into prefix/middle/suffix, in PSM or SPM order."""
+    a, b = sorted(rng.integers(0, len(text) + 1, size=2).tolist())
+    prefix, middle, suffix = text[:a], text[a:b], text[b:]
+    if rng.random() < spm_rate:
+        order = [("special", FIM_SUFFIX, 1), ("piece", 2, 1), ("special", FIM_PREFIX, 1), ("piece", 0, 1)]
+    else:
+        order = [("special", FIM_PREFIX, 1), ("piece", 0, 1), ("special", FIM_SUFFIX, 1), ("piece", 2, 1)]
+    tail = [("special", FIM_MIDDLE, 1), ("piece", 1, 1), ("special", EOT, 1)]
+    return Layout([prefix, middle, suffix], order + tail)
+
+
+def document_layout(row: dict, rng: np.random.Generator, fim_rate: float) -> Layout:
+    if row.get("kind") == "pair" and row.get("prompt") is not None and row.get("completion") is not None:
+        return Layout(
+            [row["prompt"], row["completion"]],
+            [("special", INSTRUCTION, 0), ("piece", 0, 0), ("special", CODE, 0), ("piece", 1, 1),
+             ("special", EOT, 1)],
+        )  # fmt: skip
+    text = row["text"]
+    if fim_rate > 0 and rng.random() < fim_rate:
+        return fim_layout(text, rng)
+    return Layout([text], [("piece", 0, 1), ("special", EOT, 1)])
+
+
+def assemble(layout: Layout, encoded: list[list[int]], tok: CodeTokenizer) -> tuple[list[int], list[int]]:
+    """Token ids and the per-token loss flag (1 = predicted with loss) of one document."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for kind, what, flag in layout.parts:
+        part = [tok.special[what]] if kind == "special" else encoded[what]
+        ids += part
+        mask += [flag] * len(part)
+    return ids, mask
+
+
+def tokenize_split(
+    data_dir: str | Path,
+    split: str,
+    tok: CodeTokenizer,
+    out: str | Path,
+    fim_rate: float = 0.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize a split into `out` (.bin tokens, .mask flags; atomic) and memory-map them."""
     out = Path(out)
     dtype = token_dtype(tok.vocab_size)
-    chunks: list[np.ndarray] = []
-    batch: list[str] = []
+    id_chunks: list[np.ndarray] = []
+    mask_chunks: list[np.ndarray] = []
+    layouts: list[Layout] = []
 
     def flush() -> None:
-        for ids in tok.encode_batch(batch):
-            chunks.append(np.asarray(ids + [tok.eot_id], dtype=dtype))
-        batch.clear()
+        flat = [p for lay in layouts for p in lay.pieces]
+        encoded = iter(tok.encode_batch(flat))
+        for lay in layouts:
+            ids, mask = assemble(lay, [next(encoded) for _ in lay.pieces], tok)
+            id_chunks.append(np.asarray(ids, dtype=dtype))
+            mask_chunks.append(np.asarray(mask, dtype=np.uint8))
+        layouts.clear()
 
-    for text in iter_texts(data_dir, split):
-        batch.append(text)
-        if len(batch) >= READ_BATCH:
+    for i, row in enumerate(iter_rows(data_dir, split, ["text", "kind", "prompt", "completion"])):
+        if not row.get("text"):
+            continue
+        layouts.append(document_layout(row, np.random.default_rng([seed, i]), fim_rate))
+        if len(layouts) >= READ_BATCH:
             flush()
     flush()
-    arr = np.concatenate(chunks) if chunks else np.zeros(0, dtype)
-    atomic_write_bytes(out, arr.tobytes())
-    return np.memmap(out, dtype=dtype, mode="r")
+    ids = np.concatenate(id_chunks) if id_chunks else np.zeros(0, dtype)
+    mask = np.concatenate(mask_chunks) if mask_chunks else np.zeros(0, np.uint8)
+    atomic_write_bytes(out.with_suffix(".mask"), mask.tobytes())
+    atomic_write_bytes(out.with_suffix(".bin"), ids.tobytes())
+    return open_tokens(out, tok.vocab_size)
+
+
+def open_tokens(out: str | Path, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    out = Path(out)
+    dtype = token_dtype(vocab_size)
+    if out.with_suffix(".bin").stat().st_size == 0:  # an empty split: numpy cannot map 0 bytes
+        return np.zeros(0, dtype), np.zeros(0, np.uint8)
+    ids = np.memmap(out.with_suffix(".bin"), dtype=dtype, mode="r")
+    mask = np.memmap(out.with_suffix(".mask"), dtype=np.uint8, mode="r")
+    if len(ids) != len(mask):
+        raise CodelmError(f"token file {out} and its mask differ in length: delete {out.parent}")
+    return ids, mask
 
 
 class PackedWindows:
     """Non-overlapping windows of `seq_len` inputs (+1 target) over a token stream."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int):
-        self.tokens, self.seq_len = tokens, seq_len
+    def __init__(self, tokens: np.ndarray, mask: np.ndarray, seq_len: int):
+        self.tokens, self.mask, self.seq_len = tokens, mask, seq_len
         self.n = max(0, (len(tokens) - 1) // seq_len)
 
     def __len__(self) -> int:
         return self.n
 
     def get(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets (B, seq_len) for the given window indices."""
-        rows = [self.tokens[i * self.seq_len : i * self.seq_len + self.seq_len + 1] for i in indices]
-        xy = torch.from_numpy(np.stack(rows).astype(np.int64))
-        return xy[:, :-1], xy[:, 1:]
+        """Inputs and targets (B, seq_len); targets whose mask is 0 are IGNORE."""
+        T = self.seq_len
+        rows = np.stack([self.tokens[i * T : i * T + T + 1] for i in indices]).astype(np.int64)
+        keep = np.stack([self.mask[i * T + 1 : i * T + T + 1] for i in indices]).astype(bool)
+        x = torch.from_numpy(rows[:, :-1])
+        y = torch.from_numpy(np.where(keep, rows[:, 1:], IGNORE))
+        return x, y
 
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
         """A permutation of the windows that depends only on (seed, epoch)."""
@@ -85,4 +184,6 @@ class PackedWindows:
     def spread(self, count: int) -> np.ndarray:
         """`count` window indices spread evenly over the stream (a fixed eval set)."""
         count = min(count, self.n)
-        return np.linspace(0, self.n - 1, count).round().astype(np.int64) if count else np.zeros(0, np.int64)
+        if count == 0:
+            return np.zeros(0, np.int64)
+        return np.linspace(0, self.n - 1, count).round().astype(np.int64)

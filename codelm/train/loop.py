@@ -1,17 +1,19 @@
 """`codelm train`: the optimisation loop.
 
 AdamW with weight-decay groups, linear warmup then cosine decay, gradient
-clipping and accumulation, bf16 autocast where the hardware has it. The budget
-is epochs, steps or wall-clock minutes, whichever ends first; the cosine
-schedule follows the fraction of the budget used, so a time-boxed run still
-anneals its learning rate before it stops.
+clipping and accumulation, bf16 autocast where the hardware has it, optional
+torch.compile. The budget is epochs, steps, tokens or wall-clock minutes,
+whichever ends first; the cosine schedule follows the fraction of the budget
+used, so a time-boxed run still anneals its learning rate before it stops.
+Evaluations are spread over the budget and also end every epoch; checkpoints
+hold everything needed to resume exactly (see checkpoint.py).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,12 +22,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from codelm.errors import CodelmError
-from codelm.fsutil import atomic_write_json
-from codelm.model import ModelConfig, Transformer
+from codelm.model import Transformer
 from codelm.model.io import WEIGHTS, save_weights
-from codelm.tokenizer import CodeTokenizer, train_tokenizer
-from codelm.train.batches import PackedWindows, iter_texts, tokenize_split
+from codelm.train import distributed
+from codelm.train.batches import IGNORE, PackedWindows
+from codelm.train.checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from codelm.train.config import TrainConfig
+from codelm.train.prepare import Prepared, prepare
 from codelm.train.trace import Trace, TraceRow
 
 
@@ -45,21 +48,15 @@ def autocast_dtype(device: torch.device, name: str) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return (
-        torch.bfloat16
-        if torch.backends.cpu.get_cpu_capability() == "AVX512" and torch.cpu._is_avx512_bf16_supported()
-        else None
-    )
+    return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else None
 
 
 def make_optimizer(model: Transformer, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """Decay matrices (attention, MLP, embeddings); never norms or other vectors."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
 
@@ -73,108 +70,82 @@ def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
 
 
 def train_step(
-    model: Transformer,
+    model: torch.nn.Module,
     opt: torch.optim.Optimizer,
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     grad_clip: float,
     amp: torch.dtype | None,
+    dist: distributed.Dist = distributed.Dist(),
 ) -> float:
-    """One optimizer step over (inputs, targets) micro-batches; returns the mean loss.
+    """One optimizer step over (inputs, targets) micro-batches; returns the mean token loss.
 
-    Targets equal to -100 (padding, or the instruction part of a pair) carry no loss.
+    Targets equal to IGNORE (the instruction part of a pair) carry no loss. Each
+    token counts once whatever micro-batch or rank it sits in: the summed loss is
+    divided by the global count of trained tokens, so accumulation and data
+    parallelism give the gradient of one big batch.
     """
     device = next(model.parameters()).device
+    local = sum(int((y != IGNORE).sum()) for _, y in micro_batches)
+    (count,) = distributed.all_sum(dist, [float(local)], device)
+    count = max(count, 1.0)
     total = 0.0
-    for x, y in micro_batches:
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+    for i, (x, y) in enumerate(micro_batches):
+        sync = not dist.enabled or i == len(micro_batches) - 1
+        ctx = model.no_sync() if not sync else torch.enable_grad()
+        with ctx, torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = model(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
-        (loss / len(micro_batches)).backward()
-        total += loss.item() / len(micro_batches)
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum"
+            )
+            (loss * (dist.world / count)).backward()  # DDP averages over ranks; undo that
+        total += loss.item()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return total
+    (total,) = distributed.all_sum(dist, [total], device)
+    return total / count
 
 
 @torch.no_grad()
 def evaluate(
-    model: Transformer,
-    windows: PackedWindows,
-    indices,
-    batch_size: int,
-    device: torch.device,
-    amp: torch.dtype | None,
+    model: Transformer, windows: PackedWindows, indices, batch_size: int, device: torch.device, amp
 ) -> tuple[float, float]:
-    """Mean loss and next-token top-1 accuracy over the given windows."""
+    """Mean loss and next-token top-1 accuracy over the given windows, ignoring masked targets."""
+    was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for i in range(0, len(indices), batch_size):
         x, y = (t.to(device) for t in windows.get(indices[i : i + batch_size]))
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
-        count += y.numel()
-    model.train()
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(
+            logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum"
+        ).item()
+        keep = y != IGNORE
+        correct += ((logits.argmax(-1) == y) & keep).sum().item()
+        count += keep.sum().item()
+    model.train(was_training)
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
 @dataclass
-class Budget:
-    """Progress in [0, 1]: the larger of the step fraction and the time fraction."""
+class LoopState:
+    """Everything about the loop's position that a resumed run needs (saved as JSON)."""
 
-    total_steps: int  # from epochs and max_steps
-    max_seconds: float  # 0: no time limit
-    start: float
-
-    def progress(self, step: int) -> float:
-        p = step / self.total_steps
-        if self.max_seconds > 0:
-            p = max(p, (time.monotonic() - self.start) / self.max_seconds)
-        return min(p, 1.0)
-
-
-def prepare(
-    data_dir: Path,
-    run_dir: Path,
-    cfg: TrainConfig,
-    tokenizer: str | Path | None,
-    console: Console,
-    model_overrides: dict | None = None,
-) -> tuple[CodeTokenizer, PackedWindows, PackedWindows, ModelConfig]:
-    """Tokenizer, token files and model config for a new run; writes config.json."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if tokenizer is not None:
-        tok = CodeTokenizer.load(tokenizer)
-    else:
-        console.print(f"training a {cfg.vocab_size}-token tokenizer on {data_dir}/train.parquet")
-        tok = train_tokenizer(iter_texts(data_dir, "train"), cfg.vocab_size)
-    tok.save(run_dir / "tokenizer.json")
-    model_cfg = ModelConfig.from_preset(
-        cfg.preset, **{**(model_overrides or {}), "vocab_size": tok.vocab_size}
-    )
-    seq_len = cfg.seq_len or model_cfg.block_size
-    if seq_len > model_cfg.block_size:
-        raise CodelmError(f"seq_len {seq_len} exceeds the model's block_size {model_cfg.block_size}")
-    console.print("tokenizing the train and val splits")
-    train = PackedWindows(tokenize_split(data_dir, "train", tok, run_dir / "tokens" / "train.bin"), seq_len)
-    val = PackedWindows(tokenize_split(data_dir, "val", tok, run_dir / "tokens" / "val.bin"), seq_len)
-    if len(train) == 0:
-        raise CodelmError(f"the train split has fewer than {seq_len + 1} tokens: add more code")
-    if len(val) == 0:
-        val = train  # a corpus this small has no usable val split; say so in the trace
-        console.print("[yellow]val split too small: evaluating on training windows[/yellow]")
-    atomic_write_json(
-        run_dir / "config.json",
-        {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "data": str(data_dir)},
-    )
-    return tok, train, val, model_cfg
+    step: int = 0
+    tokens: int = 0
+    epoch: int = 0
+    cursor: int = 0  # windows of the current epoch's order already used
+    elapsed_s: float = 0.0
+    next_eval: int = 1  # index of the next of the `evals` evenly spread evaluation points
+    pending: list[float] = field(default_factory=list)  # train losses since the last evaluation
+    best_val: float = math.inf
+    bad_evals: int = 0
+    epoch_ended: bool = False
 
 
-def _progress(console: Console) -> Progress:
+def _progress_bar(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]train"),
         BarColumn(),
@@ -186,93 +157,174 @@ def _progress(console: Console) -> Progress:
     )
 
 
+class Trainer:
+    """Owns the model, optimizer, data stream and trace of one run."""
+
+    def __init__(self, p: Prepared, cfg: TrainConfig, console: Console, dist: distributed.Dist):
+        self.p, self.cfg, self.console, self.dist = p, cfg, console, dist
+        self.device = p.device
+        self.amp = autocast_dtype(self.device, cfg.dtype)
+        torch.manual_seed(cfg.seed)
+        self.model = Transformer(p.model_cfg).to(self.device)
+        if p.init_weights is not None:
+            self.model.load_state_dict(p.init_weights, strict=False)
+        self.opt = make_optimizer(self.model, cfg, self.device)
+        self.net: torch.nn.Module = self.model
+        if cfg.compile:
+            self.net = torch.compile(self.model)
+        if dist.enabled:
+            ids = [dist.local_rank] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.batch = min(cfg.batch_size, len(p.train))
+        if self.batch % dist.world:
+            raise CodelmError(f"batch size {self.batch} is not divisible by {dist.world} processes")
+        per_epoch = max(1, len(p.train) // (self.batch * cfg.grad_accum))
+        total = math.ceil(cfg.epochs * per_epoch) if cfg.epochs > 0 else 10**12
+        if cfg.max_steps > 0:
+            total = min(total, cfg.max_steps)
+        if cfg.max_tokens > 0:
+            total = min(total, math.ceil(cfg.max_tokens / (self.batch * cfg.grad_accum * p.train.seq_len)))
+        self.total_steps = total
+        # Epoch ends get their own evaluation only when epochs are long next to the
+        # spacing of the spread points; a tiny corpus would otherwise evaluate every step.
+        self.eval_epoch_ends = per_epoch * cfg.evals >= total or cfg.max_minutes > 0 and per_epoch >= 50
+        self.eval_idx = p.val.spread(cfg.eval_sequences)
+        self.trace = Trace(p.run_dir)
+        self.state = LoopState()
+        self.order = p.train.epoch_order(cfg.seed, 0)
+
+    def resume(self) -> None:
+        path = latest_valid(self.p.run_dir / "checkpoints", self.console.print)
+        if path is None:
+            raise CodelmError(f"nothing to resume in {self.p.run_dir}: no usable checkpoint")
+        self.state = LoopState(**load_checkpoint(path, self.model, self.opt))
+        self.order = self.p.train.epoch_order(self.cfg.seed, self.state.epoch)
+        self.trace.restore(self.state.step)
+        self.console.print(f"resuming from {path.name} (step {self.state.step})")
+
+    def progress(self, elapsed: float) -> float:
+        p = self.state.step / self.total_steps
+        if self.cfg.max_minutes > 0:
+            p = max(p, elapsed / (self.cfg.max_minutes * 60))
+        return distributed.all_max(self.dist, min(p, 1.0), self.device)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's slice of the next global micro-batch."""
+        st, n = self.state, len(self.p.train)
+        if st.cursor + self.batch > n:
+            st.epoch, st.cursor, st.epoch_ended = st.epoch + 1, 0, True
+            self.order = self.p.train.epoch_order(self.cfg.seed, st.epoch)
+        idx = self.order[st.cursor : st.cursor + self.batch]
+        st.cursor += self.batch
+        share = self.batch // self.dist.world
+        idx = idx[self.dist.rank * share : (self.dist.rank + 1) * share]
+        return tuple(t.to(self.device) for t in self.p.train.get(idx))
+
+    def run(self) -> Trace:
+        st, cfg = self.state, self.cfg
+        start = time.monotonic() - st.elapsed_s
+        with _progress_bar(self.console) as bar:
+            task = bar.add_task("train", total=1000, tps=0.0, loss=float("nan"))
+            while (progress := self.progress(time.monotonic() - start)) < 1.0:
+                t0 = time.monotonic()
+                for g in self.opt.param_groups:
+                    g["lr"] = lr_at(st.step, progress, cfg)
+                micro = [self.next_batch() for _ in range(cfg.grad_accum)]
+                loss = train_step(self.net, self.opt, micro, cfg.grad_clip, self.amp, self.dist)
+                st.step += 1
+                st.tokens += self.batch * cfg.grad_accum * self.p.train.seq_len
+                st.pending.append(loss)
+                st.elapsed_s = time.monotonic() - start
+                self.trace.log_train(st.step, loss)
+                tps = self.batch * cfg.grad_accum * self.p.train.seq_len / max(time.monotonic() - t0, 1e-9)
+                progress = self.progress(st.elapsed_s)
+                bar.update(task, completed=1000 * progress, tps=tps, loss=loss)
+                if self.after_step(progress, bar.console):
+                    break
+        if not self.trace.rows:
+            raise CodelmError("the budget ended before the first evaluation")
+        return self.trace
+
+    def after_step(self, progress: float, console: Console) -> bool:
+        """Evaluate and checkpoint when due; True when early stopping ends the run."""
+        st, cfg = self.state, self.cfg
+        spread_due = progress >= st.next_eval / cfg.evals
+        while st.next_eval <= cfg.evals and progress >= st.next_eval / cfg.evals:
+            st.next_eval += 1
+        every_due = cfg.eval_every > 0 and st.step % cfg.eval_every == 0
+        stop = False
+        epoch_due = st.epoch_ended and self.eval_epoch_ends
+        if spread_due or every_due or epoch_due or progress >= 1.0:
+            st.epoch_ended = False
+            stop = self.evaluate_and_log(console)
+        ckpt_due = cfg.checkpoint_every > 0 and st.step % cfg.checkpoint_every == 0
+        if self.dist.main and (
+            ckpt_due or progress >= 1.0 or stop or (cfg.checkpoint_every == 0 and spread_due)
+        ):
+            state = asdict(st)
+            save_checkpoint(self.p.run_dir / "checkpoints", self.model, self.opt, state, cfg.keep_checkpoints)
+        return stop
+
+    def evaluate_and_log(self, console: Console) -> bool:
+        st, cfg = self.state, self.cfg
+        vl, va = evaluate(self.model, self.p.val, self.eval_idx, self.batch, self.device, self.amp)
+        epochs = st.tokens / max(len(self.p.train) * self.p.train.seq_len, 1)
+        lr = self.opt.param_groups[0]["lr"]
+        row = TraceRow(
+            st.step, epochs, st.tokens, sum(st.pending) / len(st.pending), vl, va, lr, st.elapsed_s
+        )
+        st.pending = []
+        if self.dist.main:
+            self.trace.add(row)
+            save_weights(self.model, self.p.run_dir / WEIGHTS)
+            console.print(
+                f"epoch {row.epoch:.2f}  step {st.step}  train {row.train_loss:.3f}  "
+                f"val {vl:.3f}  acc {va:.3f}  {row.observation}"
+            )
+        else:
+            self.trace.rows.append(row)
+        if vl < st.best_val:
+            st.best_val, st.bad_evals = vl, 0
+        else:
+            st.bad_evals += 1
+        if cfg.early_stop_patience > 0 and st.bad_evals >= cfg.early_stop_patience:
+            console.print(f"early stop: no better validation loss in {st.bad_evals} evaluations")
+            return True
+        return False
+
+
 def train(
-    data_dir: str | Path,
+    data_dir: str | Path | None,
     run_dir: str | Path,
     cfg: TrainConfig,
     tokenizer: str | Path | None = None,
     console: Console | None = None,
     model_overrides: dict | None = None,
+    resume: bool = False,
+    init_from: str | Path | None = None,
 ) -> Trace:
     """Train a model on DATA/ into RUN/ and return its trace.
 
-    `model_overrides` change fields of the preset's ModelConfig (tests use 2-layer models).
+    `resume` continues RUN from its newest whole checkpoint with RUN's saved
+    config; `init_from` starts from another run's weights and tokenizer (fine-
+    tuning); `model_overrides` change fields of the preset (tests use 2 layers).
     """
-    console = console or Console(stderr=True)
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
     device = resolve_device(cfg.device)
-    amp = autocast_dtype(device, cfg.dtype)
-    tok, train_w, val_w, model_cfg = prepare(data_dir, run_dir, cfg, tokenizer, console, model_overrides)
-    torch.manual_seed(cfg.seed)
-    model = Transformer(model_cfg).to(device)
-    console.print(
-        f"model: {cfg.preset}, {model.num_params() / 1e6:.2f}M parameters, "
-        f"{len(train_w)} training sequences of {train_w.seq_len} tokens, "
-        f"{'bf16' if amp else 'fp32'} on {device}"
-    )
-    opt = make_optimizer(model, cfg, device)
-    batch = min(cfg.batch_size, len(train_w))
-    steps_per_epoch = max(1, len(train_w) // (batch * cfg.grad_accum))
-    total = math.ceil(cfg.epochs * steps_per_epoch) if cfg.epochs > 0 else 10**12
-    if cfg.max_steps > 0:
-        total = min(total, cfg.max_steps)
-    budget = Budget(total, cfg.max_minutes * 60, time.monotonic())
-    trace = Trace(run_dir)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    eval_idx = val_w.spread(cfg.eval_sequences)
-    state = {"epoch": 0, "cursor": 0, "order": train_w.epoch_order(cfg.seed, 0)}
-
-    def next_batch():
-        if state["cursor"] + batch > len(train_w):
-            state["epoch"] += 1
-            state["cursor"] = 0
-            state["order"] = train_w.epoch_order(cfg.seed, state["epoch"])
-        idx = state["order"][state["cursor"] : state["cursor"] + batch]
-        state["cursor"] += batch
-        return tuple(t.to(device) for t in train_w.get(idx))
-
-    step, tokens, losses, next_eval = 0, 0, [], 1
-    with _progress(console) as bar:
-        task = bar.add_task("train", total=1000, tps=0.0, loss=float("nan"))
-        while True:
-            progress = budget.progress(step)
-            if progress >= 1.0:
-                break
-            t0 = time.monotonic()
-            lr = lr_at(step, progress, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            micro = [next_batch() for _ in range(cfg.grad_accum)]
-            loss_acc = train_step(model, opt, micro, cfg.grad_clip, amp)
-            tokens += sum(y.numel() for _, y in micro)
-            step += 1
-            losses.append(loss_acc)
-            trace.log_train(step, loss_acc)
-            tps = batch * cfg.grad_accum * train_w.seq_len / max(time.monotonic() - t0, 1e-9)
-            progress = budget.progress(step)
-            bar.update(task, completed=1000 * progress, tps=tps, loss=loss_acc)
-            if progress >= next_eval / cfg.evals or progress >= 1.0:
-                while next_eval <= cfg.evals and progress >= next_eval / cfg.evals:
-                    next_eval += 1
-                vl, va = evaluate(model, val_w, eval_idx, batch, device, amp)
-                row = trace.add(
-                    TraceRow(
-                        step,
-                        tokens / (len(train_w) * train_w.seq_len),
-                        tokens,
-                        sum(losses) / len(losses),
-                        vl,
-                        va,
-                        lr,
-                        time.monotonic() - budget.start,
-                    )
-                )
-                losses = []
-                bar.console.print(
-                    f"epoch {row.epoch:.2f}  step {step}  train {row.train_loss:.3f}  "
-                    f"val {vl:.3f}  acc {va:.3f}  {row.observation}"
-                )
-                save_weights(model, run_dir / WEIGHTS)
-    if not trace.rows:
-        raise CodelmError("the budget ended before the first training step")
-    return trace
+    dist = distributed.init(device.type)
+    console = console or Console(stderr=True, quiet=not dist.main)
+    try:
+        p = prepare(
+            data_dir, Path(run_dir), cfg, tokenizer, console, model_overrides, resume, init_from, dist, device
+        )
+        trainer = Trainer(p, p.cfg, console, dist)
+        console.print(
+            f"model: {p.cfg.preset}, {trainer.model.num_params() / 1e6:.2f}M parameters; "
+            f"{len(p.train)} training sequences of {p.train.seq_len} tokens; "
+            f"{'bf16' if trainer.amp else 'fp32'} on {device}"
+            + (f"; {dist.world} processes" if dist.enabled else "")
+        )
+        if resume:
+            trainer.resume()
+        return trainer.run()
+    finally:
+        distributed.shutdown(dist)

@@ -51,6 +51,15 @@ class Trace:
         self.rows: list[TraceRow] = []
         self.train_points: list[tuple[int, float]] = []  # (step, loss) for the curve
 
+    def restore(self, upto_step: int) -> None:
+        """Reload the rows of metrics.jsonl up to a checkpoint's step, dropping later ones."""
+        path = self.dir / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        self.rows = [
+            r for r in (TraceRow(**json.loads(x)) for x in lines if x.strip()) if r.step <= upto_step
+        ]
+        atomic_write_text(path, "".join(json.dumps(asdict(r)) + "\n" for r in self.rows))
+
     def log_train(self, step: int, loss: float) -> None:
         self.train_points.append((step, loss))
 

@@ -1,0 +1,40 @@
+"""Helpers shared by the bench scripts: timing with repetitions, matmul peak, bandwidth."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def timed(fn: Callable[[], object], reps: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of `reps` calls of `fn`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def summary(values: list[float]) -> str:
+    return f"median {statistics.median(values):,.1f}  min {min(values):,.1f}  max {max(values):,.1f}"
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of an n³ matmul in `dtype` (the best of `reps`: the peak this machine gives now)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    secs = timed(lambda: a @ b, reps)
+    return 2 * n**3 / min(secs) / 1e9
+
+
+def copy_bandwidth(gib: float = 1.0, reps: int = 3) -> float:
+    """GB/s of a large tensor copy, counting bytes read plus bytes written."""
+    src = torch.empty(int(gib * 2**30), dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    secs = timed(lambda: dst.copy_(src), reps)
+    return 2 * src.numel() / min(secs) / 1e9

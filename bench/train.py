@@ -1,0 +1,117 @@
+"""Training speed, side by side in one run: codelm's Transformer against HF transformers'
+LlamaForCausalLM (the same RoPE/RMSNorm/SwiGLU architecture) at the same sizes, batch and
+precision; plus model FLOP utilisation against a matmul peak measured in the same run.
+
+    .venv/bin/python bench/train.py [--preset small] [--vocab 16384] [--batch 8] [--seq 256] [--reps 5]
+
+Both models take a full step (forward, backward, AdamW) on the same random batch.
+Steps alternate between the engines so that noise from other processes hits both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import matmul_peak, summary  # noqa: E402
+
+from codelm.model import ModelConfig, Transformer  # noqa: E402
+from codelm.train.config import TrainConfig  # noqa: E402
+from codelm.train.loop import make_optimizer, train_step  # noqa: E402
+
+
+def hf_llama(cfg: ModelConfig):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hc = LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.n_embd,
+        intermediate_size=cfg.mlp_hidden,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_head,
+        max_position_embeddings=cfg.block_size,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(hc)
+
+
+def flops_per_token(cfg: ModelConfig, n_params: int, seq: int) -> float:
+    """6N for the matmuls of forward+backward, plus attention scores (PaLM appendix B)."""
+    return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * seq
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--vocab", type=int, default=16384)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--compile", action="store_true", help="also time codelm under torch.compile")
+    a = ap.parse_args()
+    amp = torch.bfloat16 if a.dtype == "bf16" else None
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset(a.preset, vocab_size=a.vocab)
+    x = torch.randint(0, a.vocab, (a.batch, a.seq))
+    y = torch.roll(x, -1, 1)
+    tcfg = TrainConfig(lr=1e-4)
+
+    ours = Transformer(cfg)
+    engines = {"codelm": (ours, make_optimizer(ours, tcfg, torch.device("cpu")))}
+    if a.compile:
+        compiled = Transformer(cfg)
+        engines["codelm+compile"] = (
+            torch.compile(compiled),
+            make_optimizer(compiled, tcfg, torch.device("cpu")),
+        )
+    hf = hf_llama(cfg)
+    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+
+    def hf_step():
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            logits = hf(input_ids=x).logits
+        F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        hf_opt.step()
+        hf_opt.zero_grad(set_to_none=True)
+
+    steps = {
+        name: (lambda m=m, o=o: train_step(m, o, [(x, y)], 1.0, amp)) for name, (m, o) in engines.items()
+    }
+    steps["transformers"] = hf_step
+    for fn in steps.values():  # warm up (and compile)
+        fn(), fn()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    import time
+
+    for _ in range(a.reps):
+        for name, fn in steps.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    peak = matmul_peak(torch.bfloat16 if amp else torch.float32)
+    tokens = a.batch * a.seq
+    n = ours.num_params()
+    fpt = flops_per_token(cfg, n, a.seq)
+    print(f"preset {a.preset}: {n / 1e6:.1f}M params, vocab {a.vocab}, batch {a.batch}x{a.seq}, {a.dtype}, "
+          f"{torch.get_num_threads()} threads; matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
+    tps = {k: [tokens / t for t in v] for k, v in times.items()}
+    for name, v in tps.items():
+        mfu = statistics.median(v) * fpt / 1e9 / peak
+        print(f"  {name:16s} tokens/s {summary(v)}   MFU {100 * mfu:.0f}% of peak")
+    hf_med = statistics.median(tps["transformers"])
+    for name in engines:
+        print(f"  ratio {name} / transformers: {statistics.median(tps[name]) / hf_med:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

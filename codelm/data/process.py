@@ -1,0 +1,129 @@
+"""The per-file work of a build, run in order over a stream, in this process or in a pool.
+
+For each raw file `FileProcessor` filters and parses it, checks it against the
+benchmark problems, computes its exact-duplicate key and MinHash signature, and
+mines its pairs. None of that depends on other files, so it runs in worker
+processes; the decisions that do (duplicates, splits) stay in the main process.
+
+`process_stream` hands out chunks of files and takes results back in input
+order, with a bounded number of chunks in flight: memory holds a few chunks,
+never the corpus, and the output is the same whatever `num_proc` is.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from codelm.data.decontaminate import DecontamConfig, Decontaminator, Problem
+from codelm.data.dedup import DedupConfig, exact_key, signature
+from codelm.data.filters import FilterConfig, check
+from codelm.data.pairs import Pair, PairConfig, mine_pairs
+from codelm.data.sources import RawFile, Skip
+
+CHUNK_FILES = 32  # files per task: amortises inter-process overhead
+CHUNK_BYTES = 2_000_000  # ...but a chunk of large files is cut earlier, to bound memory
+IN_FLIGHT_PER_PROC = 2  # chunks queued per worker: keeps workers busy, memory bounded
+
+
+@dataclass
+class Result:
+    """What one file turned into. `reason` set: dropped by a filter; else `text` is set."""
+
+    path: str
+    source: str
+    nbytes: int  # raw size as read
+    reason: str | None = None  # a filters.REASONS entry
+    text: str | None = None
+    syntax_error: bool = False  # kept although it does not parse
+    contaminated_by: tuple[str, ...] = ()  # benchmark problem ids found in the text
+    key: bytes = b""  # exact-duplicate key
+    sig: np.ndarray | None = None  # MinHash signature; None when the text has no tokens
+    pairs: list[Pair] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    filters: FilterConfig
+    dedup: DedupConfig
+    pairs: PairConfig
+    decontam: DecontamConfig
+    problems: tuple[Problem, ...] = ()
+
+
+class FileProcessor:
+    """Turns RawFile into Result; a Skip passes through untouched."""
+
+    def __init__(self, cfg: WorkerConfig):
+        self.cfg = cfg
+        self.decontaminator = Decontaminator(list(cfg.problems), cfg.decontam) if cfg.problems else None
+
+    def __call__(self, raw: RawFile) -> Result:
+        cfg = self.cfg
+        r = Result(raw.path, raw.source, len(raw.data))
+        checked = check(raw.data, cfg.filters, raw.language)
+        if checked.reason is not None:
+            r.reason = checked.reason
+            return r
+        r.text, r.syntax_error = checked.text, checked.syntax_error
+        if self.decontaminator is not None:
+            r.contaminated_by = self.decontaminator.matches(r.text)
+            if r.contaminated_by:
+                r.text = None  # dropped: no need to ship it back
+                return r
+        r.key = exact_key(r.text)
+        r.sig = signature(r.text, cfg.dedup)
+        if checked.tree is not None:
+            r.pairs = mine_pairs(r.text, checked.tree, cfg.pairs)
+        return r
+
+    def run_chunk(self, chunk: list[RawFile | Skip]) -> list[Result | Skip]:
+        return [item if isinstance(item, Skip) else self(item) for item in chunk]
+
+
+_worker: FileProcessor | None = None  # one per pool process, built by the initializer
+
+
+def _init_worker(cfg: WorkerConfig) -> None:
+    global _worker
+    _worker = FileProcessor(cfg)
+
+
+def _run_chunk(chunk: list[RawFile | Skip]) -> list[Result | Skip]:
+    return _worker.run_chunk(chunk)
+
+
+def _chunks(items: Iterable[RawFile | Skip]) -> Iterator[list[RawFile | Skip]]:
+    chunk: list[RawFile | Skip] = []
+    size = 0
+    for item in items:
+        chunk.append(item)
+        size += len(item.data) if isinstance(item, RawFile) else 0
+        if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def process_stream(items: Iterable[RawFile | Skip], cfg: WorkerConfig, num_proc: int = 1) -> Iterator:
+    """Result | Skip for every item, in input order, computed by `num_proc` processes."""
+    if num_proc <= 1:
+        worker = FileProcessor(cfg)
+        for chunk in _chunks(items):
+            yield from worker.run_chunk(chunk)
+        return
+    # spawn, not fork: the caller may run threads (a progress bar), and fork copies them badly
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(num_proc, initializer=_init_worker, initargs=(cfg,)) as pool:
+        pending: deque = deque()
+        for chunk in _chunks(items):
+            pending.append(pool.apply_async(_run_chunk, (chunk,)))
+            if len(pending) >= IN_FLIGHT_PER_PROC * num_proc:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()

@@ -1,0 +1,158 @@
+"""`codelm eval`: every metric of a run in one report (terminal table and `--json OUT`).
+
+- intrinsic metrics on held-out code (a DATA split, by default the run's test
+  split, or any folder of code);
+- line completion against the n-gram baseline, on the same held-out files;
+- pass@k on HumanEval-format problems (our own benchmark by default), the
+  model's samples run in the sandbox.
+
+Or, without a run: `--completions FILE` scores completions made elsewhere
+(passk.score_file). A run is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from codelm.errors import CodelmError
+from codelm.evaluate.intrinsic import IntrinsicConfig, intrinsic_metrics
+from codelm.evaluate.line_completion import (
+    LineConfig,
+    model_predictions,
+    ngram_predictions,
+    sample_positions,
+    score,
+)
+from codelm.evaluate.ngram import NGramModel
+from codelm.evaluate.passk import DEFAULT_KS, default_problems_path, load_problems, score_completions
+from codelm.evaluate.sandbox import SandboxConfig, resolve
+from codelm.fsutil import atomic_write_json, atomic_write_text
+from codelm.generate.generator import complete, load_run
+from codelm.generate.sampling import SamplingConfig
+from codelm.model.io import read_config
+from codelm.train.batches import iter_texts, open_tokens
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    split: str = "test"  # which DATA split is held out
+    samples: int = 10  # completions per problem for pass@k (pass@10 needs 10)
+    temperature: float = 0.2  # Codex's setting for pass@1; diversity for pass@10 is modest
+    max_new_tokens: int = 256
+    ngram_order: int = 4
+    ngram_tokens: int = 4_000_000  # training tokens the baseline counts: seconds with numpy
+    workers: int = 0  # sandbox processes in parallel; 0 means the number of cores
+    seed: int = 0
+    intrinsic: IntrinsicConfig = IntrinsicConfig()
+    lines: LineConfig = LineConfig()
+
+
+def held_out_texts(run: Path, data: str | None, split: str) -> tuple[list[str], str]:
+    """Held-out documents: a DATA split, or every *.py file of a folder; and a label."""
+    path = Path(data) if data else Path(read_config(run).get("data", ""))
+    if (path / f"{split}.parquet").is_file():
+        return list(iter_texts(path, split)), f"{path}/{split}.parquet"
+    if path.is_dir():
+        texts = []
+        for f in sorted(path.rglob("*.py")):
+            try:
+                texts.append(f.read_text("utf-8"))
+            except (OSError, UnicodeDecodeError):
+                continue
+        if texts:
+            return texts, str(path)
+    raise CodelmError(
+        f"no held-out code at {path or '(the run names no DATA)'}: give --data DATA or a folder"
+    )
+
+
+def _ngram(run: Path, cfg: EvalConfig, vocab_size: int) -> NGramModel | None:
+    bin_path = run / "tokens" / "train.bin"
+    if not bin_path.is_file() or vocab_size > 2**16:
+        return None
+    ids, _ = open_tokens(bin_path, vocab_size)
+    return NGramModel(np.asarray(ids[: cfg.ngram_tokens]), cfg.ngram_order)
+
+
+def pass_at_k_report(
+    model, tok, problems_path: Path, cfg: EvalConfig, out_jsonl: Path | None, console
+) -> dict:
+    problems = load_problems(problems_path)
+    completions: dict[str, list[str]] = {}
+    for i, p in enumerate(problems):
+        completions[p.task_id] = []
+        for k in range(cfg.samples):  # each sample's seed depends only on (seed, problem, sample)
+            seed = cfg.seed * 1_000_003 + i * 1_000 + k
+            s = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=seed)
+            completions[p.task_id].append(complete(model, tok, p.prompt, s).text)
+        console.print(f"sampled {p.task_id} ({i + 1}/{len(problems)})")
+    sandbox = SandboxConfig()
+    isolation, _ = resolve(sandbox)
+    ks = [k for k in DEFAULT_KS if k <= cfg.samples]
+    rows, summary = score_completions(problems, completions, sandbox, cfg.workers or None, ks)
+    if out_jsonl is not None:
+        atomic_write_text(out_jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+    return {"problems_file": str(problems_path), "problems": len(rows), "isolation": isolation, **summary}
+
+
+def evaluate_run(
+    run: str | Path,
+    data: str | None = None,
+    problems: str | None = None,
+    cfg: EvalConfig = EvalConfig(),
+    json_out: str | None = None,
+    console: Console | None = None,
+) -> dict:
+    console = console or Console(stderr=True)
+    run = Path(run)
+    model, tok = load_run(str(run))
+    began = time.monotonic()
+    texts, label = held_out_texts(run, data, cfg.split)
+    console.print(f"intrinsic metrics on {label}")
+    report: dict = {"run": str(run), "data": label, "settings": asdict(cfg)}
+    report["intrinsic"] = asdict(intrinsic_metrics(model, tok, texts, cfg.intrinsic))
+    console.print("line completion")
+    positions = sample_positions(texts, cfg.lines)
+    report["line_completion"] = {
+        "model": asdict(score(model_predictions(model, tok, positions, cfg.lines), positions))
+    }
+    ngram = _ngram(run, cfg, tok.vocab_size)
+    if ngram is not None:
+        report["line_completion"]["ngram"] = asdict(
+            score(ngram_predictions(ngram, tok, positions, cfg.lines), positions)
+        )
+    if cfg.samples > 0:
+        path = Path(problems) if problems else default_problems_path()
+        out = Path(json_out).with_suffix(".problems.jsonl") if json_out else None
+        console.print(f"pass@k on {path.name}: {cfg.samples} samples per problem")
+        report["pass_at_k"] = pass_at_k_report(model, tok, path, cfg, out, console)
+    report["duration_s"] = round(time.monotonic() - began, 1)
+    if json_out:
+        atomic_write_json(json_out, report)
+    return report
+
+
+def report_table(report: dict) -> Table:
+    t = Table(title=f"codelm eval: {report.get('run', '')}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k in ("loss", "perplexity", "bits_per_byte", "top1", "top5", "tokens"):
+        if k in report.get("intrinsic", {}):
+            v = report["intrinsic"][k]
+            t.add_row(k.replace("_", " "), f"{v:,}" if isinstance(v, int) else f"{v:.3f}")
+    for who, s in report.get("line_completion", {}).items():
+        t.add_row(f"line exact match ({who})", f"{s['exact_match']:.3f}")
+        t.add_row(f"line edit similarity ({who})", f"{s['edit_similarity']:.3f}")
+    for k, v in report.get("pass_at_k", {}).items():
+        if k.startswith("pass@"):
+            t.add_row(k, f"{v:.3f}")
+    if "pass_at_k" in report:
+        t.add_row("sandbox isolation", report["pass_at_k"]["isolation"])
+    return t

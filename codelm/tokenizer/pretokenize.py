@@ -1,0 +1,149 @@
+"""The code pre-tokenizer: one regular expression that cuts text into the pieces BPE may merge within.
+
+BPE never merges across a piece boundary, so the pattern decides what can become
+a token:
+
+- a newline (or a run of blank lines) together with the indentation after it is
+  one piece, and indentation is never joined to the code that follows it; a run
+  of spaces or tabs inside a line (trailing whitespace, alignment) is a piece
+  of its own, so whitespace is never merged into a word;
+- an identifier is one piece, with underscores and mixed case inside it, so BPE
+  merges across snake_case and camelCase boundaries exactly where the merge is
+  frequent enough to pay for a vocabulary slot; a dotted name (`os.path.join`)
+  is one piece too; the piece may start with one space, a `.`, a quote or `# `;
+- brackets, commas, colons, semicolons and quotes form runs (`()`, `):`, `'),`)
+  that never include a letter, digit or operator character;
+- multi-character operators (`==`, `**=`, `->`, `...`) are pieces of their own
+  (`codelm.tokenizer.units` then makes each a single token);
+- each digit is its own piece, so numbers never grow the vocabulary.
+
+The same pattern string runs in two engines: Oniguruma inside HF `tokenizers`
+(the saved `tokenizer.json`) and Python's `re` (the fast encoder in
+`encoder.py`). It therefore uses only constructs both read the same way:
+explicit ASCII classes, literal code-point ranges, `\\A`, non-capturing groups and
+lookahead; no `\\p{..}`, `\\s`, `\\w` or `^`, whose meanings differ. Every non-ASCII
+character counts as a word character (Python identifiers may contain them; emoji
+and CJK text simply join the word they touch). The pattern matches every
+character, so cutting is lossless; tests check the two engines agree.
+
+What it does not do: parse code. `#` inside a string starts a "comment" piece here,
+and that is harmless, because pieces only limit merges.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tokenizers import Regex, pre_tokenizers
+
+# Multi-character operators, longest first so the regex alternation prefers `**=` to `**`.
+# Python's, plus the few C-family ones a user's other code brings (`&&`, `=>`).
+OPERATORS: tuple[str, ...] = tuple(
+    sorted(
+        [
+            "**=",
+            "//=",
+            ">>=",
+            "<<=",
+            "...",
+            "!==",
+            "->",
+            ":=",
+            "==",
+            "!=",
+            "<=",
+            ">=",
+            "**",
+            "//",
+            "<<",
+            ">>",
+            "+=",
+            "-=",
+            "*=",
+            "/=",
+            "%=",
+            "&=",
+            "|=",
+            "^=",
+            "@=",
+            "&&",
+            "||",
+            "++",
+            "--",
+            "=>",
+        ],  # fmt: skip
+        key=lambda s: (-len(s), s),
+    )
+)
+
+_WORD = "A-Za-z_\u0080-\U0010ffff"  # word characters: ASCII letters, `_`, every non-ASCII char
+_ID = f"[{_WORD}][0-9{_WORD}]*"
+_NAME = rf"{_ID}(?:\.{_ID})*"  # a dotted name: `self.items.append` is one piece
+_SPACE = r" \t\n\r\x0b\x0c"  # ASCII whitespace, spelled out: `\s` differs between the engines
+# Runs of one repeated symbol (`-----`, `=====`, `>>>`) are rulers and prompts, not operators:
+# as operators `========` would cost four `==` tokens.
+_RULERS = r"-{3,}|={3,}|\*{3,}|#{3,}|~{3,}|\+{3,}|\^{3,}|<{3,}|>{3,}|/{3,}|!{3,}|\.{4,}"
+_OPS = "|".join(re.escape(op) for op in OPERATORS)
+# Brackets and delimiters may merge with each other (`()`, `):`, `'),`), but a run stops
+# before `...` and `:=`, which are operators.
+_RUN = r"(?:(?!\.\.\.|:=)[()\[\]{}.,:;'\"`])+"
+
+PATTERN = "|".join(
+    [
+        r"\A[ \t]+",  # indentation at the very start of the text
+        rf"(?: ?['\"]|[ .]|# ?)?{_NAME}",  # identifiers and dotted names, with one prefix
+        r"(?:\r?\n)+[ \t]*",  # newline(s) plus the next line's indentation
+        rf" ?{_RUN}",
+        rf" ?(?:{_RULERS})",
+        rf" ?(?:{_OPS})",
+        r" ?[0-9]",  # digits one by one
+        rf" ?[^{_WORD}0-9{_SPACE}]",  # any other symbol
+        r"[ \t]+",  # whitespace inside a line, trailing whitespace included
+        r"[\s\S]",  # anything else (a lone \r, a form feed), one char at a time
+    ]
+)
+
+COMPILED = re.compile(PATTERN)
+
+
+def hf_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """The pattern as an HF pre-tokenizer, followed by the byte-level mapping (no regex of its own)."""
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+def split(text: str) -> list[str]:
+    """The pieces of `text`, in order; `"".join(split(text)) == text` always."""
+    return COMPILED.findall(text)
+
+
+def _byte_to_char() -> list[str]:
+    """GPT-2's byte-level alphabet, as HF's ByteLevel uses it: byte value -> printable char."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+BYTE_TO_CHAR: list[str] = _byte_to_char()
+CHAR_TO_BYTE: dict[str, int] = {c: b for b, c in enumerate(BYTE_TO_CHAR)}
+_TRANSLATE = {b: c for b, c in enumerate(BYTE_TO_CHAR)}
+
+
+def to_byte_level(piece: str) -> str:
+    """The byte-level spelling of a piece, as BPE sees it. Lone surrogates become their
+    three surrogatepass bytes (ED A0..BF xx), which no valid text produces."""
+    return piece.encode("utf-8", "surrogatepass").decode("latin-1").translate(_TRANSLATE)

@@ -1,0 +1,117 @@
+"""Checkpoints for exact resume: model, optimizer, RNG states and loop state, no pickles.
+
+A checkpoint is a directory `checkpoints/step-XXXXXXXX/` holding
+`model.safetensors`, `optimizer.safetensors` (AdamW moments and the RNG states
+as tensors) and `state.json` (the loop state, the optimizer's hyperparameters,
+and a sha256 of each tensor file). It is built under a temporary name and
+renamed into place, so a crash mid-save leaves the previous checkpoints whole.
+On load, a checkpoint whose files are missing or whose hashes differ is
+reported and the one before it is used. The last `keep` are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from codelm.fsutil import atomic_directory, atomic_write_json
+from codelm.model import Transformer
+from codelm.model.io import state_for_saving
+
+TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {
+        f"state.{idx}.{key}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous().cpu()
+        for idx, st in sd["state"].items()
+        for key, v in st.items()
+    }
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    return tensors, sd["param_groups"]
+
+
+def save_checkpoint(
+    ckpt_dir: Path, model: Transformer, opt: torch.optim.Optimizer, state: dict[str, Any], keep: int
+) -> Path:
+    """Write `checkpoints/step-N/` atomically and prune all but the newest `keep`."""
+    path = ckpt_dir / f"step-{state['step']:08d}"
+    tensors, groups = _optimizer_tensors(opt)
+    with atomic_directory(path) as tmp:
+        save_file(state_for_saving(model), str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        hashes = {name: _sha256(tmp / name) for name in TENSOR_FILES}
+        atomic_write_json(tmp / "state.json", {"loop": state, "param_groups": groups, "sha256": hashes})
+    for old in list_checkpoints(ckpt_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Checkpoint directories, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def verify(path: Path) -> str | None:
+    """None if the checkpoint is whole, else what is wrong with it."""
+    try:
+        meta = json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return f"unreadable state.json ({e.__class__.__name__})"
+    for name in TENSOR_FILES:
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if _sha256(path / name) != meta.get("sha256", {}).get(name):
+            return f"{name} is damaged (checksum mismatch)"
+    return None
+
+
+def latest_valid(ckpt_dir: Path, warn) -> Path | None:
+    """The newest checkpoint that verifies; damaged ones are reported through `warn`."""
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        problem = verify(path)
+        if problem is None:
+            return path
+        warn(f"checkpoint {path.name} is unusable: {problem}; trying the one before it")
+    return None
+
+
+def load_checkpoint(path: Path, model: Transformer, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model, optimizer and RNG states in place; return the saved loop state."""
+    meta = json.loads((path / "state.json").read_text())
+    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    torch.set_rng_state(tensors.pop("rng.cpu"))
+    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors.pop(k) for k in cuda])
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    groups = meta["param_groups"]
+    for g in groups:
+        g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    return meta["loop"]
