@@ -68,6 +68,7 @@ def main() -> None:
     print(f"read+decode floor ({a.source}): {summary([t for t, _ in floors])}")
     hashes = set()
     stats = {}
+    medians = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "data"
         for n in a.num_proc:
@@ -76,7 +77,7 @@ def main() -> None:
             cpu = statistics.median(c for _, c in runs)
             stats = json.loads((out / "stats.json").read_text())
             hashes.add(json.loads((out / "manifest.json").read_text())["content_hash"])
-            med = statistics.median(times)
+            med = medians[n] = statistics.median(times)
             mb = stats["bytes_seen"] / 1e6
             print(
                 f"data build --num-proc {n}: {summary(times)}  |  {mb / med:5.2f} MB/s"
@@ -84,6 +85,9 @@ def main() -> None:
                 f"  |  CPU {cpu:5.1f} s ({mb / cpu:4.2f} MB per CPU-s)"
                 f"  |  {med / floor:5.1f}x the read floor"
             )
+    first = a.num_proc[0]
+    for n in a.num_proc[1:]:
+        print(f"--num-proc {n} vs {first}: {medians[first] / medians[n]:.2f}x the speed")
     if len(hashes) != 1:
         raise SystemExit(f"outputs differ between --num-proc values: {sorted(hashes)}")
     print(f"identical output for every --num-proc (content hash {hashes.pop()})")

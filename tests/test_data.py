@@ -92,6 +92,10 @@ def endpoint(resource, ident=None, **query):
     if query:
         url += "?" + urlencode(sorted(query.items()))
     return url
+
+
+def is_secure(url):
+    return url.startswith("https://")
 ''',
 }
 
@@ -225,6 +229,15 @@ def test_renamed_reformatted_copy_is_near_duplicate_and_distinct_files_are_not()
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             assert _jaccard(DISTINCT[a], DISTINCT[b]) < 0.3, (a, b)
+
+
+def test_short_files_are_only_deduplicated_exactly(tmp_path):
+    src = tmp_path / "src"
+    write(src, "a.py", "class A:\n    def get_name(self):\n        return self.name\n")
+    write(src, "b.py", "class B:\n    def get_age(self):\n        return self.age\n")  # same shape
+    assert signature((src / "a.py").read_text(), DedupConfig()) is None
+    stats = build([src], tmp_path / "data")
+    assert stats["dropped_near_duplicate"] == 0 and stats["files_seen"] == 2
 
 
 def test_exact_key_ignores_whitespace_only():
@@ -437,10 +450,11 @@ def test_near_duplicate_cluster_never_spans_splits(tmp_path):
     build([src], tmp_path / "data")
     kept = {r["path"]: r["text"] for r in all_rows(tmp_path / "data") if r["kind"] == "file"}
     assert "search.py" in kept and "z_near.py" not in kept  # one member per cluster survives
-    texts = list(kept.values())
-    for i, a in enumerate(texts):
-        for b in texts[i + 1 :]:
-            assert _jaccard(a, b) < 0.85
+    sigs = [sig for t in kept.values() if (sig := signature(t, DedupConfig())) is not None]
+    assert len(sigs) == len(DISTINCT)  # the short generated modules are left to exact dedup
+    for i, a in enumerate(sigs):
+        for b in sigs[i + 1 :]:
+            assert np.mean(a == b) < 0.85
 
 
 def test_num_proc_gives_identical_output(tmp_path):

@@ -58,7 +58,7 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
 
 
 def test_demo_runs_on_a_small_corpus(tmp_path, corpus_dir, capsys):
-    cfg = DemoConfig(out=str(tmp_path / "demo"), max_minutes=0.05, vocab_size=400, samples=2)
+    cfg = DemoConfig(out=str(tmp_path / "demo"), max_minutes=0.05, vocab_size=400, samples=2, compile=False)
     summary = run_demo(cfg, sources=(str(corpus_dir),))
     out = capsys.readouterr().out
     assert "Epoch" in out and "val loss" in out and "Run directory" in out

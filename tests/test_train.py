@@ -181,7 +181,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, corpus_dir, tokenizer
     def curve(run):
         return [{k: v for k, v in m.items() if k != "elapsed_s"} for m in _metrics(tmp_path / run)]
 
-    assert len(curve("a")) == 3 and curve("a") == curve("b")
+    assert len(curve("a")) >= 3 and curve("a") == curve("b")
     wa, wb = (load_file(str(tmp_path / r / "model.safetensors")) for r in "ab")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -246,3 +246,22 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, corpus_dir
     assert [m["step"] for m in one] == [m["step"] for m in two]
     for a, b in zip(one, two, strict=True):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-5 and abs(a["val_loss"] - b["val_loss"]) < 1e-5
+
+
+def test_a_failing_torch_compile_falls_back_to_eager(tmp_path, corpus_dir, tokenizer, monkeypatch, capsys):
+    from codelm.train.loop import train
+
+    class Broken(torch.nn.Module):
+        def forward(self, *a, **k):
+            raise RuntimeError("no C compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda m: Broken())
+    data, tok = _data(tmp_path, corpus_dir, tokenizer)
+    trace = train(
+        data,
+        tmp_path / "r",
+        TrainConfig(**{**LOOP, "compile": True}),
+        tokenizer=tok,
+        model_overrides=TINY_MODEL,
+    )
+    assert trace.rows[-1].step == 12 and "torch.compile failed" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rich.table import Table
 
 from codelm.data.decontaminate import DecontamConfig, load_problems
 from codelm.data.dedup import DedupConfig, NearDupIndex, exact_key
@@ -332,7 +333,7 @@ def build_dataset(
     `progress`: show a progress bar on stderr (default: when stderr is a terminal).
     `log`: receives one line per skipped input (default: printed to stderr).
     """
-    specs = list(sources)
+    specs = [sources] if isinstance(sources, str) else list(sources)
     if not specs:
         raise CodelmError("no source given")
     out = Path(out)
@@ -370,10 +371,8 @@ def build_dataset(
     return stats
 
 
-def stats_table(stats: dict, out: str | Path):
+def stats_table(stats: dict, out: str | Path) -> Table:
     """The stats as a rich Table, in pipeline order; zero counts of rare skips are left out."""
-    from rich.table import Table
-
     table = Table(title=f"corpus -> {out}")
     table.add_column("what")
     table.add_column("count", justify="right")

@@ -6,7 +6,7 @@ shingles of the token *shape* of a file: identifiers other than keywords and
 builtins become one placeholder, comments are dropped, and string literals keep
 their words. So a copy with renamed variables and re-flowed whitespace has
 the same shingle set as its original, while distinct code (whose structure and
-literals differ) does not.
+literals differ) does not. Files under `min_tokens` tokens are left to exact dedup.
 
 Signatures are computed in worker processes (`signature`); the index that
 decides (`NearDupIndex`) lives in the main process and keeps one signature per
@@ -48,6 +48,9 @@ class DedupConfig:
     num_perm: int = 128  # MinHash permutations: more is more accurate and slower
     shingle_size: int = 5  # tokens per shingle
     seed: int = 1  # MinHash permutation seed; fixed so the clusters are reproducible
+    # Files with fewer shape tokens are only deduplicated exactly: over a few lines, code that
+    # differs only in its names (a getter, a small wrapper) is usually different code, not a copy.
+    min_tokens: int = 64
 
 
 def exact_key(text: str) -> bytes:
@@ -96,10 +99,11 @@ def _permutations(num_perm: int, seed: int) -> np.ndarray:
 
 
 def signature(text: str, cfg: DedupConfig) -> np.ndarray | None:
-    """The MinHash signature (uint32[num_perm]) of a text's shape, or None if it has no tokens."""
-    shingles = shingle_hashes(shape_tokens(text), cfg.shingle_size)
-    if len(shingles) == 0:  # comments only: nothing to compare; exact dedup still applies
+    """The MinHash signature (uint32[num_perm]) of a text's shape; None below `min_tokens`."""
+    tokens = shape_tokens(text)
+    if not tokens or len(tokens) < cfg.min_tokens:  # too short to judge; exact dedup still applies
         return None
+    shingles = shingle_hashes(tokens, cfg.shingle_size)
     perms = _permutations(cfg.num_perm, cfg.seed)
     m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, hashfunc=int, permutations=perms, scheme=_SCHEME)
     for start in range(0, len(shingles), _CHUNK):

@@ -13,8 +13,11 @@ never the corpus, and the output is the same whatever `num_proc` is.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +27,7 @@ from codelm.data.dedup import DedupConfig, exact_key, signature
 from codelm.data.filters import FilterConfig, check
 from codelm.data.pairs import Pair, PairConfig, mine_pairs
 from codelm.data.sources import RawFile, Skip
+from codelm.errors import CodelmError
 
 CHUNK_FILES = 32  # files per task: amortises inter-process overhead
 CHUNK_BYTES = 2_000_000  # ...but a chunk of large files is cut earlier, to bound memory
@@ -90,6 +94,7 @@ _worker: FileProcessor | None = None  # one per pool process, built by the initi
 
 def _init_worker(cfg: WorkerConfig) -> None:
     global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _worker = FileProcessor(cfg)
 
 
@@ -119,11 +124,21 @@ def process_stream(items: Iterable[RawFile | Skip], cfg: WorkerConfig, num_proc:
         return
     # spawn, not fork: the caller may run threads (a progress bar), and fork copies them badly
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(num_proc, initializer=_init_worker, initargs=(cfg,)) as pool:
+    pool = ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_init_worker, initargs=(cfg,))
+    try:
         pending: deque = deque()
         for chunk in _chunks(items):
-            pending.append(pool.apply_async(_run_chunk, (chunk,)))
+            pending.append(pool.submit(_run_chunk, chunk))
             if len(pending) >= IN_FLIGHT_PER_PROC * num_proc:
-                yield from pending.popleft().get()
+                yield from _result(pending.popleft())
         while pending:
-            yield from pending.popleft().get()
+            yield from _result(pending.popleft())
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _result(future) -> list[Result | Skip]:
+    try:
+        return future.result()
+    except BrokenProcessPool:  # a worker was killed, most likely by the out-of-memory killer
+        raise CodelmError("a worker process died (out of memory?); try a smaller --num-proc") from None

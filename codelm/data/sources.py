@@ -283,7 +283,7 @@ def open_source(spec: str, text_field: str = "content", max_bytes: int = 1_000_0
         return Source(spec, "stdlib", info, lambda: iter_directory(root, spec, max_bytes))
     mode, _, rest = spec.partition(":")
     if mode in ("git", "dir") and rest:
-        path = Path(rest)
+        path = Path(rest).expanduser()  # the shell does not expand "~" after "dir:"
     else:
         mode, path = "", Path(spec)
     _check_path(spec, path)

@@ -169,12 +169,7 @@ class Trainer:
         if p.init_weights is not None:
             self.model.load_state_dict(p.init_weights, strict=False)
         self.opt = make_optimizer(self.model, cfg, self.device)
-        self.net: torch.nn.Module = self.model
-        if cfg.compile:
-            self.net = torch.compile(self.model)
-        if dist.enabled:
-            ids = [dist.local_rank] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.net = self._wrap(torch.compile(self.model) if cfg.compile else self.model)
         self.batch = min(cfg.batch_size, len(p.train))
         if self.batch % dist.world:
             raise CodelmError(f"batch size {self.batch} is not divisible by {dist.world} processes")
@@ -220,6 +215,26 @@ class Trainer:
         idx = idx[self.dist.rank * share : (self.dist.rank + 1) * share]
         return tuple(t.to(self.device) for t in self.p.train.get(idx))
 
+    def step(self, micro: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """One optimizer step; if torch.compile fails on the first one, go on eagerly."""
+        try:
+            return train_step(self.net, self.opt, micro, self.cfg.grad_clip, self.amp, self.dist)
+        except Exception as e:  # inductor raises many kinds (no compiler, unsupported op, ...)
+            if not self.cfg.compile or self.state.step > 0 or self.net is self.model:
+                raise
+            self.console.print(
+                f"[yellow]torch.compile failed ({type(e).__name__}): training eagerly[/yellow]"
+            )
+            self.net = self._wrap(self.model)
+            self.opt.zero_grad(set_to_none=True)
+            return train_step(self.net, self.opt, micro, self.cfg.grad_clip, self.amp, self.dist)
+
+    def _wrap(self, net: torch.nn.Module) -> torch.nn.Module:
+        if not self.dist.enabled:
+            return net
+        ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
     def run(self) -> Trace:
         st, cfg = self.state, self.cfg
         start = time.monotonic() - st.elapsed_s
@@ -230,7 +245,7 @@ class Trainer:
                 for g in self.opt.param_groups:
                     g["lr"] = lr_at(st.step, progress, cfg)
                 micro = [self.next_batch() for _ in range(cfg.grad_accum)]
-                loss = train_step(self.net, self.opt, micro, cfg.grad_clip, self.amp, self.dist)
+                loss = self.step(micro)
                 st.step += 1
                 st.tokens += self.batch * cfg.grad_accum * self.p.train.seq_len
                 st.pending.append(loss)
