@@ -7,13 +7,14 @@ Needs no network and no arguments.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
-from codelm.data.build import build_dataset
+from codelm.data.build import DataConfig, build_dataset
 from codelm.generate.generator import best_of, load_run, parses
 from codelm.generate.sampling import SamplingConfig
 from codelm.tokenizer import train_tokenizer
@@ -52,7 +53,7 @@ def run_demo(
 
     t0 = time.monotonic()
     err.print(f"[bold]1/4 corpus[/bold]: {', '.join(sources)} -> {data}")
-    stats = build_dataset(sources, data)
+    stats = build_dataset(sources, data, DataConfig(num_proc=min(os.cpu_count() or 1, 4)))
     err.print(
         f"    kept {stats.get('train_documents', 0)} train / {stats.get('val_documents', 0)} val"
         f" / {stats.get('test_documents', 0)} test files"

@@ -1,0 +1,366 @@
+"""`codelm serve`: an OpenAI-style completions API over one run, with a web playground.
+
+Routes:
+- `POST /v1/completions`: OpenAI's completions format (see schemas.py), plain
+  or streamed as server-sent events (`data: {...}` ... `data: [DONE]`);
+- `GET /v1/models`: the one model;
+- `GET /health`: whether the model is loaded and serving, and the queue depth;
+- `GET /`: the playground page, served from codelm/serve/static (no CDN).
+
+Every request becomes one `Job` per choice for the `Scheduler` (batching.py),
+which batches all running requests on the model step by step. A client that
+disconnects cancels its jobs; each request has a deadline (`timeout`); past
+`max_queue` waiting rows the answer is 503 with Retry-After. Bad input gets 400
+(malformed JSON, unsupported values), 413 (oversized body) or 422 (wrong types,
+out-of-range numbers, unknown fields), always with a one-line message in
+OpenAI's error format; an internal failure fails only its own request.
+
+Security: see guard.py for what the API key does and does not protect. The
+default bind is 127.0.0.1, so nothing off this machine can reach the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from codelm.errors import CodelmError
+from codelm.generate.prompts import Prompt, encode_prompt, prompt_room
+from codelm.generate.sampling import SamplingConfig
+from codelm.generate.stopping import StopConfig, build_rules
+from codelm.model import Transformer
+from codelm.serve.batching import Event, Job, QueueFull, Scheduler
+from codelm.serve.guard import Guard, is_loopback
+from codelm.serve.schemas import (
+    BadRequest,
+    Choice,
+    CompletionRequest,
+    Echo,
+    LogprobBuilder,
+    error_body,
+    usage,
+)
+from codelm.tokenizer import CodeTokenizer
+
+STATIC = Path(__file__).parent / "static"
+POLL_S = 0.25  # how often a waiting request checks whether its client is still there
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; style-src 'self'; script-src 'self'"}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"  # loopback only; any other address exposes the model to the network
+    port: int = 8000
+    api_key: str | None = None  # Bearer key for every path but /health (CLI: --api-key or CODELM_API_KEY)
+    max_batch: int = 16  # rows decoded together on the model; 1 serves one completion at a time
+    max_queue: int = 64  # rows waiting for a slot; past it 503 with Retry-After
+    max_tokens: int = 512  # cap on a request's max_tokens (larger asks are shortened to it)
+    max_prompt_chars: int = 200_000  # longer prompts (prompt + suffix + instruction) get 400
+    timeout: float = 120.0  # seconds per request, queue wait included; then it ends with "timeout"
+    model_name: str | None = None  # the id in /v1/models and responses; default: the run's name
+
+
+class ClientGone(Exception):
+    pass
+
+
+def _validation_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"] if not isinstance(x, int)]
+        name = loc[0] if loc else "body"
+        if name == "prompt":
+            msg = "prompt must be a string, a list of strings, token ids, or lists of token ids"
+        elif err["type"] == "extra_forbidden":
+            msg = f"unknown field {name!r}"
+        else:
+            msg = f"{name}: {err['msg']}"
+        if msg not in parts:
+            parts.append(msg)
+    return "; ".join(parts)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise BadRequest("send the request body as JSON with 'Content-Type: application/json'")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"request body over {limit} bytes")
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(f"request body is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("request body must be a JSON object")
+    return obj
+
+
+class Service:
+    """The model, its scheduler and the request handling of one server."""
+
+    def __init__(self, model: Transformer, tok: CodeTokenizer, cfg: ServeConfig, name: str):
+        self.model, self.tok, self.cfg, self.name = model, tok, cfg, name
+        self.sched = Scheduler(model, tok, cfg.max_batch, cfg.max_queue)
+        self.block = model.cfg.block_size
+        self.created = int(time.time())
+
+    def plan(self, req: CompletionRequest, sink: Any) -> tuple[list[Job], list[Echo | None]]:
+        """The jobs of a request (prompt-major, n per prompt) and each prompt's echo."""
+        req.check_supported()
+        prompts, n, cfg = req.prompts(), req.n or 1, self.cfg
+        if len(prompts) * n > cfg.max_queue:
+            raise BadRequest(f"{len(prompts) * n} completions asked; this server takes {cfg.max_queue}", "n")
+        max_tokens = min(16 if req.max_tokens is None else req.max_tokens, cfg.max_tokens)
+        stops = StopConfig(
+            stop=req.stops(),
+            block_end=bool(req.stop_at_block_end),
+            max_repeats=3 if req.stop_on_repetition else 0,
+        )
+        deadline = time.monotonic() + cfg.timeout
+        jobs: list[Job] = []
+        echoes: list[Echo | None] = []
+        for p in prompts:
+            ids, context, echo = self._encode(p, req, max_tokens)
+            echoes.append(echo)
+            rules = build_rules(stops, context, (), self.tok.decode, fim=req.suffix is not None)
+            for i in range(n):
+                sampling = self._sampling(req, max_tokens, None if req.seed is None else req.seed + i)
+                job = Job(ids, min(max_tokens, self.block - len(ids)), sampling, sink, len(jobs), rules)
+                job.logprobs, job.deadline = req.logprobs, deadline
+                job.prompt_logprobs = bool(req.echo and req.logprobs is not None)
+                jobs.append(job)
+        return jobs, echoes
+
+    def _sampling(self, req: CompletionRequest, max_tokens: int, seed: int | None) -> SamplingConfig:
+        return SamplingConfig(
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_k=req.top_k or 0,
+            top_p=req.top_p or 1.0,
+            max_new_tokens=max(max_tokens, 1),  # the job's own limit may be 0 (echo only)
+            seed=seed,
+            repetition_penalty=req.repetition_penalty or 1.0,
+        )
+
+    def _encode(
+        self, p: str | list[int], req: CompletionRequest, max_tokens: int
+    ) -> tuple[list[int], str, Echo | None]:
+        """Token ids (in the mode's layout, fitted to the context), the code just before the
+        completion (for the block-end rule), and the echo."""
+        size = len(p) + len(req.suffix or "") + len(req.instruction or "")
+        if size > self.cfg.max_prompt_chars:
+            raise BadRequest(f"prompt of {size} characters; this server takes {self.cfg.max_prompt_chars}")
+        room = prompt_room(self.block, max_tokens)
+        if isinstance(p, list):  # token ids, fed as they are (their end if too long)
+            if any(not 0 <= t < self.tok.vocab_size for t in p):
+                raise BadRequest(f"token ids must be in [0, {self.tok.vocab_size})", "prompt")
+            ids = p[len(p) - room :] if len(p) > room else p
+            text = self.tok.decode(ids)
+            return ids or [self.tok.eot_id], text, Echo(text, 0 if ids else 1) if req.echo else None
+        if not p and req.suffix is None and req.instruction is None:
+            return [self.tok.eot_id], "", Echo("", 1) if req.echo else None  # the start of a new file
+        try:
+            prompt = Prompt(p, req.suffix, req.instruction)
+            enc = encode_prompt(self.tok, prompt, room)
+        except CodelmError as e:
+            raise BadRequest(str(e)) from None
+        if not req.echo:
+            return enc.ids, p, None
+        bos = int(enc.dropped == 0 and enc.ids[:1] == [self.tok.eot_id])
+        return enc.ids, p, Echo(p if enc.dropped == 0 else self.tok.decode(enc.ids[bos:]), bos)
+
+    async def completions(self, request: Request) -> Response:
+        limit = 8 * self.cfg.max_prompt_chars + 65536
+        try:
+            req = CompletionRequest.model_validate(await read_json(request, limit))
+        except ValidationError as e:
+            return JSONResponse(error_body(_validation_message(e)), status_code=422)
+        if not self.sched.alive:
+            return _unavailable("the model is not serving (see the server log)", 5)
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        sink = lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev)  # noqa: E731
+        jobs, echoes = await asyncio.to_thread(self.plan, req, sink)  # tokenizing may take a while
+        try:
+            self.sched.submit(jobs)
+        except QueueFull as e:
+            return _unavailable(str(e), e.retry_after)
+        reader = _Reader(self, queue, jobs, request)
+        try:
+            first = await reader.next()
+        except ClientGone:
+            _cancel(jobs)
+            return Response(status_code=499)
+        if first is None or first.kind == "error" or (first.kind == "done" and first.stop_rule == "timeout"):
+            _cancel(jobs)  # nothing has started: answer with a status, not a stream
+            if first is not None and first.kind == "done":
+                return _unavailable("timed out waiting for a free slot", self.sched.retry_after())
+            return JSONResponse(error_body(first.error if first else "no answer", "server_error"), 500)
+        out = _Output(self, req, jobs, echoes)
+        if req.stream:
+            reader.request = None  # starlette cancels the stream's body when the client goes
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            return StreamingResponse(
+                out.stream(first, reader), media_type="text/event-stream", headers=headers
+            )
+        return await out.collect(first, reader)
+
+    def health(self) -> JSONResponse:
+        s = self.sched
+        body = {
+            "status": "ok" if s.alive else "unavailable",
+            "model_loaded": s.alive,
+            "model": self.name,
+            "queue_depth": s.queue_depth,
+            "active": s.active,
+            "max_batch": s.max_batch,
+            "max_queue": s.max_queue,
+            "stats": dict(s.stats),
+        }
+        return JSONResponse(body, status_code=200 if s.alive else 503)
+
+    def models(self) -> dict[str, Any]:
+        card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "codelm"}
+        card["context_length"] = self.model.cfg.block_size
+        return {"object": "list", "data": [card]}
+
+
+class _Reader:
+    """A request's events from the scheduler, until each of its jobs is done."""
+
+    def __init__(self, svc: Service, queue: asyncio.Queue[Event], jobs: list[Job], request: Request | None):
+        self.svc, self.queue, self.request = svc, queue, request
+        self.left = len(jobs)
+        self.polled = time.monotonic()
+        self.limit = time.monotonic() + svc.cfg.timeout + 30  # the scheduler enforces the real deadline
+
+    async def next(self) -> Event | None:
+        """The next event, None after the last. Checks for a disconnect every quarter second
+        (raises ClientGone) while it waits or while events flow."""
+        while self.left:
+            now = time.monotonic()
+            if self.request is not None and now - self.polled >= POLL_S:
+                self.polled = now
+                if await self.request.is_disconnected():
+                    raise ClientGone
+            try:
+                ev = await asyncio.wait_for(self.queue.get(), POLL_S)
+            except TimeoutError:
+                if time.monotonic() > self.limit or not self.svc.sched.alive:
+                    self.left = 0
+                    return Event("error", 0, error="the scheduler stopped answering")
+                continue
+            self.left -= ev.kind in ("done", "error")
+            return ev
+        return None
+
+
+class _Output:
+    """Builds a request's answer, whole or as server-sent events."""
+
+    def __init__(self, svc: Service, req: CompletionRequest, jobs: list[Job], echoes: list[Echo | None]):
+        self.jobs, self.echoes, self.n = jobs, echoes, req.n or 1
+        self.want_usage = bool(req.stream_options and req.stream_options.include_usage)
+        lp = req.logprobs is not None
+        self.choices = [Choice(j.index, LogprobBuilder(svc.tok) if lp else None) for j in jobs]
+        self.head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion"}
+        self.head.update(created=int(time.time()), model=svc.name)
+
+    async def collect(self, ev: Event | None, reader: _Reader) -> Response:
+        try:
+            while ev is not None:
+                if ev.kind == "error":
+                    return JSONResponse(error_body(ev.error, "server_error"), status_code=500)
+                self.choices[ev.index].add(ev, self.echoes[ev.index // self.n])
+                ev = await reader.next()
+        except ClientGone:
+            return Response(status_code=499)
+        finally:
+            _cancel(self.jobs)
+        body = {**self.head, "choices": [c.to_dict() for c in self.choices]}
+        return JSONResponse({**body, "usage": usage(self.choices, self.n)})
+
+    async def stream(self, ev: Event | None, reader: _Reader) -> AsyncIterator[str]:
+        try:
+            while ev is not None:
+                if ev.kind == "error":
+                    yield _sse(error_body(ev.error, "server_error"))
+                    break
+                c = self.choices[ev.index]
+                text, part = c.add(ev, self.echoes[ev.index // self.n])
+                if ev.kind != "start" or text or part:
+                    d = c.to_dict()
+                    d.update(text=text, logprobs=part)
+                    if ev.kind != "done":
+                        d["finish_reason"] = d["stop_rule"] = None
+                    yield _sse({**self.head, "choices": [d]})
+                ev = await reader.next()
+            if self.want_usage:
+                yield _sse({**self.head, "choices": [], "usage": usage(self.choices, self.n)})
+            yield "data: [DONE]\n\n"
+        finally:
+            _cancel(self.jobs)  # a disconnect lands here too: its rows stop at the next step
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def _cancel(jobs: list[Job]) -> None:
+    for j in jobs:
+        j.cancel()
+
+
+def _unavailable(message: str, retry_after: int) -> JSONResponse:
+    body = error_body(message, "server_overloaded")
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(retry_after)})
+
+
+def create_app(
+    model: Transformer, tok: CodeTokenizer, cfg: ServeConfig = ServeConfig(), name: str = "codelm"
+) -> FastAPI:
+    """The ASGI app; its scheduler thread starts and stops with the app's lifespan."""
+    svc = Service(model, tok, cfg, cfg.model_name or name)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc.sched.start()
+        yield
+        svc.sched.stop()
+
+    app = FastAPI(title="codelm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.service = svc
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_api_route("/v1/completions", svc.completions, methods=["POST"])
+    app.add_api_route("/v1/models", svc.models, methods=["GET"])
+    app.add_api_route("/health", svc.health, methods=["GET"])
+    app.add_api_route("/", lambda: FileResponse(STATIC / "index.html", headers=PAGE_HEADERS), methods=["GET"])
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: Request, e: BadRequest) -> JSONResponse:
+        return JSONResponse(error_body(str(e), param=e.param), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        return JSONResponse(error_body(str(e.detail)), status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, e: Exception) -> JSONResponse:
+        return JSONResponse(error_body("internal server error (see the server log)", "server_error"), 500)
+
+    app.add_middleware(Guard, api_key=cfg.api_key, loopback_only=is_loopback(cfg.host))
+    return app

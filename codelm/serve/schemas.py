@@ -1,0 +1,197 @@
+"""The OpenAI completions format: the request model, and the responses built from scheduler events.
+
+Requests are validated strictly (a string where a number belongs is an error,
+not a guess) and unknown fields are refused with 422, so a misspelt option is
+never silently ignored. OpenAI's own fields that this server cannot honour
+(`best_of` above `n`, penalties, `logit_bias`) are accepted only at their
+neutral values; anything else is a 400 that names the field. `null` means
+the default, as in OpenAI's API.
+
+Extensions (codelm's own fields): `top_k`, `repetition_penalty`;
+`instruction` (frame the prompt as `<|instruction|> text <|code|> prompt`);
+`stop_at_block_end` (end when a line returns to the prompt's block level) and
+`stop_on_repetition` (end when the completion loops): the rules of
+`codelm.generate.stopping`, off unless asked for, as OpenAI clients expect raw
+completions. Each choice also carries `stop_rule`, the stop that fired:
+end_of_text | stop_string | block_end | repetition (finish_reason "stop"),
+length | context_full | timeout (finish_reason "length").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from codelm.serve.batching import Event, TokenInfo
+from codelm.tokenizer import CodeTokenizer
+
+LENGTH_RULES = ("length", "context_full", "timeout")  # finish_reason "length"; every other rule: "stop"
+
+
+class BadRequest(Exception):
+    """A request the server understood but will not run: 400 with this message."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    include_usage: bool | None = None
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    model: str | None = None  # any name is accepted; responses carry this server's model id
+    prompt: str | list[str] | list[int] | list[list[int]] | None = None
+    suffix: str | None = None
+    max_tokens: int | None = Field(None, ge=0)  # default 16 (OpenAI's); capped by the server
+    temperature: float | None = Field(None, ge=0, le=100)  # default 1
+    top_p: float | None = Field(None, gt=0, le=1)  # default 1
+    n: int | None = Field(None, ge=1, le=64)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    best_of: int | None = Field(None, ge=1)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # codelm extensions
+    top_k: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    instruction: str | None = None
+    stop_at_block_end: bool | None = None
+    stop_on_repetition: bool | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if p is None or isinstance(p, str):
+            return [p or ""]
+        if not p:
+            raise BadRequest("prompt is an empty list", "prompt")
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # one prompt given as token ids
+        return list(p)
+
+    def stops(self) -> tuple[str, ...]:
+        s = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(s) > 16 or any(not x or len(x) > 256 for x in s):
+            raise BadRequest("stop takes at most 16 non-empty strings of up to 256 characters", "stop")
+        return tuple(s)
+
+    def check_supported(self) -> None:
+        """OpenAI fields accepted only at values that change nothing here."""
+        if self.best_of not in (None, 1, self.n or 1):
+            raise BadRequest("best_of is not supported; sample with n and pick yourself", "best_of")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) not in (None, 0, 0.0):
+                raise BadRequest(f"{name} is not supported (only 0)", name)
+        if self.logit_bias:
+            raise BadRequest("logit_bias is not supported", "logit_bias")
+        if self.suffix is not None and self.instruction is not None:
+            raise BadRequest("give suffix (fill-in-the-middle) or instruction, not both", "suffix")
+        if self.echo and (self.suffix is not None or self.instruction is not None):
+            raise BadRequest("echo works only with a plain prompt (no suffix or instruction)", "echo")
+
+
+def finish_reason(stop_rule: str | None) -> str | None:
+    if stop_rule is None:
+        return None
+    return "length" if stop_rule in LENGTH_RULES else "stop"
+
+
+def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+def _lp(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+@dataclass
+class LogprobBuilder:
+    """OpenAI's `logprobs` object (tokens, token_logprobs, top_logprobs, text_offset) of one choice."""
+
+    tok: CodeTokenizer
+    offset: int = 0  # text_offset of the next token, in characters of the choice's text
+    d: dict[str, list[Any]] = field(
+        default_factory=lambda: {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    )
+
+    def add(self, infos: list[TokenInfo], text: str) -> dict[str, list[Any]]:
+        """Add the tokens of `text` (the next piece of the choice's text); return just their part."""
+        part: dict[str, list[Any]] = {k: [] for k in self.d}
+        pos = self.offset
+        for info in infos:
+            piece = self.tok.decode([info.token])
+            part["tokens"].append(piece)
+            part["token_logprobs"].append(_lp(info.logprob))
+            top = None if info.top is None else {self.tok.decode([i]): v for i, v in info.top}
+            part["top_logprobs"].append(top)
+            part["text_offset"].append(min(pos, self.offset + len(text)))
+            pos += len(piece)
+        self.offset += len(text)
+        for k, v in part.items():
+            self.d[k] += v
+        return part
+
+
+@dataclass(frozen=True)
+class Echo:
+    """What `echo` puts before a choice's text: the prompt, without the tokens the server
+    added in front of it (the beginning-of-file end token)."""
+
+    text: str
+    skip: int
+
+
+@dataclass
+class Choice:
+    """One choice being assembled from events."""
+
+    index: int
+    logprobs: LogprobBuilder | None
+    text: str = ""
+    stop_rule: str | None = None
+    started: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, ev: Event, echo: Echo | None = None) -> tuple[str, dict | None]:
+        """Fold in an event; return its new text and logprobs part (for a stream chunk)."""
+        text, infos = ev.text, ev.tokens
+        if ev.kind == "start":
+            self.started, self.prompt_tokens = True, ev.prompt_tokens
+            text, infos = (echo.text, (ev.prompt_info or [])[echo.skip :]) if echo else ("", [])
+        elif ev.kind == "done":
+            self.stop_rule = ev.stop_rule
+            self.prompt_tokens = ev.prompt_tokens or self.prompt_tokens
+            self.completion_tokens = ev.completion_tokens
+        self.text += text
+        part = self.logprobs.add(infos, text) if self.logprobs is not None else None
+        return text, part
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "text": self.text,
+            "logprobs": self.logprobs.d if self.logprobs is not None else None,
+            "finish_reason": finish_reason(self.stop_rule),
+            "stop_rule": self.stop_rule,
+        }
+
+
+def usage(choices: list[Choice], n: int) -> dict[str, int]:
+    """Token counts; the prompt of each prompt counts once, not once per choice."""
+    prompt = sum(c.prompt_tokens for c in choices if c.index % n == 0)
+    done = sum(c.completion_tokens for c in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}

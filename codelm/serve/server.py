@@ -1,0 +1,81 @@
+"""Running the app under uvicorn: in the foreground (`codelm serve`) or in a thread (tests, bench).
+
+The listening socket is bound here, before uvicorn starts, so a port that is
+taken is a one-line `CodelmError` and port 0 picks a free port whose number
+the caller can read.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from codelm.errors import CodelmError
+from codelm.serve.api import ServeConfig, create_app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise CodelmError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(128)
+    return sock
+
+
+def _server(app: FastAPI, log_level: str) -> uvicorn.Server:
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2, lifespan="on")
+    return uvicorn.Server(config)
+
+
+def serve(
+    run: str | Path, cfg: ServeConfig = ServeConfig(), device: str = "cpu", weights: str = "auto"
+) -> None:
+    """Load RUN once (`weights` as in codelm.generate.quantize) and serve it until interrupted."""
+    from codelm.generate.generator import load_run
+
+    model, tok = load_run(str(run), device, weights)
+    sock = bind(cfg.host, cfg.port)
+    app = create_app(model, tok, cfg, name=Path(run).resolve().name)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    auth = "API key required" if cfg.api_key else "no API key"
+    print(
+        f"codelm: serving {run} at {url}  (playground: {url}/, API: {url}/v1/completions, {auth})",
+        file=sys.stderr,
+    )
+    _server(app, "warning").run(sockets=[sock])
+
+
+class BackgroundServer:
+    """uvicorn in a daemon thread on 127.0.0.1 and a free port: `with BackgroundServer(app) as url:`."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", log_level: str = "warning"):
+        self.sock = bind(host, 0)
+        self.server = _server(app, log_level)
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
