@@ -1,5 +1,31 @@
 """Tokenizer stage: a byte-level BPE for code, built on HuggingFace `tokenizers`."""
 
-from codelm.tokenizer.code_tokenizer import SPECIAL_TOKENS, CodeTokenizer, train_tokenizer
+from codelm.tokenizer.code_tokenizer import (
+    CODE,
+    EOT,
+    FIM_MIDDLE,
+    FIM_PREFIX,
+    FIM_SUFFIX,
+    INSTRUCTION,
+    MIN_VOCAB,
+    PAD,
+    SPECIAL_TOKENS,
+    CodeTokenizer,
+    train_tokenizer,
+)
+from codelm.tokenizer.corpus import TextFiles
 
-__all__ = ["SPECIAL_TOKENS", "CodeTokenizer", "train_tokenizer"]
+__all__ = [
+    "CODE",
+    "EOT",
+    "FIM_MIDDLE",
+    "FIM_PREFIX",
+    "FIM_SUFFIX",
+    "INSTRUCTION",
+    "MIN_VOCAB",
+    "PAD",
+    "SPECIAL_TOKENS",
+    "CodeTokenizer",
+    "TextFiles",
+    "train_tokenizer",
+]

@@ -1,19 +1,37 @@
 """A lossless byte-level BPE tokenizer for code, with the special tokens of DESIGN.md.
 
 Byte-level means every string maps to bytes first, so decode(encode(x)) == x for
-any text: tabs, CRLF, trailing spaces and emoji included. Special tokens get the
-first ids (0..6) and text that merely spells one (say "<|endoftext|>") is
-encoded as ordinary text unless the caller asks otherwise.
+any text: tabs, CRLF, form feeds, trailing spaces, emoji and unicode identifiers
+included. A Python string holding a lone surrogate (not Unicode, no UTF-8 form)
+does not fail: the surrogate is encoded as U+FFFD and decodes as U+FFFD.
+HF `tokenizers` trains the BPE and owns every merge; `pretokenize.py` holds the
+code-aware cutting, `units.py` makes operators and indents single tokens, and
+`encoder.py` is the fast encoder (the same ids as HF's pipeline, 4-8x faster here).
+
+Special tokens get the first ids (0..6, in SPECIAL_TOKENS order). Text that merely
+spells one (say "<|endoftext|>") is encoded as ordinary text unless the caller
+passes allow_special=True; no ordinary text can produce a special id, because the
+pre-tokenizer always cuts `<|` and `|>` away from the word inside.
+
+The saved form is one `tokenizer.json` that loads with `tokenizers.Tokenizer.from_file`
+and transformers' `PreTrainedTokenizerFast(tokenizer_file=...)`, giving the same ids
+for ordinary text (those treat spelled-out special tokens as specials, as
+allow_special=True does here).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from codelm.errors import CodelmError
+from codelm.tokenizer.encoder import PieceEncoder, is_code_pipeline
+from codelm.tokenizer.pretokenize import hf_pre_tokenizer, replace_surrogates
+from codelm.tokenizer.units import UnitScanner, force_units
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -24,33 +42,18 @@ INSTRUCTION = "<|instruction|>"
 CODE = "<|code|>"
 SPECIAL_TOKENS = [EOT, PAD, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, INSTRUCTION, CODE]
 BYTE_ALPHABET = 256
-
-# Pre-tokenization for code: runs of spaces/tabs at a line start stay one unit
-# (an indent of 8 is one token), newlines stay apart from text, operators and
-# brackets never merge into identifiers, and digits are split one by one.
-_CODE_SPLIT = Regex(
-    r"\r?\n|^[ \t]+|"  # newlines; indentation (Oniguruma's ^ is a line start)
-    r" ?[\p{L}_][\p{L}\p{N}_]*|\p{N}|"  # identifiers take one leading space; digits split
-    r" ?(?:\*\*=|//=|>>=|<<=|\.\.\.|->|:=|==|!=|<=|>=|\*\*|//|<<|>>|[-+*/%&|^@]=)|"
-    r" ?[^\s\p{L}\p{N}_]|[ \t]+|\s"  # any other symbol; leftover whitespace
-)
-
-
-def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
-    return pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(_CODE_SPLIT, behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+MIN_VOCAB = BYTE_ALPHABET + len(SPECIAL_TOKENS)
 
 
 class CodeTokenizer:
-    """Thin wrapper over a `tokenizers.Tokenizer` with the ids the pipeline needs."""
+    """A trained tokenizer: the HF `Tokenizer` (`.tok`) plus the ids and fast paths the pipeline needs.
+
+    Safe to share between threads: the only state that calls change is the encoder's
+    piece cache, a dict (whose single operations are atomic under the GIL)."""
 
     def __init__(self, tok: Tokenizer):
         self.tok = tok
-        # Text that spells a special token is encoded as text; see encode(allow_special=True).
+        # Anyone calling self.tok directly also gets spelled-out specials encoded as text.
         self.tok.encode_special_tokens = True
         ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
         if any(i is None for i in ids):
@@ -58,22 +61,53 @@ class CodeTokenizer:
         self.special = dict(zip(SPECIAL_TOKENS, ids, strict=True))
         self.eot_id = self.special[EOT]
         self.pad_id = self.special[PAD]
+        spec = json.loads(tok.to_str())
+        added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
+        self._added = added
+        self._added_re = re.compile(
+            "(" + "|".join(map(re.escape, sorted(added, key=len, reverse=True))) + ")"
+        )
+        # The fast path needs this package's pre-tokenizer; a foreign or older tokenizer.json
+        # is still usable through HF's own pipeline (same ids for it, 3-5x slower).
+        self._fast = PieceEncoder(spec, added) if is_code_pipeline(spec) else None
 
     @property
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
-        self.tok.encode_special_tokens = not allow_special
-        try:
-            return self.tok.encode(text, add_special_tokens=False).ids
-        finally:
-            self.tok.encode_special_tokens = True
+        """Token ids of `text`. With allow_special, spelled-out special tokens become their ids."""
+        if allow_special:
+            return self._encode_with_specials(text)
+        return self._encode_plain([text])[0]
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+    def encode_batch(self, texts: list[str], allow_special: bool = False) -> list[list[int]]:
+        """Token ids of each text (whole files are fine); the same as encode() on each one."""
+        if allow_special:
+            return [self._encode_with_specials(t) for t in texts]
+        return self._encode_plain(list(texts))
+
+    def _encode_plain(self, texts: list[str]) -> list[list[int]]:
+        if self._fast is not None:
+            return self._fast.encode_batch(texts)
+        texts = [t if t.isascii() else replace_surrogates(t) for t in texts]
+        return [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def _encode_with_specials(self, text: str) -> list[int]:
+        parts = self._added_re.split(text)  # odd positions hold the special tokens themselves
+        plain = self._encode_plain([p for p in parts[0::2]])
+        out: list[int] = []
+        for k, ids in enumerate(plain):
+            out += ids
+            if 2 * k + 1 < len(parts):
+                out.append(self._added[parts[2 * k + 1]])
+        return out
 
     def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`; special tokens are written out. Byte sequences that are not
+        UTF-8 (a sampled token cut mid-character) become U+FFFD, as in HF."""
+        if self._fast is not None:
+            return self._fast.decode(ids)
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
     def id_to_token(self, i: int) -> str:
@@ -92,37 +126,56 @@ class CodeTokenizer:
         if not path.is_file():
             raise CodelmError(f"tokenizer not found: {path}")
         try:
-            return cls(Tokenizer.from_file(str(path)))
+            tok = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises plain Exceptions on bad JSON
-            raise CodelmError(f"cannot load tokenizer {path}: {e}") from None
+            raise CodelmError(f"cannot load tokenizer {path}: {str(e).splitlines()[0]}") from None
+        return cls(tok)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192) -> CodeTokenizer:
-    """Train a code BPE on an iterator of documents."""
-    minimum = BYTE_ALPHABET + len(SPECIAL_TOKENS)
-    if vocab_size < minimum:
+class _CorpusStats:
+    """Counts what the trainer consumed and notes which whole-token units occur."""
+
+    def __init__(self) -> None:
+        self.documents = 0
+        self.chars = 0
+        self.units = UnitScanner()
+
+    def stream(self, texts: Iterable[str]) -> Iterator[str]:
+        for text in texts:
+            if not isinstance(text, str):
+                raise CodelmError(f"the corpus must yield text, got {type(text).__name__}")
+            if not text:
+                continue
+            if not text.isascii():
+                text = replace_surrogates(text)  # HF cannot take a lone surrogate
+            self.documents += 1
+            self.chars += len(text)
+            self.units.scan(text)
+            yield text
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 8192, show_progress: bool = False
+) -> CodeTokenizer:
+    """Train a code BPE of exactly `vocab_size` tokens (fewer if the corpus runs out of pairs)
+    on an iterable of documents. Raises CodelmError on an empty corpus or a too-small size."""
+    if vocab_size < MIN_VOCAB:
         raise CodelmError(
-            f"vocab size {vocab_size} is too small: it must be at least {minimum} "
-            f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)"
+            f"vocab size {vocab_size} is too small: it must be at least {MIN_VOCAB} "
+            f"({BYTE_ALPHABET} bytes + {len(SPECIAL_TOKENS)} special tokens)"
         )
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = _pre_tokenizer()
+    tok.pre_tokenizer = hf_pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=show_progress,
     )
-    seen = 0
-
-    def counted() -> Iterator[str]:
-        nonlocal seen
-        for t in texts:
-            seen += 1
-            yield t
-
-    tok.train_from_iterator(counted(), trainer=trainer)
-    if seen == 0:
-        raise CodelmError("cannot train a tokenizer on an empty corpus")
-    return CodeTokenizer(tok)
+    stats = _CorpusStats()
+    tok.train_from_iterator(stats.stream(texts), trainer=trainer)
+    if stats.chars == 0:
+        raise CodelmError("cannot train a tokenizer on an empty corpus (it holds no text)")
+    spec = force_units(json.loads(tok.to_str()), stats.units.present(), vocab_size)
+    return CodeTokenizer(Tokenizer.from_str(json.dumps(spec)))
