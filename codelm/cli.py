@@ -15,7 +15,7 @@ from codelm.errors import CodelmError
 def _demo(a: argparse.Namespace) -> None:
     from codelm.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=a.out, max_minutes=a.max_minutes, seed=a.seed))
+    run_demo(DemoConfig(out=a.out, max_minutes=a.max_minutes, seed=a.seed, compile=not a.no_compile))
 
 
 def _data_build(a: argparse.Namespace) -> None:
@@ -46,16 +46,26 @@ def _data_build(a: argparse.Namespace) -> None:
 def _tokenizer_train(a: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from codelm.tokenizer import train_tokenizer
+    from codelm.tokenizer import TextFiles, train_tokenizer
     from codelm.train.batches import iter_texts
 
     data = Path(a.data)
     if not data.exists():
         raise CodelmError(f"corpus not found: {data}")
-    tok = train_tokenizer(iter_texts(data, "train"), a.vocab_size)
+    # DATA from `codelm data build` (its train split), else plain text files.
+    is_data = any((data / n).exists() for n in ("train.parquet", "val.parquet", "manifest.json"))
+    files = None if is_data else TextFiles(data)
+    texts = iter_texts(data, "train") if files is None else files
+    tok = train_tokenizer(texts, a.vocab_size, show_progress=sys.stderr.isatty())
     out = Path(a.out)
-    tok.save(out / "tokenizer.json" if out.suffix != ".json" else out)
-    print(f"trained a {tok.vocab_size}-token tokenizer -> {out}")
+    path = out if out.suffix == ".json" else out / "tokenizer.json"
+    try:
+        tok.save(path)
+    except OSError as e:
+        raise CodelmError(f"cannot write {path}: {e.strerror or e}") from None
+    if files is not None and files.skipped:
+        print(f"skipped {files.skipped} file(s): binary, not UTF-8, empty or too big", file=sys.stderr)
+    print(f"trained a {tok.vocab_size}-token tokenizer -> {path}")
 
 
 def _train(a: argparse.Namespace) -> None:
@@ -112,20 +122,54 @@ def _eval(a: argparse.Namespace) -> None:
 
 
 def _generate(a: argparse.Namespace) -> None:
-    from codelm.generate.generator import complete, load_run
+    from codelm.generate.command import read_prompt, run_generate
+    from codelm.generate.generator import load_run
+    from codelm.generate.prompts import Prompt
     from codelm.generate.sampling import SamplingConfig
+    from codelm.generate.stopping import StopConfig
 
-    model, tok = load_run(a.run)
+    if a.trace_layers and not a.trace:
+        raise CodelmError("--trace-layers adds to --trace: give both")
+    prompt = Prompt(read_prompt(a.prompt), suffix=a.suffix, instruction=a.instruction)
     cfg = SamplingConfig(
         temperature=a.temperature,
         top_p=a.top_p,
         top_k=a.top_k,
         max_new_tokens=a.max_new_tokens,
         seed=a.seed,
+        repetition_penalty=a.repetition_penalty,
     )
-    result = complete(model, tok, a.prompt, cfg)
-    sys.stdout.write(result.text if result.text.endswith("\n") else result.text + "\n")
-    print(f"[stop: {result.stop_reason}, {len(result.tokens)} tokens]", file=sys.stderr)
+    stops = StopConfig(
+        stop=tuple(a.stop),
+        block_end=False if a.no_block_end else None,
+        max_lines=a.max_lines,
+        max_repeats=a.max_repeats,
+    )
+    model, tok = load_run(a.run, weights=a.weights)
+    trace = "lens" if a.trace_layers else "top" if a.trace else ""
+    run_generate(model, tok, prompt, cfg, stops, n=a.n, best=a.best, stream=a.stream, trace=trace)
+
+
+def _serve(a: argparse.Namespace) -> None:
+    import os
+
+    from codelm.serve import ServeConfig, serve
+
+    cfg = ServeConfig(
+        host=a.host,
+        port=a.port,
+        api_key=a.api_key or os.environ.get("CODELM_API_KEY") or None,
+        max_batch=a.max_batch,
+        max_queue=a.max_queue,
+        max_tokens=a.max_tokens,
+        max_prompt_chars=a.max_prompt_chars,
+        timeout=a.timeout,
+        model_name=a.model_name,
+    )
+    for name in ("max_batch", "max_queue", "max_tokens", "max_prompt_chars", "timeout"):
+        if getattr(cfg, name) <= 0:
+            raise CodelmError(f"--{name.replace('_', '-')} must be positive")
+    serve(a.run, cfg, device=a.device, weights=a.weights)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="directory for data, tokenizer and run")
     d.add_argument("--max-minutes", type=float, default=5.0, help="training budget (minutes)")
     d.add_argument("--seed", type=int, default=1337)
+    d.add_argument("--no-compile", action="store_true", help="train eagerly (skip torch.compile)")
     d.set_defaults(func=_demo)
 
     data = sub.add_parser("data", help="build a corpus").add_subparsers(dest="data_cmd", required=True)
@@ -169,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tk = sub.add_parser("tokenizer", help="train a tokenizer").add_subparsers(dest="tok_cmd", required=True)
     t = tk.add_parser("train", help="train a code BPE on DATA")
-    t.add_argument("data")
-    t.add_argument("--out", required=True)
-    t.add_argument("--vocab-size", type=int, default=8192)
+    t.add_argument("data", help="DATA dir from `codelm data build`, or a text file or a directory of them")
+    t.add_argument("--out", required=True, help="TOK directory (gets tokenizer.json), or a path ending .json")
+    t.add_argument("--vocab-size", type=int, default=8192, help="all tokens: specials and 256 bytes included")
     t.set_defaults(func=_tokenizer_train)
 
     tr = sub.add_parser("train", help="train a model (under torchrun: data parallel)")
@@ -214,13 +259,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="complete a prompt with a trained run")
     g.add_argument("run")
-    g.add_argument("prompt")
-    g.add_argument("--temperature", type=float, default=0.2)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("prompt", help="code to complete (FIM: prefix; --instruction: code start); - is stdin")
+    g.add_argument("--suffix", default=None, help="fill in the middle between PROMPT and this code")
+    g.add_argument("--instruction", default=None, help="write code for this request (PROMPT: its start)")
+    g.add_argument("--temperature", type=float, default=0.2, help="0: greedy (default: 0.2)")
+    g.add_argument("--top-p", type=float, default=0.95, help="nucleus mass in (0, 1] (default: 0.95)")
+    g.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 lowers repeated tokens")
     g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--max-lines", type=int, default=0, help="stop after N lines (0: no limit)")
+    g.add_argument("--max-repeats", type=int, default=3, help="stop when a line loops more (0: off)")
+    g.add_argument("--stop", action="append", default=[], metavar="S", help="stop string (repeatable)")
+    g.add_argument("--no-block-end", action="store_true", help="do not stop at the end of the block")
+    g.add_argument("--n", type=int, default=1, help="samples to draw (in one batch)")
+    g.add_argument("--best", action="store_true", help="print the most likely sample that parses")
+    g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    g.add_argument("--trace", action="store_true", help="print the top 5 candidates per token")
+    g.add_argument("--trace-layers", action="store_true", help="with --trace: add the logit lens")
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument(
+        "--weights",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "int8"],
+        help="inference weights; auto: int8 on CPU for models over 1M parameters (default: auto)",
+    )
     g.set_defaults(func=_generate)
+
+    sv = sub.add_parser("serve", help="OpenAI-style completions API and web playground for a run")
+    sv.add_argument("run")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=None, help="require Bearer KEY (or set CODELM_API_KEY)")
+    sv.add_argument("--max-batch", type=int, default=16, help="requests decoded together; 1: one at a time")
+    sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503 (default: 64)")
+    sv.add_argument("--max-tokens", type=int, default=512, help="cap on a request's max_tokens")
+    sv.add_argument("--max-prompt-chars", type=int, default=200_000, help="longer prompts get 400")
+    sv.add_argument("--timeout", type=float, default=120.0, help="seconds per request, queue wait included")
+    sv.add_argument("--model-name", default=None, help="model id in the API (default: the run's name)")
+    sv.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    sv.add_argument(
+        "--weights", default="auto", choices=["auto", "fp32", "bf16", "int8"], help="as in generate"
+    )
+    sv.set_defaults(func=_serve)
     return p
 
 

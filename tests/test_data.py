@@ -674,3 +674,10 @@ def test_stdlib_source_is_found():
     source = open_source("stdlib")
     first = next(iter(source))
     assert source.kind == "stdlib" and first.path.endswith(".py") and os.path.isabs(source.info["root"])
+
+
+def test_the_split_does_not_depend_on_where_the_source_lies(tmp_path):
+    from codelm.data.split import group_key
+
+    assert group_key(str(tmp_path / "a" / "repo"), "pkg/m.py") == group_key("/elsewhere/repo/", "pkg/m.py")
+    assert group_key("stdlib", "os.py") == "stdlib:os.py"

@@ -41,7 +41,14 @@ def test_pipeline_end_to_end(tmp_path, corpus_dir, capsys):
 
     model, tok = load_run(str(run))
     best, _ = best_of(model, tok, "def add(a, b):", 4, SamplingConfig(max_new_tokens=48, seed=0))
-    assert best.stop_reason in {"end_of_text", "block_end", "length", "context_full"}
+    assert best.stop_reason in {
+        "end_of_text",
+        "block_end",
+        "length",
+        "context_full",
+        "repetition",
+        "max_lines",
+    }
 
     capsys.readouterr()
     assert main(["generate", str(run), "def add(a, b):", "--max-new-tokens", "16", "--seed", "0"]) == 0

@@ -86,3 +86,390 @@ def test_complete_reports_a_stop_reason(tiny_model, tokenizer):
     assert len(out.tokens) <= 8
     with pytest.raises(CodelmError):
         complete(model, tokenizer, "", SamplingConfig())
+
+
+# --- KV cache: padded batches -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_padded_batch_cached_decoding_equals_full_recomputation(pos):
+    from codelm.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=97, n_layer=2, n_head=2, n_embd=32, block_size=64, pos=pos))
+    model.eval()
+    rows = [torch.randint(0, 97, (n,)).tolist() for n in (5, 13, 9)]
+    new = torch.randint(0, 97, (3, 7))
+    longest = max(map(len, rows))
+    start = torch.tensor([longest - len(r) for r in rows])
+    idx = torch.tensor([[0] * (longest - len(r)) + r for r in rows])
+    cache = model.new_cache(3, start=start)
+    got = [model(idx, cache)[:, -1]]
+    got += [model(new[:, t : t + 1], cache)[:, -1] for t in range(3)]
+    got.append(model(new[:, 3:], cache)[:, -1])  # a chunk after the prefix, too
+    cached = torch.stack(got, 1)  # (3, 5, V)
+    for b, r in enumerate(rows):
+        full = model(torch.tensor([r + new[b].tolist()]))[0, len(r) - 1 :]
+        want = torch.cat([full[:4], full[-1:]])
+        torch.testing.assert_close(cached[b], want, atol=1e-5, rtol=1e-5)
+    # n rows from one prefill: repeat_rows copies each row's cache in place
+    twice = model.new_cache(3, start=start)
+    model(idx, twice)
+    twice = twice.repeat_rows(2)
+    step = model(new[:, :1].repeat_interleave(2, 0), twice)[:, -1]
+    torch.testing.assert_close(step[::2], cached[:, 1], atol=1e-5, rtol=1e-5)
+
+
+def _model(tokenizer, **kw):
+    from codelm.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32, block_size=64) | kw
+    return Transformer(ModelConfig(**cfg)).eval()
+
+
+def test_batch_of_different_lengths_and_n_samples_match_single_runs(tokenizer):
+    from codelm.generate import Prompt, StopConfig, generate_batch
+
+    model = _model(tokenizer, block_size=128)
+    greedy, free = (
+        SamplingConfig(temperature=0.0, max_new_tokens=12),
+        StopConfig(block_end=False, max_repeats=0),
+    )
+    prompts = ["def add(a, b):", "class Stack:\n    def push(self, item):\n", Prompt("x = ", suffix="\n")]
+    batch = generate_batch(model, tokenizer, prompts, greedy, free, n=2)
+    for p, pair in zip(prompts, batch, strict=True):
+        alone = complete(model, tokenizer, p, greedy, free)
+        assert [c.tokens for c in pair] == [alone.tokens, alone.tokens]
+        assert pair[0].text == alone.text
+    sampled = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=10, seed=3)
+    a = generate_batch(model, tokenizer, prompts[:2], sampled, free, n=3)
+    b = generate_batch(model, tokenizer, prompts[:2], sampled, free, n=3)
+    assert [[c.tokens for c in r] for r in a] == [[c.tokens for c in r] for r in b]
+    assert len({tuple(c.tokens) for c in a[0]}) > 1  # the samples differ from each other
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+
+def test_repetition_penalty_lowers_seen_tokens_of_either_sign():
+    from codelm.generate.sampling import penalize
+
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    seen = torch.tensor([[True, True, False]])
+    assert penalize(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0]]
+    assert penalize(logits, seen, 1.0) is logits
+    with pytest.raises(CodelmError):
+        SamplingConfig(repetition_penalty=0.0)
+
+
+def test_repetition_penalty_changes_greedy_loops(tiny_model):
+    plain = [
+        s.token for s in generate_ids(tiny_model, [1, 2], SamplingConfig(temperature=0, max_new_tokens=30))
+    ]
+    cfg = SamplingConfig(temperature=0, max_new_tokens=30, repetition_penalty=100.0)
+    penalised = [s.token for s in generate_ids(tiny_model, [1, 2], cfg)]
+    assert len(set(penalised)) == 30  # a huge penalty never repeats a token
+    assert len(set(plain)) < 30
+
+
+# --- stop rules, one by one -------------------------------------------------------------------
+
+
+def test_end_of_text_rule():
+    from codelm.generate.stopping import EndOfText
+
+    rule = EndOfText({0})
+    assert rule.check("abc", [5, 6]) is None
+    assert rule.check("abc", [5, 6, 0]) == 3
+
+
+def test_stop_strings_match_across_tokens_and_cut_before():
+    from codelm.generate.stopping import StopStrings
+
+    rule = StopStrings(["\nclass", "###"])
+    text = ""
+    for piece in ["x = 1", "\ncl", "ass Foo"]:
+        text += piece
+        cut = rule.check(text, [])
+    assert text[:cut] == "x = 1"
+    assert rule.safe("x = 1\ncl", []) == len("x = 1")  # may still become "\nclass"
+    assert rule.safe("x = 1#", []) == len("x = 1")
+    assert rule.safe("x = 1", []) == 5
+
+
+def test_block_end_never_stops_inside_brackets_or_a_string():
+    prompt = "def f(x):"
+    call = "\n    y = g(\n1,\n2)\n    return y\n"
+    assert _stop(prompt, call) is None
+    assert _stop(prompt, call + "z = 3") == call
+    doc = '\n    """Doc.\nNot indented, still the docstring.\n    """\n'
+    assert _stop(prompt, doc) is None
+    assert _stop(prompt, doc + "x = 1") == doc
+    assert _stop(prompt, "\n    s = '(' # )\nx") == "\n    s = '(' # )\n"  # quoted and commented
+
+
+def test_block_end_safe_prefix_holds_only_blank_tails():
+    rule = BlockEnd("def f():")
+    assert rule.safe("\n    return 1", []) == len("\n    return 1")
+    assert rule.safe("\n    return 1\n\n    ", []) == len("\n    return 1\n")
+    assert BlockEnd("x = 1\n").safe("", []) == 0
+
+
+def test_max_lines_rule():
+    from codelm.generate.stopping import MaxLines
+
+    assert MaxLines(1, "def f():").check("\n    a = 1\n    b", []) == len("\n    a = 1\n")
+    assert MaxLines(1, "x = fo").check("o(1)\nbar", []) == len("o(1)\n")
+    assert MaxLines(2, "x\n").check("a\nb", []) is None
+    assert MaxLines(2, "x\n").check("a\nb\n", []) == 4
+
+
+def test_repetition_rule_stops_loops_and_keeps_one_copy():
+    from codelm.generate.stopping import Repetition
+
+    rule = Repetition(lambda ids: "".join(chr(97 + i) for i in ids), max_repeats=3)
+    line = "        self.name = name\n"
+    assert rule.check("\n" + line * 3, []) is None
+    assert rule.check("\n" + line * 4, []) == 1 + len(line)
+    two = 'x = 1\n"""\n'
+    assert rule.check("# a\n" + two * 4, []) == len("# a\n" + two)
+    assert rule.check("\n\n\n\n\n", []) is None  # blank lines are the block rule's business
+    cycle = [0, 1]  # "ab" x 8: a 2-token cycle spanning 16 tokens
+    assert rule.check("ab" * 8, cycle * 8) == 2
+    assert rule.check("b" * 7, [1] * 7) is None  # like the zeros of 1000000: too short a span
+    rule = Repetition(lambda ids: "=" * len(ids))
+    assert rule.check("=" * 70, [7] * 70) is None  # a `# =====` rule is code, not a loop
+    assert rule.check("=" * 80, [7] * 80) == 1
+    assert rule.safe("x\n" + line * 2, []) == 2 + len(line)  # the second copy may be cut later
+
+
+def test_first_stop_takes_the_earliest_cut():
+    from codelm.generate.stopping import EndOfText, StopStrings, first_stop
+
+    rules = [EndOfText({0}), StopStrings(["b"])]
+    assert first_stop(rules, "abc", [0]) == ("stop_string", 1)
+    assert first_stop(rules, "ac", [0]) == ("end_of_text", 2)
+    assert first_stop(rules, "ac", [5]) is None
+
+
+def test_stream_releases_only_text_no_rule_takes_back(tokenizer):
+    from codelm.generate.generator import _Row
+    from codelm.generate.stopping import StopConfig, build_rules
+
+    prompt = "def f(a, b):"
+    cases = {
+        "block_end": "\n    return a + b\n\n\n\ndef g():\n",
+        "stop_string": "\n    x = a # END here\n",
+        "repetition": "\n" + "    a = b\n" * 6,
+    }
+    for reason, body in cases.items():
+        rules = build_rules(StopConfig(stop=("# END",)), prompt, {0}, tokenizer.decode)
+        row, pieces = _Row(rules, tokenizer.decode, frozenset({0})), []
+        for t in tokenizer.encode(body):
+            row.push(t, 0.0, None)
+            pieces.append(row.take())
+            if row.reason:
+                break
+        assert row.reason == reason
+        assert "".join(pieces) == row.text and body.startswith(row.text)
+
+
+# --- prompts: layouts, truncation, bad input -----------------------------------------------------
+
+
+def test_prompt_layouts_match_training(tokenizer):
+    import numpy as np
+
+    from codelm.generate.prompts import Prompt, encode_prompt
+    from codelm.tokenizer.code_tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+    from codelm.train.batches import Layout, assemble, document_layout
+
+    s, eot = tokenizer.special, tokenizer.eot_id
+    assert encode_prompt(tokenizer, Prompt("def f():"), 60).ids == [eot, *tokenizer.encode("def f():")]
+    pre, mid, suf = "def add(a, b):\n    ", "return a + b", "\n\nx = 1\n"
+    order = [("special", FIM_PREFIX, 1), ("piece", 0, 1), ("special", FIM_SUFFIX, 1), ("piece", 2, 1)]
+    layout = Layout(
+        [pre, mid, suf], order + [("special", FIM_MIDDLE, 1), ("piece", 1, 1), ("special", EOT, 1)]
+    )
+    trained, _ = assemble(layout, [tokenizer.encode(p) for p in (pre, mid, suf)], tokenizer)
+    fim = encode_prompt(tokenizer, Prompt(pre, suffix=suf), 60).ids
+    assert fim == [eot, *trained[: trained.index(s[FIM_MIDDLE]) + 1]]
+    row = {"kind": "pair", "text": "t", "prompt": "Add two numbers.", "completion": "def add(a, b):"}
+    trained, _ = assemble(document_layout(row, np.random.default_rng(0), 0.0), [
+        tokenizer.encode(row["prompt"]), tokenizer.encode(row["completion"])], tokenizer)  # fmt: skip
+    ins = encode_prompt(tokenizer, Prompt("def add(a, b):", instruction="Add two numbers."), 60).ids
+    assert ins == [eot, *trained[:-1]]  # everything but the end token
+
+
+def test_long_prompts_keep_their_most_recent_tokens_and_the_fim_suffix(tokenizer):
+    from codelm.generate.prompts import Prompt, encode_prompt
+
+    text = "".join(f"x{i} = {i}\n" for i in range(80))
+    ids = tokenizer.encode(text)
+    enc = encode_prompt(tokenizer, Prompt(text), 40)
+    assert enc.ids == ids[-40:] and enc.dropped == len(ids) - 40
+    suffix = "\nreturn x\n"
+    fim = encode_prompt(tokenizer, Prompt(text, suffix=suffix), 40)
+    assert len(fim.ids) == 40 and fim.dropped == len(ids) - (40 - 4 - len(tokenizer.encode(suffix)))
+    assert fim.ids[-1 - len(tokenizer.encode(suffix)) : -1] == tokenizer.encode(suffix)
+    model = _model(tokenizer)
+    out = complete(model, tokenizer, text, SamplingConfig(max_new_tokens=8, seed=0))
+    assert out.truncated and out.dropped_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(text=""), dict(text="", suffix=""), dict(instruction="  "), dict(suffix="x", instruction="y")]
+)
+def test_empty_or_conflicting_prompts_are_user_errors(kw):
+    from codelm.generate.prompts import Prompt
+
+    with pytest.raises(CodelmError):
+        Prompt(**kw)
+
+
+# --- modes, best-of-n, trace ---------------------------------------------------------------------
+
+
+def test_fim_and_instruction_modes_complete(tokenizer):
+    from codelm.generate import Prompt, StopConfig
+
+    model, cfg = _model(tokenizer), SamplingConfig(max_new_tokens=10, seed=0)
+    fim = complete(model, tokenizer, Prompt("def f(x):\n    ", suffix="\n"), cfg)
+    ins = complete(model, tokenizer, Prompt("", instruction="Add two numbers."), cfg)
+    for c in (fim, ins):
+        assert c.stop_reason in {"end_of_text", "block_end", "repetition", "length", "context_full"}
+    assert fim.code == "def f(x):\n    " + fim.text + "\n"
+    free = StopConfig(block_end=False, max_repeats=0)
+    greedy = complete(model, tokenizer, "x = 1\n", SamplingConfig(temperature=0, max_new_tokens=10), free)
+    assert greedy.stop_reason in {"end_of_text", "length"}
+
+
+def test_best_of_drops_what_does_not_parse_and_ranks_by_mean_logprob(tokenizer, monkeypatch):
+    from codelm.generate import best
+    from codelm.generate.generator import Completion
+    from codelm.generate.prompts import Prompt
+
+    prompt = Prompt("def f():")
+
+    def fake(model, tok, prompts, cfg, stops, n, trace, greedy_first):
+        assert greedy_first and n == 3
+        return [[
+            Completion("\n    return (", "length", [1], [-0.1], prompt),
+            Completion("\n    return 1\n", "block_end", [1, 2], [-1.0, -1.0], prompt),
+            Completion("\n    return 2\n", "block_end", [1], [-0.5], prompt),
+        ]]  # fmt: skip
+
+    monkeypatch.setattr(best, "generate_batch", fake)
+    chosen, report = best.best_of(None, tokenizer, prompt, 3)
+    assert chosen.text == "\n    return 2\n"
+    assert [c.text for c in report.ranked] == ["\n    return 2\n", "\n    return 1\n"]
+    assert len(report.dropped) == 1 and "line 2" in report.dropped[0][1]
+    assert "1 dropped" in report.summary() and "(" in report.summary()
+
+
+def test_best_of_on_a_model_returns_one_of_n(tokenizer):
+    from codelm.generate import best_of
+
+    chosen, report = best_of(_model(tokenizer), tokenizer, "def f():", 3, SamplingConfig(max_new_tokens=8))
+    assert len(report.ranked) + len(report.dropped) == 3
+    assert chosen in report.ranked or report.none_parsed
+
+
+def test_trace_lists_top_candidates_and_a_logit_lens(tokenizer):
+    from codelm.generate import format_trace
+
+    model = _model(tokenizer)
+    cfg = SamplingConfig(temperature=0, max_new_tokens=6)
+    out = complete(model, tokenizer, "def f():", cfg, trace="lens")
+    assert out.trace is not None and len(out.trace) == len(out.tokens)
+    for step, tok_id, lp in zip(out.trace, out.tokens, out.logprobs, strict=True):
+        probs = [p for _, p in step.top]
+        assert len(step.top) == 5 and probs == sorted(probs, reverse=True)
+        assert step.token == tok_id == step.top[0][0]  # greedy picks the top candidate
+        assert step.prob == pytest.approx(torch.tensor(lp).exp().item(), rel=1e-5)
+        assert len(step.lens) == 2 and step.lens[-1][0] == step.top[0][0]  # the last layer is the model
+    table = format_trace(out.trace, tokenizer)
+    assert len(table.splitlines()) == len(out.tokens) + 1 and "logit lens" in table
+    assert complete(model, tokenizer, "def f():", cfg).trace is None
+
+
+# --- inference weights -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [64, 40])  # 40: the int8 kernel cannot, dequantizing must
+def test_int8_and_bf16_weights_stay_close_to_fp32(width):
+    from codelm.generate.quantize import Int8Linear, prepare_model
+    from codelm.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(width, 48, bias=False)
+    x = torch.randn(3, width)
+    q = Int8Linear(lin)
+    assert q.kernel == (width % 32 == 0)
+    for rows in (x[:1], x):  # the kernel path, and the dequantizing path
+        assert (q(rows) - lin(rows)).abs().max() < 0.02 * lin(rows).abs().max()
+    model = Transformer(ModelConfig(vocab_size=97, n_layer=2, n_head=2, n_embd=width, block_size=32)).eval()
+    idx = torch.randint(0, 97, (1, 12))
+    for weights in ("int8", "bf16"):
+        fast = prepare_model(model, weights)
+        assert isinstance(model.head, torch.nn.Linear)  # the original is left as it was
+        torch.testing.assert_close(fast(idx), model(idx), atol=0.05, rtol=0.05)
+        assert fast.head.weight.dtype == torch.float32
+    assert prepare_model(model, "auto") is model  # below 1M parameters fp32 is exact and as fast
+    with pytest.raises(CodelmError):
+        prepare_model(model, "int4")
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_dir(tmp_path, tokenizer):
+    from codelm.fsutil import atomic_write_json
+    from codelm.model.io import save_weights
+
+    model = _model(tokenizer)
+    atomic_write_json(tmp_path / "config.json", {"model": model.cfg.to_dict()})
+    save_weights(model, tmp_path / "model.safetensors")
+    tokenizer.save(tmp_path / "tokenizer.json")
+    return str(tmp_path)
+
+
+def test_cli_modes_best_of_trace_and_stream(run_dir, capsys):
+    from codelm.cli import main
+
+    base = [run_dir, "--max-new-tokens", "8", "--seed", "1"]
+    assert main(["generate", *base, "def f(x):", "--stream"]) == 0
+    streamed = capsys.readouterr().out
+    assert main(["generate", *base, "def f(x):"]) == 0
+    assert capsys.readouterr().out == streamed
+    assert main(["generate", *base, "def f(x):\n    ", "--suffix", "\n    return y\n"]) == 0
+    assert main(["generate", *base, "", "--instruction", "Add two numbers."]) == 0
+    capsys.readouterr()
+    assert main(["generate", *base, "def f(x):", "--n", "3", "--best"]) == 0
+    assert "best of 3" in capsys.readouterr().err
+    assert main(["generate", *base, "def f(x):", "--n", "2"]) == 0
+    assert capsys.readouterr().out.count("# --- sample") == 2
+    assert main(["generate", *base, "def f(x):", "--trace", "--trace-layers"]) == 0
+    assert "top 5 candidates" in capsys.readouterr().out
+
+
+def test_cli_bad_input(run_dir, capsys):
+    from codelm.cli import main
+
+    for args in (
+        [""],
+        ["x", "--top-p", "0"],
+        ["x", "--top-p", "1.5"],
+        ["x", "--max-new-tokens", "0"],
+        ["x", "--suffix", "y", "--instruction", "z"],
+        ["x", "--n", "2", "--stream"],
+        ["x", "--trace-layers"],
+    ):
+        assert main(["generate", run_dir, *args]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("codelm: error:") and "\n" not in err
+    long = "".join(f"x{i} = {i}\n" for i in range(60))
+    assert main(["generate", run_dir, long, "--max-new-tokens", "4"]) == 0
+    assert "left out" in capsys.readouterr().err

@@ -10,6 +10,7 @@ every process and on every machine.
 from __future__ import annotations
 
 import hashlib
+from pathlib import PurePosixPath
 
 from codelm.errors import CodelmError
 
@@ -17,8 +18,13 @@ SPLITS = ("train", "val", "test")
 
 
 def group_key(source: str, path: str) -> str:
-    """The key a document is split by: where it came from."""
-    return f"{source}:{path}"
+    """The key a document is split by: the source's name (not where it lies on disk) and the path.
+
+    Using the last component of the source spec means that moving or re-spelling
+    a repository's location (`~/src/x` vs `/home/me/src/x`) keeps every split.
+    """
+    name = PurePosixPath(source.rstrip("/")).name or source
+    return f"{name}:{path}"
 
 
 def check_fractions(fractions: tuple[float, ...]) -> None:

@@ -1,1 +1,42 @@
-"""Generation stage: sampling, stop rules and the KV-cached decoding loop."""
+"""Generation stage: prompts (plain, fill-in-the-middle, instruction), sampling, layered
+stop rules, the KV-cached batched decoding loop, best-of-n, the prediction trace, and
+inference weights (bf16 / int8).
+
+    from codelm.generate import Prompt, SamplingConfig, StopConfig, complete, load_run
+    model, tok = load_run("runs/demo/run")
+    print(complete(model, tok, Prompt("def add(a, b):"), SamplingConfig(temperature=0)).text)
+"""
+
+from codelm.generate.best import BestOfReport, best_of, parses, syntax_error
+from codelm.generate.generator import (
+    Completion,
+    Stream,
+    complete,
+    generate,
+    generate_batch,
+    generate_ids,
+    load_run,
+)
+from codelm.generate.prompts import Prompt
+from codelm.generate.sampling import SamplingConfig
+from codelm.generate.stopping import StopConfig
+from codelm.generate.trace import TraceStep, format_trace
+
+__all__ = [
+    "BestOfReport",
+    "Completion",
+    "Prompt",
+    "SamplingConfig",
+    "StopConfig",
+    "Stream",
+    "TraceStep",
+    "best_of",
+    "complete",
+    "format_trace",
+    "generate",
+    "generate_batch",
+    "generate_ids",
+    "load_run",
+    "parses",
+    "syntax_error",
+]

@@ -1,7 +1,9 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p.
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition penalty.
 
 The defaults suit code: a low temperature (0.2) keeps completions on the likely
-path, and top-p 0.95 cuts the long tail of junk tokens.
+path, and top-p 0.95 cuts the long tail of junk tokens. Everything works on a
+batch of rows (B, V) at once; one seeded generator makes a batch reproducible.
+This module does not stop generation (see stopping.py) nor run the model.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ class SamplingConfig:
     top_k: int = 0  # 0 means no top-k cut
     top_p: float = 0.95  # nucleus mass kept, in (0, 1]
     max_new_tokens: int = 256
-    seed: int | None = None
+    seed: int | None = None  # None: torch's global generator
+    # (fields above keep their positions: callers pass the first four positionally)
+    # > 1 lowers the logits of tokens this completion already produced (CTRL, Keskar et al.
+    # 2019). Off by default: code repeats names on purpose, and the repetition stop rule
+    # already ends loops. Prompt tokens are never penalised, so the completion may reuse them.
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -28,8 +35,20 @@ class SamplingConfig:
             raise CodelmError(f"top-p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise CodelmError(f"top-k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise CodelmError(f"repetition penalty must be > 0, got {self.repetition_penalty}")
         if self.max_new_tokens <= 0:
             raise CodelmError(f"max new tokens must be positive, got {self.max_new_tokens}")
+
+
+def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Divide positive and multiply negative logits of tokens marked in `seen` (B, V) by
+    `penalty`, so a seen token always becomes less likely whatever its sign."""
+    if penalty == 1.0:
+        return logits
+    logits = logits.float()
+    lowered = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, lowered, logits)
 
 
 def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:

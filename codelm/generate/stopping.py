@@ -1,11 +1,86 @@
-"""Stop rules that look at the decoded completion text.
+"""Stop rules, in layers: end-of-text, user stop strings, the end of a Python block
+(never inside open brackets or an open string), a maximum number of lines, and repetition.
 
-Each rule is a small object: `check(completion)` returns None to go on, or the
-length to cut the completion to. The generator reports the rule's `name` as the
-stop reason. End-of-text is decided on token ids in the generator itself.
+Each rule is a small object over the completion so far: `text` is its decoded
+text (without an end token) and `tokens` every generated id.
+- `check(text, tokens)` returns None to go on, or the length to cut `text` to;
+  the rule's `name` is reported as the stop reason.
+- `safe(text, tokens)` is the length of the prefix of `text` the rule will never
+  cut later, so a stream releases only text that no later stop takes back.
+The rules do not run the model nor sample; generator.py calls them after each token.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from codelm.errors import CodelmError
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    stop: tuple[str, ...] = ()  # user stop strings, matched in the completion's text
+    # None: on for plain completion and instructions, off for fill-in-the-middle,
+    # where the model was trained to end the middle with end-of-text itself.
+    block_end: bool | None = None
+    max_lines: int = 0  # 0: no limit
+    # A line cycle or short token cycle seen more often than this in a row ends the
+    # completion (issue 9: weak models loop on `"""` or `self.name = name`); 0: off.
+    max_repeats: int = 3
+
+    def __post_init__(self) -> None:
+        if any(not s for s in self.stop):
+            raise CodelmError("a stop string must not be empty")
+        if self.max_lines < 0 or self.max_repeats < 0:
+            raise CodelmError("max lines and max repeats must be >= 0")
+
+
+DEFAULT_STOPS = StopConfig()
+
+
+class StopRule(Protocol):
+    name: str
+
+    def check(self, text: str, tokens: Sequence[int]) -> int | None: ...
+
+    def safe(self, text: str, tokens: Sequence[int]) -> int: ...
+
+
+class EndOfText:
+    """Layer 1: the model produced an end token (end-of-text, or a special token that opens
+    another frame, which also means this text is over)."""
+
+    name = "end_of_text"
+
+    def __init__(self, ids: Iterable[int]):
+        self.ids = frozenset(ids)
+
+    def check(self, text: str, tokens: Sequence[int]) -> int | None:
+        return len(text) if tokens and tokens[-1] in self.ids else None
+
+    def safe(self, text: str, tokens: Sequence[int]) -> int:
+        return len(text)
+
+
+class StopStrings:
+    """Layer 2: a user stop string appears in the text, even across token boundaries;
+    the completion is cut before it."""
+
+    name = "stop_string"
+
+    def __init__(self, stops: Iterable[str]):
+        self.stops = tuple(stops)
+
+    def check(self, text: str, tokens: Sequence[int]) -> int | None:
+        found = [i for s in self.stops if (i := text.find(s)) != -1]
+        return min(found) if found else None
+
+    def safe(self, text: str, tokens: Sequence[int]) -> int:
+        # Hold back a tail that could still grow into a stop string.
+        held = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        return len(text) - held
 
 
 def indent_of(line: str) -> int:
@@ -21,11 +96,43 @@ def indent_of(line: str) -> int:
     return width
 
 
-class BlockEnd:
-    """Stop when a line returns to the prompt's block level after the body has started.
+def scan_open(code: str, state: tuple[int, str, bool] = (0, "", False)) -> tuple[int, str, bool]:
+    """(bracket depth, open string quote or "", inside a comment) after reading `code`,
+    starting from `state`. A lexer just good enough to tell whether code is complete."""
+    depth, quote, comment = state
+    i, n = 0, len(code)
+    while i < n:
+        ch = code[i]
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if ch == "\\":
+                i += 1  # the escaped character never closes the string
+            elif code.startswith(quote, i):
+                i += len(quote) - 1
+                quote = ""
+            elif ch == "\n" and len(quote) == 1:
+                quote = ""  # an unterminated one-line string ends with its line
+        elif ch == "#":
+            comment = True
+        elif ch in "\"'":
+            quote = ch * 3 if code.startswith(ch * 3, i) else ch
+            i += len(quote) - 1
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)
+        i += 1
+    return depth, quote, comment
 
-    The block level is the indentation of the prompt's last line that opens a
-    block (ends with ':'); without one it is the prompt's smallest indentation.
+
+class BlockEnd:
+    """Layers 3 and 4: stop when a line returns to the prompt's block level after the body
+    has started, unless brackets or a string are still open there. Blank lines before the
+    stop are dropped, keeping the body's final newline.
+
+    The block level is the indentation of the prompt's last line that opens a block (ends
+    with ':'); without one it is the prompt's smallest indentation.
     """
 
     name = "block_end"
@@ -42,24 +149,43 @@ class BlockEnd:
         # A prompt that already holds body lines below its last opener has started the body.
         self.body_in_prompt = any(ln.strip() and indent_of(ln) > self.level for ln in tail)
         self.prompt = prompt
+        self.prompt_state = scan_open(prompt)
 
-    def check(self, completion: str) -> int | None:
-        text = self.prompt + completion
-        start = len(self.prompt)
-        # Lines that begin inside the completion (the prompt's own last line never counts).
-        pos = text.find("\n", max(start - 1, 0)) if not self.prompt.endswith("\n") else start - 1
+    def check(self, text: str, tokens: Sequence[int] = ()) -> int | None:
         body = self.body_in_prompt
-        while pos != -1 and pos + 1 <= len(text):
-            line_start = pos + 1
-            end = text.find("\n", line_start)
-            line = text[line_start:] if end == -1 else text[line_start:end]
-            if line.strip():
-                if indent_of(line) > self.level:
-                    body = True
-                elif body:
-                    return _trim_blank_tail(completion[: line_start - start])
-            pos = end
+        for start, line in self._lines(text):
+            if not line.strip():
+                continue
+            if indent_of(line) > self.level:
+                body = True
+            elif body:
+                depth, quote, _ = scan_open(text[:start], self.prompt_state)
+                if depth == 0 and not quote:
+                    return _trim_blank_tail(text[:start])
         return None
+
+    def safe(self, text: str, tokens: Sequence[int] = ()) -> int:
+        last = text.rfind("\n")
+        if last == -1 and not self._starts_line():
+            return len(text)  # still the prompt's own last line, which is never cut
+        if text[last + 1 :].strip():
+            return len(text)  # the current line has begun and did not stop: it stays
+        return _trim_blank_tail(text[: last + 1])  # a blank tail may still be dropped
+
+    def _starts_line(self) -> bool:
+        return not self.prompt or self.prompt.endswith("\n")
+
+    def _lines(self, text: str) -> Iterable[tuple[int, str]]:
+        """(offset, line) of each line that begins inside the completion."""
+        pos = 0 if self._starts_line() else text.find("\n") + 1
+        if pos == 0 and not self._starts_line():
+            return  # no line has begun inside the completion yet
+        while True:
+            end = text.find("\n", pos)
+            yield pos, text[pos:] if end == -1 else text[pos:end]
+            if end == -1:
+                return
+            pos = end + 1
 
 
 def _trim_blank_tail(completion: str) -> int:
@@ -67,3 +193,124 @@ def _trim_blank_tail(completion: str) -> int:
     stripped = completion.rstrip(" \t\r\n")
     newline = completion.find("\n", len(stripped))
     return len(completion) if newline == -1 else newline + 1
+
+
+class MaxLines:
+    """Layer 5: stop after `n` lines, keeping the newline of the last one. An empty rest of
+    the prompt's own last line (a completion that starts with a newline) does not count."""
+
+    name = "max_lines"
+
+    def __init__(self, n: int, prompt: str):
+        self.n = n
+        self.starts_line = not prompt or prompt.endswith("\n")
+
+    def check(self, text: str, tokens: Sequence[int] = ()) -> int | None:
+        skip_first = not self.starts_line and text.startswith("\n")
+        pos, done = -1, -int(skip_first)
+        while (pos := text.find("\n", pos + 1)) != -1:
+            done += 1
+            if done == self.n:
+                return pos + 1
+        return None
+
+    def safe(self, text: str, tokens: Sequence[int] = ()) -> int:
+        return len(text)
+
+
+class Repetition:
+    """Stop when the completion loops: the same cycle of 1..`max_lines` lines, or of
+    1..`max_period` tokens spanning at least `min_span` tokens, repeated more than
+    `max_repeats` times in a row. The copies after the first are cut off."""
+
+    name = "repetition"
+
+    def __init__(
+        self,
+        decode: Callable[[Sequence[int]], str],
+        max_repeats: int = 3,
+        max_lines: int = 4,
+        max_period: int = 12,
+        min_span: int = 16,  # a number like 1000000 is seven '0' tokens, not a loop
+    ):
+        self.decode, self.max_repeats = decode, max_repeats
+        self.max_lines, self.max_period, self.min_span = max_lines, max_period, min_span
+
+    def check(self, text: str, tokens: Sequence[int]) -> int | None:
+        lines = _complete_lines(text)
+        for k in range(1, self.max_lines + 1):
+            reps = (_run(lines, k) + k) // k
+            if reps > self.max_repeats and any(ln.strip() for ln in lines[-k:]):
+                return sum(len(ln) + 1 for ln in lines[: len(lines) - (reps - 1) * k])
+        for p in range(1, self.max_period + 1):
+            reps = (_run(tokens, p) + p) // p
+            if reps > self.max_repeats and reps * p >= self.min_span and self._is_loop(tokens[-p:], reps * p):
+                return min(len(self.decode(tokens[: len(tokens) - (reps - 1) * p])), len(text))
+        return None
+
+    def _is_loop(self, cycle: Sequence[int], span: int) -> bool:
+        # A run of symbols or digits is often real code: a `# ======` rule, a long
+        # constant. Without a letter in the cycle, only a run past any line's length loops.
+        return span >= 5 * self.min_span or any(ch.isalpha() for ch in self.decode(cycle))
+
+    def safe(self, text: str, tokens: Sequence[int]) -> int:
+        # Hold back whatever a cycle that has begun to repeat would cut if it went on.
+        lines = _complete_lines(text)
+        current = text[text.rfind("\n") + 1 :]
+        held_lines = max((_run(lines, k) for k in range(1, self.max_lines + 1)), default=0)
+        if held_lines:
+            held = len(current) + sum(len(ln) + 1 for ln in lines[-held_lines:])
+        elif current and any(ln.startswith(current) for ln in lines[-self.max_lines :]):
+            held = len(current)  # the current line may begin the second copy of a cycle
+        else:
+            held = 0
+        held_tokens = max((_run(tokens, p) for p in range(1, self.max_period + 1)), default=0)
+        if held_tokens:
+            held = max(held, len(self.decode(tokens[-held_tokens:])))
+        return max(len(text) - held, 0)
+
+
+def _complete_lines(text: str) -> list[str]:
+    return text[: text.rfind("\n") + 1].split("\n")[:-1]
+
+
+def _run(items: Sequence, period: int) -> int:
+    """How many trailing items equal the item `period` places before them."""
+    m, n = 0, len(items)
+    while m + period < n and items[n - 1 - m] == items[n - 1 - m - period]:
+        m += 1
+    return m
+
+
+def build_rules(
+    cfg: StopConfig,
+    context: str,
+    end_ids: Iterable[int],
+    decode: Callable[[Sequence[int]], str],
+    fim: bool = False,
+) -> list[StopRule]:
+    """The layered rules for one completion; `context` is the code just before it."""
+    rules: list[StopRule] = [EndOfText(end_ids)]
+    if cfg.stop:
+        rules.append(StopStrings(cfg.stop))
+    if cfg.block_end or (cfg.block_end is None and not fim):
+        rules.append(BlockEnd(context))
+    if cfg.max_lines:
+        rules.append(MaxLines(cfg.max_lines, context))
+    if cfg.max_repeats:
+        rules.append(Repetition(decode, cfg.max_repeats))
+    return rules
+
+
+def first_stop(rules: Sequence[StopRule], text: str, tokens: Sequence[int]) -> tuple[str, int] | None:
+    """(reason, cut) of the rule that cuts earliest (the lower layer on a tie), or None."""
+    best: tuple[str, int] | None = None
+    for rule in rules:
+        cut = rule.check(text, tokens)
+        if cut is not None and (best is None or cut < best[1]):
+            best = (rule.name, cut)
+    return best
+
+
+def safe_length(rules: Sequence[StopRule], text: str, tokens: Sequence[int]) -> int:
+    return min((r.safe(text, tokens) for r in rules), default=len(text))

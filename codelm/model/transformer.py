@@ -6,6 +6,8 @@ token ids (B, T) -> embedding -> n_layer x [pre-norm causal self-attention, pre-
 Attention is torch's `scaled_dot_product_attention`, causal by construction, so
 a token never sees the tokens after it. With a `KVCache` the same forward
 decodes incrementally: pass only the new tokens and the cache remembers the rest.
+A cache with per-row `start` offsets holds left-padded prompts of different
+lengths; only then is an explicit mask built (see `padded_positions`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.flatten(-2).type_as(x)
 
 
+def padded_positions(start: torch.Tensor, past: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (B, T) and attention mask (B, 1, T, past + T) for left-padded rows.
+
+    Row b's real tokens begin at slot start[b]: its positions count from there, so a
+    padded row computes exactly what it would alone, and its keys before start[b]
+    are masked. A padding slot sees itself, so no mask row is empty (which gives NaN).
+    """
+    slots = torch.arange(past + T, device=start.device)
+    q = slots[past:]  # the new tokens' slots (T,)
+    pos = (q[None] - start[:, None]).clamp(min=0)  # (B, T)
+    key, query, first = slots[None, None], q[None, :, None], start[:, None, None]
+    keep = ((key <= query) & (key >= first)) | (key == query)  # (B, T, past + T)
+    return pos, keep.unsqueeze(1)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -53,6 +70,7 @@ class Attention(nn.Module):
         cos: torch.Tensor | None,
         sin: torch.Tensor | None,
         cache: KVCache | None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         H, D = self.cfg.n_head, self.cfg.head_dim
@@ -63,7 +81,9 @@ class Attention(nn.Module):
         if cache is not None:
             past = cache.pos
             k, v = cache.update(self.layer, k, v)  # (B, H, past + T, D)
-        if past == 0:
+        if mask is not None:  # left-padded rows: the mask is causal too
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif T == 1:  # one new token sees every cached one
             y = F.scaled_dot_product_attention(q, k, v)
@@ -98,8 +118,8 @@ class Block(nn.Module):
         self.norm1, self.attn = _norm(cfg), Attention(cfg, layer)
         self.norm2, self.mlp = _norm(cfg), MLP(cfg)
 
-    def forward(self, x, cos, sin, cache):
-        x = x + self.attn(self.norm1(x), cos, sin, cache)
+    def forward(self, x, cos, sin, cache, mask=None):
+        x = x + self.attn(self.norm1(x), cos, sin, cache, mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -138,35 +158,45 @@ class Transformer(nn.Module):
         idx: torch.Tensor,
         cache: KVCache | None = None,
         hidden: list[torch.Tensor] | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids `idx` (B, T).
 
         With `cache`, `idx` holds only new tokens, placed after the cached ones.
         With `hidden`, the residual stream after each block is appended to it
-        (for the logit lens).
+        (for the logit lens). With `last_only`, only the last position's logits
+        (B, 1, vocab) are computed: all a prompt's prefill needs.
         """
         B, T = idx.shape
         past = cache.pos if cache is not None else 0
         if past + T > self.cfg.block_size:
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.cfg.block_size}")
+        pos = mask = None
+        if cache is not None and cache.start is not None:
+            pos, mask = padded_positions(cache.start, past, T)  # (B, T), (B, 1, T, past + T)
         x = self.wte(idx)  # (B, T, C)
         cos = sin = None
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(past, past + T, device=idx.device))
-        else:
+            x = x + self.wpe(torch.arange(past, past + T, device=idx.device) if pos is None else pos)
+        elif pos is None:
             cos, sin = self.rope_cos[past : past + T], self.rope_sin[past : past + T]
+        else:  # per-row positions: (B, 1, T, D/2) broadcasts over heads
+            cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, cos, sin, cache)
+            x = block(x, cos, sin, cache, mask)
             if hidden is not None:
                 hidden.append(x)
         if cache is not None:
             cache.advance(T)
+        if last_only:
+            x = x[:, -1:]
         return self.head(self.norm_f(x))  # (B, T, vocab)
 
-    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int | None = None, start: torch.Tensor | None = None) -> KVCache:
+        """An empty cache; `start` (batch,) gives each row's left padding (see kv_cache.py)."""
         c = self.cfg
-        p = self.head.weight
+        p = self.norm_f.weight  # a float parameter even when generation swaps the linears
         return KVCache(
             c.n_layer,
             batch,
@@ -175,4 +205,5 @@ class Transformer(nn.Module):
             c.head_dim,
             dtype=p.dtype,
             device=p.device,
+            start=start,
         )

@@ -1,0 +1,190 @@
+"""Decoding speed at batch 1, side by side in one run: codelm's generation loop against
+HF transformers' `generate` with its KV cache, on the same random weights; plus the
+memory-bandwidth bound (weight bytes read per token / copy bandwidth measured in this run).
+
+    .venv/bin/python bench/generate.py [--presets tiny,small,base] [--vocab 16384]
+        [--prompt 512] [--new 128] [--reps 3] [--weights fp32,bf16,int8]
+
+Our weights are mapped into a LlamaForCausalLM (the same RoPE, RMSNorm and SwiGLU
+architecture) and the logits are checked to match in fp32 before any timing.
+transformers runs in bf16 (as in MEASURED.md); codelm runs in each `--weights`
+format of codelm.generate.quantize. Greedy, 128 new tokens after a 512-token
+prompt, so every preset's context is raised to 1024 (tiny and small have less).
+Time to first token covers the prefill and the first sample. Decode tokens/s is
+1 / the median interval between new tokens: on a shared machine a preempted
+step is an outlier, and a median over steps ignores it where a mean over the
+run would not. Engines alternate within each repetition so that noise from
+other processes hits all of them; the table gives medians over repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import copy_bandwidth, summary  # noqa: E402
+
+from codelm.generate.generator import generate_ids  # noqa: E402
+from codelm.generate.quantize import prepare_model  # noqa: E402
+from codelm.generate.sampling import SamplingConfig  # noqa: E402
+from codelm.model import ModelConfig, Transformer  # noqa: E402
+
+
+def to_llama(model: Transformer):
+    """A LlamaForCausalLM computing the same function as `model` (RoPE, RMSNorm, SwiGLU)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = model.cfg
+    hf = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.n_embd,
+            intermediate_size=cfg.mlp_hidden,
+            num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head,
+            num_key_value_heads=cfg.n_head,
+            max_position_embeddings=cfg.block_size,
+            rms_norm_eps=1e-6,
+            rope_theta=cfg.rope_theta,
+            tie_word_embeddings=True,
+            attn_implementation="sdpa",
+        )
+    )
+    C, D = cfg.n_embd, cfg.head_dim
+    # We rotate interleaved channel pairs (0,1), (2,3)...; Llama rotates halves (i, i + D/2).
+    # Ordering each head's q/k rows as [evens, odds] turns one into the other.
+    perm = torch.cat([torch.arange(h * D, (h + 1) * D)[list(range(0, D, 2)) + list(range(1, D, 2))]
+                      for h in range(cfg.n_head)])  # fmt: skip
+    sd = {"model.embed_tokens.weight": model.wte.weight, "model.norm.weight": model.norm_f.weight}
+    for i, b in enumerate(model.blocks):
+        q, k, v = b.attn.qkv.weight.split(C)
+        gate, up = b.mlp.up.weight.chunk(2)  # our fused up is [gate; up]
+        p = f"model.layers.{i}."
+        sd |= {
+            p + "input_layernorm.weight": b.norm1.weight,
+            p + "post_attention_layernorm.weight": b.norm2.weight,
+            p + "self_attn.q_proj.weight": q[perm],
+            p + "self_attn.k_proj.weight": k[perm],
+            p + "self_attn.v_proj.weight": v,
+            p + "self_attn.o_proj.weight": b.attn.proj.weight,
+            p + "mlp.gate_proj.weight": gate,
+            p + "mlp.up_proj.weight": up,
+            p + "mlp.down_proj.weight": b.mlp.down.weight,
+        }
+    missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    return hf.eval()
+
+
+def check_same_function(ours: Transformer, hf) -> float:
+    x = torch.randint(0, ours.cfg.vocab_size, (1, 64))
+    with torch.no_grad():
+        diff = (ours(x) - hf(input_ids=x).logits).abs().max().item()
+    if diff > 1e-4:
+        raise SystemExit(f"weight mapping is wrong: logits differ by {diff:.2e}")
+    return diff
+
+
+def rates(t0: float, stamps: list[float]) -> tuple[float, float]:
+    """(seconds to the first token, decode tokens/s) from the time of each new token."""
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return stamps[0] - t0, 1 / statistics.median(gaps)
+
+
+def time_ours(model: Transformer, prompt: list[int], new: int) -> tuple[float, float]:
+    """Time to first token and decode tokens/s of codelm's loop, greedy."""
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=new)
+    t0 = time.perf_counter()
+    stamps = [time.perf_counter() for _ in generate_ids(model, prompt, cfg)]
+    assert len(stamps) == new
+    return rates(t0, stamps)
+
+
+def time_hf(hf, prompt: list[int], new: int) -> tuple[float, float]:
+    from transformers.generation.streamers import BaseStreamer
+
+    class Clock(BaseStreamer):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def put(self, value) -> None:  # first call: the prompt; then one call per new token
+            self.times.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    clock = Clock()
+    x = torch.tensor([prompt])
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        hf.generate(x, max_new_tokens=new, min_new_tokens=new, do_sample=False, streamer=clock)
+    assert len(clock.times) == new + 1
+    return rates(t0, clock.times[1:])
+
+
+def weight_bytes(model: Transformer, bytes_per_weight: float) -> float:
+    """Bytes of weights one decode step reads: every matrix once (the tied head included);
+    the embedding lookup reads one row, negligible."""
+    n = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return n * bytes_per_weight
+
+
+def bench_preset(name: str, a: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset(name, vocab_size=a.vocab, block_size=max(1024, a.prompt + a.new))
+    ours = Transformer(cfg).eval()
+    hf = to_llama(ours)
+    diff = check_same_function(ours, hf)
+    hf = hf.to(torch.bfloat16)
+    prompt = torch.randint(0, a.vocab, (a.prompt,)).tolist()
+    models = {f"codelm {w}": prepare_model(ours, w) for w in a.weights}
+    runs = {k: (lambda m=m: time_ours(m, prompt, a.new)) for k, m in models.items()}
+    runs["transformers bf16"] = lambda: time_hf(hf, prompt, a.new)
+    for fn in runs.values():  # warm up: first calls build kernels and caches
+        fn()
+    ttft: dict[str, list[float]] = {k: [] for k in runs}
+    tps: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(a.reps):
+        for k, fn in runs.items():
+            t, s = fn()
+            ttft[k].append(t * 1e3)
+            tps[k].append(s)
+    bandwidth = copy_bandwidth() * 1e9  # right after this preset's runs: it drifts on a shared machine
+    bf16_bound = bandwidth / weight_bytes(ours, 2)
+    print(f"\n{name}: {ours.num_params() / 1e6:.1f}M params ({cfg.n_layer}L/{cfg.n_embd}), vocab {a.vocab}, "
+          f"logits match transformers to {diff:.1e}; copy bandwidth {bandwidth / 1e9:.1f} GB/s: "
+          f"bf16 weights bound {bf16_bound:.0f} tok/s")  # fmt: skip
+    hf_med = statistics.median(tps["transformers bf16"])
+    print(f"  {'engine':18s} {'TTFT ms (median)':>16s} {'decode tok/s (median, min, max)':>34s} "
+          f"{'x transformers':>15s} {'of bf16 bound':>14s} {'of own bound':>13s}")  # fmt: skip
+    for k in runs:
+        med = statistics.median(tps[k])
+        own = {"fp32": 4, "bf16": 2, "int8": 1}.get(k.split()[-1], 2)
+        own_bound = bandwidth / weight_bytes(ours, own)
+        ratios = f"{med / hf_med:14.2f}x {100 * med / bf16_bound:13.0f}% {100 * med / own_bound:12.0f}%"
+        print(f"  {k:18s} {statistics.median(ttft[k]):16.0f} {summary(tps[k]):>34s} {ratios}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", default="tiny,small,base")
+    ap.add_argument("--vocab", type=int, default=16384)
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--weights", default="fp32,bf16,int8", help="codelm formats to time")
+    a = ap.parse_args()
+    a.weights = a.weights.split(",")
+    print(f"{torch.get_num_threads()} threads; bandwidth: a 1 GiB copy, bytes read + written")
+    for name in a.presets.split(","):
+        bench_preset(name, a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""What to generate from, laid out in tokens exactly as training laid out documents.
+
+Three modes (see codelm/train/batches.py for the training side):
+- plain completion: `<|endoftext|> code`; the end token of the "previous document"
+  marks a beginning of file, as every training document follows one;
+- fill-in-the-middle, PSM order: `<|endoftext|> <|fim_prefix|> prefix <|fim_suffix|>
+  suffix <|fim_middle|>`; the model writes the middle and ends it with end-of-text;
+- instruction to code: `<|endoftext|> <|instruction|> text <|code|> code-start`.
+Each text part is encoded on its own, as training encodes each piece on its own.
+
+A prompt longer than the context keeps its most recent tokens (in FIM: the suffix
+first, then the end of the prefix) and reports how many it dropped.
+This module does not run the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from codelm.errors import CodelmError
+from codelm.tokenizer import CodeTokenizer
+from codelm.tokenizer.code_tokenizer import CODE, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, INSTRUCTION
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str = ""  # plain: the code to continue; FIM: the prefix; instruction: the code's start
+    suffix: str | None = None  # set: fill in the middle between `text` and `suffix`
+    instruction: str | None = None  # set: write code for this request
+
+    def __post_init__(self) -> None:
+        if self.suffix is not None and self.instruction is not None:
+            raise CodelmError("choose fill-in-the-middle (suffix) or an instruction, not both")
+        if self.instruction is not None and not self.instruction.strip():
+            raise CodelmError("empty instruction")
+        if self.suffix is not None and not (self.text or self.suffix):
+            raise CodelmError("empty prompt: fill-in-the-middle needs a prefix or a suffix")
+        if self.suffix is None and self.instruction is None and not self.text:
+            raise CodelmError("empty prompt: give some code to complete")
+
+    @property
+    def mode(self) -> str:
+        return (
+            "fim" if self.suffix is not None else "instruction" if self.instruction is not None else "plain"
+        )
+
+    def code(self, completion: str) -> str:
+        """The whole code the completion belongs to: what a syntax check parses."""
+        return self.text + completion + (self.suffix or "")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    ids: list[int]
+    dropped: int  # prompt tokens left out to fit the context; 0 when it fit
+
+
+def as_prompt(prompt: str | Prompt) -> Prompt:
+    return prompt if isinstance(prompt, Prompt) else Prompt(prompt)
+
+
+def prompt_room(block_size: int, max_new_tokens: int) -> int:
+    """Most tokens a prompt may take: the rest of the context stays for the completion,
+    at least min(max_new_tokens, half the context)."""
+    return block_size - min(max_new_tokens, block_size // 2)
+
+
+def encode_prompt(tok: CodeTokenizer, prompt: Prompt, room: int) -> Encoded:
+    """Token ids of `prompt` in its mode's layout, at most `room` of them."""
+    s = tok.special
+    if prompt.mode == "plain":
+        ids = tok.encode(prompt.text)
+        if len(ids) + 1 <= room:
+            return Encoded([tok.eot_id, *ids], 0)
+        # Cut: no beginning-of-file marker, since the file's beginning is gone.
+        return Encoded(ids[len(ids) - room :], len(ids) - room)
+    if prompt.mode == "fim":
+        head, first, second = [tok.eot_id, s[FIM_PREFIX]], prompt.text, prompt.suffix or ""
+        mid, tail = [s[FIM_SUFFIX]], [s[FIM_MIDDLE]]
+    else:
+        head, first, second = [tok.eot_id, s[INSTRUCTION]], prompt.instruction or "", prompt.text
+        mid, tail = [s[CODE]], []
+    a, b = tok.encode(first), tok.encode(second)
+    budget = room - len(head) - len(mid) - len(tail)
+    if budget < 2:
+        raise CodelmError(f"the context ({room} tokens for the prompt) is too short for this mode")
+    ka, kb = _split(len(a), len(b), budget)
+    # FIM keeps the suffix's start (next to the hole); an instruction keeps the code's end.
+    a_kept = a[len(a) - ka :]
+    b_kept = b[:kb] if prompt.mode == "fim" else b[len(b) - kb :]
+    return Encoded(head + a_kept + mid + b_kept + tail, len(a) - ka + len(b) - kb)
+
+
+def _split(na: int, nb: int, budget: int) -> tuple[int, int]:
+    """Tokens kept of two parts within `budget`: the second (the suffix, or the code) first,
+    but the first keeps at least a quarter of the budget when it has that many."""
+    if na + nb <= budget:
+        return na, nb
+    kb = min(nb, budget - min(na, budget // 4))
+    return budget - kb, kb

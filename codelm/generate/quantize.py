@@ -1,0 +1,113 @@
+"""Weights for generation: the same model with its linear layers stored in bf16 or int8.
+
+Decoding one token at batch 1 reads every weight once, so it is bound by memory
+bandwidth (MEASURED.md): fewer bytes per weight give more tokens per second.
+- "int8": weight-only, symmetric, one scale per output channel. Few rows (decoding)
+  go through aten's int8 GEMV kernel with bf16 activations; many rows (the prompt's
+  prefill) dequantize to bf16 and take the GEMM path, which is faster there.
+- "bf16": weights in bf16, activations cast around each matmul.
+- "auto": int8 on CPU for models with at least AUTO_MIN_PARAMS weights in linear layers
+  (smaller ones fit in cache, where fp32 is exact and about as fast), bf16 on CUDA.
+Only `nn.Linear` layers change. Norms, embeddings, RoPE, attention and the KV cache
+stay fp32: bf16 attention at batch 1 runs several times slower than fp32 on these
+CPUs (measured). The swapped layers are for inference only: they have no gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from codelm.errors import CodelmError
+
+WEIGHTS = ("auto", "fp32", "bf16", "int8")
+KERNEL_MAX_ROWS = 16  # above this the int8 GEMV kernel loses to dequantize + GEMM (measured)
+AUTO_MIN_PARAMS = 1_000_000
+
+
+class BF16Linear(nn.Module):
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.register_buffer("w", linear.weight.detach().to(torch.bfloat16).contiguous())
+
+    @property
+    def weight(self) -> torch.Tensor:  # for code that reads `model.head.weight.device` and such
+        return self.w.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.bfloat16), self.w).to(x.dtype)
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        # The kernel takes bf16 scales: round them first, then quantize against the
+        # rounded scale, so that q * scale is what the weights really become.
+        scale = (w.abs().amax(1).clamp(min=1e-12) / 127).to(torch.bfloat16)
+        q = (w / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+        self.register_buffer("q", q.contiguous())
+        self.register_buffer("scale", scale)
+        self.kernel = _kernel_works(self.q, self.scale)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.q.to(torch.bfloat16) * self.scale[:, None]
+
+    @property
+    def weight(self) -> torch.Tensor:  # for code that reads `model.head.weight.device` and such
+        return self.dequantized().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.size(-1)).to(torch.bfloat16)
+        if self.kernel and rows.size(0) <= KERNEL_MAX_ROWS:
+            y = torch._weight_int8pack_mm(rows, self.q, self.scale)
+        else:
+            y = F.linear(rows, self.dequantized())
+        return y.to(x.dtype).view(*x.shape[:-1], -1)
+
+
+def _kernel_works(q: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether aten's int8 kernel exists here and computes this layer right. It returns
+    garbage (or crashes) for input widths that are not a multiple of 16, so those and
+    any other surprise fall back to dequantizing."""
+    if q.device.type != "cpu" or not hasattr(torch, "_weight_int8pack_mm") or q.size(1) % 32:
+        return False
+    x = torch.randn(2, q.size(1), generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    try:
+        got = torch._weight_int8pack_mm(x, q, scale).float()
+    except RuntimeError:
+        return False
+    want = x.float() @ (q.float() * scale.float()[:, None]).t()
+    return bool((got - want).abs().max() <= 0.02 * want.abs().max() + 1e-3)
+
+
+def resolve_weights(weights: str, model: nn.Module) -> str:
+    """The format `weights` means for `model` ("auto" resolved)."""
+    if weights not in WEIGHTS:
+        raise CodelmError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if weights != "auto":
+        return weights
+    device = next(model.parameters()).device
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    if device.type == "cuda":
+        return "bf16"
+    if device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm") and linear >= AUTO_MIN_PARAMS:
+        return "int8"
+    return "fp32"
+
+
+def prepare_model(model: nn.Module, weights: str = "auto") -> nn.Module:
+    """`model` for generation with its linear layers in `weights` format (a copy unless fp32)."""
+    kind = resolve_weights(weights, model)
+    if kind == "fp32":
+        return model
+    swap = Int8Linear if kind == "int8" else BF16Linear
+    out = copy.deepcopy(model).float()
+    for parent in list(out.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, swap(child))
+    return out.eval().requires_grad_(False)
