@@ -38,6 +38,7 @@ def _data_build(a: argparse.Namespace) -> None:
         text_field=a.text_field,
         near_dup=not a.no_near_dup,
         num_proc=a.num_proc,
+        exclude=tuple(a.exclude),
     )
     stats = build_dataset(a.sources, a.out, cfg)
     Console().print(stats_table(stats, a.out))
@@ -209,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default: 0.8,0.1,0.1)")
     b.add_argument("--no-pairs", action="store_true", help="do not mine docstring->code pairs")
+    b.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave out paths matching GLOB (repeatable)",
+    )
     b.add_argument("--num-proc", type=int, default=1, help="worker processes (output is the same)")
     b.set_defaults(func=_data_build)
 

@@ -681,3 +681,15 @@ def test_the_split_does_not_depend_on_where_the_source_lies(tmp_path):
 
     assert group_key(str(tmp_path / "a" / "repo"), "pkg/m.py") == group_key("/elsewhere/repo/", "pkg/m.py")
     assert group_key("stdlib", "os.py") == "stdlib:os.py"
+
+
+def test_excluded_paths_are_skipped_and_counted(tmp_path):
+    from codelm.data.build import DataConfig, build_dataset
+
+    src = tmp_path / "src"
+    (src / "tests").mkdir(parents=True)
+    (src / "lib.py").write_text("def double(x):\n    return 2 * x\n\n\nHALF = 0.5\n")
+    (src / "tests" / "test_lib.py").write_text("def test_double():\n    assert double(2) == 4\n")
+    stats = build_dataset([str(src)], tmp_path / "d", DataConfig(exclude=("tests/*",), near_dup=False))
+    assert stats["skipped_excluded"] == 1
+    assert sum(stats[f"{s}_documents"] for s in ("train", "val", "test")) == 1

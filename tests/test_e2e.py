@@ -48,6 +48,7 @@ def test_pipeline_end_to_end(tmp_path, corpus_dir, capsys):
         "context_full",
         "repetition",
         "max_lines",
+        "parse_trim",
     }
 
     capsys.readouterr()

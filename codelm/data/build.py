@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pyarrow as pa
@@ -61,6 +62,7 @@ SKIP_REASONS = (
     "missing_text_field",
     "bad_record",
     "other_language",
+    "excluded",
 )
 COUNTERS = (
     "files_seen",
@@ -88,10 +90,14 @@ class DataConfig:
     text_field: str = "content"  # the column holding code in JSONL/Parquet sources
     near_dup: bool = True  # MinHash near-duplicate removal (exact duplicates always go)
     num_proc: int = 1  # worker processes; the output does not depend on it
+    # Glob patterns (fnmatch, on the path inside its source) of files to leave out, e.g.
+    # "test/*" or "*/tests/*": counted as skipped_excluded.
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "fractions", tuple(self.fractions))
         object.__setattr__(self, "decontaminate", tuple(self.decontaminate))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
         try:
             check_fractions(self.fractions)
         except ValueError as e:
@@ -289,6 +295,13 @@ class _Warnings:
             self.log(f"... and {self.count - MAX_WARNINGS} more inputs (all counted in stats.json)")
 
 
+def _unless_excluded(item, patterns: tuple[str, ...]):
+    """A file whose path matches an --exclude pattern becomes a counted Skip, unread further."""
+    if patterns and not isinstance(item, Skip) and any(fnmatch(item.path, p) for p in patterns):
+        return Skip(item.path, item.source, "skipped_excluded")
+    return item
+
+
 def _check_out(out: Path) -> None:
     """Refuse an --out that is a file, or a non-empty folder that is not a DATA directory."""
     if out.exists() and not out.is_dir():
@@ -353,7 +366,7 @@ def build_dataset(
         judge = _Judge(cfg, writer, near, warnings)
         bar = _Progress(show)
         try:
-            stream = (item for src in opened for item in src)
+            stream = (_unless_excluded(item, cfg.exclude) for src in opened for item in src)
             for item in process_stream(stream, wcfg, cfg.num_proc):
                 judge.add(item)
                 bar.advance(getattr(item, "nbytes", 0))

@@ -1,5 +1,6 @@
 """Best-of-n: sample n completions in one batch, drop those that do not parse, keep the
-most likely of the rest.
+most likely of the rest. A plain completion that does not parse is first cut back
+to its longest whole-line start that does (`trim_to_parse`).
 
 The syntax check parses the whole code a completion belongs to: prompt plus
 completion, or prefix plus middle plus suffix. The survivors are ranked by mean
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from codelm.generate.generator import Completion, generate_batch
 from codelm.generate.prompts import Prompt
@@ -37,6 +38,30 @@ def syntax_error(code: str) -> str | None:
 
 def parses(code: str) -> bool:
     return syntax_error(code) is None
+
+
+def trim_to_parse(c: Completion, tok: CodeTokenizer) -> Completion | None:
+    """The longest whole-line start of a plain completion that parses and adds a body line.
+
+    A small model often writes a sound first statement and then loses its way
+    (an unclosed bracket, a runaway line). Cutting at the last line boundary
+    where the code still parses keeps the sound part; the tokens and their
+    log-probabilities are cut to match, and the stop reason becomes `parse_trim`.
+    FIM completions are never trimmed: their middle must meet the suffix.
+    """
+    if c.prompt is None or c.prompt.suffix is not None:
+        return None
+    cuts = [i + 1 for i, ch in enumerate(c.text) if ch == "\n"]
+    for cut in reversed(cuts):
+        text = c.text[:cut]
+        if text.strip() and parses(c.prompt.code(text)):
+            kept = 0  # how many tokens it takes to cover the kept text
+            while kept < len(c.tokens) and len(tok.decode(c.tokens[:kept])) < cut:
+                kept += 1
+            return replace(
+                c, text=text, stop_reason="parse_trim", tokens=c.tokens[:kept], logprobs=c.logprobs[:kept]
+            )
+    return None
 
 
 @dataclass
@@ -77,6 +102,8 @@ def best_of(
     dropped: list[tuple[Completion, str]] = []
     for c in cands:
         err = syntax_error(c.code)
+        if err is not None and (trimmed := trim_to_parse(c, tok)) is not None:
+            c, err = trimmed, None
         if err is None:
             ranked.append(c)
         else:

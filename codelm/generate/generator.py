@@ -46,6 +46,7 @@ class Step:
 class Completion:
     text: str
     # end_of_text | stop_string | block_end | max_lines | repetition | length | context_full
+    # | parse_trim (best_of cut it back to the longest whole-line start that parses)
     stop_reason: str
     tokens: list[int]  # every generated id, an end token included; `text` may stop inside them
     logprobs: list[float]  # of each token in `tokens`, under the model (temperature 1)
