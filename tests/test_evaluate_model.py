@@ -41,7 +41,7 @@ def test_positions_are_code_lines_inside_function_bodies():
     assert body_lines(text) == [5, 7]
     pos = sample_positions([text], LineConfig(positions=10, per_file=5))
     assert [p.line for p in pos] == ["    y = x + 1", "    return y"]
-    assert pos[0].context == "import os\n\n\ndef f(x):\n    # a comment\n"
+    assert pos[0].context == "import os\n\n\ndef f(x):\n    # a comment\n    "  # up to the code
     assert body_lines("def broken(:\n") == []
 
 

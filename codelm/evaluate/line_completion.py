@@ -2,8 +2,8 @@
 
 Positions are line starts inside function bodies of held-out files (code lines
 only: not blank, not comments), drawn with a seeded RNG. The model gets
-everything before the position and generates greedily until the end of the
-line; the prediction and the true line are compared stripped: exact match, and
+everything before the position (the line's indentation included) and generates
+greedily until the end of the line; the prediction and the true line are compared stripped: exact match, and
 edit similarity (difflib's ratio, in [0, 1]). The same positions are scored for
 a token n-gram baseline trained on the training split, to show what the model
 adds over corpus statistics.
@@ -73,7 +73,11 @@ def sample_positions(texts: Iterable[str], cfg: LineConfig) -> list[Position]:
         lines = text.split("\n")
         picks = rng.choice(candidates, size=min(cfg.per_file, len(candidates)), replace=False)
         for n in sorted(int(p) for p in picks):
-            out.append(Position("\n".join(lines[:n]) + "\n", lines[n]))
+            # The context ends after the line's indentation: the code tokenizer makes a newline
+            # and the next indent one token, so a context cut right after "\n" would end in a
+            # token the model never saw before indented code.
+            indent = lines[n][: len(lines[n]) - len(lines[n].lstrip())]
+            out.append(Position("\n".join(lines[:n]) + "\n" + indent, lines[n]))
         if len(out) >= cfg.positions:
             break
     return out[: cfg.positions]
