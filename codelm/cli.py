@@ -173,10 +173,7 @@ def _serve(a: argparse.Namespace) -> None:
     serve(a.run, cfg, device=a.device, weights=a.weights)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="codelm", description="Train code models on your own code.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="stdlib -> tokenizer -> tiny model -> trace -> samples")
     d.add_argument("--out", default="runs/demo", help="directory for data, tokenizer and run")
     d.add_argument("--max-minutes", type=float, default=5.0, help="training budget (minutes)")
@@ -184,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-compile", action="store_true", help="train eagerly (skip torch.compile)")
     d.set_defaults(func=_demo)
 
+
+def _data_parser(sub) -> None:
     data = sub.add_parser("data", help="build a corpus").add_subparsers(dest="data_cmd", required=True)
     b = data.add_parser("build", help="SOURCE...: dir | git repo | *.jsonl | *.parquet | stdlib")
     b.add_argument(
@@ -220,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--num-proc", type=int, default=1, help="worker processes (output is the same)")
     b.set_defaults(func=_data_build)
 
+
+def _tokenizer_parser(sub) -> None:
     tk = sub.add_parser("tokenizer", help="train a tokenizer").add_subparsers(dest="tok_cmd", required=True)
     t = tk.add_parser("train", help="train a code BPE on DATA")
     t.add_argument("data", help="DATA dir from `codelm data build`, or a text file or a directory of them")
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, default=8192, help="all tokens: specials and 256 bytes included")
     t.set_defaults(func=_tokenizer_train)
 
+
+def _train_parser(sub) -> None:
     tr = sub.add_parser("train", help="train a model (under torchrun: data parallel)")
     tr.add_argument("--data", default=None, help="DATA directory from `codelm data build`")
     tr.add_argument("--out", required=True, help="RUN directory")
@@ -253,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     tr.set_defaults(func=_train)
 
+
+def _eval_parser(sub) -> None:
     ev = sub.add_parser("eval", help="metrics, line completion and pass@k of a run")
     ev.add_argument("run", nargs="?", default=None, help="RUN directory (not needed with --completions)")
     ev.add_argument("--data", default=None, help="DATA dir (its test split) or a folder of code")
@@ -265,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_eval)
 
+
+def _generate_parser(sub) -> None:
     g = sub.add_parser("generate", help="complete a prompt with a trained run")
     g.add_argument("run")
     g.add_argument("prompt", help="code to complete (FIM: prefix; --instruction: code start); - is stdin")
@@ -293,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.set_defaults(func=_generate)
 
+
+def _serve_parser(sub) -> None:
     sv = sub.add_parser("serve", help="OpenAI-style completions API and web playground for a run")
     sv.add_argument("run")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
@@ -309,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", default="auto", choices=["auto", "fp32", "bf16", "int8"], help="as in generate"
     )
     sv.set_defaults(func=_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="codelm", description="Train code models on your own code.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_demo_parser, _data_parser, _tokenizer_parser, _train_parser, _eval_parser,
+                _generate_parser, _serve_parser):  # fmt: skip
+        add(sub)
     return p
 
 

@@ -34,7 +34,7 @@ from codelm.evaluate.ngram import NGramModel
 from codelm.evaluate.passk import DEFAULT_KS, default_problems_path, load_problems, score_completions
 from codelm.evaluate.sandbox import SandboxConfig, resolve
 from codelm.fsutil import atomic_write_json, atomic_write_text
-from codelm.generate.generator import complete, load_run
+from codelm.generate.generator import generate_batch, load_run
 from codelm.generate.sampling import SamplingConfig
 from codelm.model.io import read_config
 from codelm.train.batches import iter_texts, open_tokens
@@ -87,11 +87,11 @@ def pass_at_k_report(
     problems = load_problems(problems_path)
     completions: dict[str, list[str]] = {}
     for i, p in enumerate(problems):
-        completions[p.task_id] = []
-        for k in range(cfg.samples):  # each sample's seed depends only on (seed, problem, sample)
-            seed = cfg.seed * 1_000_003 + i * 1_000 + k
-            s = SamplingConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=seed)
-            completions[p.task_id].append(complete(model, tok, p.prompt, s).text)
+        # All samples of a problem decode in one batch; the seed depends only on (seed, problem).
+        s = SamplingConfig(
+            temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + i
+        )
+        completions[p.task_id] = [c.text for c in generate_batch(model, tok, [p.prompt], s, n=cfg.samples)[0]]
         console.print(f"sampled {p.task_id} ({i + 1}/{len(problems)})")
     sandbox = SandboxConfig()
     isolation, _ = resolve(sandbox)
