@@ -38,3 +38,22 @@ def copy_bandwidth(gib: float = 1.0, reps: int = 3) -> float:
     dst = torch.empty_like(src)
     secs = timed(lambda: dst.copy_(src), reps)
     return 2 * src.numel() / min(secs) / 1e9
+
+
+def llama_config(cfg):
+    """transformers' LlamaConfig for the same shape as a codelm ModelConfig (RoPE, RMSNorm, SwiGLU)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.n_embd,
+        intermediate_size=cfg.mlp_hidden,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_head,
+        max_position_embeddings=cfg.block_size,
+        rms_norm_eps=1e-6,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import copy_bandwidth, summary  # noqa: E402
+from common import copy_bandwidth, llama_config, summary  # noqa: E402
 
 from codelm.generate.generator import generate_ids  # noqa: E402
 from codelm.generate.quantize import prepare_model  # noqa: E402
@@ -38,24 +38,10 @@ from codelm.model import ModelConfig, Transformer  # noqa: E402
 
 def to_llama(model: Transformer):
     """A LlamaForCausalLM computing the same function as `model` (RoPE, RMSNorm, SwiGLU)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     cfg = model.cfg
-    hf = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.n_embd,
-            intermediate_size=cfg.mlp_hidden,
-            num_hidden_layers=cfg.n_layer,
-            num_attention_heads=cfg.n_head,
-            num_key_value_heads=cfg.n_head,
-            max_position_embeddings=cfg.block_size,
-            rms_norm_eps=1e-6,
-            rope_theta=cfg.rope_theta,
-            tie_word_embeddings=True,
-            attn_implementation="sdpa",
-        )
-    )
+    hf = LlamaForCausalLM(llama_config(cfg))
     C, D = cfg.n_embd, cfg.head_dim
     # We rotate interleaved channel pairs (0,1), (2,3)...; Llama rotates halves (i, i + D/2).
     # Ordering each head's q/k rows as [evens, odds] turns one into the other.

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import matmul_peak, summary  # noqa: E402
+from common import llama_config, matmul_peak, summary  # noqa: E402
 
 from codelm.model import ModelConfig, Transformer  # noqa: E402
 from codelm.train.config import TrainConfig  # noqa: E402
@@ -27,20 +27,9 @@ from codelm.train.loop import make_optimizer, train_step  # noqa: E402
 
 
 def hf_llama(cfg: ModelConfig):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    hc = LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.n_embd,
-        intermediate_size=cfg.mlp_hidden,
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
-        num_key_value_heads=cfg.n_head,
-        max_position_embeddings=cfg.block_size,
-        tie_word_embeddings=True,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(hc)
+    return LlamaForCausalLM(llama_config(cfg))
 
 
 def flops_per_token(cfg: ModelConfig, n_params: int, seq: int) -> float:
