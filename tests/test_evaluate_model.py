@@ -89,3 +89,15 @@ def test_codelm_eval_end_to_end(tmp_path, corpus_dir, tokenizer, capsys):
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["intrinsic"] == report["intrinsic"] and again["line_completion"] == report["line_completion"]
     assert again["pass_at_k"]["pass@1"] == report["pass_at_k"]["pass@1"]
+
+
+def test_held_out_folder_is_read_like_a_corpus_directory(tmp_path):
+    from codelm.evaluate.report import held_out_texts
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("def a():\n    return 1\n")
+    (tmp_path / ".venv" / "lib").mkdir(parents=True)
+    (tmp_path / ".venv" / "pyvenv.cfg").write_text("home = /usr\n")
+    (tmp_path / ".venv" / "lib" / "b.py").write_text("def b():\n    return 2\n")
+    texts, label = held_out_texts(tmp_path, str(tmp_path), "test")
+    assert texts == ["def a():\n    return 1\n"] and label == str(tmp_path)

@@ -21,6 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from codelm.data.sources import Skip, open_source
 from codelm.errors import CodelmError
 from codelm.evaluate.intrinsic import IntrinsicConfig, intrinsic_metrics
 from codelm.evaluate.line_completion import (
@@ -55,16 +56,19 @@ class EvalConfig:
 
 
 def held_out_texts(run: Path, data: str | None, split: str) -> tuple[list[str], str]:
-    """Held-out documents: a DATA split, or every *.py file of a folder; and a label."""
+    """Held-out documents: a DATA split, or the code files of a folder (read as the corpus
+    stage reads a directory: virtualenvs, build folders and the like skipped); and a label."""
     path = Path(data) if data else Path(read_config(run).get("data", ""))
     if (path / f"{split}.parquet").is_file():
         return list(iter_texts(path, split)), f"{path}/{split}.parquet"
     if path.is_dir():
         texts = []
-        for f in sorted(path.rglob("*.py")):
+        for item in open_source(f"dir:{path}"):  # the work tree as it is, not a git HEAD
+            if isinstance(item, Skip):
+                continue
             try:
-                texts.append(f.read_text("utf-8"))
-            except (OSError, UnicodeDecodeError):
+                texts.append(item.data.decode("utf-8"))
+            except UnicodeDecodeError:
                 continue
         if texts:
             return texts, str(path)
