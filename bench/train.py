@@ -46,13 +46,16 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--compile", action="store_true", help="also time codelm under torch.compile")
+    # AdamW by default, the peer's optimizer: the step is then the same work on both sides.
+    # --optimizer muon shows what codelm's default optimizer adds to a step.
+    ap.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"])
     a = ap.parse_args()
     amp = torch.bfloat16 if a.dtype == "bf16" else None
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset(a.preset, vocab_size=a.vocab)
     x = torch.randint(0, a.vocab, (a.batch, a.seq))
     y = torch.roll(x, -1, 1)
-    tcfg = TrainConfig(lr=1e-4)
+    tcfg = TrainConfig(lr=1e-4, optimizer=a.optimizer)
 
     ours = Transformer(cfg)
     engines = {"codelm": (ours, make_optimizer(ours, tcfg, torch.device("cpu")))}

@@ -86,6 +86,7 @@ def _train(a: argparse.Namespace) -> None:
         grad_accum=a.grad_accum,
         seq_len=a.seq_len,
         lr=a.lr,
+        optimizer=a.optimizer,
         fim_rate=a.fim_rate,
         eval_every=a.eval_every,
         early_stop_patience=a.early_stop,
@@ -184,13 +185,15 @@ def _demo_parser(sub) -> None:
 
 def _data_parser(sub) -> None:
     data = sub.add_parser("data", help="build a corpus").add_subparsers(dest="data_cmd", required=True)
-    b = data.add_parser("build", help="SOURCE...: dir | git repo | *.jsonl | *.parquet | stdlib")
+    build_help = "SOURCE...: dir | git repo | *.jsonl | *.parquet | stdlib | site-packages"
+    b = data.add_parser("build", help=build_help)
     b.add_argument(
         "sources",
         nargs="+",
         metavar="SOURCE",
         help="a directory, a git repository (its root is read from HEAD; prefix dir: for the work"
-        " tree, git: to force HEAD), *.jsonl[.gz], *.parquet, a code file, or 'stdlib'",
+        " tree, git: to force HEAD), *.jsonl[.gz], *.parquet, a code file, 'stdlib', or 'site-packages'"
+        " (installed packages, 1 MB of each, the held-out ones left out)",
     )
     b.add_argument("--out", required=True, help="the DATA directory to write (replaced atomically)")
     b.add_argument("--text-field", default="content", help="code column of JSONL/Parquet (default: content)")
@@ -243,7 +246,8 @@ def _train_parser(sub) -> None:
     tr.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch (global)")
     tr.add_argument("--grad-accum", type=int, default=1)
     tr.add_argument("--seq-len", type=int, default=0, help="0: the model's context length")
-    tr.add_argument("--lr", type=float, default=2e-3)
+    tr.add_argument("--lr", type=float, default=2e-3, help="AdamW's peak rate; Muon's is 10x this")
+    tr.add_argument("--optimizer", default="muon", choices=["muon", "adamw"], help="muon: Muon + AdamW")
     tr.add_argument("--fim-rate", type=float, default=0.5, help="share of files made FIM examples")
     tr.add_argument("--eval-every", type=int, default=0, help="steps; 0: 8 points over the budget")
     tr.add_argument("--early-stop", type=int, default=0, help="patience in evaluations; 0: off")

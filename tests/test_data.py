@@ -693,3 +693,31 @@ def test_excluded_paths_are_skipped_and_counted(tmp_path):
     stats = build_dataset([str(src)], tmp_path / "d", DataConfig(exclude=("tests/*",), near_dup=False))
     assert stats["skipped_excluded"] == 1
     assert sum(stats[f"{s}_documents"] for s in ("train", "val", "test")) == 1
+
+
+def test_site_packages_source_leaves_out_held_out_packages_and_caps_each(tmp_path):
+    from codelm.data.sources import HELD_OUT_PACKAGES, RawFile, iter_site_packages
+
+    root = tmp_path / "site-packages"
+    for pkg in ("alpha", "big", HELD_OUT_PACKAGES[0], "alpha-1.0.dist-info", "__pycache__"):
+        (root / pkg).mkdir(parents=True)
+    (root / "alpha" / "__init__.py").write_text("A = 1\n")
+    (root / HELD_OUT_PACKAGES[0] / "core.py").write_text("B = 2\n")
+    (root / "alpha-1.0.dist-info" / "x.py").write_text("C = 3\n")
+    (root / "__pycache__" / "y.py").write_text("D = 4\n")
+    for i in range(10):
+        (root / "big" / f"m{i}.py").write_text(f"X{i} = {'1' * 90}\n")  # 96 bytes each
+    files = [f for f in iter_site_packages(root, "site-packages", 10_000, cap=300) if isinstance(f, RawFile)]
+    paths = [f.path for f in files]
+    assert "alpha/__init__.py" in paths
+    assert not any(p.startswith((HELD_OUT_PACKAGES[0], "alpha-1.0", "__pycache__")) for p in paths)
+    big = [p for p in paths if p.startswith("big/")]
+    assert len(big) == 4  # files are taken until the package reaches its 300-byte cap
+    assert paths == [f.path for f in iter_site_packages(root, "site-packages", 10_000, cap=300)]
+
+
+def test_site_packages_source_reads_this_environment():
+    source = open_source("site-packages")
+    assert source.kind == "site-packages" and source.info["held_out"]
+    first = next(f for f in source if not isinstance(f, sources_mod.Skip))
+    assert first.path.endswith(".py") and first.path.split("/")[0] not in source.info["held_out"]

@@ -7,7 +7,8 @@ lazily and in a stable order, either a `RawFile` (bytes not decoded yet) or a
 held whole in memory: directories are walked, git blobs are streamed through
 one `git cat-file --batch`, JSONL is read line by line and Parquet in batches.
 
-Spec forms: `stdlib`; a directory (a git repository's root is read from its
+Spec forms: `stdlib`; `site-packages` (the installed third-party packages, each
+capped, HELD_OUT_PACKAGES left out for evaluation); a directory (a git repository's root is read from its
 HEAD, any other directory from disk, honouring `.gitignore` inside a work
 tree); `git:PATH` and `dir:PATH` force either reading; `*.jsonl[.gz]`,
 `*.parquet`; a single code file. Decoding and filtering live in `filters.py`.
@@ -58,6 +59,12 @@ VENV_MARKERS = ("pyvenv.cfg", "conda-meta")
 PATH_FIELDS = ("path", "max_stars_repo_path", "file_path", "filepath", "filename")  # JSONL/Parquet
 REPO_FIELDS = ("repo_name", "max_stars_repo_name", "repo")  # prefixed to the path when present
 PARQUET_BATCH = 256  # rows per Parquet read
+# Third-party packages that no built-in source trains on: bench/quality.py measures every
+# preset on them as code the model has never seen. All come with codelm's own dependencies.
+HELD_OUT_PACKAGES = ("rich", "click", "jinja2", "anyio", "starlette", "h11")
+# The `site-packages` source reads at most this many bytes of each top-level package, so
+# breadth wins over bulk: transformers alone is 53 MB of mostly look-alike model files.
+SITE_PACKAGE_CAP = 1_000_000
 
 
 def language_of(path: str) -> str | None:
@@ -90,7 +97,7 @@ class Source:
     """A checked source spec; iterating it yields RawFile | Skip in a stable order."""
 
     spec: str
-    kind: str  # stdlib | directory | worktree | git | jsonl | parquet | file
+    kind: str  # stdlib | site-packages | directory | worktree | git | jsonl | parquet | file
     info: dict = field(default_factory=dict)  # recorded in manifest.json (e.g. the git commit)
     _iter: Callable[[], Iterator[RawFile | Skip]] | None = None
 
@@ -101,6 +108,37 @@ class Source:
 def stdlib_root() -> Path:
     """The directory of the running interpreter's standard library."""
     return Path(sysconfig.get_paths()["stdlib"])
+
+
+def site_packages_root() -> Path:
+    """The running interpreter's site-packages (its virtualenv's, when in one)."""
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def iter_site_packages(root: Path, source: str, max_bytes: int, cap: int = SITE_PACKAGE_CAP):
+    """Code of every installed top-level package except HELD_OUT_PACKAGES, at most `cap` bytes
+    each: files in a hashed (stable, spread out) order until the package's cap is reached."""
+    for entry in sorted(root.iterdir()):
+        name = entry.name
+        if (
+            not entry.is_dir()
+            or name in HELD_OUT_PACKAGES
+            or name in SKIP_DIRS
+            or name.endswith((".dist-info", ".egg-info", ".libs"))
+        ):
+            continue
+        st = entry.stat()
+        files = [
+            i for i in _walk(entry, name, frozenset({(st.st_dev, st.st_ino)})) if not isinstance(i, Skip)
+        ]
+        files.sort(key=lambda f: zlib.crc32(f[1].encode()))
+        used = 0
+        for path, rel in files:
+            if used >= cap:
+                break
+            item = _read(path, rel, source, max_bytes)
+            used += len(item.data) if isinstance(item, RawFile) else 0
+            yield item
 
 
 def _read(path: Path, rel: str, source: str, max_bytes: int) -> RawFile | Skip:
@@ -281,6 +319,10 @@ def open_source(spec: str, text_field: str = "content", max_bytes: int = 1_000_0
         root = stdlib_root()
         info = {"root": str(root), "python": sysconfig.get_python_version()}
         return Source(spec, "stdlib", info, lambda: iter_directory(root, spec, max_bytes))
+    if spec == "site-packages":
+        root = site_packages_root()
+        info = {"root": str(root), "held_out": list(HELD_OUT_PACKAGES), "cap_bytes": SITE_PACKAGE_CAP}
+        return Source(spec, "site-packages", info, lambda: iter_site_packages(root, spec, max_bytes))
     mode, _, rest = spec.partition(":")
     if mode in ("git", "dir") and rest:
         path = Path(rest).expanduser()  # the shell does not expand "~" after "dir:"
@@ -299,5 +341,6 @@ def open_source(spec: str, text_field: str = "content", max_bytes: int = 1_000_0
     if language_of(name):
         return Source(spec, "file", {}, lambda: iter((_read(path, path.name, spec, max_bytes),)))
     raise CodelmError(
-        f"unsupported source {spec}: expected a directory, a git repository, *.jsonl, *.parquet or 'stdlib'"
+        f"unsupported source {spec}: expected a directory, a git repository, *.jsonl, *.parquet,"
+        " 'stdlib' or 'site-packages'"
     )

@@ -70,7 +70,7 @@ class ModelConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Fits the demo: about 5 minutes on 2 CPU cores gives it ~1M tokens.
+    # The demo's model: 5 minutes on 2 CPU cores give it about 2M tokens (4k vocabulary).
     "tiny": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),
     # The size MEASURED.md benchmarks against transformers (6L/384).
     "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=512),

@@ -1,7 +1,7 @@
 """Checkpoints for exact resume: model, optimizer, RNG states and loop state, no pickles.
 
 A checkpoint is a directory `checkpoints/step-XXXXXXXX/` holding
-`model.safetensors`, `optimizer.safetensors` (AdamW moments and the RNG states
+`model.safetensors`, `optimizer.safetensors` (the optimizer state and the RNG states
 as tensors) and `state.json` (the loop state, the optimizer's hyperparameters,
 and a sha256 of each tensor file). It is built under a temporary name and
 renamed into place, so a crash mid-save leaves the previous checkpoints whole.

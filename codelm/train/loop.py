@@ -1,6 +1,6 @@
 """`codelm train`: the optimisation loop.
 
-AdamW with weight-decay groups, linear warmup then cosine decay, gradient
+Muon + AdamW (muon.py) or AdamW, with weight-decay groups; linear warmup then cosine decay, gradient
 clipping and accumulation, bf16 autocast where the hardware has it, optional
 torch.compile. The budget is epochs, steps, tokens or wall-clock minutes,
 whichever ends first; the cosine schedule follows the fraction of the budget
@@ -28,6 +28,7 @@ from codelm.train import distributed
 from codelm.train.batches import IGNORE, PackedWindows
 from codelm.train.checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from codelm.train.config import TrainConfig
+from codelm.train.muon import MuonAdamW
 from codelm.train.prepare import Prepared, prepare
 from codelm.train.trace import Trace, TraceRow
 
@@ -51,14 +52,27 @@ def autocast_dtype(device: torch.device, name: str) -> torch.dtype | None:
     return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else None
 
 
-def make_optimizer(model: Transformer, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """Decay matrices (attention, MLP, embeddings); never norms or other vectors."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(model: Transformer, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Decay matrices (attention, MLP, embeddings); never norms or other vectors. With
+    `cfg.optimizer == "muon"` the blocks' matrices move by Muon, the rest by AdamW."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "muon":
+        hidden = [p for n, p in named if n.startswith("blocks.") and p.dim() == 2]
+        ids = {id(p) for p in hidden}
+        rest = [(n, p) for n, p in named if id(p) not in ids]
+        groups = [
+            {"params": hidden, "muon": True, "lr_scale": cfg.muon_lr_scale, "weight_decay": cfg.weight_decay},
+            {"params": [p for _, p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for _, p in rest if p.dim() < 2]},
+        ]
+        return MuonAdamW(groups, lr=cfg.lr, betas=betas)
+    params = [p for _, p in named]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=device.type == "cuda")
 
 
 def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:

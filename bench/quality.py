@@ -1,0 +1,373 @@
+"""Model quality within a CPU budget, measured on code that no preset trains on.
+
+For each budget (minutes of training on the wall clock) this trains, one after
+the other in one run, the named codelm variants and a re-implementation of the
+plain nanoGPT-style baseline the quality issue measured (4 layers, width 256,
+learned positions, LayerNorm, GELU, an 8k plain byte-level BPE, lr 1e-3 with
+cosine, batch 16x256, bf16, on the whole standard library). Then it scores
+every model on the same held-out text: the Python files of HELD_OUT_PACKAGES,
+third-party packages of this environment that the `stdlib` and `site-packages`
+sources never read. Reported: bits per byte (tokenizer-independent, so it
+compares with xz), top-1/top-5 next-token accuracy, and line-completion exact
+match and edit similarity (greedy, CodeXGLUE-style).
+
+    .venv/bin/python bench/quality.py --budgets 5 30 --variants baseline demo
+
+Corpora and tokenizers are built once under --work and reused. Training takes
+the whole machine: run nothing else beside it, or the budgets buy fewer steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import lzma
+import textwrap
+import time
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from codelm.data.build import DataConfig, build_dataset
+from codelm.data.sources import HELD_OUT_PACKAGES, RawFile, open_source, site_packages_root
+from codelm.demo import TEST_SUITES, DemoConfig, demo_train_config
+from codelm.evaluate.intrinsic import IntrinsicConfig, intrinsic_metrics
+from codelm.evaluate.line_completion import LineConfig, model_predictions, sample_positions, score, similarity
+from codelm.generate.generator import complete, load_run, parses
+from codelm.generate.sampling import SamplingConfig
+from codelm.model import ModelConfig, Transformer
+from codelm.model.io import read_config
+from codelm.tokenizer import train_tokenizer
+from codelm.train.batches import iter_texts
+from codelm.train.config import TrainConfig
+from codelm.train.loop import lr_at, train, train_step
+
+console = Console(stderr=True)
+
+
+DEMO = DemoConfig()
+DEMO_LR = demo_train_config(DEMO).lr
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A codelm recipe: corpus, tokenizer size, and training config (its budget set per run)."""
+
+    sources: tuple[str, ...] = DEMO.sources
+    exclude: tuple[str, ...] = TEST_SUITES
+    vocab_size: int = DEMO.vocab_size
+    train: TrainConfig = demo_train_config(DEMO)
+    model: tuple[tuple[str, object], ...] = ()  # overrides of the preset's fields
+
+
+# The recipes docs/quality.md compares; `demo` is what `codelm demo` trains (corpus and
+# training config), the others each change one thing of it.
+VARIANTS: dict[str, Variant] = {
+    "demo": Variant(),
+    "stdlib-adamw": Variant(sources=("stdlib",), train=replace(demo_train_config(DEMO), optimizer="adamw")),
+    "stdlib": Variant(sources=("stdlib",)),
+    "adamw": Variant(train=replace(demo_train_config(DEMO), optimizer="adamw")),
+    "batch16": Variant(train=replace(demo_train_config(DEMO), batch_size=16)),
+    "lr2x": Variant(train=replace(demo_train_config(DEMO), lr=2 * DEMO_LR)),
+    "vocab4k": Variant(vocab_size=4096),
+    "6x192": Variant(model=(("n_layer", 6), ("n_embd", 192), ("n_head", 3))),
+    "vocab4k-lr2x": Variant(vocab_size=4096, train=replace(demo_train_config(DEMO), lr=2 * DEMO_LR)),
+    "vocab2k-lr2x": Variant(vocab_size=2048, train=replace(demo_train_config(DEMO), lr=2 * DEMO_LR)),
+}
+
+
+# ---------------------------------------------------------------- held-out text
+
+
+def held_out(max_bytes: int) -> list[str]:
+    """Files of the held-out packages, interleaved by a path hash, up to `max_bytes` of UTF-8."""
+    files = []
+    for pkg in HELD_OUT_PACKAGES:
+        root = site_packages_root() / pkg
+        if not root.is_dir():
+            raise SystemExit(f"held-out package {pkg} is not installed at {root}")
+        for item in open_source(f"dir:{root}"):
+            if isinstance(item, RawFile) and item.data.strip():
+                try:
+                    files.append((zlib.crc32(f"{pkg}/{item.path}".encode()), item.data.decode("utf-8")))
+                except UnicodeDecodeError:
+                    continue
+    texts, used = [], 0
+    for _, text in sorted(files):
+        if used >= max_bytes:
+            break
+        texts.append(text)
+        used += len(text.encode("utf-8"))
+    return texts
+
+
+def compressor_bpb(texts: list[str]) -> dict[str, float]:
+    """Bits per byte of gzip -9 and xz -9e, on each file alone (as a model reads them) and
+    on all files in one stream (xz then also learns from the files before)."""
+    raw = [t.encode("utf-8") for t in texts]
+    n = sum(map(len, raw))
+    gz = sum(len(zlib.compress(b, 9)) for b in raw)
+    xz = sum(len(lzma.compress(b, preset=9 | lzma.PRESET_EXTREME)) for b in raw)
+    xz_all = len(lzma.compress(b"".join(raw), preset=9 | lzma.PRESET_EXTREME))
+    return {"gzip -9": 8 * gz / n, "xz -9e": 8 * xz / n, "xz -9e, one stream": 8 * xz_all / n}
+
+
+# ---------------------------------------------------------------- the plain baseline
+
+
+class PlainTokenizer:
+    """A plain byte-level BPE (no code pre-tokenizer) with the interface the metrics use."""
+
+    def __init__(self, texts: list[str], vocab_size: int):
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(
+            texts,
+            trainers.BpeTrainer(
+                vocab_size=vocab_size,
+                special_tokens=["<|endoftext|>"],
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                show_progress=False,
+            ),
+        )
+        self.tok, self.eot_id, self.vocab_size = tok, 0, tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+
+BASELINE_MODEL = ModelConfig(
+    vocab_size=8192, n_layer=4, n_head=4, n_embd=256, block_size=256,
+    pos="learned", norm="layernorm", mlp="gelu",
+)  # fmt: skip
+BASELINE_TRAIN = TrainConfig(lr=1e-3, batch_size=16, warmup_steps=30, epochs=0, max_minutes=1)
+
+
+def train_baseline(work: Path, minutes: float, seed: int) -> tuple[Transformer, PlainTokenizer, dict]:
+    """nanoGPT's recipe: random 256-token windows of the concatenated corpus, AdamW, cosine."""
+    texts = list(iter_texts(corpus(work, "stdlib-all", ("stdlib",), ()), "train"))
+    tok = PlainTokenizer(texts, BASELINE_MODEL.vocab_size)
+    ids = np.fromiter((i for t in texts for i in [*tok.encode(t), tok.eot_id]), dtype=np.int64)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model, cfg = Transformer(BASELINE_MODEL), replace(BASELINE_TRAIN, max_minutes=minutes)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    T, step, began = BASELINE_MODEL.block_size, 0, time.monotonic()
+    while (elapsed := time.monotonic() - began) < minutes * 60:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, elapsed / (minutes * 60), cfg)
+        starts = rng.integers(0, len(ids) - T - 1, cfg.batch_size)
+        chunk = torch.from_numpy(np.stack([ids[s : s + T + 1] for s in starts]))
+        loss = train_step(model, opt, [(chunk[:, :-1], chunk[:, 1:])], 1.0, torch.bfloat16)
+        step += 1
+        if step % 100 == 0:
+            console.print(f"  baseline step {step}: loss {loss:.3f} ({elapsed / 60:.1f} min)")
+    model.eval()
+    return model, tok, {"steps": step, "tokens": step * cfg.batch_size * T}
+
+
+# ---------------------------------------------------------------- codelm variants
+
+
+def corpus(work: Path, name: str, sources: tuple[str, ...], exclude: tuple[str, ...]) -> Path:
+    out = work / "data" / name
+    if not (out / "manifest.json").is_file():
+        console.print(f"building corpus {name}: {', '.join(sources)}")
+        build_dataset(list(sources), out, DataConfig(num_proc=2, exclude=exclude))
+    return out
+
+
+def train_variant(work: Path, name: str, v: Variant, minutes: float, seed: int, reuse: bool) -> Path:
+    data = corpus(work, "+".join(v.sources) + ("" if v.exclude else "-all"), v.sources, v.exclude)
+    tok_path = work / "tokenizers" / f"{data.name}-{v.vocab_size}.json"
+    if not tok_path.is_file():
+        train_tokenizer(iter_texts(data, "train"), v.vocab_size).save(tok_path)
+    run = work / "runs" / f"{name}-{minutes:g}min"
+    if reuse and (run / "model.safetensors").is_file():
+        return run
+    # Every evaluation's checkpoint is kept, so --also-at can score the model part way.
+    cfg = replace(v.train, max_minutes=minutes, epochs=0, seed=seed, keep_checkpoints=10**6)
+    train(data, run, cfg, tokenizer=tok_path, console=console, model_overrides=dict(v.model))
+    return run
+
+
+def checkpoint_at(run: Path, minutes: float) -> tuple[Transformer, dict] | None:
+    """The model of the last checkpoint saved by `minutes` into the run (2% slack), if any."""
+    found = None
+    for ck in sorted((run / "checkpoints").glob("step-*")):
+        loop = json.loads((ck / "state.json").read_text())["loop"]
+        if loop["elapsed_s"] <= minutes * 60 * 1.02:
+            found = ck, loop
+    if found is None:
+        return None
+    model = Transformer(ModelConfig.from_dict(read_config(run)["model"]))
+    model.load_state_dict(load_file(str(found[0] / "model.safetensors")), strict=False)
+    return model, {"steps": found[1]["step"], "tokens": found[1]["tokens"]}
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def measure(model, tok, texts: list[str], lines: LineConfig) -> dict:
+    model.eval()
+    intr = intrinsic_metrics(model, tok, texts, IntrinsicConfig(max_tokens=10**9))
+    positions = sample_positions(texts, lines)
+    lc = score(model_predictions(model, tok, positions, lines), positions)
+    return {
+        "bits_per_byte": intr.bits_per_byte,
+        "top1": intr.top1,
+        "top5": intr.top5,
+        "line_em": lc.exact_match,
+        "line_edit_sim": lc.edit_similarity,
+        "params_M": model.num_params() / 1e6,
+    }
+
+
+def function_prompts(texts: list[str], count: int) -> list[tuple[str, str]]:
+    """(signature + docstring, the rest of the body) of held-out functions with a docstring."""
+    out = []
+    for text in texts:
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        lines = text.split("\n")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.FunctionDef)
+                and ast.get_docstring(node)
+                and len(node.body) > 1
+                and node.end_lineno
+                and node.end_lineno - node.lineno < 30
+            ):
+                cut = node.body[0].end_lineno
+                prompt = "\n".join(lines[node.lineno - 1 : cut]) + "\n"
+                prompt = textwrap.dedent(prompt)
+                body = textwrap.dedent("\n".join(lines[node.lineno - 1 : node.end_lineno]))[len(prompt) :]
+                out.append((prompt, body))
+                if len(out) >= count:
+                    return out
+    return out
+
+
+def sampling_check(model, tok, texts: list[str], penalties: list[float], count: int) -> list[dict]:
+    """Completions of held-out functions at the default sampling, per repetition penalty:
+    how many parse, how many the repetition rule had to stop, and similarity to the truth."""
+    prompts = function_prompts(texts, count)
+    rows = []
+    for penalty in penalties:
+        cfg = SamplingConfig(max_new_tokens=128, seed=0, repetition_penalty=penalty)
+        done = [complete(model, tok, p, cfg) for p, _ in prompts]
+        rows.append(
+            {
+                "repetition_penalty": penalty,
+                "functions": len(prompts),
+                "parse": sum(parses(p + c.text) for (p, _), c in zip(prompts, done, strict=True))
+                / max(len(done), 1),
+                "stopped_by_repetition": sum(c.stop_reason == "repetition" for c in done) / max(len(done), 1),
+                "edit_sim": sum(
+                    similarity(c.text.strip(), b.strip()) for (_, b), c in zip(prompts, done, strict=True)
+                )
+                / max(len(done), 1),
+            }
+        )
+    return rows
+
+
+def table(results: list[dict], compressors: dict[str, float]) -> str:
+    head = "| budget | recipe | params | steps | tokens | bits/byte | top-1 | top-5 | line EM | edit sim |"
+    rows = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in results:
+        rows.append(
+            f"| {r['minutes']:g} min | {r['variant']} | {r['params_M']:.2f}M | {r['steps']:,} | "
+            f"{r['tokens'] / 1e6:.2f}M | {r['bits_per_byte']:.3f} | {r['top1']:.3f} | {r['top5']:.3f} | "
+            f"{r['line_em']:.3f} | {r['line_edit_sim']:.3f} |"
+        )
+    rows += ["", "On the same files: " + ", ".join(f"{k} {v:.3f} bits/byte" for k, v in compressors.items())]
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budgets", type=float, nargs="+", default=[5.0], help="minutes of training")
+    ap.add_argument("--variants", nargs="+", default=["baseline", *VARIANTS], help="baseline and/or VARIANTS")
+    ap.add_argument("--work", default="runs/quality", help="corpora, tokenizers and runs are kept here")
+    ap.add_argument("--held-out-bytes", type=int, default=600_000, help="held-out text scored")
+    ap.add_argument("--lines", type=int, default=200, help="line-completion positions")
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument(
+        "--penalties",
+        type=float,
+        nargs="*",
+        default=[],
+        help="repetition penalties to compare on the last model",
+    )
+    ap.add_argument("--functions", type=int, default=40, help="held-out functions completed per penalty")
+    ap.add_argument("--reuse", action="store_true", help="score finished runs under --work again")
+    ap.add_argument(
+        "--also-at",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also score each codelm run's checkpoint at these minutes (the schedule not yet annealed)",
+    )
+    a = ap.parse_args()
+    for name in a.variants:
+        if name != "baseline" and name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name}; choose from baseline, {', '.join(VARIANTS)}")
+    work = Path(a.work)
+    (work / "tokenizers").mkdir(parents=True, exist_ok=True)
+    texts = held_out(a.held_out_bytes)
+    compressors = compressor_bpb(texts)
+    nbytes = sum(len(t.encode()) for t in texts)
+    console.print(f"held out: {len(texts)} files, {nbytes:,} bytes; {compressors}")
+    results = []
+    for minutes in a.budgets:
+        for name in a.variants:
+            console.rule(f"{name}, {minutes:g} minutes")
+            if name == "baseline":
+                model, tok, info = train_baseline(work, minutes, a.seed)
+                scored = [(minutes, "baseline", model, info)]
+            else:
+                run = train_variant(work, name, VARIANTS[name], minutes, a.seed, a.reuse)
+                model, tok = load_run(run)
+                last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+                scored = [(minutes, name, model, {"steps": last["step"], "tokens": last["tokens"]})]
+                for m in (m for m in a.also_at if m < minutes):
+                    if (part := checkpoint_at(run, m)) is not None:
+                        scored.insert(-1, (m, f"{name} (at {m:g} of {minutes:g} min)", *part))
+            for m, label, net, info in scored:
+                r = {"minutes": m, "variant": label, **info, **measure(net, tok, texts, LineConfig(a.lines))}
+                results.append(r)
+                console.print(json.dumps(r))
+                with open(work / "results.jsonl", "a") as f:
+                    f.write(json.dumps(r) + "\n")
+    print(table(results, compressors))
+    if a.penalties and results[-1]["variant"] != "baseline":  # the plain tokenizer has no prompt layouts
+        last = results[-1]
+        print(f"\nSampling (temperature 0.2, top-p 0.95), {last['variant']} {last['minutes']:g} min:")
+        print("| repetition penalty | functions | parse | stopped by repetition | edit sim |")
+        print("|---|---|---|---|---|")
+        for row in sampling_check(model, tok, texts, a.penalties, a.functions):
+            print(
+                f"| {row['repetition_penalty']:g} | {row['functions']} | {row['parse']:.2f} | "
+                f"{row['stopped_by_repetition']:.2f} | {row['edit_sim']:.3f} |"
+            )
+    xz = compressors["xz -9e"]
+    beat = [f"{r['variant']} ({r['minutes']:g} min)" for r in results if r["bits_per_byte"] < xz]
+    print(f"\nbelow xz -9e in bits per byte: {', '.join(beat) or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
