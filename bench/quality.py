@@ -53,7 +53,6 @@ console = Console(stderr=True)
 
 
 DEMO = DemoConfig()
-DEMO_LR = demo_train_config(DEMO).lr
 
 
 @dataclass(frozen=True)
@@ -67,29 +66,33 @@ class Variant:
     model: tuple[tuple[str, object], ...] = ()  # overrides of the preset's fields
 
 
-# The recipes docs/quality.md compares; `demo` is what `codelm demo` trains (corpus and
-# training config), the others each change one thing of it.
+# The recipes docs/quality.md compares. `demo` is what `codelm demo` trains (corpus, vocabulary
+# and training config); each of the others differs from it as its name says. Corpora: "broad" is
+# the demo's stdlib + site-packages, test suites left out.
+_T = demo_train_config(DEMO)
+_STDLIB = ("stdlib",)
 VARIANTS: dict[str, Variant] = {
     "demo": Variant(),
-    "stdlib-adamw": Variant(sources=("stdlib",), train=replace(demo_train_config(DEMO), optimizer="adamw")),
-    "stdlib": Variant(sources=("stdlib",)),
-    "adamw": Variant(train=replace(demo_train_config(DEMO), optimizer="adamw")),
-    "batch16": Variant(train=replace(demo_train_config(DEMO), batch_size=16)),
-    "lr2x": Variant(train=replace(demo_train_config(DEMO), lr=2 * DEMO_LR)),
-    "vocab4k": Variant(vocab_size=4096),
-    "6x192": Variant(model=(("n_layer", 6), ("n_embd", 192), ("n_head", 3))),
-    "vocab4k-lr2x": Variant(vocab_size=4096, train=replace(demo_train_config(DEMO), lr=2 * DEMO_LR)),
-    "vocab2k-lr2x": Variant(vocab_size=2048, train=replace(demo_train_config(DEMO), lr=2 * DEMO_LR)),
+    "lr2x": Variant(train=replace(_T, lr=2 * _T.lr)),
+    "2k-lr2x": Variant(vocab_size=2048, train=replace(_T, lr=2 * _T.lr)),
+    "8k": Variant(vocab_size=8192),
+    "8k-lr2x": Variant(vocab_size=8192, train=replace(_T, lr=2 * _T.lr)),
+    "8k-batch16": Variant(vocab_size=8192, train=replace(_T, batch_size=16)),
+    "8k-6x192": Variant(vocab_size=8192, model=(("n_layer", 6), ("n_embd", 192), ("n_head", 3))),
+    "adamw-8k": Variant(vocab_size=8192, train=replace(_T, optimizer="adamw")),
+    "stdlib-8k": Variant(sources=_STDLIB, vocab_size=8192),
+    # The demo before this measure: stdlib only, AdamW, 8k.
+    "stdlib-adamw-8k": Variant(sources=_STDLIB, vocab_size=8192, train=replace(_T, optimizer="adamw")),
 }
 
 
 # ---------------------------------------------------------------- held-out text
 
 
-def held_out(max_bytes: int) -> list[str]:
+def held_out(max_bytes: int, packages: tuple[str, ...] = HELD_OUT_PACKAGES) -> list[str]:
     """Files of the held-out packages, interleaved by a path hash, up to `max_bytes` of UTF-8."""
     files = []
-    for pkg in HELD_OUT_PACKAGES:
+    for pkg in packages:
         root = site_packages_root() / pkg
         if not root.is_dir():
             raise SystemExit(f"held-out package {pkg} is not installed at {root}")
@@ -251,10 +254,12 @@ def function_prompts(texts: list[str], count: int) -> list[tuple[str, str]]:
                 and node.end_lineno
                 and node.end_lineno - node.lineno < 30
             ):
+                # The prompt ends at the docstring's closing quotes, as a user's would (see
+                # PROMPTS in demo.py); the truth is the rest of the function.
                 cut = node.body[0].end_lineno
-                prompt = "\n".join(lines[node.lineno - 1 : cut]) + "\n"
-                prompt = textwrap.dedent(prompt)
-                body = textwrap.dedent("\n".join(lines[node.lineno - 1 : node.end_lineno]))[len(prompt) :]
+                whole = textwrap.dedent("\n".join(lines[node.lineno - 1 : node.end_lineno]))
+                prompt = "\n".join(whole.split("\n")[: cut - node.lineno + 1])
+                body = whole[len(prompt) :]
                 out.append((prompt, body))
                 if len(out) >= count:
                     return out
@@ -301,10 +306,12 @@ def table(results: list[dict], compressors: dict[str, float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budgets", type=float, nargs="+", default=[5.0], help="minutes of training")
-    ap.add_argument("--variants", nargs="+", default=["baseline", *VARIANTS], help="baseline and/or VARIANTS")
+    ap.add_argument("--variants", nargs="*", default=["baseline", "demo"], help="baseline and/or VARIANTS")
+    ap.add_argument("--score", nargs="*", default=[], help="also score these RUN directories, untrained")
     ap.add_argument("--work", default="runs/quality", help="corpora, tokenizers and runs are kept here")
     ap.add_argument("--held-out-bytes", type=int, default=600_000, help="held-out text scored")
     ap.add_argument("--lines", type=int, default=200, help="line-completion positions")
+    ap.add_argument("--packages", nargs="+", default=list(HELD_OUT_PACKAGES), help="held-out packages scored")
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument(
         "--penalties",
@@ -328,12 +335,25 @@ def main() -> None:
             raise SystemExit(f"unknown variant {name}; choose from baseline, {', '.join(VARIANTS)}")
     work = Path(a.work)
     (work / "tokenizers").mkdir(parents=True, exist_ok=True)
-    texts = held_out(a.held_out_bytes)
+    texts = held_out(a.held_out_bytes, tuple(a.packages))
     compressors = compressor_bpb(texts)
     nbytes = sum(len(t.encode()) for t in texts)
     console.print(f"held out: {len(texts)} files, {nbytes:,} bytes; {compressors}")
     results = []
-    for minutes in a.budgets:
+    for run in a.score:  # runs trained elsewhere (a GPU, your own recipe): scored the same way
+        model, tok = load_run(run)
+        last = json.loads((Path(run) / "metrics.jsonl").read_text().splitlines()[-1])
+        info = {"steps": last["step"], "tokens": last["tokens"]}
+        minutes = last["elapsed_s"] / 60
+        r = {
+            "minutes": minutes,
+            "variant": str(run),
+            **info,
+            **measure(model, tok, texts, LineConfig(a.lines)),
+        }
+        results.append(r)
+        console.print(json.dumps(r))
+    for minutes in a.budgets if a.variants else []:
         for name in a.variants:
             console.rule(f"{name}, {minutes:g} minutes")
             if name == "baseline":

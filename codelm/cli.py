@@ -139,7 +139,7 @@ def _generate(a: argparse.Namespace) -> None:
         top_k=a.top_k,
         max_new_tokens=a.max_new_tokens,
         seed=a.seed,
-        repetition_penalty=a.repetition_penalty,
+        **({} if a.repetition_penalty is None else {"repetition_penalty": a.repetition_penalty}),
     )
     stops = StopConfig(
         stop=tuple(a.stop),
@@ -284,7 +284,12 @@ def _generate_parser(sub) -> None:
     g.add_argument("--temperature", type=float, default=0.2, help="0: greedy (default: 0.2)")
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus mass in (0, 1] (default: 0.95)")
     g.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 lowers repeated tokens")
+    g.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        help=">1 lowers repeated tokens; 1 turns it off (default: SamplingConfig's, 1.1)",
+    )
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--max-lines", type=int, default=0, help="stop after N lines (0: no limit)")
     g.add_argument("--max-repeats", type=int, default=3, help="stop when a line loops more (0: off)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from codelm.data.build import DataConfig, build_dataset
 from codelm.generate.generator import best_of, load_run, parses
@@ -23,7 +24,16 @@ from codelm.train.batches import iter_texts
 from codelm.train.config import TrainConfig
 from codelm.train.loop import train
 
-PROMPTS = ("def add(a, b):", "def is_palindrome(s):", "class Stack:")
+# A signature and a docstring, as a user would write them: a 5-minute model given a bare
+# signature mostly writes a docstring of its own, and with one it attempts the body. Each
+# prompt ends at the docstring's quotes, not at a newline: the tokenizer joins a newline with
+# the next line's indent, so a prompt cut after "\n" ends in a token training never showed
+# there, and the model then mostly ends the text.
+PROMPTS = (
+    'def add(a, b):\n    """Return the sum of a and b."""',
+    'def is_palindrome(s):\n    """Return True if s reads the same forwards and backwards."""',
+    'def read_lines(path):\n    """Return the lines of the file at path."""',
+)
 # Test suites are 60% of the stdlib's bytes (19 of 31 MB) and teach `self.assertEqual`
 # rather than the library code the demo's prompts ask for; in five minutes the model sees
 # about 2M tokens, so the demo spends them on library code.
@@ -115,7 +125,8 @@ def _completions(cfg: DemoConfig, run: Path, out: Console) -> list[dict]:
             {"prompt": prompt, "completion": best.text, "parses": ok, "stop_reason": best.stop_reason}
         )
         out.rule(
-            f"{prompt}  [dim](stop: {best.stop_reason}; {len(report.dropped)}/{cfg.samples} samples "
+            f"{escape(prompt.splitlines()[0])}  [dim](stop: {best.stop_reason}; "
+            f"{len(report.dropped)}/{cfg.samples} samples "
             f"did not parse{'' if ok else '; none parsed'})[/dim]"
         )
         out.print(prompt + best.text, markup=False, highlight=False, soft_wrap=True)

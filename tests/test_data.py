@@ -702,6 +702,8 @@ def test_site_packages_source_leaves_out_held_out_packages_and_caps_each(tmp_pat
     for pkg in ("alpha", "big", HELD_OUT_PACKAGES[0], "alpha-1.0.dist-info", "__pycache__"):
         (root / pkg).mkdir(parents=True)
     (root / "alpha" / "__init__.py").write_text("A = 1\n")
+    (root / "alpha" / "_vendor" / HELD_OUT_PACKAGES[0]).mkdir(parents=True)
+    (root / "alpha" / "_vendor" / HELD_OUT_PACKAGES[0] / "copy.py").write_text("E = 5\n")
     (root / HELD_OUT_PACKAGES[0] / "core.py").write_text("B = 2\n")
     (root / "alpha-1.0.dist-info" / "x.py").write_text("C = 3\n")
     (root / "__pycache__" / "y.py").write_text("D = 4\n")
@@ -711,6 +713,7 @@ def test_site_packages_source_leaves_out_held_out_packages_and_caps_each(tmp_pat
     paths = [f.path for f in files]
     assert "alpha/__init__.py" in paths
     assert not any(p.startswith((HELD_OUT_PACKAGES[0], "alpha-1.0", "__pycache__")) for p in paths)
+    assert not any(f"/{HELD_OUT_PACKAGES[0]}/" in p for p in paths)  # nor a vendored copy
     big = [p for p in paths if p.startswith("big/")]
     assert len(big) == 4  # files are taken until the package reaches its 300-byte cap
     assert paths == [f.path for f in iter_site_packages(root, "site-packages", 10_000, cap=300)]

@@ -38,7 +38,7 @@ def test_block_end_keeps_at_most_the_final_newline_of_blank_lines():
 
 
 def test_greedy_decoding_is_deterministic(tiny_model):
-    cfg = SamplingConfig(temperature=0.0, max_new_tokens=20)
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=20, repetition_penalty=1.0)
     a = [s.token for s in generate_ids(tiny_model, [1, 2, 3], cfg)]
     b = [s.token for s in generate_ids(tiny_model, [1, 2, 3], cfg)]
     assert a == b and len(a) == 20

@@ -76,7 +76,13 @@ def slow_down(svc, monkeypatch, delay: float = 0.02) -> None:
 
 def reference(run, prompt: Prompt, max_tokens: int) -> str:
     model, tok = load_run(str(run))
-    return complete(model, tok, prompt, SamplingConfig(temperature=0, max_new_tokens=max_tokens), RAW).text
+    return complete(
+        model,
+        tok,
+        prompt,
+        SamplingConfig(temperature=0, max_new_tokens=max_tokens, repetition_penalty=1.0),
+        RAW,
+    ).text
 
 
 def wait_for(cond, seconds: float = 5.0) -> bool:
@@ -224,7 +230,11 @@ def test_instruction_mode_and_stop_rules_match_the_generator(server, run_dir, to
         )
         stops = StopConfig(block_end=True, max_repeats=3)
         ref = complete(
-            model, tok, Prompt(prompt_text), SamplingConfig(temperature=0, max_new_tokens=40), stops
+            model,
+            tok,
+            Prompt(prompt_text),
+            SamplingConfig(temperature=0, max_new_tokens=40, repetition_penalty=1.0),
+            stops,
         )
         assert r.json()["choices"][0]["text"] == ref.text
         assert r.json()["choices"][0]["stop_rule"] == ref.stop_reason
@@ -270,7 +280,12 @@ def test_a_request_arriving_mid_batch_joins_at_the_next_step(run_dir, monkeypatc
 
     def job(name: str, prompt: str, n: int) -> Job:
         ids = tok.encode(prompt)
-        return Job(ids, n, SamplingConfig(temperature=0), lambda ev: events.append((name, ev)))
+        return Job(
+            ids,
+            n,
+            SamplingConfig(temperature=0, repetition_penalty=1.0),
+            lambda ev: events.append((name, ev)),
+        )
 
     sched.start()
     try:
@@ -284,7 +299,13 @@ def test_a_request_arriving_mid_batch_joins_at_the_next_step(run_dir, monkeypatc
     assert order == [("a", "start"), ("b", "start"), ("b", "done"), ("a", "done")]
     assert 2 in batch_sizes and batch_sizes[0] == 1 and batch_sizes[-1] == 1
     text_b = "".join(e.text for n, e in events if n == "b")
-    alone = complete(model, tok, Prompt("class Stack:"), SamplingConfig(temperature=0, max_new_tokens=5), RAW)
+    alone = complete(
+        model,
+        tok,
+        Prompt("class Stack:"),
+        SamplingConfig(temperature=0, max_new_tokens=5, repetition_penalty=1.0),
+        RAW,
+    )
     assert text_b == alone.text
 
 

@@ -8,10 +8,10 @@ held whole in memory: directories are walked, git blobs are streamed through
 one `git cat-file --batch`, JSONL is read line by line and Parquet in batches.
 
 Spec forms: `stdlib`; `site-packages` (the installed third-party packages, each
-capped, HELD_OUT_PACKAGES left out for evaluation); a directory (a git repository's root is read from its
-HEAD, any other directory from disk, honouring `.gitignore` inside a work
-tree); `git:PATH` and `dir:PATH` force either reading; `*.jsonl[.gz]`,
-`*.parquet`; a single code file. Decoding and filtering live in `filters.py`.
+capped, HELD_OUT_PACKAGES left out for evaluation); a directory (a git
+repository's root is read from its HEAD, any other directory from disk,
+honouring `.gitignore` inside a work tree); `git:PATH` and `dir:PATH` force
+either reading; `*.jsonl[.gz]`, `*.parquet`; a single code file. Decoding and filtering live in `filters.py`.
 """
 
 from __future__ import annotations
@@ -136,6 +136,8 @@ def iter_site_packages(root: Path, source: str, max_bytes: int, cap: int = SITE_
         for path, rel in files:
             if used >= cap:
                 break
+            if any(part in HELD_OUT_PACKAGES for part in rel.split("/")[1:-1]):
+                continue  # a vendored copy (pip vendors rich) would leak the held-out code
             item = _read(path, rel, source, max_bytes)
             used += len(item.data) if isinstance(item, RawFile) else 0
             yield item

@@ -102,7 +102,8 @@ def _context_ids(tok: CodeTokenizer, context: str, limit: int) -> list[int]:
 def model_predictions(
     model: Transformer, tok: CodeTokenizer, positions: list[Position], cfg: LineConfig
 ) -> list[str]:
-    sampling = SamplingConfig(temperature=0.0, max_new_tokens=cfg.max_line_tokens)
+    # Plain greedy, as CodeXGLUE scores it: no repetition penalty inside a line.
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=cfg.max_line_tokens, repetition_penalty=1.0)
     limit = model.cfg.block_size - cfg.max_line_tokens
     preds = []
     for pos in positions:

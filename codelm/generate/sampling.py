@@ -24,9 +24,11 @@ class SamplingConfig:
     seed: int | None = None  # None: torch's global generator
     # (fields above keep their positions: callers pass the first four positionally)
     # > 1 lowers the logits of tokens this completion already produced (CTRL, Keskar et al.
-    # 2019). Off by default: code repeats names on purpose, and the repetition stop rule
-    # already ends loops. Prompt tokens are never penalised, so the completion may reuse them.
-    repetition_penalty: float = 1.0
+    # 2019). Prompt tokens are never penalised, so a completion may reuse the prompt's names.
+    # Measured on 40 held-out functions with the demo's 5-minute model (bench/quality.py
+    # --penalties): 1.1 made 70% of single completions parse against 42% at 1.0, at equal
+    # similarity to the true body (0.198 against 0.195); 1.2 parsed 65%.
+    repetition_penalty: float = 1.1
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
