@@ -295,7 +295,7 @@ def table(results: list[dict], compressors: dict[str, float]) -> str:
     rows = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in results:
         rows.append(
-            f"| {r['minutes']:g} min | {r['variant']} | {r['params_M']:.2f}M | {r['steps']:,} | "
+            f"| {r['minutes']:.3g} min | {r['variant']} | {r['params_M']:.2f}M | {r['steps']:,} | "
             f"{r['tokens'] / 1e6:.2f}M | {r['bits_per_byte']:.3f} | {r['top1']:.3f} | {r['top5']:.3f} | "
             f"{r['line_em']:.3f} | {r['line_edit_sim']:.3f} |"
         )
