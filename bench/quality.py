@@ -78,6 +78,10 @@ VARIANTS: dict[str, Variant] = {
     "8k": Variant(vocab_size=8192),
     "8k-lr2x": Variant(vocab_size=8192, train=replace(_T, lr=2 * _T.lr)),
     "8k-batch16": Variant(vocab_size=8192, train=replace(_T, batch_size=16)),
+    # The `small` preset (6 layers, 384 wide, 512-token context) on the demo's corpus and recipe.
+    "small": Variant(train=replace(_T, preset="small")),
+    # TrainConfig's default FIM rate (the demo trains without FIM): its cost to left-to-right.
+    "fim": Variant(train=replace(_T, fim_rate=0.5)),
     "8k-6x192": Variant(vocab_size=8192, model=(("n_layer", 6), ("n_embd", 192), ("n_head", 3))),
     "adamw-8k": Variant(vocab_size=8192, train=replace(_T, optimizer="adamw")),
     "stdlib-8k": Variant(sources=_STDLIB, vocab_size=8192),
