@@ -11,6 +11,10 @@ a token:
   merges across snake_case and camelCase boundaries exactly where the merge is
   frequent enough to pay for a vocabulary slot; a dotted name (`os.path.join`)
   is one piece too; the piece may start with one space, a `.`, a quote or `# `;
+  a space between two names always starts a new piece (measured: letting two
+  names joined by a space be one piece, `return self`, gave 11.1% fewer tokens
+  than plain BPE at 16k instead of 8.7%, but the demo's 5-minute model at 4k
+  then scored 1.671 bits per byte on unseen code instead of 1.588);
 - brackets, commas, colons, semicolons and quotes form runs (`()`, `):`, `'),`)
   that never include a letter, digit or operator character;
 - multi-character operators (`==`, `**=`, `->`, `...`) are pieces of their own
