@@ -232,6 +232,47 @@ def test_decode_rejects_ids_outside_the_vocabulary(tok):
             tok.decode(bad)
 
 
+def test_large_batches_are_shared_with_helper_processes(tok, monkeypatch):
+    texts = (TRICKY + CORPUS) * 3
+    want = [tok.encode(t) for t in texts]
+    fresh = CodeTokenizer(Tokenizer.from_str(tok.tok.to_str()))
+    monkeypatch.setattr(encoder_mod, "PARALLEL_MIN_CHARS", 0)
+    fast = fresh._fast
+    fast.workers = 3
+    here: list[int] = []
+    encode_here = fast._encode_here
+    monkeypatch.setattr(fast, "_encode_here", lambda ts: here.append(len(ts)) or encode_here(ts))
+    for _ in range(2):  # the second batch reuses the helpers and their caches
+        assert fresh.encode_batch(texts) == want
+    shares = encoder_mod._shares(texts, 3)
+    assert len(shares) == 3 and here == [len(shares[0])] * 2  # the helpers did the other shares
+    assert fast.workers == 3 and fast._pool is not None
+
+
+def test_a_large_batch_is_encoded_here_when_helpers_cannot_start(tok, monkeypatch):
+    texts = TRICKY + CORPUS
+    fresh = CodeTokenizer(Tokenizer.from_str(tok.tok.to_str()))
+    monkeypatch.setattr(encoder_mod, "PARALLEL_MIN_CHARS", 0)
+    fresh._fast.workers = 2
+
+    def no_helpers():
+        raise OSError("no semaphores in this sandbox")
+
+    monkeypatch.setattr(fresh._fast, "_helpers", no_helpers)
+    assert fresh.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert fresh._fast.workers == 1
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 20])
+def test_shares_are_consecutive_and_about_equal(n):
+    texts = ["x" * k for k in (5, 1, 9, 3, 3, 8, 2)]
+    shares = encoder_mod._shares(texts, n)
+    assert [t for s in shares for t in s] == texts
+    assert 1 <= len(shares) <= n and all(shares)
+    if n == 2:
+        assert shares == [texts[:3], texts[3:]]  # 15 and 16 characters
+
+
 def test_cache_limits_and_chunks_do_not_change_ids(tok, monkeypatch):
     texts = TRICKY + CORPUS
     want = [tok.encode(t) for t in texts]

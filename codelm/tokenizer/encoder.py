@@ -18,16 +18,25 @@ place; every valid string round-trips exactly. (Keeping the surrogate's
 `surrogatepass` bytes instead would round-trip it too, but then decode could hand
 a lone surrogate to callers that print or serve the text, and those would fail.)
 
-What it does not do: use more than one core (the cutting holds the GIL; see
-bench/tokenizer.py for what that costs), or handle a tokenizer.json whose
-pre-tokenizer is not this package's pattern (`CodeTokenizer` falls back to HF's
-pipeline for those).
+Cores: the cutting holds the GIL, so threads do not help. A batch of at least
+PARALLEL_MIN_CHARS is split into one contiguous share per core: this process
+encodes the first while helper processes (spawned once, on first need, each
+with its own piece cache) encode the others. Smaller batches, and any failure
+to start or reach a helper, stay in this process.
+
+What it does not do: handle a tokenizer.json whose pre-tokenizer is not this
+package's pattern (`CodeTokenizer` falls back to HF's pipeline for those).
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from functools import reduce
+from multiprocessing import get_context
 from operator import iadd
 
 from tokenizers import models
@@ -40,6 +49,9 @@ CACHE_LIMIT = 1 << 18
 # Characters of text cut and looked up per round of encode_batch: bounds the pieces held
 # in memory (about 60 bytes each, 3.6 characters per piece: some 17 MB).
 CHUNK_CHARS = 1 << 20
+# Characters in a batch before helper processes share it: below this, sending the text
+# and the ids between processes costs more than it saves.
+PARALLEL_MIN_CHARS = 1 << 20
 
 
 def is_code_pipeline(spec: dict) -> bool:
@@ -68,7 +80,17 @@ def is_code_pipeline(spec: dict) -> bool:
 class PieceEncoder:
     """Text <-> ids through a piece cache; the BPE of a new piece comes from HF's model."""
 
-    def __init__(self, spec: dict, special: dict[str, int]):
+    def __init__(self, spec: dict, special: dict[str, int], workers: int | None = None):
+        """`workers`: processes sharing a large batch, this one included; default: the
+        cores this process may run on."""
+        self._spec, self._special = spec, special
+        if workers is None:
+            workers = (
+                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            )
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         model = spec["model"]
         vocab: dict[str, int] = model["vocab"]
         merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
@@ -87,6 +109,39 @@ class PieceEncoder:
         return tuple(t.id for t in self._bpe.tokenize(to_byte_level(piece)))
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text; a large batch is shared with helper processes."""
+        shares = _shares(texts, self.workers) if self.workers > 1 else [texts]
+        if len(shares) == 1 or sum(map(len, texts)) < PARALLEL_MIN_CHARS:
+            return self._encode_here(texts)
+        pending: list[Future] | None = None
+        try:
+            pool = self._helpers()
+            pending = [pool.submit(_helper_encode, share) for share in shares[1:]]
+        except Exception:  # noqa: BLE001 - no helpers here (a sandbox, no semaphores): do it alone
+            self.workers = 1
+        out = self._encode_here(shares[0] if pending else texts)
+        for i, fut in enumerate(pending or []):
+            try:
+                out += fut.result()
+            except Exception:  # noqa: BLE001 - a helper died: encode its share here
+                out += self._encode_here(shares[i + 1])
+        return out
+
+    def _helpers(self) -> ProcessPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                # spawn, not fork: this process may hold threads (torch, HF) that fork would copy
+                # mid-lock. A helper imports this module only (no torch): about 0.2 s to start.
+                self._pool = ProcessPoolExecutor(
+                    self.workers - 1,
+                    mp_context=get_context("spawn"),
+                    initializer=_helper_init,
+                    initargs=(self._spec, self._special),
+                )
+                weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
+            return self._pool
+
+    def _encode_here(self, texts: list[str]) -> list[list[int]]:
         out: list[list[int]] = []
         for chunk in _chunks(texts, CHUNK_CHARS):
             cut = [COMPILED.findall(t) for t in chunk]
@@ -115,6 +170,31 @@ class PieceEncoder:
             raise ValueError(f"token id {max(ids)} is outside the vocabulary ({len(self._bytes)})") from None
         # "replace" substitutes maximal invalid subparts, as HF (Rust's from_utf8_lossy) does
         return data.decode("utf-8", "replace")
+
+
+_HELPER: PieceEncoder | None = None  # in a helper process: its encoder and piece cache
+
+
+def _helper_init(spec: dict, special: dict[str, int]) -> None:
+    global _HELPER
+    _HELPER = PieceEncoder(spec, special, workers=1)
+
+
+def _helper_encode(texts: list[str]) -> list[list[int]]:
+    assert _HELPER is not None
+    return _HELPER.encode_batch(texts)
+
+
+def _shares(texts: list[str], n: int) -> list[list[str]]:
+    """`texts` cut into at most `n` consecutive slices of about equal characters: each text
+    goes to the share its middle character falls in."""
+    total = sum(map(len, texts)) or 1
+    out: list[list[str]] = [[] for _ in range(n)]
+    size = 0
+    for t in texts:
+        out[min(n - 1, int((size + len(t) / 2) * n / total))].append(t)
+        size += len(t)
+    return [share for share in out if share]
 
 
 def _chunks(texts: list[str], chars: int) -> Iterator[list[str]]:
