@@ -110,8 +110,10 @@ class PieceEncoder:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text; a large batch is shared with helper processes."""
-        shares = _shares(texts, self.workers) if self.workers > 1 else [texts]
-        if len(shares) == 1 or sum(map(len, texts)) < PARALLEL_MIN_CHARS:
+        if self.workers < 2 or sum(map(len, texts)) < PARALLEL_MIN_CHARS:
+            return self._encode_here(texts)
+        shares = _shares(texts, self.workers)
+        if len(shares) == 1:
             return self._encode_here(texts)
         pending: list[Future] | None = None
         try:
@@ -131,7 +133,7 @@ class PieceEncoder:
         with self._pool_lock:
             if self._pool is None:
                 # spawn, not fork: this process may hold threads (torch, HF) that fork would copy
-                # mid-lock. A helper imports this module only (no torch): about 0.2 s to start.
+                # mid-lock. A helper imports the tokenizer stage only (no torch).
                 self._pool = ProcessPoolExecutor(
                     self.workers - 1,
                     mp_context=get_context("spawn"),
