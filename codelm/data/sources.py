@@ -11,7 +11,8 @@ Spec forms: `stdlib`; `site-packages` (the installed third-party packages, each
 capped, HELD_OUT_PACKAGES left out for evaluation); a directory (a git
 repository's root is read from its HEAD, any other directory from disk,
 honouring `.gitignore` inside a work tree); `git:PATH` and `dir:PATH` force
-either reading; `*.jsonl[.gz]`, `*.parquet`; a single code file. Decoding and filtering live in `filters.py`.
+either reading; `*.jsonl[.gz]`, `*.parquet`; a single code file. Decoding and
+filtering live in `filters.py`.
 """
 
 from __future__ import annotations

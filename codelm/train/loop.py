@@ -2,9 +2,10 @@
 
 Muon + AdamW (muon.py) or AdamW alone, with weight-decay groups; linear warmup
 then cosine decay, gradient clipping and accumulation, bf16 autocast where the
-hardware has it, optional torch.compile. The budget is epochs, steps, tokens or wall-clock minutes,
-whichever ends first; the cosine schedule follows the fraction of the budget
-used, so a time-boxed run still anneals its learning rate before it stops.
+hardware has it, optional torch.compile. The budget is epochs, steps, tokens or
+wall-clock minutes, whichever ends first; the cosine schedule follows the
+fraction of the budget used, so a time-boxed run still anneals its learning
+rate before it stops.
 Evaluations are spread over the budget and also end every epoch; checkpoints
 hold everything needed to resume exactly (see checkpoint.py).
 """
