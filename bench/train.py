@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import llama_config, matmul_peak, summary  # noqa: E402
 
 from codelm.model import ModelConfig, Transformer  # noqa: E402
+from codelm.train.allocator import keep_freed_memory  # noqa: E402
 from codelm.train.config import TrainConfig  # noqa: E402
 from codelm.train.loop import make_optimizer, train_step  # noqa: E402
 
@@ -51,6 +52,8 @@ def main() -> None:
     ap.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"])
     a = ap.parse_args()
     amp = torch.bfloat16 if a.dtype == "bf16" else None
+    # As `codelm train` does. It is process-wide, so transformers' steps get it too.
+    keep_freed_memory()
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset(a.preset, vocab_size=a.vocab)
     x = torch.randint(0, a.vocab, (a.batch, a.seq))

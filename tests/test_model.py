@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_json
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import load_model, save_weights
+from codelm.model.transformer import causal_attention
 
 
 @pytest.mark.parametrize("pos,norm,mlp", [("rope", "rmsnorm", "swiglu"), ("learned", "layernorm", "gelu")])
@@ -26,6 +28,27 @@ def test_changing_a_later_token_never_changes_earlier_logits(pos, norm, mlp):
         out = model(y)
         assert torch.equal(out[:, : t + 1], base[:, : t + 1])
         assert not torch.allclose(out[:, t + 1], base[:, t + 1])  # the change itself is seen
+
+
+def test_explicit_bf16_training_attention_matches_the_flash_kernel():
+    """causal_attention's explicit CPU path (bf16, grad enabled) against SDPA in float."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 16, requires_grad=True) for _ in range(3))
+    g = torch.randn(2, 3, 40, 16)
+    qb, kb, vb = (t.to(torch.bfloat16) for t in (q, k, v))
+    out = causal_attention(qb, kb, vb)
+    (out.float() * g).sum().backward()
+    got = [out.float()] + [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    ref = F.scaled_dot_product_attention(qb.float(), kb.float(), vb.float(), is_causal=True)
+    (ref * g).sum().backward()
+    for a, b in zip(got, [ref] + [t.grad for t in (q, k, v)], strict=True):
+        torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)  # bf16 scores: ~3 significant digits
+    later = qb.detach().clone()
+    later[:, :, 30:] += 1  # a later query, key or value never reaches an earlier row
+    out2 = causal_attention(later, kb.detach().clone().index_fill_(2, torch.tensor([35]), 9), vb.detach())
+    assert torch.equal(out2[:, :, :30], out.detach()[:, :, :30])
 
 
 def test_kv_cache_decoding_equals_full_recomputation(tiny_model):

@@ -115,7 +115,7 @@ class SlotDecoder:
         if m.wpe is not None:
             x = x + m.wpe(pos)
         else:
-            cos, sin = m.rope_cos[pos][:, None], m.rope_sin[pos][:, None]  # (B, 1, T, D/2)
+            cos, sin = m.rope_cos[pos][:, None], m.rope_sin[pos][:, None]  # (B, 1, T, D)
         for layer, block in enumerate(m.blocks):
             h = block.norm1(x)
             q, k, v = block.attn.qkv(h).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # (B, H, T, D)

@@ -26,6 +26,7 @@ from codelm.errors import CodelmError
 from codelm.model import Transformer
 from codelm.model.io import WEIGHTS, save_weights
 from codelm.train import distributed
+from codelm.train.allocator import keep_freed_memory
 from codelm.train.batches import IGNORE, PackedWindows
 from codelm.train.checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from codelm.train.config import TrainConfig
@@ -340,6 +341,8 @@ def train(
     tuning); `model_overrides` change fields of the preset (tests use 2 layers).
     """
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults for each step's re-allocations (allocator.py)
     dist = distributed.init(device.type)
     console = console or Console(stderr=True, quiet=not dist.main)
     try:
