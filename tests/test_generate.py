@@ -149,6 +149,35 @@ def test_batch_of_different_lengths_and_n_samples_match_single_runs(tokenizer):
     assert len({tuple(c.tokens) for c in a[0]}) > 1  # the samples differ from each other
 
 
+def test_healing_lets_the_first_token_re_spell_the_prompts_end(tokenizer):
+    from codelm.generate.healing import heal
+    from codelm.generate.prompts import Prompt, encode_prompt
+
+    ids = encode_prompt(tokenizer, Prompt("def add(a, b):\n"), 1000).ids
+    cut, h = heal(tokenizer, ids)
+    assert h is not None and cut == ids[:-1] and h.text == tokenizer.decode(ids[-1:]) == "\n"
+    allowed = h.allowed.nonzero().flatten().tolist()
+    assert ids[-1] in allowed and not set(allowed) & set(tokenizer.special.values())
+    assert all(tokenizer.decode([i]).startswith(h.text) for i in allowed)
+    assert tokenizer.encode("\n    ") in [[i] for i in allowed]  # the newline with its indent
+    fim = encode_prompt(tokenizer, Prompt("x = ", suffix="\n"), 1000).ids
+    assert heal(tokenizer, fim) == (fim, None)  # it ends with a special token
+
+
+def test_a_healed_completion_reads_on_from_the_prompt(tokenizer):
+    from codelm.generate import StopConfig
+
+    model = _model(tokenizer, block_size=128)
+    free = StopConfig(block_end=False, max_repeats=0)
+    for seed in range(3):
+        cfg = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=8, seed=seed)
+        c = complete(model, tokenizer, "def add(a, b):\n", cfg, free)
+        assert c.healed == "\n"
+        assert tokenizer.decode(c.tokens[:1]).startswith(c.healed)  # the first token re-spells it
+        assert tokenizer.decode(c.tokens)[len(c.healed) :].startswith(c.text)
+        assert c.logprobs[0] <= 0
+
+
 # --- sampling --------------------------------------------------------------------------------
 
 

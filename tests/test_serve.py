@@ -19,6 +19,7 @@ import torch
 from codelm.cli import main
 from codelm.fsutil import atomic_write_json
 from codelm.generate.generator import complete, load_run
+from codelm.generate.healing import heal
 from codelm.generate.prompts import Prompt, encode_prompt, prompt_room
 from codelm.generate.sampling import SamplingConfig
 from codelm.generate.stopping import StopConfig, StopStrings
@@ -27,7 +28,7 @@ from codelm.model.io import save_weights
 from codelm.serve import BackgroundServer, ServeConfig, create_app
 from codelm.serve.batching import Event, Job, Scheduler
 from codelm.serve.decoder import SlotDecoder
-from codelm.serve.text import TextState, TokenBytes
+from codelm.serve.text import TextState
 from tests.conftest import TINY_MODEL, corpus_texts
 
 BLOCK = 256
@@ -124,8 +125,17 @@ def test_batched_decoder_matches_the_model_as_rows_join_and_leave(pos):
         check(dec.step(new), rows)
 
 
+def test_a_healed_first_token_streams_only_its_new_bytes(tokenizer):
+    text = "def f(x):\n    return x\n"
+    ids = tokenizer.encode(text)
+    state = TextState(tokenizer.token_bytes, skip=1)  # the prompt already holds the "d"
+    for i in ids:
+        state.add(i)
+    assert state.text == text[1:] and state.take(final=True)[0] == text[1:]
+
+
 def test_token_bytes_and_streamed_text_match_the_tokenizer(tokenizer):
-    table = TokenBytes(tokenizer)
+    table = tokenizer.token_bytes
     for text in [*corpus_texts(1), "naïve = '→ 😀'\n\tx\r\n"]:
         ids = tokenizer.encode(text)
         assert b"".join(table[i] for i in ids).decode("utf-8") == text == tokenizer.decode(ids)
@@ -278,14 +288,13 @@ def test_a_request_arriving_mid_batch_joins_at_the_next_step(run_dir, monkeypatc
     monkeypatch.setattr(sched, "special", frozenset())  # never stop early at an end token
     events: list[tuple[str, Event]] = []
 
-    def job(name: str, prompt: str, n: int) -> Job:
-        ids = tok.encode(prompt)
-        return Job(
-            ids,
-            n,
-            SamplingConfig(temperature=0, repetition_penalty=1.0),
-            lambda ev: events.append((name, ev)),
+    def job(name: str, prompt: str, n: int) -> Job:  # as the API plans one (with healing)
+        ids, healing = heal(tok, encode_prompt(tok, Prompt(prompt), BLOCK).ids)
+        out = Job(
+            ids, n, SamplingConfig(temperature=0, repetition_penalty=1.0), lambda e: events.append((name, e))
         )
+        out.healing = healing
+        return out
 
     sched.start()
     try:

@@ -56,7 +56,7 @@ def trim_to_parse(c: Completion, tok: CodeTokenizer) -> Completion | None:
         text = c.text[:cut]
         if text.strip() and parses(c.prompt.code(text)):
             kept = 0  # how many tokens it takes to cover the kept text
-            while kept < len(c.tokens) and len(tok.decode(c.tokens[:kept])) < cut:
+            while kept < len(c.tokens) and len(tok.decode(c.tokens[:kept])) - len(c.healed) < cut:
                 kept += 1
             return replace(
                 c, text=text, stop_reason="parse_trim", tokens=c.tokens[:kept], logprobs=c.logprobs[:kept]

@@ -7,6 +7,8 @@
   kv_cache.py) and n samples of each in one batch; a prompt is prefilled once
   and its cache copied to its n rows.
 - `generate_ids` is the same loop on raw token ids, without text or stop rules.
+- A prompt ending inside what training saw as one token is healed (healing.py):
+  its last token is taken off and the first new token must re-spell it.
 - `best_of` (best.py) ranks n samples; `load_run` loads a run for generation.
 This module does not choose tokens (sampling.py) nor decide stops (stopping.py).
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from codelm.errors import CodelmError
+from codelm.generate.healing import heal
 from codelm.generate.prompts import Prompt, as_prompt, encode_prompt, prompt_room
 from codelm.generate.sampling import SamplingConfig, penalize, sample
 from codelm.generate.stopping import (
@@ -53,6 +56,7 @@ class Completion:
     prompt: Prompt | None = None
     dropped_tokens: int = 0  # prompt tokens left out to fit the context
     trace: list[TraceStep] | None = None
+    healed: str = ""  # the prompt's end that tokens[0] re-spells (healing.py); not in `text`
 
     @property
     def truncated(self) -> bool:
@@ -72,9 +76,13 @@ class _Row:
     """One completion in a batch: its tokens, its text so far and its stop state."""
 
     def __init__(
-        self, rules: list[StopRule], decode: Callable[[Sequence[int]], str], end_ids: frozenset[int]
+        self,
+        rules: list[StopRule],
+        decode: Callable[[Sequence[int]], str],
+        end_ids: frozenset[int],
+        healed: str = "",
     ):
-        self.rules, self.decode, self.end_ids = rules, decode, end_ids
+        self.rules, self.decode, self.end_ids, self.healed = rules, decode, end_ids, healed
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.trace: list[TraceStep] = []
@@ -88,7 +96,7 @@ class _Row:
         if trace is not None:
             self.trace.append(trace)
         ended = token in self.end_ids
-        text = self.decode(self.tokens[:-1] if ended else self.tokens)
+        text = self.decode(self.tokens[:-1] if ended else self.tokens)[len(self.healed) :]
         hit = first_stop(self.rules, text, self.tokens)
         self.text = text if hit is None else text[: hit[1]]
         if hit is not None:
@@ -112,8 +120,10 @@ def _decode(
     cfg: SamplingConfig,
     trace: str = "",  # "" | "top" | "lens"
     greedy_first: bool = False,
+    first_allowed: torch.Tensor | None = None,
 ) -> Iterator[None]:
-    """Run the batch: rows[i * n + j] is sample j of prompts[i]. Yields after each step."""
+    """Run the batch: rows[i * n + j] is sample j of prompts[i]. Yields after each step.
+    `first_allowed` (P, vocab) bool limits each prompt's first new token (healing.py)."""
     n = len(rows) // len(prompts)
     longest = max(len(p) for p in prompts)
     budget = min(cfg.max_new_tokens, model.cfg.block_size - longest)
@@ -127,6 +137,8 @@ def _decode(
     cache = model.new_cache(len(prompts), longest + budget, start)
     hidden: list[torch.Tensor] | None = [] if trace == "lens" else None
     logits = model(idx, cache, hidden, last_only=True)[:, -1]  # (P, V): the prefill
+    if first_allowed is not None:
+        logits = logits.masked_fill(~first_allowed.to(device), float("-inf"))
     if n > 1:
         cache, logits = cache.repeat_rows(n), logits.repeat_interleave(n, 0)
         hidden = None if hidden is None else [h[:, -1:].repeat_interleave(n, 0) for h in hidden]
@@ -170,19 +182,31 @@ def _setup(
     n: int,
     cfg: SamplingConfig,
     stops: StopConfig,
-) -> tuple[list[Prompt], list[list[int]], list[int], list[_Row]]:
+) -> tuple[list[Prompt], list[list[int]], list[int], list[_Row], torch.Tensor | None]:
+    """Prompts, their ids (healed), tokens dropped, one row per sample, and the masks of
+    each prompt's first new token (None where no prompt was healed)."""
     if not prompts or n < 1:
         raise CodelmError("give at least one prompt and one sample")
     ps = [as_prompt(p) for p in prompts]
     room = prompt_room(model.cfg.block_size, cfg.max_new_tokens)
     encoded = [encode_prompt(tok, p, room) for p in ps]
+    healed = [heal(tok, e.ids) for e in encoded]
     end_ids = frozenset(tok.special.values())  # any special token begins another frame
     rows = [
-        _Row(build_rules(stops, p.text, end_ids, tok.decode, fim=p.mode == "fim"), tok.decode, end_ids)
-        for p in ps
+        _Row(
+            build_rules(stops, p.text, end_ids, tok.decode, fim=p.mode == "fim"),
+            tok.decode,
+            end_ids,
+            h.text if h else "",
+        )
+        for p, (_, h) in zip(ps, healed, strict=True)
         for _ in range(n)
     ]
-    return ps, [e.ids for e in encoded], [e.dropped for e in encoded], rows
+    masks = None
+    if any(h for _, h in healed):
+        every = torch.ones(tok.vocab_size, dtype=torch.bool)
+        masks = torch.stack([h.allowed if h else every for _, h in healed])
+    return ps, [ids for ids, _ in healed], [e.dropped for e in encoded], rows, masks
 
 
 def _result(row: _Row, prompt: Prompt, dropped: int, trace: str) -> Completion:
@@ -194,6 +218,7 @@ def _result(row: _Row, prompt: Prompt, dropped: int, trace: str) -> Completion:
         prompt,
         dropped,
         row.trace if trace else None,
+        row.healed,
     )
 
 
@@ -209,8 +234,8 @@ def generate_batch(
 ) -> list[list[Completion]]:
     """`n` completions of each prompt, all in one batch. With `greedy_first`, the first
     sample of each batch is greedy (best-of-n then never does worse than greedy)."""
-    ps, ids, dropped, rows = _setup(model, tok, prompts, n, cfg, stops)
-    for _ in _decode(model, ids, rows, cfg, trace, greedy_first):
+    ps, ids, dropped, rows, masks = _setup(model, tok, prompts, n, cfg, stops)
+    for _ in _decode(model, ids, rows, cfg, trace, greedy_first, masks):
         pass
     return [[_result(rows[i * n + j], p, dropped[i], trace) for j in range(n)] for i, p in enumerate(ps)]
 
@@ -241,8 +266,9 @@ def generate(
 ) -> Stream:
     """Stream one completion of `prompt`. `trace`: "" | "top" (top-5 per token) | "lens"
     (also the logit lens). Errors in the prompt are raised here, before any streaming."""
-    ps, ids, dropped, rows = _setup(model, tok, [prompt], 1, cfg, stops)
-    return Stream(_decode(model, ids, rows, cfg, trace), rows[0], ps[0], dropped[0], trace)
+    ps, ids, dropped, rows, masks = _setup(model, tok, [prompt], 1, cfg, stops)
+    steps = _decode(model, ids, rows, cfg, trace, first_allowed=masks)
+    return Stream(steps, rows[0], ps[0], dropped[0], trace)
 
 
 def complete(

@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from codelm.errors import CodelmError
+from codelm.generate.healing import heal
 from codelm.generate.prompts import Prompt, encode_prompt, prompt_room
 from codelm.generate.sampling import SamplingConfig
 from codelm.generate.stopping import StopConfig, build_rules
@@ -139,11 +140,15 @@ class Service:
             ids, context, echo = self._encode(p, req, max_tokens)
             echoes.append(echo)
             rules = build_rules(stops, context, (), self.tok.decode, fim=req.suffix is not None)
+            healing = None
+            if isinstance(p, str) and not req.echo and req.logprobs is None:  # keep logprobs exact
+                ids, healing = heal(self.tok, ids)
             for i in range(n):
                 sampling = self._sampling(req, max_tokens, None if req.seed is None else req.seed + i)
                 job = Job(ids, min(max_tokens, self.block - len(ids)), sampling, sink, len(jobs), rules)
                 job.logprobs, job.deadline = req.logprobs, deadline
                 job.prompt_logprobs = bool(req.echo and req.logprobs is not None)
+                job.healing = healing
                 jobs.append(job)
         return jobs, echoes
 

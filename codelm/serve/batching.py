@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from codelm.generate.healing import Healing
 from codelm.generate.sampling import SamplingConfig, penalize, sample
 from codelm.generate.stopping import StopRule
 from codelm.model import Transformer
 from codelm.serve.decoder import SlotDecoder
-from codelm.serve.text import TextState, TokenBytes
+from codelm.serve.text import TextState
 from codelm.tokenizer import CodeTokenizer
 
 
@@ -77,6 +78,7 @@ class Job:
     prompt_logprobs: bool = False
     deadline: float = math.inf  # time.monotonic() past which it ends with stop rule "timeout"
     cancelled: bool = False
+    healing: Healing | None = None  # the first token re-spells the prompt's cut end (healing.py)
 
     def cancel(self) -> None:
         self.cancelled = True  # read by the scheduler thread at its next turn
@@ -116,7 +118,7 @@ class Scheduler:
         self.model, self.tok = model, tok
         self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
         self.dec = SlotDecoder(model, max_batch)
-        self.bytes_of = TokenBytes(tok)
+        self.bytes_of = tok.token_bytes
         self.special = frozenset(tok.special.values())
         self._waiting: collections.deque[Job] = collections.deque()
         self._rows: list[_Row] = []  # index == slot in self.dec
@@ -219,13 +221,18 @@ class Scheduler:
             gen = None
             if job.sampling.seed is not None:
                 gen = torch.Generator(device=self.dec.device).manual_seed(job.sampling.seed)
-            row = _Row(job, TextState(self.bytes_of, job.rules), gen)
+            skip = job.healing.size if job.healing else 0
+            row = _Row(job, TextState(self.bytes_of, job.rules, skip=skip), gen)
             if job.sampling.repetition_penalty != 1.0:
                 row.seen = torch.zeros_like(lg[-1:], dtype=torch.bool)
             self._rows.append(row)
             info = self._score_prompt(job, lg) if job.prompt_logprobs else None
             self._emit(job, Event("start", job.index, prompt_tokens=len(job.prompt), prompt_info=info))
-        self._advance(first, torch.stack([lg[-1] for lg in logits]))
+        last = [
+            lg[-1] if j.healing is None else lg[-1].masked_fill(~j.healing.allowed.to(lg.device), -math.inf)
+            for j, lg in zip(jobs, logits, strict=True)
+        ]
+        self._advance(first, torch.stack(last))
 
     def _step(self) -> None:
         logits = self.dec.step([r.last for r in self._rows])

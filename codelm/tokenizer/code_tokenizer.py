@@ -21,6 +21,7 @@ allow_special=True does here).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -30,7 +31,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from codelm.errors import CodelmError
 from codelm.tokenizer.encoder import PieceEncoder, is_code_pipeline
-from codelm.tokenizer.pretokenize import hf_pre_tokenizer, replace_surrogates
+from codelm.tokenizer.pretokenize import CHAR_TO_BYTE, hf_pre_tokenizer, replace_surrogates
 from codelm.tokenizer.units import UnitScanner, force_units
 
 EOT = "<|endoftext|>"
@@ -112,6 +113,20 @@ class CodeTokenizer:
 
     def id_to_token(self, i: int) -> str:
         return self.tok.id_to_token(i)
+
+    @functools.cached_property
+    def token_bytes(self) -> list[bytes]:
+        """The raw bytes of every id (a special token: its spelled-out name), built once:
+        a streamed completion then grows by one token in O(1)."""
+        special = set(self.special.values())
+        table = []
+        for i in range(self.vocab_size):
+            piece = self.id_to_token(i) or ""
+            if i not in special and all(c in CHAR_TO_BYTE for c in piece):
+                table.append(bytes(CHAR_TO_BYTE[c] for c in piece))
+            else:  # special tokens, or a tokenizer.json that is not byte-level
+                table.append(self.decode([i]).encode("utf-8"))
+        return table
 
     def save(self, path: str | Path) -> None:
         from codelm.fsutil import atomic_write_text

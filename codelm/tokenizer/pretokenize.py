@@ -16,7 +16,10 @@ a token:
   than plain BPE at 16k instead of 8.7%, but the demo's 5-minute model at 4k
   then scored 1.671 bits per byte on unseen code instead of 1.588);
 - brackets, commas, colons, semicolons and quotes form runs (`()`, `):`, `'),`)
-  that never include a letter, digit or operator character;
+  that never include a letter, digit or operator character, nor a newline
+  (measured: joining a block opener's `):` with the newline and indentation after
+  it, `):\n    `, gave 10.6% fewer tokens than plain BPE at 16k, but the demo's
+  5-minute model scored 1.493 bits per byte on unseen code instead of 1.401);
 - multi-character operators (`==`, `**=`, `->`, `...`) are pieces of their own
   (`codelm.tokenizer.units` then makes each a single token);
 - each digit is its own piece, so numbers never grow the vocabulary.
