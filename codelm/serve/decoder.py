@@ -51,7 +51,7 @@ class SlotDecoder:
     def device(self) -> torch.device:
         return self.k.device
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], every: list[bool] | None = None) -> list[torch.Tensor]:
         """Add one row per prompt (slots n, n+1, ...); return each prompt's logits: at its last
         position (1, vocab), or at every position (T_i, vocab) where `every[i]` is set."""
@@ -69,7 +69,7 @@ class SlotDecoder:
         return [self._logits(hidden[i, : len(p)] if all_ else hidden[i, len(p) - 1 : len(p)])
                 for i, (p, all_) in enumerate(zip(prompts, every, strict=True))]  # fmt: skip
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, tokens: list[int]) -> torch.Tensor:
         """Feed one new token to each active row (in slot order); return logits (n, vocab)."""
         if len(tokens) != self.n:
