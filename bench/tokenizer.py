@@ -83,7 +83,11 @@ def cpu_seconds() -> float:
     total = time.process_time() + ended.ru_utime + ended.ru_stime
     tick = os.sysconf("SC_CLK_TCK")
     for listing in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
-        for pid in Path(listing).read_text().split():
+        try:
+            children = Path(listing).read_text().split()
+        except OSError:  # the thread ended since the listing
+            continue
+        for pid in children:
             try:  # fields after the command's ")": utime and stime are the 12th and 13th
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 total += (int(fields[11]) + int(fields[12])) / tick

@@ -25,10 +25,9 @@ from codelm.train.config import TrainConfig
 from codelm.train.loop import train
 
 # A signature and a docstring, as a user would write them: a 5-minute model given a bare
-# signature mostly writes a docstring of its own, and with one it attempts the body. Each
-# prompt ends at the docstring's quotes, not at a newline: the tokenizer joins a newline with
-# the next line's indent, so a prompt cut after "\n" ends in a token training never showed
-# there, and the model then mostly ends the text.
+# signature mostly writes a docstring of its own, and with one it attempts the body. A prompt
+# may end after a newline too: token healing (generate/healing.py) lets the model re-spell it
+# with the next line's indent (bench/healing.py: the same scores either way).
 PROMPTS = (
     'def add(a, b):\n    """Return the sum of a and b."""',
     'def is_palindrome(s):\n    """Return True if s reads the same forwards and backwards."""',
