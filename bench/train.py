@@ -2,9 +2,12 @@
 LlamaForCausalLM (the same RoPE/RMSNorm/SwiGLU architecture) at the same sizes, batch and
 precision; plus model FLOP utilisation against a matmul peak measured in the same run.
 
-    .venv/bin/python bench/train.py [--preset small] [--vocab 16384] [--batch 8] [--seq 256] [--reps 5]
+    .venv/bin/python bench/train.py [--preset small] [--vocab 16384] [--batch B] [--seq T] [--reps 5]
 
-Both models take a full step (forward, backward, AdamW) on the same random batch.
+Both models take a full step (forward, backward, AdamW) on the same random batch. By
+default the sequences are the preset's context (`small`: 512), as `codelm train` cuts
+its windows, and the batch holds 2,048 tokens (4 x 512 for `small`); MEASURED.md's
+reference shape is `--batch 8 --seq 256`.
 Steps alternate between the engines so that noise from other processes hits both.
 """
 
@@ -42,8 +45,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="small")
     ap.add_argument("--vocab", type=int, default=16384)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=0, help="default: 2048 tokens / seq")
+    ap.add_argument("--seq", type=int, default=0, help="default: the preset's context")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--compile", action="store_true", help="also time codelm under torch.compile")
@@ -56,6 +59,8 @@ def main() -> None:
     keep_freed_memory()
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset(a.preset, vocab_size=a.vocab)
+    a.seq = a.seq or cfg.block_size
+    a.batch = a.batch or max(1, 2048 // a.seq)
     x = torch.randint(0, a.vocab, (a.batch, a.seq))
     y = torch.roll(x, -1, 1)
     tcfg = TrainConfig(lr=1e-4, optimizer=a.optimizer)

@@ -248,6 +248,9 @@ def test_instruction_mode_and_stop_rules_match_the_generator(server, run_dir, to
         )
         assert r.json()["choices"][0]["text"] == ref.text
         assert r.json()["choices"][0]["stop_rule"] == ref.stop_reason
+        assert ref.healed == "\n"  # healed on both sides; usage counts the prompt as sent
+        room = prompt_room(BLOCK, 40)
+        assert r.json()["usage"]["prompt_tokens"] == len(encode_prompt(tok, Prompt(prompt_text), room).ids)
 
 
 def test_concurrent_requests_share_batches_and_match_single_ones(server, monkeypatch):

@@ -80,6 +80,11 @@ class Job:
     cancelled: bool = False
     healing: Healing | None = None  # the first token re-spells the prompt's cut end (healing.py)
 
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's tokens as sent, the one that healing took off included (for usage)."""
+        return len(self.prompt) + (self.healing is not None)
+
     def cancel(self) -> None:
         self.cancelled = True  # read by the scheduler thread at its next turn
 
@@ -227,7 +232,7 @@ class Scheduler:
                 row.seen = torch.zeros_like(lg[-1:], dtype=torch.bool)
             self._rows.append(row)
             info = self._score_prompt(job, lg) if job.prompt_logprobs else None
-            self._emit(job, Event("start", job.index, prompt_tokens=len(job.prompt), prompt_info=info))
+            self._emit(job, Event("start", job.index, prompt_tokens=job.prompt_tokens, prompt_info=info))
         last = [
             lg[-1] if j.healing is None else lg[-1].masked_fill(~j.healing.allowed.to(lg.device), -math.inf)
             for j, lg in zip(jobs, logits, strict=True)
@@ -316,7 +321,7 @@ class Scheduler:
             row.text.finish()
         text, n = row.text.take(final=True)
         tokens = row.infos[row.given : n]
-        ev = Event("done", job.index, text, tokens, why, len(job.prompt), row.generated)
+        ev = Event("done", job.index, text, tokens, why, job.prompt_tokens, row.generated)
         self._emit(job, ev)
 
     def _score_prompt(self, job: Job, logits: torch.Tensor) -> list[TokenInfo]:
