@@ -118,6 +118,8 @@ class CodeTokenizer:
     def token_bytes(self) -> list[bytes]:
         """The raw bytes of every id (a special token: its spelled-out name), built once:
         a streamed completion then grows by one token in O(1)."""
+        if self._fast is not None and len(self._fast.token_bytes) == self.vocab_size:
+            return self._fast.token_bytes  # the fast encoder's decode table: the same bytes
         special = set(self.special.values())
         table = []
         for i in range(self.vocab_size):

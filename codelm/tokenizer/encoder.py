@@ -103,7 +103,7 @@ class PieceEncoder:
             table[i] = bytes(CHAR_TO_BYTE[c] for c in tok) if tok not in special else tok.encode()
         for tok, i in special.items():
             table[i] = tok.encode()
-        self._bytes = table
+        self.token_bytes = table  # id -> raw bytes (a special token: its name)
 
     def _bpe_of(self, piece: str) -> tuple[int, ...]:
         return tuple(t.id for t in self._bpe.tokenize(to_byte_level(piece)))
@@ -167,9 +167,11 @@ class PieceEncoder:
         if ids and min(ids) < 0:
             raise ValueError(f"token id {min(ids)} is negative")
         try:
-            data = b"".join(map(self._bytes.__getitem__, ids))
+            data = b"".join(map(self.token_bytes.__getitem__, ids))
         except IndexError:
-            raise ValueError(f"token id {max(ids)} is outside the vocabulary ({len(self._bytes)})") from None
+            raise ValueError(
+                f"token id {max(ids)} is outside the vocabulary ({len(self.token_bytes)})"
+            ) from None
         # "replace" substitutes maximal invalid subparts, as HF (Rust's from_utf8_lossy) does
         return data.decode("utf-8", "replace")
 
