@@ -13,7 +13,7 @@ if nothing had been removed.
 
 It does not heal a prompt that ends with a special token (fill-in-the-middle, an
 instruction with no code start) or holds a single token, nor one whose last token
-no longer token begins with (nothing to gain), nor one whose last token is not whole
+begins no longer token (nothing to gain), nor one whose last token is not whole
 UTF-8 (a character cut in two: its text is not exact).
 """
 

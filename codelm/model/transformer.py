@@ -77,8 +77,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     so do fp32 (where that kernel is faster), inference and CUDA.
     """
     T = q.shape[-2]
-    explicit = q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
-    if not (explicit and T <= 512):
+    cpu_bf16_training = q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+    if not cpu_bf16_training or T > 512:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     future = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)  # (T, T)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + future  # (B, H, T, T)
