@@ -33,7 +33,7 @@ from common import copy_bandwidth, llama_config, summary  # noqa: E402
 from codelm.generate.generator import generate_ids  # noqa: E402
 from codelm.generate.quantize import prepare_model  # noqa: E402
 from codelm.generate.sampling import SamplingConfig  # noqa: E402
-from codelm.model import ModelConfig, Transformer  # noqa: E402
+from codelm.model import ModelConfig, Transformer, native  # noqa: E402
 
 
 def to_llama(model: Transformer):
@@ -169,6 +169,8 @@ def main() -> None:
     a = ap.parse_args()
     a.weights = a.weights.split(",")
     print(f"{torch.get_num_threads()} threads; bandwidth: a 1 GiB copy, bytes read + written")
+    print("codelm's native kernels (int8 GEMV, one-token attention): "
+          + ("yes" if native.available() else f"no, aten's instead ({native.reason()})"))  # fmt: skip
     for name in a.presets.split(","):
         bench_preset(name, a)
 

@@ -11,6 +11,10 @@ import sys
 
 from codelm.errors import CodelmError
 
+# The formats of codelm.generate.quantize.WEIGHTS (a test checks they agree), written out so
+# that parsing arguments does not import torch.
+WEIGHT_CHOICES = ["auto", "fp32", "bf16", "int8"]
+
 
 def _demo(a: argparse.Namespace) -> None:
     from codelm.demo import DemoConfig, run_demo
@@ -304,7 +308,7 @@ def _generate_parser(sub) -> None:
     g.add_argument(
         "--weights",
         default="auto",
-        choices=["auto", "fp32", "bf16", "int8"],
+        choices=WEIGHT_CHOICES,
         help="inference weights; auto: int8 on CPU for models over 1M parameters (default: auto)",
     )
     g.set_defaults(func=_generate)
@@ -323,9 +327,7 @@ def _serve_parser(sub) -> None:
     sv.add_argument("--timeout", type=float, default=120.0, help="seconds per request, queue wait included")
     sv.add_argument("--model-name", default=None, help="model id in the API (default: the run's name)")
     sv.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    sv.add_argument(
-        "--weights", default="auto", choices=["auto", "fp32", "bf16", "int8"], help="as in generate"
-    )
+    sv.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES, help="as in generate")
     sv.set_defaults(func=_serve)
 
 

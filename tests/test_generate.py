@@ -426,17 +426,35 @@ def test_trace_lists_top_candidates_and_a_logit_lens(tokenizer):
 # --- inference weights -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("width", [64, 40])  # 40: the int8 kernel cannot, dequantizing must
-def test_int8_and_bf16_weights_stay_close_to_fp32(width):
-    from codelm.generate.quantize import Int8Linear, prepare_model
-    from codelm.model import ModelConfig, Transformer
+def _exact(q) -> torch.Tensor:
+    """The weights an Int8Linear stands for, in fp32."""
+    from codelm.model import native
 
+    w = native.unpack_int8(q.q) if q.native else q.q
+    return w.float() * q.scale.float()[:, None]
+
+
+@pytest.mark.parametrize("path", ["native", "aten"])
+@pytest.mark.parametrize("width", [64, 40])  # 40: neither kernel takes it, dequantizing must
+def test_int8_and_bf16_weights_stay_close_to_fp32(width, path, monkeypatch):
+    from codelm.generate.quantize import Int8Linear, prepare_model
+    from codelm.model import ModelConfig, Transformer, native
+
+    if path == "native" and not native.available():
+        pytest.skip(f"codelm's kernels are not available here: {native.reason()}")
+    if path == "aten":
+        monkeypatch.setattr(native, "available", lambda: False)
     torch.manual_seed(0)
     lin = torch.nn.Linear(width, 48, bias=False)
-    x = torch.randn(3, width)
+    x = torch.randn(40, width)
     q = Int8Linear(lin)
-    assert q.kernel == (width % 32 == 0)
-    for rows in (x[:1], x):  # the kernel path, and the dequantizing path
+    assert q.native == (path == "native" and width % 16 == 0)
+    assert q.kernel == (path == "aten" and width % 32 == 0)
+    exact = _exact(q)
+    assert (exact - lin.weight).abs().max() <= q.scale.float().max() / 2 + 1e-6  # rounding, no more
+    for rows in (x[:1], x[:5], x):  # the kernels (one row, several), and dequantizing (40 rows)
+        tol = 1e-5 if q.native and len(rows) <= 32 else 0.01  # the others compute in bf16
+        assert (q(rows) - rows @ exact.t()).abs().max() <= tol * (rows @ exact.t()).abs().max()
         assert (q(rows) - lin(rows)).abs().max() < 0.02 * lin(rows).abs().max()
     model = Transformer(ModelConfig(vocab_size=97, n_layer=2, n_head=2, n_embd=width, block_size=32)).eval()
     idx = torch.randint(0, 97, (1, 12))
@@ -448,6 +466,15 @@ def test_int8_and_bf16_weights_stay_close_to_fp32(width):
     assert prepare_model(model, "auto") is model  # below 1M parameters fp32 is exact and as fast
     with pytest.raises(CodelmError):
         prepare_model(model, "int4")
+
+
+def test_int8_tiles_round_trip():
+    from codelm.model import native
+
+    q = torch.randint(-127, 128, (12, 48), dtype=torch.int8)
+    tiles = native.pack_int8(q)
+    assert tiles.shape == (3, 3, 4, 16) and torch.equal(tiles[1, 2, 3], q[7, 32:48])
+    assert torch.equal(native.unpack_int8(tiles), q)
 
 
 # --- the command line --------------------------------------------------------------------------

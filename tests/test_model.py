@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_json
-from codelm.model import ModelConfig, Transformer
+from codelm.model import ModelConfig, Transformer, native
 from codelm.model.io import load_model, save_weights
-from codelm.model.transformer import causal_attention
+from codelm.model.transformer import causal_attention, one_token_attention
 
 
 @pytest.mark.parametrize("pos,norm,mlp", [("rope", "rmsnorm", "swiglu"), ("learned", "layernorm", "gelu")])
@@ -58,6 +58,41 @@ def test_kv_cache_decoding_equals_full_recomputation(tiny_model):
     parts = [tiny_model(x[:, :13], cache), tiny_model(x[:, 13:21], cache)]
     parts += [tiny_model(x[:, t : t + 1], cache) for t in range(21, 40)]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.reason()}")
+
+
+@needs_native
+@pytest.mark.parametrize("B,H,S,D", [(1, 12, 600, 64), (3, 2, 1, 16), (2, 4, 33, 32), (1, 2, 17, 48)])
+def test_native_one_token_attention_matches_sdpa(B, H, S, D):
+    torch.manual_seed(0)
+    k_cache, v_cache = torch.randn(2, B, H, 700, D) * 3  # read through slices, as from a KVCache
+    k, v = k_cache[:, :, :S], v_cache[:, :, :S]
+    q = torch.randn(B, H, 1, D) * 3  # large scores: the softmax's exp is exercised far from 0
+    got = torch.ops.codelm.attend_one(q, k, v)
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
+    assert torch.equal(one_token_attention(q, k, v), got)  # the model takes the kernel here
+
+
+def test_native_kernels_can_be_turned_off_or_fail_to_build(monkeypatch, tmp_path):
+    """Either way `available()` says no, with a reason, and the model still decodes (via aten)."""
+    try:
+        monkeypatch.setenv("CODELM_NATIVE", "0")
+        native.available.cache_clear()
+        assert not native.available() and native.reason() == "CODELM_NATIVE=0"
+        monkeypatch.delenv("CODELM_NATIVE")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached build: compile afresh
+        monkeypatch.setenv("CXX", "false")  # a compiler that always fails
+        native.available.cache_clear()
+        if native._cpu_flags() and "avx512f" in native._cpu_flags().split():
+            assert not native.available() and "compiling kernels.cpp failed" in native.reason()
+            assert not list(tmp_path.rglob("*.so"))  # nothing half-written is left to load
+        q, k, v = torch.randn(3, 1, 2, 5, 16)
+        q = q[:, :, :1]
+        torch.testing.assert_close(one_token_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    finally:
+        native.available.cache_clear()
 
 
 def test_head_is_tied_and_presets_have_expected_sizes():

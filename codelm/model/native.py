@@ -1,0 +1,117 @@
+"""codelm's own CPU kernels (kernels.cpp): built with the system's C++ compiler on first use.
+
+`available()` compiles kernels.cpp once per machine, source and torch version into
+~/.cache/codelm (or $XDG_CACHE_HOME/codelm; about 10 s), loads it, and registers
+`torch.ops.codelm.int8_linear` and `attend_one`. It returns False, with the reason
+in `reason()`, where that cannot work: not x86-64 Linux, no AVX-512, no compiler, a
+failed build, or CODELM_NATIVE=0 in the environment. Callers then use aten's kernels.
+
+The library is built with -march=native for the CPU it runs on, so the cache key
+includes the CPU's flags: a home directory shared by different machines gets one
+build per kind of CPU. A build is written under a temporary name and renamed, so
+concurrent first uses do not load a half-written file.
+
+`pack_int8` puts int8 weights in the kernel's tile order (see kernels.cpp).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels.cpp")
+TILE = 4  # rows per tile: R in kernels.cpp
+
+_reason = ""
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "codelm"
+
+
+def _compile(out: Path) -> None:
+    from torch.utils.cpp_extension import include_paths
+
+    lib = Path(torch.__file__).parent / "lib"
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    cmd = [os.environ.get("CXX", "g++"), "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+    cmd += [f"-D_GLIBCXX_USE_CXX11_ABI={abi}"] + [f"-I{p}" for p in include_paths()]
+    cmd += [str(SOURCE), "-o", str(out), f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"compiling {SOURCE.name} failed: {last}")
+
+
+def _build() -> Path:
+    flags = _cpu_flags()
+    key = hashlib.sha256(
+        b"\0".join(s.encode() for s in (SOURCE.read_text(), torch.__version__, sys.version, flags))
+    ).hexdigest()[:16]
+    out = _cache_dir() / f"kernels-{key}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        print("codelm: compiling CPU kernels for this machine (once, about 10 s)", file=sys.stderr)
+        try:
+            _compile(Path(tmp))
+            os.replace(tmp, out)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return out
+
+
+@functools.cache
+def available() -> bool:
+    """Whether codelm's kernels are loaded (built first if needed); see `reason()` if not."""
+    global _reason
+    if os.environ.get("CODELM_NATIVE", "1") == "0":
+        _reason = "CODELM_NATIVE=0"
+    elif sys.platform != "linux" or platform.machine() != "x86_64":
+        _reason = f"built for x86-64 Linux only, not {sys.platform}/{platform.machine()}"
+    elif "avx512f" not in _cpu_flags().split():
+        _reason = "this CPU has no AVX-512"
+    else:
+        try:
+            torch.ops.load_library(str(_build()))
+            return hasattr(torch.ops.codelm, "attend_one")
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            _reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return False
+
+
+def reason() -> str:
+    """Why `available()` is False ("" when it is True or was not asked)."""
+    return _reason
+
+
+def pack_int8(q: torch.Tensor) -> torch.Tensor:
+    """(N, K) int8 -> the int8 kernel's tiles (N/4, K/16, 4, 16)."""
+    N, K = q.shape
+    return q.view(N // TILE, TILE, K // 16, 16).transpose(1, 2).contiguous()
+
+
+def unpack_int8(tiles: torch.Tensor) -> torch.Tensor:
+    """The inverse of `pack_int8`."""
+    B, KB, _, _ = tiles.shape
+    return tiles.transpose(1, 2).reshape(B * TILE, KB * 16)
