@@ -468,6 +468,13 @@ def test_int8_and_bf16_weights_stay_close_to_fp32(width, path, monkeypatch):
         prepare_model(model, "int4")
 
 
+def test_cli_offers_the_weight_formats_of_quantize():
+    from codelm.cli import WEIGHT_CHOICES
+    from codelm.generate.quantize import WEIGHTS
+
+    assert WEIGHT_CHOICES == list(WEIGHTS)
+
+
 def test_int8_tiles_round_trip():
     from codelm.model import native
 

@@ -73,6 +73,11 @@ def test_native_one_token_attention_matches_sdpa(B, H, S, D):
     got = torch.ops.codelm.attend_one(q, k, v)
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
     assert torch.equal(one_token_attention(q, k, v), got)  # the model takes the kernel here
+    lens = torch.randint(1, S + 1, (B,))  # the server's rows: each sees its own first lens[b]
+    got = torch.ops.codelm.attend_one(q, k, v, lens)
+    for b, n in enumerate(lens.tolist()):
+        want = F.scaled_dot_product_attention(q[b], k[b, :, :n], v[b, :, :n])
+        torch.testing.assert_close(got[b], want, atol=1e-5, rtol=1e-5)
 
 
 def test_native_kernels_can_be_turned_off_or_fail_to_build(monkeypatch, tmp_path):
@@ -88,9 +93,11 @@ def test_native_kernels_can_be_turned_off_or_fail_to_build(monkeypatch, tmp_path
         if native._cpu_flags() and "avx512f" in native._cpu_flags().split():
             assert not native.available() and "compiling kernels.cpp failed" in native.reason()
             assert not list(tmp_path.rglob("*.so"))  # nothing half-written is left to load
-        q, k, v = torch.randn(3, 1, 2, 5, 16)
+        q, k, v = torch.randn(3, 2, 2, 5, 16)
         q = q[:, :, :1]
         torch.testing.assert_close(one_token_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+        got = one_token_attention(q, k, v, torch.tensor([5, 2]))
+        torch.testing.assert_close(got[1], F.scaled_dot_product_attention(q[1], k[1, :, :2], v[1, :, :2]))
     finally:
         native.available.cache_clear()
 

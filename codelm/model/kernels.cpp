@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -153,12 +154,20 @@ void attend_head(const float* q, const float* k, const float* v, int64_t S, int6
 }
 
 // q (B, H, 1, D); k, v (B, H, S, D) with rows of D contiguous floats (slices of the cache).
-at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+// With `lens` (B) int64, row b attends to its first lens[b] positions only (the server's rows).
+at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const std::optional<at::Tensor>& lens) {
   TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.scalar_type() == at::kFloat, "q must be (B, H, 1, D) float");
   TORCH_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides() && k.scalar_type() == at::kFloat, "bad k, v");
   int64_t B = q.size(0), H = q.size(1), D = q.size(3), S = k.size(2);
   TORCH_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == D && D % 16 == 0, "k, v do not match q");
   TORCH_CHECK(k.stride(3) == 1 && k.stride(2) == D && v.stride(3) == 1, "k, v rows must be contiguous");
+  at::Tensor lc;
+  if (lens) {
+    lc = lens->to(at::kLong).contiguous();
+    TORCH_CHECK(lc.numel() == B && lc.min().item<int64_t>() >= 1 && lc.max().item<int64_t>() <= S, "bad lens");
+  }
+  const int64_t* lp = lens ? lc.data_ptr<int64_t>() : nullptr;
   auto qc = q.contiguous();
   auto out = at::empty_like(qc);
   const float *qp = qc.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
@@ -169,7 +178,7 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
     std::vector<float> scores(S + 16);
     for (int64_t i = i0; i < i1; ++i) {
       int64_t b = i / H, h = i % H, off = b * sb + h * sh;
-      attend_head(qp + i * D, kp + off, vp + off, S, D, scale, scores.data(), op + i * D);
+      attend_head(qp + i * D, kp + off, vp + off, lp ? lp[b] : S, D, scale, scores.data(), op + i * D);
     }
   });
   return out;
@@ -178,7 +187,7 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 }  // namespace
 
 TORCH_LIBRARY(codelm, m) {
-  m.def("attend_one(Tensor q, Tensor k, Tensor v) -> Tensor", &attend_one);
+  m.def("attend_one(Tensor q, Tensor k, Tensor v, Tensor? lens=None) -> Tensor", &attend_one);
   m.def("int8_linear(Tensor x, Tensor q, Tensor scale) -> Tensor", &int8_linear);
 }
 #endif

@@ -88,8 +88,11 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     return torch.softmax(scores, dim=-1) @ v  # softmax accumulates in float internally
 
 
-def one_token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention of one new token per row, q (B, H, 1, D), over all cached k, v (B, H, S, D).
+def one_token_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention of one new token per row, q (B, H, 1, D), over cached k, v (B, H, S, D):
+    all S positions, or row b's first lens[b] (B,) ones.
 
     Decoding reads the whole cache once per token. On CPU codelm's kernel (native.py)
     reads it faster than torch's flash kernel for CPU: about 100 against 155-250 us per
@@ -104,8 +107,9 @@ def one_token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
         and v.stride() == k.stride()
         and native.available()
     ):
-        return torch.ops.codelm.attend_one(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v)
+        return torch.ops.codelm.attend_one(q, k, v, lens)
+    mask = None if lens is None else (torch.arange(k.size(2), device=k.device) < lens[:, None])[:, None, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class Attention(nn.Module):

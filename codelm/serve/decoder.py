@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from codelm.model import Transformer
-from codelm.model.transformer import apply_rope
+from codelm.model.transformer import apply_rope, one_token_attention
 
 
 class SlotDecoder:
@@ -126,7 +126,10 @@ class SlotDecoder:
             self.v[layer][rows, :, pos] = v.transpose(1, 2)
             keys = self.k[layer, first : first + B, :, :span]
             values = self.v[layer, first : first + B, :, :span]
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            if T == 1:  # a decode step: each row sees its own first pos + 1 keys
+                y = one_token_attention(q, keys, values, pos[:, 0] + 1)
+            else:
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, H * D))
             x = x + block.mlp(block.norm2(x))
         return x
