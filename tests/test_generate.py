@@ -461,6 +461,7 @@ def test_int8_and_bf16_weights_stay_close_to_fp32(width, path, monkeypatch):
     for weights in ("int8", "bf16"):
         fast = prepare_model(model, weights)
         assert isinstance(model.head, torch.nn.Linear)  # the original is left as it was
+        assert fast.kv_dtype == (torch.bfloat16 if path == "native" else None) and model.kv_dtype is None
         torch.testing.assert_close(fast(idx), model(idx), atol=0.05, rtol=0.05)
         assert fast.head.weight.dtype == torch.float32
     assert prepare_model(model, "auto") is model  # below 1M parameters fp32 is exact and as fast
@@ -472,7 +473,7 @@ def test_cli_offers_the_weight_formats_of_quantize():
     from codelm.cli import WEIGHT_CHOICES
     from codelm.generate.quantize import WEIGHTS
 
-    assert WEIGHT_CHOICES == list(WEIGHTS)
+    assert list(WEIGHTS) == WEIGHT_CHOICES
 
 
 def test_int8_tiles_round_trip():

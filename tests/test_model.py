@@ -51,32 +51,38 @@ def test_explicit_bf16_training_attention_matches_the_flash_kernel():
     assert torch.equal(out2[:, :, :30], out.detach()[:, :, :30])
 
 
-def test_kv_cache_decoding_equals_full_recomputation(tiny_model):
+@pytest.mark.parametrize("kv", [None, torch.bfloat16])
+def test_kv_cache_decoding_equals_full_recomputation(tiny_model, kv):
+    tiny_model.kv_dtype = kv  # bf16: generation's cache on CPU (quantize.py)
     x = torch.randint(0, 97, (2, 40))
     full = tiny_model(x)
     cache = tiny_model.new_cache(2)
+    assert cache.k.dtype == (kv or torch.float32)
     parts = [tiny_model(x[:, :13], cache), tiny_model(x[:, 13:21], cache)]
     parts += [tiny_model(x[:, t : t + 1], cache) for t in range(21, 40)]
-    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    tol = 1e-5 if kv is None else 2e-2  # keys and values rounded to bf16's 8 bits
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=tol, rtol=tol)
 
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.reason()}")
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B,H,S,D", [(1, 12, 600, 64), (3, 2, 1, 16), (2, 4, 33, 32), (1, 2, 17, 48)])
-def test_native_one_token_attention_matches_sdpa(B, H, S, D):
+def test_native_one_token_attention_matches_sdpa(B, H, S, D, dtype):
     torch.manual_seed(0)
-    k_cache, v_cache = torch.randn(2, B, H, 700, D) * 3  # read through slices, as from a KVCache
+    k_cache, v_cache = (torch.randn(2, B, H, 700, D) * 3).to(dtype)  # sliced, as from a KVCache
     k, v = k_cache[:, :, :S], v_cache[:, :, :S]
+    kf, vf = k.float(), v.float()  # the same values: a bf16 cache is read exactly
     q = torch.randn(B, H, 1, D) * 3  # large scores: the softmax's exp is exercised far from 0
     got = torch.ops.codelm.attend_one(q, k, v)
-    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, kf, vf), atol=1e-5, rtol=1e-5)
     assert torch.equal(one_token_attention(q, k, v), got)  # the model takes the kernel here
     lens = torch.randint(1, S + 1, (B,))  # the server's rows: each sees its own first lens[b]
     got = torch.ops.codelm.attend_one(q, k, v, lens)
     for b, n in enumerate(lens.tolist()):
-        want = F.scaled_dot_product_attention(q[b], k[b, :, :n], v[b, :, :n])
+        want = F.scaled_dot_product_attention(q[b], kf[b, :, :n], vf[b, :, :n])
         torch.testing.assert_close(got[b], want, atol=1e-5, rtol=1e-5)
 
 

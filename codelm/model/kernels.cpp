@@ -104,30 +104,38 @@ inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// 16 cache values as floats: a cache holds float or bf16 (a bf16 is a float's high half).
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::BFloat16* p) {
+  __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+
 // out (C * 16) = sum over t of p[t] * v[t], the rows of v read once each, in order.
-template <int C>
-void weighted_rows(const float* p, const float* v, int64_t S, float inv, float* out) {
+template <int C, typename T>
+void weighted_rows(const float* p, const T* v, int64_t S, float inv, float* out) {
   __m512 a[C];
   for (int c = 0; c < C; ++c) a[c] = _mm512_setzero_ps();
   for (int64_t t = 0; t < S; ++t) {
     __m512 w = _mm512_set1_ps(p[t]);
     for (int c = 0; c < C; ++c) {
       _mm_prefetch(reinterpret_cast<const char*>(v + t * C * 16 + c * 16) + PREFETCH, _MM_HINT_T0);
-      a[c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + t * C * 16 + c * 16), a[c]);
+      a[c] = _mm512_fmadd_ps(w, load16(v + t * C * 16 + c * 16), a[c]);
     }
   }
   for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + c * 16, _mm512_mul_ps(a[c], _mm512_set1_ps(inv)));
 }
 
 // One query row attending over S keys/values of one head: out (D) = softmax(q k^T * scale) v.
-void attend_head(const float* q, const float* k, const float* v, int64_t S, int64_t D, float scale, float* scores,
+template <typename T>
+void attend_head(const float* q, const T* k, const T* v, int64_t S, int64_t D, float scale, float* scores,
                  float* out) {
   float top = -INFINITY;
   for (int64_t t = 0; t < S; ++t) {
-    const float* kt = k + t * D;
+    const T* kt = k + t * D;
     for (int64_t d = 0; d < D; d += 16) _mm_prefetch(reinterpret_cast<const char*>(kt + d) + PREFETCH, _MM_HINT_T0);
-    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(kt));
-    for (int64_t d = 16; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(kt + d), a);
+    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(q), load16(kt));
+    for (int64_t d = 16; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), load16(kt + d), a);
     scores[t] = _mm512_reduce_add_ps(a) * scale;
     top = std::max(top, scores[t]);
   }
@@ -148,20 +156,34 @@ void attend_head(const float* q, const float* k, const float* v, int64_t S, int6
   }
   for (int64_t d = 0; d < D; d += 16) {
     __m512 a = _mm512_setzero_ps();
-    for (int64_t t = 0; t < S; ++t) a = _mm512_fmadd_ps(_mm512_set1_ps(scores[t]), _mm512_loadu_ps(v + t * D + d), a);
+    for (int64_t t = 0; t < S; ++t) a = _mm512_fmadd_ps(_mm512_set1_ps(scores[t]), load16(v + t * D + d), a);
     _mm512_storeu_ps(out + d, _mm512_mul_ps(a, _mm512_set1_ps(inv)));
   }
 }
 
-// q (B, H, 1, D); k, v (B, H, S, D) with rows of D contiguous floats (slices of the cache).
-// With `lens` (B) int64, row b attends to its first lens[b] positions only (the server's rows).
+template <typename T>
+void attend_rows(const float* qp, const T* kp, const T* vp, const int64_t* lens, int64_t B, int64_t H, int64_t S,
+                 int64_t D, int64_t sb, int64_t sh, float* op) {
+  float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scores(S + 16);
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t b = i / H, h = i % H, off = b * sb + h * sh;
+      attend_head(qp + i * D, kp + off, vp + off, lens ? lens[b] : S, D, scale, scores.data(), op + i * D);
+    }
+  });
+}
+
+// q (B, H, 1, D) float; k, v (B, H, S, D) float or bf16, rows of D contiguous values (slices
+// of the cache). With `lens` (B), row b attends to its first lens[b] positions only (the
+// server's rows, each at its own length).
 at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                       const std::optional<at::Tensor>& lens) {
   TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.scalar_type() == at::kFloat, "q must be (B, H, 1, D) float");
-  TORCH_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides() && k.scalar_type() == at::kFloat, "bad k, v");
+  TORCH_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides() && k.scalar_type() == v.scalar_type(), "bad k, v");
   int64_t B = q.size(0), H = q.size(1), D = q.size(3), S = k.size(2);
   TORCH_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == D && D % 16 == 0, "k, v do not match q");
-  TORCH_CHECK(k.stride(3) == 1 && k.stride(2) == D && v.stride(3) == 1, "k, v rows must be contiguous");
+  TORCH_CHECK(k.stride(3) == 1 && k.stride(2) == D, "k, v rows must be contiguous");
   at::Tensor lc;
   if (lens) {
     lc = lens->to(at::kLong).contiguous();
@@ -170,17 +192,14 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const int64_t* lp = lens ? lc.data_ptr<int64_t>() : nullptr;
   auto qc = q.contiguous();
   auto out = at::empty_like(qc);
-  const float *qp = qc.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  int64_t sb = k.stride(0), sh = k.stride(1);
-  float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> scores(S + 16);
-    for (int64_t i = i0; i < i1; ++i) {
-      int64_t b = i / H, h = i % H, off = b * sb + h * sh;
-      attend_head(qp + i * D, kp + off, vp + off, lp ? lp[b] : S, D, scale, scores.data(), op + i * D);
-    }
-  });
+  if (k.scalar_type() == at::kFloat)
+    attend_rows(qc.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), lp, B, H, S, D, k.stride(0),
+                k.stride(1), out.data_ptr<float>());
+  else if (k.scalar_type() == at::kBFloat16)
+    attend_rows(qc.data_ptr<float>(), k.data_ptr<at::BFloat16>(), v.data_ptr<at::BFloat16>(), lp, B, H, S, D,
+                k.stride(0), k.stride(1), out.data_ptr<float>());
+  else
+    TORCH_CHECK(false, "k, v must be float or bf16");
   return out;
 }
 

@@ -95,12 +95,14 @@ def one_token_attention(
     all S positions, or row b's first lens[b] (B,) ones.
 
     Decoding reads the whole cache once per token. On CPU codelm's kernel (native.py)
-    reads it faster than torch's flash kernel for CPU: about 100 against 155-250 us per
-    `base` layer at 600 positions, the cache cold as in a real step (2 cores).
+    reads it faster than torch's flash kernel for CPU: about 95 against 155-250 us per
+    `base` layer at 600 positions, the cache cold as in a real step (2 cores), and 54 us
+    from a bf16 cache (Transformer.kv_dtype), which torch's kernels read slower than fp32.
     """
     if (
         q.device.type == "cpu"
-        and q.dtype == k.dtype == torch.float32
+        and q.dtype == torch.float32
+        and k.dtype in (torch.float32, torch.bfloat16)
         and q.shape[-1] % 16 == 0
         and k.stride(-1) == 1
         and k.stride(-2) == q.shape[-1]
@@ -109,7 +111,7 @@ def one_token_attention(
     ):
         return torch.ops.codelm.attend_one(q, k, v, lens)
     mask = None if lens is None else (torch.arange(k.size(2), device=k.device) < lens[:, None])[:, None, None]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k.type_as(q), v.type_as(q), attn_mask=mask)
 
 
 class Attention(nn.Module):
@@ -135,16 +137,20 @@ class Attention(nn.Module):
         past = 0
         if cache is not None:
             past = cache.pos
-            k, v = cache.update(self.layer, k, v)  # (B, H, past + T, D)
-        if mask is not None:  # left-padded rows: the mask is causal too
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif past == 0:
-            y = causal_attention(q, k, v)
-        elif T == 1:  # one new token sees every cached one
+            stored = cache.update(self.layer, k, v)  # (B, H, past + T, D), in the cache's dtype
+            if past:  # earlier positions live only in the cache
+                k, v = stored
+        if T == 1 and past and mask is None:  # one new token sees every cached one
             y = one_token_attention(q, k, v)
-        else:  # a chunk after a prefix: row i sees keys 0 .. past + i
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            k, v = k.type_as(q), v.type_as(q)  # a bf16 cache (Transformer.kv_dtype) computes in float
+            if mask is not None:  # left-padded rows: the mask is causal too
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            elif past == 0:
+                y = causal_attention(q, k, v)
+            else:  # a chunk after a prefix: row i sees keys 0 .. past + i
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)
 
@@ -182,6 +188,9 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        # dtype of the KV caches that new_cache makes; None: the parameters'. Generation sets
+        # bf16 on CPU (generate/quantize.py): half the bytes to read per decoded token.
+        self.kv_dtype: torch.dtype | None = None
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
@@ -258,7 +267,7 @@ class Transformer(nn.Module):
             c.n_head,
             max_len or c.block_size,
             c.head_dim,
-            dtype=p.dtype,
+            dtype=self.kv_dtype or p.dtype,
             device=p.device,
             start=start,
         )

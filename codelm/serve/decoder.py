@@ -15,7 +15,8 @@ view of the cache.
 
 It reads the weights of `codelm.model.Transformer` (embedding, blocks, final
 norm, head) and must agree with `Transformer.forward` to float precision (quantized linears from
-`codelm.generate.quantize` work too: they are called as modules);
+`codelm.generate.quantize` work too: they are called as modules; with its bf16 cache, to
+bf16's precision);
 tests/test_serve.py checks that parity. It does not chunk long prefills (a long
 prompt holds the batch for one forward) and does not page the cache: memory is
 slots x layers x heads x block_size x head_dim x 2 (keys and values).
@@ -39,8 +40,9 @@ class SlotDecoder:
         shape = (cfg.n_layer, slots, cfg.n_head, cfg.block_size, cfg.head_dim)
         self.model = model
         self.slots = slots
-        self.k = torch.zeros(shape, dtype=p.dtype, device=p.device)
-        self.v = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        dtype = model.kv_dtype or p.dtype  # bf16 where generation chose it (quantize.py)
+        self.k = torch.zeros(shape, dtype=dtype, device=p.device)
+        self.v = torch.zeros(shape, dtype=dtype, device=p.device)
         self.lens: list[int] = []  # tokens stored in each active slot, slots 0..n-1
 
     @property
@@ -122,14 +124,14 @@ class SlotDecoder:
             if cos is not None:
                 q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             # Write this forward's keys/values at each row's own positions: (B, T, H, D).
-            self.k[layer][rows, :, pos] = k.transpose(1, 2)
-            self.v[layer][rows, :, pos] = v.transpose(1, 2)
+            self.k[layer][rows, :, pos] = k.transpose(1, 2).to(self.k.dtype)
+            self.v[layer][rows, :, pos] = v.transpose(1, 2).to(self.v.dtype)
             keys = self.k[layer, first : first + B, :, :span]
             values = self.v[layer, first : first + B, :, :span]
             if T == 1:  # a decode step: each row sees its own first pos + 1 keys
                 y = one_token_attention(q, keys, values, pos[:, 0] + 1)
             else:
-                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+                y = F.scaled_dot_product_attention(q, keys.type_as(q), values.type_as(q), attn_mask=mask)
             x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, H * D))
             x = x + block.mlp(block.norm2(x))
         return x
