@@ -6,8 +6,8 @@ bandwidth (MEASURED.md): fewer bytes per weight give more tokens per second.
   through codelm's int8 kernel (model/kernels.cpp, fp32 activations) where it builds,
   else aten's (bf16 activations); many rows (the prompt's prefill) dequantize to bf16 and
   take the GEMM path, which is faster there. The native kernel stores the weights in its
-  tile order and streams them 1.6x faster than aten's: `base` decodes at 230 tokens/s
-  instead of 137 (2 cores, with the native attention of model/transformer.py).
+  tile order and streams them 1.6x faster than aten's: with the native attention over a
+  bf16 cache (below), `base` decodes 244 tokens/s instead of 148 (bench/generate.py).
 - "bf16": weights in bf16, activations cast around each matmul.
 - "auto": int8 on CPU for models with at least AUTO_MIN_PARAMS weights in linear layers
   (smaller ones fit in cache, where fp32 is exact and about as fast), bf16 on CUDA.
@@ -105,9 +105,9 @@ def resolve_weights(weights: str, model: nn.Module) -> str:
     """The format `weights` means for `model` ("auto" resolved)."""
     if weights not in WEIGHTS:
         raise CodelmError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    device = next(model.parameters()).device
     if weights != "auto":
         return weights
+    device = next(model.parameters()).device
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     if device.type == "cuda":
         return "bf16"

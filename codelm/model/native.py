@@ -94,7 +94,9 @@ def available() -> bool:
     else:
         try:
             torch.ops.load_library(str(_build()))
-            return hasattr(torch.ops.codelm, "attend_one")
+            if hasattr(torch.ops.codelm, "attend_one"):
+                return True
+            _reason = "kernels.cpp was compiled without AVX-512"
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     return False
