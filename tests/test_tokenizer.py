@@ -149,10 +149,23 @@ def test_vocab_never_joins_words_to_brackets_or_operators(tok):
             assert s.rstrip(" ") in (s, "#") and s[:2] != "  " and s[0] not in "\t\r\n", repr(s)
 
 
-def test_digits_are_split(tok):
+def test_numbers_are_split_into_groups_of_at_most_three_digits(tok):
+    assert split("x = 1234567890 + 42.5") == [
+        "x", " =", " 123", "456", "789", "0", " +", " 42", ".", "5"
+    ]  # fmt: skip
     pieces = _strings(tok, tok.encode("x = 1234567890 + 42"))
     digits = [p.strip() for p in pieces if any(c.isdigit() for c in p)]
-    assert digits == list("1234567890") + ["4", "2"]
+    assert "".join(digits) == "123456789042" and all(len(d) <= 3 for d in digits)
+    for i in range(len(SPECIAL_TOKENS), tok.vocab_size):  # so no number token is longer
+        s = tok.decode([i]).strip()
+        assert not s.isdigit() or len(s) <= 3, repr(s)
+
+
+def test_escapes_and_string_prefixes_are_pieces():
+    text = r's = b"\n\x41\000\\" + rf"\d+" + f"Err"'
+    want = ["s", " =", " b", '"', r"\n", r"\x41", r"\000", r"\\", '"', " +", " rf", '"', r"\d", "+", '"']
+    assert split(text) == [*want, " +", ' f"Err', '"']  # a prefix joins its quote and a name
+    assert split("a = \\\n    1") == ["a", " =", " \\", "\n    ", "1"]  # a line continuation stays apart
 
 
 def test_identifiers_merge_across_case_boundaries_when_frequent():

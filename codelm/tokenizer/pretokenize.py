@@ -22,7 +22,14 @@ a token:
   5-minute model scored 1.493 bits per byte on unseen code instead of 1.401);
 - multi-character operators (`==`, `**=`, `->`, `...`) are pieces of their own
   (`codelm.tokenizer.units` then makes each a single token);
-- each digit is its own piece, so numbers never grow the vocabulary.
+- numbers are split into groups of at most three digits, left to right (`123`,
+  `456`, `7`), so at most 1,110 number tokens can enter the vocabulary, however
+  many numbers the corpus holds;
+- a backslash escape is one piece (`\\n`, `\\\\`, `\\x41`, `\\000`), where the backslash
+  was a piece of its own and its letter joined the next word (`\\nThe` -> `\\`, `nThe`);
+- a string prefix joins its quote (`b'Subject`, `f"Error`), as a quote joins a name.
+  The last three, measured together on held-out standard-library files: 8.75% ->
+  10.14% fewer tokens than plain BPE at 16k (digits alone: 9.63%).
 
 The same pattern string runs in two engines: Oniguruma inside HF `tokenizers`
 (the saved `tokenizer.json`) and Python's `re` (the fast encoder in
@@ -62,6 +69,12 @@ _OPS = "|".join(re.escape(op) for op in OPERATORS)
 # before `...` and `:=`, which are operators.
 _RUN = r"(?:[()\[\]{},;'\"`]|\.(?!\.\.)|:(?!=))+"
 _SYMBOL = rf"[^{_WORD}0-9{_SPACE}]"
+# A backslash escape: octal, \x and \u escapes whole, else the backslash and the next character
+# (`\n`, `\\`, `\.`); never a backslash before a line break, which continues a line.
+_ESCAPE = r"\\[0-7]{1,3}|\\x[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\[^\n\r]"
+# String prefixes (b r f u rb br fr rf), spelled as one class and an optional second letter:
+# an alternative that starts with a class costs Python's `re` far less than a group does.
+_PREFIX = "[bBrRfFuU][bBrRfF]?"
 
 
 def _spaced(alt: str) -> list[str]:
@@ -76,19 +89,22 @@ def _spaced(alt: str) -> list[str]:
 PATTERN = "|".join(
     [
         r"\A[ \t]+",  # indentation at the very start of the text
+        # a string's prefix, its quote and the name it starts with: `b'utf`, `f"Error`
+        *_spaced(rf"{_PREFIX}['\"]{_NAME}"),
         # identifiers and dotted names, bare or after one space, a quote, a `.` or `# `
         rf"{_NAME}",
         rf" {_NAME}",
         *_spaced(rf"['\"]{_NAME}"),
         rf"\.{_NAME}",
         *_spaced(rf"# ?{_NAME}"),
+        _ESCAPE,
         # newline(s) plus the next line's indentation
         r"\n(?:\r?\n)*[ \t]*",
         r"\r\n(?:\r?\n)*[ \t]*",
         *_spaced(_RUN),
         *_spaced(f"(?:{_RULERS})"),
         *_spaced(f"(?:{_OPS})"),
-        *_spaced("[0-9]"),  # digits one by one
+        *_spaced("[0-9]{1,3}"),  # digits in groups of at most three
         *_spaced(_SYMBOL),  # any other symbol
         r"[ \t]+",  # whitespace inside a line, trailing whitespace included
         r"[\s\S]",  # anything else (a lone \r, a form feed), one char at a time
