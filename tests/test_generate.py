@@ -9,6 +9,7 @@ from codelm.errors import CodelmError
 from codelm.generate.generator import complete, generate_ids
 from codelm.generate.sampling import SamplingConfig, filter_logits
 from codelm.generate.stopping import BlockEnd
+from codelm.model import native
 
 
 def _stop(prompt: str, completion: str) -> str | None:
@@ -428,20 +429,22 @@ def test_trace_lists_top_candidates_and_a_logit_lens(tokenizer):
 
 def _exact(q) -> torch.Tensor:
     """The weights an Int8Linear stands for, in fp32."""
-    from codelm.model import native
-
     w = native.unpack_int8(q.q) if q.native else q.q
     return w.float() * q.scale.float()[:, None]
 
 
-@pytest.mark.parametrize("path", ["native", "aten"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("native", marks=pytest.mark.skipif(not native.available(), reason="no native kernels")),
+        "aten",
+    ],
+)
 @pytest.mark.parametrize("width", [64, 40])  # 40: neither kernel takes it, dequantizing must
 def test_int8_and_bf16_weights_stay_close_to_fp32(width, path, monkeypatch):
     from codelm.generate.quantize import Int8Linear, prepare_model
-    from codelm.model import ModelConfig, Transformer, native
+    from codelm.model import ModelConfig, Transformer
 
-    if path == "native" and not native.available():
-        pytest.skip(f"codelm's kernels are not available here: {native.reason()}")
     if path == "aten":
         monkeypatch.setattr(native, "available", lambda: False)
     torch.manual_seed(0)
@@ -477,8 +480,6 @@ def test_cli_offers_the_weight_formats_of_quantize():
 
 
 def test_int8_tiles_round_trip():
-    from codelm.model import native
-
     q = torch.randint(-127, 128, (12, 48), dtype=torch.int8)
     tiles = native.pack_int8(q)
     assert tiles.shape == (3, 3, 4, 16) and torch.equal(tiles[1, 2, 3], q[7, 32:48])
