@@ -99,6 +99,12 @@ def test_native_kernels_can_be_turned_off_or_fail_to_build(monkeypatch, tmp_path
         if native._cpu_flags() and "avx512f" in native._cpu_flags().split():
             assert not native.available() and "compiling kernels.cpp failed" in native.reason()
             assert not list(tmp_path.rglob("*.so"))  # nothing half-written is left to load
+            damaged = native._library()  # where the build would be
+            damaged.parent.mkdir(parents=True, exist_ok=True)
+            damaged.write_bytes(b"not a shared library")
+            native.available.cache_clear()
+            assert not native.available() and "loading" in native.reason()
+            assert not damaged.exists()  # removed, so the next run compiles afresh
         q, k, v = torch.randn(3, 2, 2, 5, 16)
         q = q[:, :, :1]
         torch.testing.assert_close(one_token_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))

@@ -62,12 +62,15 @@ def _compile(out: Path) -> None:
         raise RuntimeError(f"compiling {SOURCE.name} failed: {last}")
 
 
+def _library() -> Path:
+    """Where this source, torch, Python and CPU's build lives."""
+    parts = (SOURCE.read_text(), torch.__version__, sys.version, _cpu_flags())
+    key = hashlib.sha256(b"\0".join(s.encode() for s in parts)).hexdigest()[:16]
+    return _cache_dir() / f"kernels-{key}.so"
+
+
 def _build() -> Path:
-    flags = _cpu_flags()
-    key = hashlib.sha256(
-        b"\0".join(s.encode() for s in (SOURCE.read_text(), torch.__version__, sys.version, flags))
-    ).hexdigest()[:16]
-    out = _cache_dir() / f"kernels-{key}.so"
+    out = _library()
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
@@ -93,13 +96,24 @@ def available() -> bool:
         _reason = "this CPU has no AVX-512"
     else:
         try:
-            torch.ops.load_library(str(_build()))
-            if hasattr(torch.ops.codelm, "attend_one"):
-                return True
-            _reason = "kernels.cpp was compiled without AVX-512"
+            built = _build()
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            _reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            _reason = _first_line(e)
+            return False
+        try:
+            torch.ops.load_library(str(built))
+        except OSError as e:  # a damaged file (a full disk, say): remove it, so the next run rebuilds
+            built.unlink(missing_ok=True)
+            _reason = f"loading {built.name} failed: {_first_line(e)}"
+            return False
+        if hasattr(torch.ops.codelm, "attend_one"):
+            return True
+        _reason = "kernels.cpp was compiled without AVX-512"
     return False
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def reason() -> str:
