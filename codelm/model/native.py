@@ -113,7 +113,8 @@ def available() -> bool:
 
 
 def _first_line(e: Exception) -> str:
-    return str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def reason() -> str:
