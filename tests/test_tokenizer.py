@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from codelm.cli import main
 from codelm.errors import CodelmError
-from codelm.tokenizer import SPECIAL_TOKENS, CodeTokenizer, TextFiles, train_tokenizer
+from codelm.tokenizer import SPECIAL_TOKENS, CodeTokenizer, TextFiles, pieces, train_tokenizer
 from codelm.tokenizer import encoder as encoder_mod
 from codelm.tokenizer.pretokenize import OPERATORS, PATTERN, replace_surrogates, split, to_byte_level
 
@@ -66,6 +66,18 @@ TRICKY = [
 @pytest.fixture(scope="module")
 def tok() -> CodeTokenizer:
     return train_tokenizer(CORPUS, vocab_size=450)
+
+
+needs_native = pytest.mark.skipif(not pieces.available(), reason=f"no C++ piece encoder: {pieces.reason()}")
+ENGINES = [pytest.param(True, id="cpp", marks=needs_native), pytest.param(False, id="python")]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def etok(request, tok) -> CodeTokenizer:
+    """`tok` with each engine of the fast encoder: C++ and Python."""
+    out = CodeTokenizer(Tokenizer.from_str(tok.tok.to_str()), native=request.param)
+    assert out._fast is not None and out._fast.native == request.param
+    return out
 
 
 def _strings(tok: CodeTokenizer, ids: list[int]) -> list[str]:
@@ -183,16 +195,16 @@ def test_trailing_whitespace_is_kept_apart_from_words(tok):
 
 
 @pytest.mark.parametrize("text", TRICKY)
-def test_round_trip_tricky_strings(tok, text):
-    assert tok.decode(tok.encode(text)) == text
-    assert tok.decode(tok.encode(text, allow_special=True)) == text
+def test_round_trip_tricky_strings(etok, text):
+    assert etok.decode(etok.encode(text)) == text
+    assert etok.decode(etok.encode(text, allow_special=True)) == text
 
 
-def test_fast_encoder_matches_hf_pipeline_on_valid_text(tok):
+def test_fast_encoder_matches_hf_pipeline_on_valid_text(etok):
     valid = TRICKY + CORPUS
-    hf = [e.ids for e in tok.tok.encode_batch(valid, add_special_tokens=False)]
-    assert tok.encode_batch(valid) == hf
-    assert [tok.tok.decode(ids, skip_special_tokens=False) for ids in hf] == valid
+    hf = [e.ids for e in etok.tok.encode_batch(valid, add_special_tokens=False)]
+    assert etok.encode_batch(valid) == hf
+    assert [etok.tok.decode(ids, skip_special_tokens=False) for ids in hf] == valid
 
 
 CODE_BITS = st.sampled_from(
@@ -204,32 +216,36 @@ CODE_BITS = st.sampled_from(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.text(), st.lists(CODE_BITS).map("".join)))
-def test_hypothesis_round_trip_and_parity_with_hf(tok, text):
-    ids = tok.encode(text)
-    assert tok.decode(ids) == text
-    assert ids == tok.tok.encode(text, add_special_tokens=False).ids
-    pieces = split(text)  # Python's re and HF's Oniguruma cut the same pieces
-    assert "".join(pieces) == text
-    assert [p for p, _ in tok.tok.pre_tokenizer.pre_tokenize_str(text)] == [to_byte_level(p) for p in pieces]
+def test_hypothesis_round_trip_and_parity_with_hf(etok, text):
+    ids = etok.encode(text)
+    assert etok.decode(ids) == text
+    assert ids == etok.tok.encode(text, add_special_tokens=False).ids
+    cut = split(text)  # Python's re, HF's Oniguruma and the C++ cut give the same pieces
+    assert "".join(cut) == text
+    assert [p for p, _ in etok.tok.pre_tokenizer.pre_tokenize_str(text)] == [to_byte_level(p) for p in cut]
+    if pieces.available():
+        assert pieces.cut(text) == cut
 
 
 SURROGATE = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
 
 
 @pytest.mark.parametrize("text", ["\ud800", "a\udfffb\ud83d", "x = '\ud83d\ude00'  # \udc80\n"])
-def test_a_lone_surrogate_becomes_the_replacement_character(tok, text):
+def test_a_lone_surrogate_becomes_the_replacement_character(etok, text):
     want = replace_surrogates(text)
-    for ids in (tok.encode(text), tok.encode_batch([text])[0], tok.encode(text, allow_special=True)):
-        assert ids == tok.tok.encode(want, add_special_tokens=False).ids
-        assert tok.decode(ids) == want
+    for ids in (etok.encode(text), etok.encode_batch([text])[0], etok.encode(text, allow_special=True)):
+        assert ids == etok.tok.encode(want, add_special_tokens=False).ids
+        assert etok.decode(ids) == want
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.text(alphabet=st.one_of(st.characters(), SURROGATE, st.sampled_from(" \n\t=(x"))))
-def test_hypothesis_lone_surrogates_never_fail(tok, text):
+def test_hypothesis_lone_surrogates_never_fail(etok, text):
     want = replace_surrogates(text)
-    assert tok.decode(tok.encode(text)) == want
-    assert tok.encode(text) == tok.encode(want)
+    assert etok.decode(etok.encode(text)) == want
+    assert etok.encode(text) == etok.encode(want)
+    if pieces.available():
+        assert pieces.cut(text) == split(text)
 
 
 @settings(max_examples=200, deadline=None)
@@ -245,53 +261,14 @@ def test_decode_rejects_ids_outside_the_vocabulary(tok):
             tok.decode(bad)
 
 
-def test_large_batches_are_shared_with_helper_processes(tok, monkeypatch):
-    texts = (TRICKY + CORPUS) * 3
-    want = [tok.encode(t) for t in texts]
-    fresh = CodeTokenizer(Tokenizer.from_str(tok.tok.to_str()))
-    monkeypatch.setattr(encoder_mod, "PARALLEL_MIN_CHARS", 0)
-    fast = fresh._fast
-    fast.workers = 3
-    here: list[int] = []
-    encode_here = fast._encode_here
-    monkeypatch.setattr(fast, "_encode_here", lambda ts: here.append(len(ts)) or encode_here(ts))
-    for _ in range(2):  # the second batch reuses the helpers and their caches
-        assert fresh.encode_batch(texts) == want
-    shares = encoder_mod._shares(texts, 3)
-    assert len(shares) == 3 and here == [len(shares[0])] * 2  # the helpers did the other shares
-    assert fast.workers == 3 and fast._pool is not None
-
-
-def test_a_large_batch_is_encoded_here_when_helpers_cannot_start(tok, monkeypatch):
-    texts = TRICKY + CORPUS
-    fresh = CodeTokenizer(Tokenizer.from_str(tok.tok.to_str()))
-    monkeypatch.setattr(encoder_mod, "PARALLEL_MIN_CHARS", 0)
-    fresh._fast.workers = 2
-
-    def no_helpers():
-        raise OSError("no semaphores in this sandbox")
-
-    monkeypatch.setattr(fresh._fast, "_helpers", no_helpers)
-    assert fresh.encode_batch(texts) == [tok.encode(t) for t in texts]
-    assert fresh._fast.workers == 1
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 7, 20])
-def test_shares_are_consecutive_and_about_equal(n):
-    texts = ["x" * k for k in (5, 1, 9, 3, 3, 8, 2)]
-    shares = encoder_mod._shares(texts, n)
-    assert [t for s in shares for t in s] == texts
-    assert all(shares) and len(shares) <= n
-    if n == 2:
-        assert shares == [texts[:3], texts[3:]]  # 15 and 16 characters
-
-
-def test_cache_limits_and_chunks_do_not_change_ids(tok, monkeypatch):
+@pytest.mark.parametrize("native", ENGINES)
+def test_cache_limits_and_chunks_do_not_change_ids(tok, monkeypatch, native):
     texts = TRICKY + CORPUS
     want = [tok.encode(t) for t in texts]
-    fresh = CodeTokenizer(Tokenizer.from_str(tok.tok.to_str()))
+    fresh = CodeTokenizer(Tokenizer.from_str(tok.tok.to_str()), native=native)
     monkeypatch.setattr(encoder_mod, "CACHE_LIMIT", 20)
     monkeypatch.setattr(encoder_mod, "CHUNK_CHARS", 100)
+    monkeypatch.setattr(encoder_mod, "BPE_PIECES", 3)
     assert fresh.encode_batch(texts) == want
     results: list[bool] = []
     threads = [
@@ -325,6 +302,64 @@ def test_stdlib_round_trips_exactly():
     assert t.encode_batch(sample) == [
         e.ids for e in t.tok.encode_batch_fast(sample, add_special_tokens=False)
     ]
+    if pieces.available():  # the C++ cut equals Python's re on every file
+        assert all(pieces.cut(text) == split(text) for text in texts)
+        python = CodeTokenizer(Tokenizer.from_str(t.tok.to_str()), native=False)
+        assert t._fast.native and t.encode_batch(texts[::7]) == python.encode_batch(texts[::7])
+
+
+@needs_native
+def test_native_cut_of_edge_cases_equals_python_re():
+    texts = [
+        "", " ", "\t\tx", "\x00", "\\\x00", "\\", "x\\", "\\\n", "\\\r\n", "\\x4", "\\x41g", "\\u12aG",
+        "\\u12ab", "\\0777", "\\é", "\\😀", "'", "b'", "rb'x", "Bf\"x.y", "uR'x", "ub'x", "f'{x}'",
+        "#", "# ", "# x", "#x", "## x", "a.b.c.", "x...", "....", ".:", "a:=b", "(:", ":=", "\r", "\r\r\n",
+        "\n\r\n\n  \t x", "1234567", " 12", "  x", " \x0c", "\ud800x\udfff", "é1", "===", "== =", "!==",
+        "\u2028", "x\x0bx", "é" * 50, "a" * 200 + "\n",
+    ]  # fmt: skip
+    for text in texts:
+        assert pieces.cut(text) == split(text), repr(text)
+
+
+@needs_native
+def test_native_learn_rejects_ids_that_do_not_fit_and_a_scan_can_be_abandoned(tok):
+    fast = CodeTokenizer(Tokenizer.from_str(tok.tok.to_str()), native=True)._fast
+    native = fast._native
+    assert native.scan(["def f():\n    return 1\n"]) > 0
+    assert native.learn(0, [tok.encode("def")[0], 999_999]) == -1  # outside the vocabulary
+    assert native.learn(0, tok.encode("de")) == -1  # a piece's ids must spell all of it
+    with pytest.raises(RuntimeError):
+        native.emit()  # nothing learned yet
+    # a scan left unlearned (say HF raised in between) does not spoil the next one
+    assert fast.encode_batch(["def f():\n    return 1\n", "x"]) == [
+        tok.encode("def f():\n    return 1\n"),
+        tok.encode("x"),
+    ]
+
+
+def test_the_native_engine_can_be_turned_off_or_fail_to_build(tok, monkeypatch, tmp_path):
+    text = CORPUS[0] + TRICKY[6]
+    try:
+        monkeypatch.setenv("CODELM_NATIVE", "0")
+        assert not pieces.available() and pieces.reason() == "CODELM_NATIVE=0"
+        off = CodeTokenizer(Tokenizer.from_str(tok.tok.to_str()))
+        assert not off._fast.native and off.encode(text) == tok.encode(text)
+        monkeypatch.delenv("CODELM_NATIVE")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached build: compile afresh
+        monkeypatch.setenv("CXX", "false")  # a compiler that always fails
+        pieces._load.cache_clear()
+        assert not pieces.available() and "compiling pieces.cpp failed" in pieces.reason()
+        assert list(tmp_path.rglob("*.so")) == []  # no half-built library is left behind
+        failed = CodeTokenizer(Tokenizer.from_str(tok.tok.to_str()))
+        assert not failed._fast.native and failed.encode(text) == tok.encode(text)
+        damaged = pieces._library()  # where the build would be
+        damaged.parent.mkdir(parents=True, exist_ok=True)
+        damaged.write_bytes(b"not a shared library")
+        pieces._load.cache_clear()
+        assert not pieces.available() and "loading" in pieces.reason()
+        assert not damaged.exists()  # removed, so the next run builds it again
+    finally:
+        pieces._load.cache_clear()
 
 
 def test_saved_json_loads_in_tokenizers_and_transformers(tok, tmp_path):

@@ -1,15 +1,14 @@
 """codelm's own CPU kernels (kernels.cpp): built with the system's C++ compiler on first use.
 
 `available()` compiles kernels.cpp once per machine, source and torch version into
-~/.cache/codelm (or $XDG_CACHE_HOME/codelm; about 10 s), loads it, and registers
-`torch.ops.codelm.int8_linear` and `attend_one`. It returns False, with the reason
+~/.cache/codelm (or $XDG_CACHE_HOME/codelm; about 10 s; see `codelm.cbuild`), loads
+it, and registers `torch.ops.codelm.int8_linear` and `attend_one`. It returns False, with the reason
 in `reason()`, where that cannot work: not x86-64 Linux, no AVX-512, no compiler, a
 failed build, or CODELM_NATIVE=0 in the environment. Callers then use aten's kernels.
 
 The library is built with -march=native for the CPU it runs on, so the cache key
 includes the CPU's flags: a home directory shared by different machines gets one
-build per kind of CPU. A build is written under a temporary name and renamed, so
-concurrent first uses do not load a half-written file.
+build per kind of CPU.
 
 `pack_int8` puts int8 weights in the kernel's tile order (see kernels.cpp).
 """
@@ -17,15 +16,15 @@ concurrent first uses do not load a half-written file.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from codelm import cbuild
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 TILE = 4  # rows per tile: R in kernels.cpp
@@ -43,45 +42,24 @@ def _cpu_flags() -> str:
     return ""
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "codelm"
-
-
-def _compile(out: Path) -> None:
+def _command(out: Path) -> list[str]:
     from torch.utils.cpp_extension import include_paths
 
     lib = Path(torch.__file__).parent / "lib"
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    cmd = [os.environ.get("CXX", "g++"), "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+    cmd = [cbuild.compiler(), "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
     cmd += [f"-D_GLIBCXX_USE_CXX11_ABI={abi}"] + [f"-I{p}" for p in include_paths()]
-    cmd += [str(SOURCE), "-o", str(out), f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"compiling {SOURCE.name} failed: {last}")
+    return cmd + [str(SOURCE), "-o", str(out), f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
+
+
+def _key() -> tuple[str, ...]:
+    """What the build depends on besides its source: -march=native makes it the CPU's."""
+    return (torch.__version__, sys.version, _cpu_flags())
 
 
 def _library() -> Path:
     """Where this source, torch, Python and CPU's build lives."""
-    parts = (SOURCE.read_text(), torch.__version__, sys.version, _cpu_flags())
-    key = hashlib.sha256(b"\0".join(s.encode() for s in parts)).hexdigest()[:16]
-    return _cache_dir() / f"kernels-{key}.so"
-
-
-def _build() -> Path:
-    out = _library()
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-        os.close(fd)
-        print("codelm: compiling CPU kernels for this machine (once, about 10 s)", file=sys.stderr)
-        try:
-            _compile(Path(tmp))
-            os.replace(tmp, out)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    return out
+    return cbuild.library_path(SOURCE, _key())
 
 
 @functools.cache
@@ -96,25 +74,20 @@ def available() -> bool:
         _reason = "this CPU has no AVX-512"
     else:
         try:
-            built = _build()
+            built = cbuild.build(SOURCE, _key(), _command, "CPU kernels (about 10 s)")
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            _reason = _first_line(e)
+            _reason = cbuild.first_line(e)
             return False
         try:
             torch.ops.load_library(str(built))
         except OSError as e:  # a damaged file (a full disk, say): remove it, so the next run rebuilds
             built.unlink(missing_ok=True)
-            _reason = f"loading {built.name} failed: {_first_line(e)}"
+            _reason = f"loading {built.name} failed: {cbuild.first_line(e)}"
             return False
         if hasattr(torch.ops.codelm, "attend_one"):
             return True
         _reason = "kernels.cpp was compiled without AVX-512"
     return False
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def reason() -> str:

@@ -6,7 +6,7 @@ included. A Python string holding a lone surrogate (not Unicode, no UTF-8 form)
 does not fail: the surrogate is encoded as U+FFFD and decodes as U+FFFD.
 HF `tokenizers` trains the BPE and owns every merge; `pretokenize.py` holds the
 code-aware cutting, `units.py` makes operators and indents single tokens, and
-`encoder.py` is the fast encoder (the same ids as HF's pipeline, 4-8x faster here).
+`encoder.py` is the fast encoder (the same ids as HF's pipeline, 5-10x faster here).
 
 Special tokens get the first ids (0..6, in SPECIAL_TOKENS order). Text that merely
 spells one (say "<|endoftext|>") is encoded as ordinary text unless the caller
@@ -50,9 +50,11 @@ class CodeTokenizer:
     """A trained tokenizer: the HF `Tokenizer` (`.tok`) plus the ids and fast paths the pipeline needs.
 
     Safe to share between threads: the only state that calls change is the encoder's
-    piece cache, a dict (whose single operations are atomic under the GIL)."""
+    piece cache, which `PieceEncoder` guards."""
 
-    def __init__(self, tok: Tokenizer):
+    def __init__(self, tok: Tokenizer, native: bool | None = None):
+        """`native`: cut and cache pieces in C++ (True) or Python (False); default: C++
+        where it builds (`pieces.available()`). Both give the same ids."""
         self.tok = tok
         # Anyone calling self.tok directly also gets spelled-out specials encoded as text.
         self.tok.encode_special_tokens = True
@@ -70,7 +72,7 @@ class CodeTokenizer:
         )
         # The fast path needs this package's pre-tokenizer; a foreign or older tokenizer.json
         # is still usable through HF's own pipeline (same ids for it, 3-5x slower).
-        self._fast = PieceEncoder(spec, added) if is_code_pipeline(spec) else None
+        self._fast = PieceEncoder(spec, added, native) if is_code_pipeline(spec) else None
 
     @property
     def vocab_size(self) -> int:

@@ -1,0 +1,67 @@
+"""Build one C++ source file into a shared library, once per machine, cached on disk.
+
+Used by the tokenizer's piece encoder (`tokenizer/pieces.cpp`) and the model's CPU
+kernels (`model/kernels.cpp`). The library lives in ~/.cache/codelm (or
+$XDG_CACHE_HOME/codelm) under a name keyed by the source and whatever else the
+caller says the build depends on (compiler flags, torch, the CPU). A build is
+written under a temporary name and renamed, so concurrent first uses never load a
+half-written file. A library that fails to load (a damaged file) should be removed
+by the caller, so the next run builds it again.
+
+What it does not do: find a compiler. It runs $CXX (default g++), and a failure
+is a RuntimeError with the compiler's last line; callers fall back to Python or aten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "codelm"
+
+
+def compiler() -> str:
+    return os.environ.get("CXX", "g++")
+
+
+def library_path(source: Path, key_parts: tuple[str, ...]) -> Path:
+    """Where the build of `source` with these dependencies lives."""
+    parts = (source.read_text(), *key_parts)
+    key = hashlib.sha256(b"\0".join(s.encode() for s in parts)).hexdigest()[:16]
+    return cache_dir() / f"{source.stem}-{key}.so"
+
+
+def build(source: Path, key_parts: tuple[str, ...], command: Callable[[Path], list[str]], what: str) -> Path:
+    """The cached library of `source`, compiled first if missing. `command(out)` is the
+    compiler's argv writing to `out`; `what` names the build in the one line printed
+    to stderr while it compiles."""
+    out = library_path(source, key_parts)
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    print(f"codelm: compiling {what}, once for this machine", file=sys.stderr)
+    try:
+        done = subprocess.run(command(Path(tmp)), capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"compiling {source.name} failed: {last}")
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return out
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-blank line of an error's message (its type's name if it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
