@@ -9,12 +9,13 @@ neither tokenizer saw. Printed, in one run:
 
 - tokens per byte for each, and how many fewer tokens ours needs;
 - encode throughput of `encode_batch` on whole files, MB/s over wall time and over
-  CPU time, helper processes included (median, min, max of `--reps` runs). Ours
-  is measured cold (a fresh tokenizer: its piece cache empty, its helper
-  processes not yet started), warm (the same files again), and cold over the
-  whole standard library in one pass (train and held-out files, as a corpus job
-  encodes them; the cache fills on the way); plain is HF's
-  `encode_batch` with TOKENIZERS_PARALLELISM on, on all cores it is given;
+  CPU time, all threads counted (median, min, max of `--reps` runs). Ours is
+  measured cold (a fresh tokenizer: its piece cache empty), warm (the same files
+  again), and cold over the whole standard library in one pass (train and
+  held-out files, as a corpus job encodes them; the cache fills on the way), with
+  the C++ piece encoder, and cold with the Python one (what a machine without a
+  C++ compiler gets); plain is HF's `encode_batch` with TOKENIZERS_PARALLELISM on,
+  on all cores it is given;
 - both round-trip every held-out file.
 
     .venv/bin/python bench/tokenizer.py [--vocab-size 16384] [--reps 3] [--train-every 1]
@@ -30,18 +31,15 @@ import os
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")  # before tokenizers is imported
 
 import argparse  # noqa: E402
-import glob  # noqa: E402
-import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from codelm.data.sources import SKIP_DIRS, stdlib_root  # noqa: E402
 from codelm.data.split import split_of  # noqa: E402
-from codelm.tokenizer import SPECIAL_TOKENS, CodeTokenizer, train_tokenizer  # noqa: E402
+from codelm.tokenizer import SPECIAL_TOKENS, CodeTokenizer, pieces, train_tokenizer  # noqa: E402
 
 
 def stdlib_split() -> tuple[list[str], list[str]]:
@@ -78,31 +76,11 @@ def train_plain(texts: list[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def cpu_seconds() -> float:
-    """CPU seconds so far of this process (all threads) and of its children: the live ones
-    (our encoder's helper processes) read from /proc, the ended ones from getrusage."""
-    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
-    total = time.process_time() + ended.ru_utime + ended.ru_stime
-    tick = os.sysconf("SC_CLK_TCK")
-    for listing in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
-        try:
-            children = Path(listing).read_text().split()
-        except OSError:  # the thread ended since the listing
-            continue
-        for pid in children:
-            try:  # fields after the command's ")": utime and stime are the 12th and 13th
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
-            except (OSError, IndexError, ValueError):  # it ended meanwhile
-                pass
-    return total
-
-
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process and its children) of one call."""
-    c0, t0 = cpu_seconds(), time.perf_counter()
+    """(wall seconds, CPU seconds of this process's threads) of one call."""
+    c0, t0 = time.process_time(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0, cpu_seconds() - c0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def stats(mb: float, runs: list[tuple[float, float]]) -> str:
@@ -134,21 +112,27 @@ def throughput(ours: CodeTokenizer, plain: Tokenizer, held: list[str], train: li
     corpus = train + held
     mb_corpus = sum(len(t.encode()) for t in corpus) / 1e6
     spec = ours.tok.to_str()
-    cold, warm, whole, hf_ours, hf_plain = [], [], [], [], []
+    native = pieces.available()
+    cold, warm, whole, python, hf_ours, hf_plain = [], [], [], [], [], []
     for _ in range(reps):  # interleaved, so drift in the machine's load hits all alike
         fresh = CodeTokenizer(Tokenizer.from_str(spec))
         cold.append(timed(lambda fresh=fresh: fresh.encode_batch(held)))
         warm.append(timed(lambda fresh=fresh: fresh.encode_batch(held)))
         fresh = CodeTokenizer(Tokenizer.from_str(spec))
         whole.append(timed(lambda fresh=fresh: fresh.encode_batch(corpus)))
+        fresh = CodeTokenizer(Tokenizer.from_str(spec), native=False)
+        python.append(timed(lambda fresh=fresh: fresh.encode_batch(held)))
         hf_plain.append(timed(lambda: plain.encode_batch(held, add_special_tokens=False)))
         hf_ours.append(timed(lambda: ours.tok.encode_batch(held, add_special_tokens=False)))
+    engine = "C++ piece encoder" if native else f"Python's (no C++ piece encoder: {pieces.reason()})"
     print(f"\nencode_batch on {len(held)} whole files ({mb:.2f} MB), {reps} runs: median (min, max)")
+    print(f"ours cuts and caches with the {engine}")
     print(f"  plain, HF encode_batch          {stats(mb, hf_plain)}")
     print(f"  ours, HF pipeline (reference)   {stats(mb, hf_ours)}")
     print(f"  ours, cold (fresh tokenizer)    {stats(mb, cold)}")
     print(f"  ours, warm (same files again)   {stats(mb, warm)}")
     print(f"  ours, cold, the whole stdlib ({mb_corpus:.0f} MB) in one pass  {stats(mb_corpus, whole)}")
+    print(f"  ours, cold, Python engine       {stats(mb, python)}")
     ratio = statistics.median(w for w, _ in hf_plain) / statistics.median(w for w, _ in cold)
     print(f"  ours cold / plain = {ratio:.1f}x faster;  load average now {os.getloadavg()[0]:.1f}")
 

@@ -92,6 +92,7 @@ class PieceEncoder:
         # The new pieces arrive as one string, spelled in the byte-level alphabet, with a
         # space (which that alphabet lacks) between pieces.
         self._bpe.pre_tokenizer = pre_tokenizers.Split(" ", behavior="removed")
+        self._model = self._bpe.model  # the same model, for one piece at a time
         table = [b""] * (max(vocab.values()) + 1)
         for tok, i in vocab.items():
             table[i] = bytes(CHAR_TO_BYTE[c] for c in tok) if tok not in special else tok.encode()
@@ -135,7 +136,7 @@ class PieceEncoder:
         return native.emit()
 
     def _bpe_of(self, piece: str) -> tuple[int, ...]:
-        return tuple(t.id for t in self._bpe.model.tokenize(to_byte_level(piece)))
+        return tuple(t.id for t in self._model.tokenize(to_byte_level(piece)))
 
     def _encode_python(self, texts: list[str]) -> list[list[int]]:
         cut = [COMPILED.findall(t) for t in texts]
