@@ -3,8 +3,8 @@
 // asks HF for the ids of the pieces this cache has not seen and hands them back here.
 //
 // Why: in Python the regex cut (28 MB/s), the cache lookups and the joining of ids cost
-// 0.4 s of CPU per 6 MB of code; here they cost a few hundredths (measured in
-// bench/tokenizer.py). A plain C ABI, loaded with ctypes: no Python or torch headers.
+// 0.4 s of CPU per 6 MB of code; here about 0.05 s (measured with bench/tokenizer.py's
+// files). A plain C ABI, loaded with ctypes: no Python or torch headers.
 //
 // The cut must equal Python's `re` on PATTERN for every string: tests compare the two on
 // the standard library and with hypothesis. Text arrives as UTF-8 ("surrogatepass", so a

@@ -1,7 +1,7 @@
 """The C++ piece encoder (pieces.cpp) through ctypes: cut, cache lookup and id assembly in C++.
 
 `available()` builds pieces.cpp with the system's C++ compiler once per machine
-(about 2 s, cached in ~/.cache/codelm; see `codelm.cbuild`) and loads it. It is
+(about 1 s, cached in ~/.cache/codelm; see `codelm.cbuild`) and loads it. It is
 False, with the reason in `reason()`, without a compiler, where the build or load
 fails, or with CODELM_NATIVE=0 in the environment; `encoder.PieceEncoder` then
 cuts with Python's `re`, the same pieces a few times slower.
