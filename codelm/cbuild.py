@@ -5,8 +5,8 @@ kernels (`model/kernels.cpp`). The library lives in ~/.cache/codelm (or
 $XDG_CACHE_HOME/codelm) under a name keyed by the source and whatever else the
 caller says the build depends on (compiler flags, torch, the CPU). A build is
 written under a temporary name and renamed, so concurrent first uses never load a
-half-written file. A library that fails to load (a damaged file) should be removed
-by the caller, so the next run builds it again.
+half-written file; one that fails to load (a damaged file) is removed, so the next
+run builds it again.
 
 What it does not do: find a compiler. It runs $CXX (default g++), and a failure
 is a RuntimeError with the compiler's last line; callers fall back to Python or aten.
@@ -21,6 +21,9 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def cache_dir() -> Path:
@@ -61,7 +64,27 @@ def build(source: Path, key_parts: tuple[str, ...], command: Callable[[Path], li
     return out
 
 
-def first_line(e: BaseException) -> str:
+def build_and_load(
+    source: Path,
+    key_parts: tuple[str, ...],
+    command: Callable[[Path], list[str]],
+    what: str,
+    load: Callable[[Path], T],
+) -> T:
+    """`load(library)` of `source`'s build (see `build`). Raises RuntimeError with a one-line
+    reason when the build or the load fails; a library that fails to load is removed."""
+    try:
+        built = build(source, key_parts, command, what)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        raise RuntimeError(_first_line(e)) from None
+    try:
+        return load(built)
+    except OSError as e:  # a damaged file (a full disk, say)
+        built.unlink(missing_ok=True)
+        raise RuntimeError(f"loading {built.name} failed: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
     """The first non-blank line of an error's message (its type's name if it has none)."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__

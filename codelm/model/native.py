@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -74,15 +73,10 @@ def available() -> bool:
         _reason = "this CPU has no AVX-512"
     else:
         try:
-            built = cbuild.build(SOURCE, _key(), _command, "CPU kernels (about 10 s)")
-        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            _reason = cbuild.first_line(e)
-            return False
-        try:
-            torch.ops.load_library(str(built))
-        except OSError as e:  # a damaged file (a full disk, say): remove it, so the next run rebuilds
-            built.unlink(missing_ok=True)
-            _reason = f"loading {built.name} failed: {cbuild.first_line(e)}"
+            what = "CPU kernels (about 10 s)"
+            cbuild.build_and_load(SOURCE, _key(), _command, what, lambda p: torch.ops.load_library(str(p)))
+        except RuntimeError as e:
+            _reason = str(e)
             return False
         if hasattr(torch.ops.codelm, "attend_one"):
             return True

@@ -6,7 +6,7 @@ included. A Python string holding a lone surrogate (not Unicode, no UTF-8 form)
 does not fail: the surrogate is encoded as U+FFFD and decodes as U+FFFD.
 HF `tokenizers` trains the BPE and owns every merge; `pretokenize.py` holds the
 code-aware cutting, `units.py` makes operators and indents single tokens, and
-`encoder.py` is the fast encoder (the same ids as HF's pipeline, 5-10x faster here).
+`encoder.py` is the fast encoder (the same ids as HF's pipeline, 6x faster here cold).
 
 Special tokens get the first ids (0..6, in SPECIAL_TOKENS order). Text that merely
 spells one (say "<|endoftext|>") is encoded as ordinary text unless the caller
@@ -71,7 +71,7 @@ class CodeTokenizer:
             "(" + "|".join(map(re.escape, sorted(added, key=len, reverse=True))) + ")"
         )
         # The fast path needs this package's pre-tokenizer; a foreign or older tokenizer.json
-        # is still usable through HF's own pipeline (same ids for it, 3-5x slower).
+        # is still usable through HF's own pipeline (same ids for it, several times slower).
         self._fast = PieceEncoder(spec, added, native) if is_code_pipeline(spec) else None
 
     @property

@@ -17,7 +17,6 @@ import ctypes
 import functools
 import os
 import platform
-import subprocess
 import sys
 import weakref
 from array import array
@@ -62,16 +61,11 @@ def _library() -> Path:
 @functools.cache
 def _load() -> ctypes.CDLL | None:
     global _reason
+    what = "the tokenizer's piece encoder (about 1 s)"
     try:
-        built = cbuild.build(SOURCE, _key(), _command, "the tokenizer's piece encoder (about 1 s)")
-    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        _reason = cbuild.first_line(e)
-        return None
-    try:
-        lib = ctypes.CDLL(str(built))
-    except OSError as e:  # a damaged file (a full disk, say): remove it, so the next run rebuilds
-        built.unlink(missing_ok=True)
-        _reason = f"loading {built.name} failed: {cbuild.first_line(e)}"
+        lib = cbuild.build_and_load(SOURCE, _key(), _command, what, lambda path: ctypes.CDLL(str(path)))
+    except RuntimeError as e:
+        _reason = str(e)
         return None
     for name, (result, args) in _SIGNATURES.items():
         fn = getattr(lib, name)
