@@ -16,6 +16,7 @@ Time to first token covers the prefill and the first sample. Decode tokens/s is
 step is an outlier, and a median over steps ignores it where a mean over the
 run would not. Engines alternate within each repetition so that noise from
 other processes hits all of them; the table gives medians over repetitions.
+CODELM_NATIVE_ISA=avx2 times the AVX2 kernels on an AVX-512 CPU; CODELM_NATIVE=0, aten's.
 """
 
 from __future__ import annotations
@@ -175,8 +176,8 @@ def main() -> None:
     a = ap.parse_args()
     a.weights = a.weights.split(",")
     print(f"{torch.get_num_threads()} threads; bandwidth: a 1 GiB copy, bytes read + written")
-    print("codelm's native kernels (int8 GEMV, one-token attention): "
-          + ("yes" if native.available() else f"no, aten's instead ({native.reason()})"))  # fmt: skip
+    kernels = f"yes, {native.isa()}" if native.available() else f"no, aten's instead ({native.reason()})"
+    print(f"codelm's native kernels (int8 GEMV, one-token attention): {kernels}")
     for name in a.presets.split(","):
         bench_preset(name, a)
 

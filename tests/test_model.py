@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,6 +91,29 @@ def test_native_one_token_attention_matches_sdpa(B, H, S, D, dtype):
         torch.testing.assert_close(got[b], want, atol=1e-5, rtol=1e-5)
 
 
+# The tests that run the kernels: on an AVX-512 CPU they run again with the AVX2 build.
+KERNEL_TESTS = [
+    "tests/test_model.py::test_native_one_token_attention_matches_sdpa",
+    "tests/test_model.py::test_kv_cache_decoding_equals_full_recomputation",
+    "tests/test_generate.py::test_int8_and_bf16_weights_stay_close_to_fp32",
+]
+
+
+@pytest.mark.skipif(
+    native.isa() != "avx512" or not native.available(),
+    reason="no AVX-512 kernels: the tests above ran the AVX2 ones, or none",
+)
+def test_the_avx2_kernels_pass_the_same_tests(monkeypatch):
+    env = {**os.environ, "CODELM_NATIVE_ISA": "avx2"}  # one build per process: a new process
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *KERNEL_TESTS]
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-3000:]
+    monkeypatch.setenv("CODELM_NATIVE_ISA", "avx2")
+    assert native.isa() == "avx2" and native._library().exists()  # the AVX2 build is what ran
+
+
 def test_native_kernels_can_be_turned_off_or_fail_to_build(monkeypatch, tmp_path):
     """Either way `available()` says no, with a reason, and the model still decodes (via aten)."""
     try:
@@ -96,7 +124,7 @@ def test_native_kernels_can_be_turned_off_or_fail_to_build(monkeypatch, tmp_path
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached build: compile afresh
         monkeypatch.setenv("CXX", "false")  # a compiler that always fails
         native.available.cache_clear()
-        if native._cpu_flags() and "avx512f" in native._cpu_flags().split():
+        if native.isa() is not None:
             assert not native.available() and "compiling kernels.cpp failed" in native.reason()
             assert not list(tmp_path.rglob("*.so"))  # nothing half-written is left to load
             damaged = native._library()  # where the build would be

@@ -1,4 +1,4 @@
-// codelm's CPU kernels for decoding one token at a time, on x86 with AVX-512:
+// codelm's CPU kernels for decoding one token at a time, on x86 with AVX-512 or AVX2:
 //   int8_linear: y (M, N) = x (M, K) @ (q * scale)^T with weight-only int8 q, float x;
 //   attend_one:  softmax(q k^T / sqrt(D)) v for one query per row and head over a KV cache.
 //
@@ -14,8 +14,9 @@
 //   the values, each row of the cache read once, in order, from a float or a bf16 cache:
 //   per `base` layer at 600 positions, cold, 95 us (float) or 54 us (bf16), against
 //   155-250 us for torch's flash kernel in float.
-// Built and loaded by native.py. Without AVX-512 this file registers nothing and Python
-// keeps aten's kernels.
+// Written once against V, 16 floats: one AVX-512 register, or two AVX2 ones on CPUs without
+// AVX-512 (-march=native picks). Built and loaded by native.py. Without AVX-512 or AVX2 with
+// FMA this file registers nothing and Python keeps aten's kernels.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,34 +27,107 @@
 #include <optional>
 #include <vector>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 
 namespace {
 
+// e^x for x <= 0 (softmax after subtracting the maximum): x = n ln2 + r, |r| <= ln2 / 2,
+// e^r by its Taylor series to r^6 (relative error under 2e-7), times 2^n. x is clamped at
+// -87 so that 2^n stays a normal float.
+#ifdef __AVX512F__
+constexpr int MB = 4;  // activation rows per pass over a tile: 16 accumulators of 32 registers
+struct V {
+  __m512 a;
+};
+inline V vset(float x) { return {_mm512_set1_ps(x)}; }
+inline V vload(const float* p) { return {_mm512_loadu_ps(p)}; }
+inline V vload(const at::BFloat16* p) {  // a bf16 is a float's high half
+  __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16))};
+}
+inline V vload(const int8_t* p) {
+  return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))))};
+}
+inline void vstore(float* p, V x) { _mm512_storeu_ps(p, x.a); }
+inline V vfma(V a, V b, V c) { return {_mm512_fmadd_ps(a.a, b.a, c.a)}; }
+inline V vmul(V a, V b) { return {_mm512_mul_ps(a.a, b.a)}; }
+inline V vadd(V a, V b) { return {_mm512_add_ps(a.a, b.a)}; }
+inline float vsum(V x) { return _mm512_reduce_add_ps(x.a); }
+inline V vexp_nonpositive(V v) {
+  __m512 x = _mm512_max_ps(v.a, _mm512_set1_ps(-87.0f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);  // ln 2 in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  return {_mm512_scalef_ps(p, n)};
+}
+#else
+constexpr int MB = 1;  // AVX2 has 16 registers: 4 accumulators and 4 weight vectors fill them
+struct V {
+  __m256 lo, hi;
+};
+inline V vset(float x) { return {_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
+inline V vload(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+inline V vload(const at::BFloat16* p) {
+  __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  __m256i lo = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(half)), 16);
+  __m256i hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(half, 1)), 16);
+  return {_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi)};
+}
+inline V vload(const int8_t* p) {
+  __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
+}
+inline void vstore(float* p, V x) {
+  _mm256_storeu_ps(p, x.lo);
+  _mm256_storeu_ps(p + 8, x.hi);
+}
+inline V vfma(V a, V b, V c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+inline V vmul(V a, V b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+inline V vadd(V a, V b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+inline float vsum(V x) {
+  __m256 s = _mm256_add_ps(x.lo, x.hi);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+inline __m256 exp8(__m256 x) {  // 2^n is built in the exponent bits (AVX2 has no scalef)
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+}
+inline V vexp_nonpositive(V v) { return {exp8(v.lo), exp8(v.hi)}; }
+#endif
+
 constexpr int R = 4;              // weight rows per tile: four independent FMA chains
-constexpr int MB = 4;             // activation rows per pass over a tile
 constexpr int PREFETCH = 4096;    // bytes ahead; 1024: 40 GB/s, 4096: 44 GB/s (noisy host)
 constexpr int64_t TILE_GRAIN = 8; // tiles per task of at::parallel_for
 
 // acc[i * R + r] = x[i] . w[r] for mc activation rows and one int8 tile of R rows.
 inline void int8_tile(const float* x, int64_t K, int mc, const int8_t* q, float* acc) {
-  __m512 a[MB][R];
+  V a[MB][R];
   for (int i = 0; i < MB; ++i)
-    for (int r = 0; r < R; ++r) a[i][r] = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) a[i][r] = vset(0.0f);
   for (int64_t k = 0; k < K; k += 16) {
     const int8_t* line = q + k * R;  // the R rows' 16 weights at column k: one cache line
     _mm_prefetch(reinterpret_cast<const char*>(line) + PREFETCH, _MM_HINT_T0);
-    __m512 w[R];
-    for (int r = 0; r < R; ++r)
-      w[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(line + r * 16))));
+    V w[R];
+    for (int r = 0; r < R; ++r) w[r] = vload(line + r * 16);
     for (int i = 0; i < mc; ++i) {
-      __m512 xv = _mm512_loadu_ps(x + i * K + k);
-      for (int r = 0; r < R; ++r) a[i][r] = _mm512_fmadd_ps(xv, w[r], a[i][r]);
+      V xv = vload(x + i * K + k);
+      for (int r = 0; r < R; ++r) a[i][r] = vfma(xv, w[r], a[i][r]);
     }
   }
   for (int i = 0; i < mc; ++i)
-    for (int r = 0; r < R; ++r) acc[i * R + r] = _mm512_reduce_add_ps(a[i][r]);
+    for (int r = 0; r < R; ++r) acc[i * R + r] = vsum(a[i][r]);
 }
 
 // y (M, N) = x (M, K) @ (q * scale)^T; x contiguous float, q in tiles (see the top).
@@ -81,42 +155,23 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   return y;
 }
 
-// e^x for x <= 0 (softmax after subtracting the maximum): x = n ln2 + r, |r| <= ln2 / 2,
-// e^r by its Taylor series to r^6 (relative error under 2e-7), times 2^n by scalef.
-inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-88.0f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);  // ln 2 in two parts
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-  return _mm512_scalef_ps(p, n);
-}
-
-// 16 cache values as floats: a cache holds float or bf16 (a bf16 is a float's high half).
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const at::BFloat16* p) {
-  __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
-}
-
 // out (C * 16) = sum over t of p[t] * v[t], the rows of v read once each, in order.
 template <int C, typename T>
 void weighted_rows(const float* p, const T* v, int64_t S, float inv, float* out) {
-  __m512 a[C];
-  for (int c = 0; c < C; ++c) a[c] = _mm512_setzero_ps();
+  V a[C];
+  for (int c = 0; c < C; ++c) a[c] = vset(0.0f);
   for (int64_t t = 0; t < S; ++t) {
-    __m512 w = _mm512_set1_ps(p[t]);
+    V w = vset(p[t]);
     for (int c = 0; c < C; ++c) {
       _mm_prefetch(reinterpret_cast<const char*>(v + t * C * 16 + c * 16) + PREFETCH, _MM_HINT_T0);
-      a[c] = _mm512_fmadd_ps(w, load16(v + t * C * 16 + c * 16), a[c]);
+      a[c] = vfma(w, vload(v + t * C * 16 + c * 16), a[c]);
     }
   }
-  for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + c * 16, _mm512_mul_ps(a[c], _mm512_set1_ps(inv)));
+  for (int c = 0; c < C; ++c) vstore(out + c * 16, vmul(a[c], vset(inv)));
 }
 
 // One query row attending over S keys/values of one head: out (D) = softmax(q k^T * scale) v.
+// `scores` has room for S rounded up to 16.
 template <typename T>
 void attend_head(const float* q, const T* k, const T* v, int64_t S, int64_t D, float scale, float* scores,
                  float* out) {
@@ -124,20 +179,20 @@ void attend_head(const float* q, const T* k, const T* v, int64_t S, int64_t D, f
   for (int64_t t = 0; t < S; ++t) {
     const T* kt = k + t * D;
     for (int64_t d = 0; d < D; d += 16) _mm_prefetch(reinterpret_cast<const char*>(kt + d) + PREFETCH, _MM_HINT_T0);
-    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(q), load16(kt));
-    for (int64_t d = 16; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), load16(kt + d), a);
-    scores[t] = _mm512_reduce_add_ps(a) * scale;
+    V a = vmul(vload(q), vload(kt));
+    for (int64_t d = 16; d < D; d += 16) a = vfma(vload(q + d), vload(kt + d), a);
+    scores[t] = vsum(a) * scale;
     top = std::max(top, scores[t]);
   }
-  __m512 total = _mm512_setzero_ps(), m = _mm512_set1_ps(top);
-  for (int64_t t = 0; t < S; t += 16) {
-    __mmask16 live = S - t >= 16 ? 0xFFFF : (__mmask16)((1u << (S - t)) - 1);
-    __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, scores + t), m));
-    e = _mm512_maskz_mov_ps(live, e);
-    _mm512_mask_storeu_ps(scores + t, live, e);
-    total = _mm512_add_ps(total, e);
+  int64_t padded = (S + 15) / 16 * 16;
+  for (int64_t t = S; t < padded; ++t) scores[t] = -INFINITY;  // e^-87 each: 1e-38 of a sum >= 1
+  V total = vset(0.0f), minus_top = vset(-top);
+  for (int64_t t = 0; t < padded; t += 16) {
+    V e = vexp_nonpositive(vadd(vload(scores + t), minus_top));
+    vstore(scores + t, e);
+    total = vadd(total, e);
   }
-  float inv = 1.0f / _mm512_reduce_add_ps(total);
+  float inv = 1.0f / vsum(total);
   switch (D / 16) {  // head widths of 16 to 128 keep their sums in registers
     case 1: return weighted_rows<1>(scores, v, S, inv, out);
     case 2: return weighted_rows<2>(scores, v, S, inv, out);
@@ -145,9 +200,9 @@ void attend_head(const float* q, const T* k, const T* v, int64_t S, int64_t D, f
     case 8: return weighted_rows<8>(scores, v, S, inv, out);
   }
   for (int64_t d = 0; d < D; d += 16) {
-    __m512 a = _mm512_setzero_ps();
-    for (int64_t t = 0; t < S; ++t) a = _mm512_fmadd_ps(_mm512_set1_ps(scores[t]), load16(v + t * D + d), a);
-    _mm512_storeu_ps(out + d, _mm512_mul_ps(a, _mm512_set1_ps(inv)));
+    V a = vset(0.0f);
+    for (int64_t t = 0; t < S; ++t) a = vfma(vset(scores[t]), vload(v + t * D + d), a);
+    vstore(out + d, vmul(a, vset(inv)));
   }
 }
 

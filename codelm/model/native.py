@@ -2,9 +2,10 @@
 
 `available()` compiles kernels.cpp once per machine, source and torch version into
 ~/.cache/codelm (or $XDG_CACHE_HOME/codelm; about 10 s; see `codelm.cbuild`), loads
-it, and registers `torch.ops.codelm.int8_linear` and `attend_one`. It returns False, with the reason
-in `reason()`, where that cannot work: not x86-64 Linux, no AVX-512, no compiler, a
-failed build, or CODELM_NATIVE=0 in the environment. Callers then use aten's kernels.
+it, and registers `torch.ops.codelm.int8_linear` and `attend_one`. It returns False,
+with the reason in `reason()`, where that cannot work: not x86-64 Linux, neither
+AVX-512 nor AVX2 with FMA, no compiler, a failed build, or CODELM_NATIVE=0 in the
+environment. Callers then use aten's kernels.
 
 The library is built with -march=native for the CPU it runs on, so the cache key
 includes the CPU's flags: a home directory shared by different machines gets one
@@ -41,19 +42,32 @@ def _cpu_flags() -> str:
     return ""
 
 
+def isa() -> str | None:
+    """The vector instructions the kernels use on this CPU: "avx512", "avx2" (with FMA) or
+    None. CODELM_NATIVE_ISA=avx2 picks AVX2 on an AVX-512 CPU (to test that path)."""
+    flags = _cpu_flags().split()
+    if "avx512f" in flags and os.environ.get("CODELM_NATIVE_ISA") != "avx2":
+        return "avx512"
+    if "avx2" in flags and "fma" in flags:
+        return "avx2"
+    return None
+
+
 def _command(out: Path) -> list[str]:
     from torch.utils.cpp_extension import include_paths
 
     lib = Path(torch.__file__).parent / "lib"
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     cmd = [cbuild.compiler(), "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+    if isa() == "avx2":
+        cmd.append("-mno-avx512f")  # kernels.cpp then takes its AVX2 branch
     cmd += [f"-D_GLIBCXX_USE_CXX11_ABI={abi}"] + [f"-I{p}" for p in include_paths()]
     return cmd + [str(SOURCE), "-o", str(out), f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
 
 
 def _key() -> tuple[str, ...]:
     """What the build depends on besides its source: -march=native makes it the CPU's."""
-    return (torch.__version__, sys.version, _cpu_flags())
+    return (torch.__version__, sys.version, _cpu_flags(), str(isa()))
 
 
 def _library() -> Path:
@@ -69,8 +83,8 @@ def available() -> bool:
         _reason = "CODELM_NATIVE=0"
     elif sys.platform != "linux" or platform.machine() != "x86_64":
         _reason = f"built for x86-64 Linux only, not {sys.platform}/{platform.machine()}"
-    elif "avx512f" not in _cpu_flags().split():
-        _reason = "this CPU has no AVX-512"
+    elif isa() is None:
+        _reason = "this CPU has neither AVX-512 nor AVX2 with FMA"
     else:
         try:
             what = "CPU kernels (about 10 s)"
@@ -80,7 +94,7 @@ def available() -> bool:
             return False
         if hasattr(torch.ops.codelm, "attend_one"):
             return True
-        _reason = "kernels.cpp was compiled without AVX-512"
+        _reason = "kernels.cpp was compiled without AVX-512 or AVX2"
     return False
 
 
