@@ -148,12 +148,12 @@ class PieceEncoder:
         cache.update(zip(new, map(self._bpe_of, new), strict=True))
         get = cache.__getitem__
         out: list[list[int]] = []
-        for pieces_ in cut:
+        for text_pieces in cut:
             try:
                 # reduce(iadd) extends one list in C: 20% faster than list(chain(...)) here
-                out.append(reduce(iadd, map(get, pieces_), []))
+                out.append(reduce(iadd, map(get, text_pieces), []))
             except KeyError:  # another thread emptied the cache since: do without it
-                out.append([i for p in pieces_ for i in self._bpe_of(p)])
+                out.append([i for p in text_pieces for i in self._bpe_of(p)])
         return out
 
     def decode(self, ids: Iterable[int]) -> str:

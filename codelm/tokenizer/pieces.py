@@ -82,6 +82,13 @@ def available() -> bool:
     return _load() is not None
 
 
+def _require() -> ctypes.CDLL:
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"the piece encoder is not available: {_reason}")
+    return lib
+
+
 def reason() -> str:
     """Why `available()` is False ("" when it is True or was not asked)."""
     return _reason
@@ -96,10 +103,7 @@ class NativePieces:
     (0 for ids BPE never produces, such as special tokens)."""
 
     def __init__(self, token_sizes: list[int]):
-        lib = _load()
-        if lib is None:
-            raise RuntimeError(f"the piece encoder is not available: {_reason}")
-        self._lib = lib
+        self._lib = lib = _require()
         self._h = lib.pieces_new()
         weakref.finalize(self, lib.pieces_free, self._h)
         sizes = array("i", token_sizes)
@@ -149,9 +153,7 @@ class NativePieces:
 
 def cut(text: str) -> list[str]:
     """The pieces of `text` as the C++ cut gives them (`pretokenize.split`'s twin), for tests."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(f"the piece encoder is not available: {_reason}")
+    lib = _require()
     data = text.encode("utf-8", "surrogatepass")
     ends = array("q", bytes(8 * len(data)))
     n = lib.pieces_cut(data, len(data), _address(ends), len(ends))
