@@ -1,12 +1,34 @@
-"""Helpers shared by the bench scripts: timing with repetitions, matmul peak, bandwidth."""
+"""Helpers shared by the bench scripts: where they ran, timing with repetitions, matmul
+peak, bandwidth."""
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+
+def machine() -> str:
+    """One line naming the CPU, the vector ISA and bf16 support as codelm's precision policy
+    sees them (CODELM_CPU fakes them), torch's own kernel ISA, and the threads."""
+    from codelm import hardware
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    aten = torch.backends.cpu.get_cpu_capability()
+    return (
+        f"CPU: {name}; codelm: {hardware.cpu().describe()}; aten: {aten}; {torch.get_num_threads()} threads"
+    )
 
 
 def timed(fn: Callable[[], object], reps: int, warmup: int = 1) -> list[float]:

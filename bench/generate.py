@@ -16,7 +16,7 @@ Time to first token covers the prefill and the first sample. Decode tokens/s is
 step is an outlier, and a median over steps ignores it where a mean over the
 run would not. Engines alternate within each repetition so that noise from
 other processes hits all of them; the table gives medians over repetitions.
-CODELM_NATIVE_ISA=avx2 times the AVX2 kernels on an AVX-512 CPU; CODELM_NATIVE=0, aten's.
+CODELM_CPU=avx2 times the AVX2 kernels on an AVX-512 CPU; CODELM_NATIVE=0, aten's.
 """
 
 from __future__ import annotations

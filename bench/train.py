@@ -3,11 +3,13 @@ LlamaForCausalLM (the same RoPE/RMSNorm/SwiGLU architecture) at the same sizes, 
 precision; plus model FLOP utilisation against a matmul peak measured in the same run.
 
     .venv/bin/python bench/train.py [--preset small] [--vocab 16384] [--batch B] [--seq T] [--reps 5]
+        [--dtype auto|bf16|fp32] [--optimizer muon|adamw]
 
-Both models take a full step (forward, backward, AdamW) on the same random batch. By
+Both models take a full step (forward, backward, optimizer) on the same random batch:
+codelm with its default optimizer (Muon), transformers with AdamW. By
 default the sequences are the preset's context (`small`: 512), as `codelm train` cuts
-its windows, and the batch holds 2,048 tokens (4 x 512 for `small`); MEASURED.md's
-reference shape is `--batch 8 --seq 256`.
+its windows, and the batch holds 2,048 tokens (4 x 512 for `small`); `--batch 8 --seq
+256` is the shape of the figures in the README's training table.
 Steps alternate between the engines so that noise from other processes hits both.
 """
 
@@ -22,12 +24,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import llama_config, matmul_peak, summary  # noqa: E402
+from common import llama_config, machine, matmul_peak, summary  # noqa: E402
 
 from codelm.model import ModelConfig, Transformer  # noqa: E402
 from codelm.train.allocator import keep_freed_memory  # noqa: E402
 from codelm.train.config import TrainConfig  # noqa: E402
-from codelm.train.loop import make_optimizer, train_step  # noqa: E402
+from codelm.train.loop import autocast_dtype, make_optimizer, train_step  # noqa: E402
 
 
 def hf_llama(cfg: ModelConfig):
@@ -48,13 +50,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="default: 2048 tokens / seq")
     ap.add_argument("--seq", type=int, default=0, help="default: the preset's context")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    # auto: bf16 where this CPU computes it natively, else fp32, as `codelm train` decides.
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--compile", action="store_true", help="also time codelm under torch.compile")
-    # AdamW by default, the peer's optimizer: the step is then the same work on both sides.
-    # --optimizer muon shows what codelm's default optimizer adds to a step.
-    ap.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"])
+    # codelm's default optimizer (Muon) against the peer's AdamW: what a user's step costs.
+    # --optimizer adamw makes the step the same work on both sides.
+    ap.add_argument("--optimizer", default=TrainConfig().optimizer, choices=["adamw", "muon"])
     a = ap.parse_args()
-    amp = torch.bfloat16 if a.dtype == "bf16" else None
+    amp = autocast_dtype(torch.device("cpu"), a.dtype)
+    a.dtype = "bf16" if amp else "fp32"
     # As `codelm train` does. It is process-wide, so transformers' steps get it too.
     keep_freed_memory()
     torch.manual_seed(0)
@@ -102,8 +106,9 @@ def main() -> None:
     tokens = a.batch * a.seq
     n = ours.num_params()
     fpt = flops_per_token(cfg, n, a.seq)
-    print(f"preset {a.preset}: {n / 1e6:.1f}M params, vocab {a.vocab}, batch {a.batch}x{a.seq}, {a.dtype}, "
-          f"{torch.get_num_threads()} threads; matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
+    print(machine())
+    print(f"preset {a.preset}, {a.optimizer}: {n / 1e6:.1f}M params, vocab {a.vocab}, "
+          f"batch {a.batch}x{a.seq}, {a.dtype}; matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
     tps = {k: [tokens / t for t in v] for k, v in times.items()}
     for name, v in tps.items():
         mfu = statistics.median(v) * fpt / 1e9 / peak

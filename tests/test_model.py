@@ -104,13 +104,13 @@ KERNEL_TESTS = [
     reason="no AVX-512 kernels: the tests above ran the AVX2 ones, or none",
 )
 def test_the_avx2_kernels_pass_the_same_tests(monkeypatch):
-    env = {**os.environ, "CODELM_NATIVE_ISA": "avx2"}  # one build per process: a new process
+    env = {**os.environ, "CODELM_CPU": "avx2"}  # one build per process: a new process
     root = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *KERNEL_TESTS]
     done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]
     assert "passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-3000:]
-    monkeypatch.setenv("CODELM_NATIVE_ISA", "avx2")
+    monkeypatch.setenv("CODELM_CPU", "avx2")
     assert native.isa() == "avx2" and native._library().exists()  # the AVX2 build is what ran
 
 

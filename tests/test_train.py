@@ -352,3 +352,23 @@ def test_training_steps_reuse_freed_memory_without_page_faults():
     assert runs["1"][0]
     assert runs["0"][1] > 100_000  # the default does fault (this test can fail)
     assert runs["1"][1] < runs["0"][1] / 5
+
+
+def test_muon_update_in_fp32_matches_the_bf16_one():
+    """One Muon step from the same state: the Newton-Schulz iterations in fp32 (chosen on
+    CPUs without native bf16) move the weights as the bf16 ones do, to bf16's precision."""
+    from codelm.train.muon import MuonAdamW
+
+    torch.manual_seed(0)
+    w = torch.randn(96, 64) * 0.02
+    grad = torch.randn(96, 64)
+    deltas = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        p = torch.nn.Parameter(w.clone())
+        p.grad = grad.clone()
+        MuonAdamW([{"params": [p], "muon": True}], lr=0.02, ns_dtype=dtype).step()
+        deltas[dtype] = (p.detach() - w).flatten()
+    a, b = deltas[torch.bfloat16], deltas[torch.float32]
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
+    assert (a - b).norm() / b.norm() < 0.05  # measured: 0.031
+    assert b.abs().max() > 0  # the step moved the weights

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from codelm import cbuild
+from codelm import cbuild, hardware
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 TILE = 4  # rows per tile: R in kernels.cpp
@@ -44,13 +44,10 @@ def _cpu_flags() -> str:
 
 def isa() -> str | None:
     """The vector instructions the kernels use on this CPU: "avx512", "avx2" (with FMA) or
-    None. CODELM_NATIVE_ISA=avx2 picks AVX2 on an AVX-512 CPU (to test that path)."""
-    flags = _cpu_flags().split()
-    if "avx512f" in flags and os.environ.get("CODELM_NATIVE_ISA") != "avx2":
-        return "avx512"
-    if "avx2" in flags and "fma" in flags:
-        return "avx2"
-    return None
+    None, as the precision policy says (`codelm.hardware.kernel_isa`): CODELM_CPU=avx2
+    picks AVX2 on an AVX-512 CPU (to test that path)."""
+    found = hardware.kernel_isa()
+    return found if found in ("avx512", "avx2") else None
 
 
 def _command(out: Path) -> list[str]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from codelm import hardware
 from codelm.errors import CodelmError
 from codelm.model import Transformer
 from codelm.model.io import WEIGHTS, save_weights
@@ -44,14 +45,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(device: torch.device, name: str) -> torch.dtype | None:
-    """bf16 where the device computes it natively (AVX512-BF16/AMX on CPU), else fp32 (None)."""
+    """For "auto": bf16 where the device computes it natively (codelm.hardware), else fp32 (None)."""
     if name == "fp32":
         return None
     if name == "bf16":
         return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else None
+    return torch.bfloat16 if hardware.bf16_native(device) else None
 
 
 def make_optimizer(model: Transformer, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -68,7 +67,7 @@ def make_optimizer(model: Transformer, cfg: TrainConfig, device: torch.device) -
             {"params": [p for _, p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
             {"params": [p for _, p in rest if p.dim() < 2]},
         ]
-        return MuonAdamW(groups, lr=cfg.lr, betas=betas)
+        return MuonAdamW(groups, lr=cfg.lr, betas=betas, ns_dtype=hardware.compute_dtype(device))
     params = [p for _, p in named]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
