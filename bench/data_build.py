@@ -29,7 +29,8 @@ from pathlib import Path
 
 def read_floor(source: str) -> tuple[float, int]:
     """Seconds to read and UTF-8-decode every file of `source`, and the bytes read."""
-    from codelm.data.sources import RawFile, open_source
+    from codelm.data.records import RawFile
+    from codelm.data.sources import open_source
 
     t0 = time.perf_counter()
     nbytes = 0

@@ -36,7 +36,9 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from codelm.data.build import DataConfig, build_dataset
-from codelm.data.sources import HELD_OUT_PACKAGES, RawFile, open_source, site_packages_root
+from codelm.data.dataset import iter_texts
+from codelm.data.records import RawFile
+from codelm.data.sources import HELD_OUT_PACKAGES, open_source, site_packages_root
 from codelm.demo import TEST_SUITES, DemoConfig, demo_train_config
 from codelm.evaluate.intrinsic import IntrinsicConfig, intrinsic_metrics
 from codelm.evaluate.line_completion import LineConfig, model_predictions, sample_positions, score, similarity
@@ -45,7 +47,6 @@ from codelm.generate.sampling import SamplingConfig
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import read_config
 from codelm.tokenizer import train_tokenizer
-from codelm.train.batches import iter_texts
 from codelm.train.config import TrainConfig
 from codelm.train.loop import lr_at, train, train_step
 

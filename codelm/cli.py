@@ -2,12 +2,20 @@
 
 Results go to stdout, messages and progress to stderr. A user mistake
 (`CodelmError`) becomes a one-line error and exit status 2, never a traceback.
+
+A flag that sets a config field is stored as "<config>.<field>" (`train.lr`) and
+only when given (`argparse.SUPPRESS`), so a config is built from the given
+fields alone: each default lives once, in its dataclass, which checks the
+values itself. `--help` reads the defaults from the dataclasses.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from dataclasses import MISSING, fields
+from typing import Any
 
 from codelm.errors import CodelmError
 
@@ -15,50 +23,129 @@ from codelm.errors import CodelmError
 # that parsing arguments does not import torch.
 WEIGHT_CHOICES = ["auto", "fp32", "bf16", "int8"]
 
+# The dataclass behind each config prefix, by import path: building a config or printing
+# --help imports it, parsing arguments does not (for the same reason as WEIGHT_CHOICES).
+CONFIGS = {
+    "demo": "codelm.demo:DemoConfig",
+    "data": "codelm.data.build:DataConfig",
+    "filters": "codelm.data.filters:FilterConfig",
+    "dedup": "codelm.data.dedup:DedupConfig",
+    "pairs": "codelm.data.pairs:PairConfig",
+    "train": "codelm.train.config:TrainConfig",
+    "eval": "codelm.evaluate.report:EvalConfig",
+    "sampling": "codelm.generate.sampling:SamplingConfig",
+    "stops": "codelm.generate.stopping:StopConfig",
+    "serve": "codelm.serve.api:ServeConfig",
+}
+
+
+def config_class(config: str) -> type:
+    """The dataclass named by CONFIGS[config], imported."""
+    module, name = CONFIGS[config].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def given(a: argparse.Namespace, config: str) -> dict[str, Any]:
+    """The fields of `config` the user gave flags for, e.g. {"lr": 0.01} from `--lr 0.01`."""
+    prefix = f"{config}."
+    return {k.removeprefix(prefix): v for k, v in vars(a).items() if k.startswith(prefix)}
+
+
+def make_config(a: argparse.Namespace, config: str) -> Any:
+    """The `config` dataclass from the flags given; every other field keeps its default."""
+    return config_class(config)(**given(a, config))
+
+
+def data_config(a: argparse.Namespace) -> Any:
+    """`codelm data build`'s DataConfig, with its nested filter, dedup and pair configs."""
+    from codelm.data.split import parse_fractions
+
+    top = given(a, "data")
+    if "fractions" in top:  # --split 0.8,0.1,0.1
+        top["fractions"] = parse_fractions(top["fractions"])
+    parts = {name: make_config(a, name) for name in ("filters", "dedup", "pairs")}
+    return config_class("data")(**top, **parts)
+
+
+def serve_config(a: argparse.Namespace) -> Any:
+    """`codelm serve`'s ServeConfig; the API key comes from --api-key, else CODELM_API_KEY."""
+    import os
+
+    cfg = given(a, "serve")
+    key = cfg.pop("api_key", None) or os.environ.get("CODELM_API_KEY")  # an empty flag counts as unset
+    return config_class("serve")(**cfg, **({"api_key": key} if key else {}))
+
+
+def _field_default(dest: str) -> Any:
+    config, name = dest.split(".")
+    f = next(f for f in fields(config_class(config)) if f.name == name)
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+class _Help(argparse.HelpFormatter):
+    """Help that ends a config flag's text with "(default: X)", X read from its dataclass."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "." not in action.dest or action.nargs == 0:  # not a config field, or an on/off switch
+            return text
+        value = _field_default(action.dest)
+        if value is None or value == ():
+            return text
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()  # argparse %-formats help
+
+
+class _Parser(argparse.ArgumentParser):
+    # Subcommands' parsers are made with their parent's class, so they get _Help too.
+    def __init__(self, *args: Any, **kw: Any):
+        kw.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kw)
+
+
+def _opt(p: argparse.ArgumentParser, config: str, flag: str, field: str | None = None, **kw: Any) -> None:
+    """Add `flag`, which sets `field` of `config` (by default the flag's name: --max-steps,
+    max_steps), stored only when given."""
+    name = flag.lstrip("-").replace("-", "_")
+    if kw.get("action", "store") in ("store", "append") and "choices" not in kw:
+        kw.setdefault("metavar", name.upper())  # as argparse would name it, not "TRAIN.MAX_STEPS"
+    p.add_argument(flag, dest=f"{config}.{field or name}", default=argparse.SUPPRESS, **kw)
+
+
+def _switch(p: argparse.ArgumentParser, config: str, flag: str, field: str, value: bool, help: str) -> None:
+    """Add a flag without a value that sets `field` of `config` to `value` when given."""
+    dest = f"{config}.{field}"
+    p.add_argument(flag, dest=dest, action="store_const", const=value, default=argparse.SUPPRESS, help=help)
+
 
 def _demo(a: argparse.Namespace) -> None:
-    from codelm.demo import DemoConfig, run_demo
+    from codelm.demo import run_demo
 
-    run_demo(DemoConfig(out=a.out, max_minutes=a.max_minutes, seed=a.seed, compile=not a.no_compile))
+    run_demo(make_config(a, "demo"))
 
 
 def _data_build(a: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from codelm.data.build import DataConfig, build_dataset, stats_table
-    from codelm.data.dedup import DedupConfig
-    from codelm.data.filters import FilterConfig
-    from codelm.data.pairs import PairConfig
-    from codelm.data.split import parse_fractions
+    from codelm.data.build import build_dataset, stats_table
 
-    cfg = DataConfig(
-        fractions=parse_fractions(a.split),
-        filters=FilterConfig(max_bytes=a.max_bytes, keep_unparsable=a.keep_unparsable),
-        dedup=DedupConfig(
-            near_dup_threshold=a.near_dup_threshold, num_perm=a.num_perm, shingle_size=a.shingle_size
-        ),
-        pairs=PairConfig(enabled=not a.no_pairs),
-        decontaminate=tuple(a.decontaminate),
-        text_field=a.text_field,
-        near_dup=not a.no_near_dup,
-        num_proc=a.num_proc,
-        exclude=tuple(a.exclude),
-    )
-    stats = build_dataset(a.sources, a.out, cfg)
+    stats = build_dataset(a.sources, a.out, data_config(a))
     Console().print(stats_table(stats, a.out))
 
 
 def _tokenizer_train(a: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from codelm.data.dataset import iter_texts
     from codelm.tokenizer import TextFiles, train_tokenizer
-    from codelm.train.batches import iter_texts
 
     data = Path(a.data)
     if not data.exists():
         raise CodelmError(f"corpus not found: {data}")
     # DATA from `codelm data build` (its train split), else plain text files.
-    is_data = any((data / n).exists() for n in ("train.parquet", "val.parquet", "manifest.json"))
+    from codelm.data.dataset import is_data_dir
+
+    is_data = is_data_dir(data)
     files = None if is_data else TextFiles(data)
     texts = iter_texts(data, "train") if files is None else files
     tok = train_tokenizer(texts, a.vocab_size, show_progress=sys.stderr.isatty())
@@ -76,30 +163,9 @@ def _tokenizer_train(a: argparse.Namespace) -> None:
 def _train(a: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from codelm.train.config import TrainConfig
     from codelm.train.loop import train
 
-    cfg = TrainConfig(
-        preset=a.preset,
-        vocab_size=a.vocab_size,
-        epochs=a.epochs,
-        max_minutes=a.max_minutes,
-        max_steps=a.max_steps,
-        max_tokens=a.max_tokens,
-        batch_size=a.batch_size,
-        grad_accum=a.grad_accum,
-        seq_len=a.seq_len,
-        lr=a.lr,
-        optimizer=a.optimizer,
-        fim_rate=a.fim_rate,
-        eval_every=a.eval_every,
-        early_stop_patience=a.early_stop,
-        checkpoint_every=a.checkpoint_every,
-        compile=a.compile,
-        dtype=a.dtype,
-        seed=a.seed,
-        device=a.device,
-    )
+    cfg = make_config(a, "train")
     if not a.resume and a.data is None:
         raise CodelmError("give --data DATA (or --resume an existing run)")
     trace = train(a.data, a.out, cfg, tokenizer=a.tokenizer, resume=a.resume, init_from=a.init_from)
@@ -112,7 +178,8 @@ def _eval(a: argparse.Namespace) -> None:
     if a.completions:
         from codelm.evaluate.passk import score_file
 
-        report = score_file(a.problems, a.completions, json_out=a.json, workers=a.workers or None)
+        workers = given(a, "eval").get("workers") or None  # None: score_file's own choice
+        report = score_file(a.problems, a.completions, json_out=a.json, workers=workers)
         keys = ["problems", "samples", "passed", *[k for k in report if k.startswith("pass@")]]
         for k in keys:
             print(f"{k}: {report[k]:.3f}" if isinstance(report[k], float) else f"{k}: {report[k]}")
@@ -120,9 +187,9 @@ def _eval(a: argparse.Namespace) -> None:
         return
     if a.run is None:
         raise CodelmError("give a RUN directory, or --completions FILE to score completions made elsewhere")
-    from codelm.evaluate.report import EvalConfig, evaluate_run, report_table
+    from codelm.evaluate.report import evaluate_run, report_table
 
-    cfg = EvalConfig(samples=a.samples, temperature=a.temperature, workers=a.workers, seed=a.seed)
+    cfg = make_config(a, "eval")
     report = evaluate_run(a.run, data=a.data, problems=a.problems, cfg=cfg, json_out=a.json)
     Console().print(report_table(report))
 
@@ -131,59 +198,28 @@ def _generate(a: argparse.Namespace) -> None:
     from codelm.generate.command import read_prompt, run_generate
     from codelm.generate.generator import load_run
     from codelm.generate.prompts import Prompt
-    from codelm.generate.sampling import SamplingConfig
-    from codelm.generate.stopping import StopConfig
 
     if a.trace_layers and not a.trace:
         raise CodelmError("--trace-layers adds to --trace: give both")
     prompt = Prompt(read_prompt(a.prompt), suffix=a.suffix, instruction=a.instruction)
-    cfg = SamplingConfig(
-        temperature=a.temperature,
-        top_p=a.top_p,
-        top_k=a.top_k,
-        max_new_tokens=a.max_new_tokens,
-        seed=a.seed,
-        **({} if a.repetition_penalty is None else {"repetition_penalty": a.repetition_penalty}),
-    )
-    stops = StopConfig(
-        stop=tuple(a.stop),
-        block_end=False if a.no_block_end else None,
-        max_lines=a.max_lines,
-        max_repeats=a.max_repeats,
-    )
+    cfg, stops = make_config(a, "sampling"), make_config(a, "stops")
     model, tok = load_run(a.run, weights=a.weights)
     trace = "lens" if a.trace_layers else "top" if a.trace else ""
     run_generate(model, tok, prompt, cfg, stops, n=a.n, best=a.best, stream=a.stream, trace=trace)
 
 
 def _serve(a: argparse.Namespace) -> None:
-    import os
+    from codelm.serve import serve
 
-    from codelm.serve import ServeConfig, serve
-
-    cfg = ServeConfig(
-        host=a.host,
-        port=a.port,
-        api_key=a.api_key or os.environ.get("CODELM_API_KEY") or None,
-        max_batch=a.max_batch,
-        max_queue=a.max_queue,
-        max_tokens=a.max_tokens,
-        max_prompt_chars=a.max_prompt_chars,
-        timeout=a.timeout,
-        model_name=a.model_name,
-    )
-    for name in ("max_batch", "max_queue", "max_tokens", "max_prompt_chars", "timeout"):
-        if getattr(cfg, name) <= 0:
-            raise CodelmError(f"--{name.replace('_', '-')} must be positive")
-    serve(a.run, cfg, device=a.device, weights=a.weights)
+    serve(a.run, serve_config(a), device=a.device, weights=a.weights)
 
 
 def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="stdlib -> tokenizer -> tiny model -> trace -> samples")
-    d.add_argument("--out", default="runs/demo", help="directory for data, tokenizer and run")
-    d.add_argument("--max-minutes", type=float, default=5.0, help="training budget (minutes)")
-    d.add_argument("--seed", type=int, default=1337)
-    d.add_argument("--no-compile", action="store_true", help="train eagerly (skip torch.compile)")
+    _opt(d, "demo", "--out", help="directory for data, tokenizer and run")
+    _opt(d, "demo", "--max-minutes", type=float, help="training budget (minutes)")
+    _opt(d, "demo", "--seed", type=int, help="seed of every random choice")
+    _switch(d, "demo", "--no-compile", "compile", False, "train eagerly (skip torch.compile)")
     d.set_defaults(func=_demo)
 
 
@@ -200,30 +236,32 @@ def _data_parser(sub) -> None:
         " (installed packages, 1 MB of each, the held-out ones left out)",
     )
     b.add_argument("--out", required=True, help="the DATA directory to write (replaced atomically)")
-    b.add_argument("--text-field", default="content", help="code column of JSONL/Parquet (default: content)")
-    b.add_argument("--max-bytes", type=int, default=1_000_000, help="drop larger files (default: 1000000)")
-    b.add_argument("--keep-unparsable", action="store_true", help="keep Python that ast cannot parse")
-    b.add_argument("--near-dup-threshold", type=float, default=0.85, help="MinHash Jaccard (default: 0.85)")
-    b.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default: 128)")
-    b.add_argument("--shingle-size", type=int, default=5, help="tokens per shingle (default: 5)")
-    b.add_argument("--no-near-dup", action="store_true", help="remove exact duplicates only")
-    b.add_argument(
+    _opt(b, "data", "--text-field", help="code column of JSONL/Parquet")
+    _opt(b, "filters", "--max-bytes", type=int, help="drop larger files")
+    _switch(b, "filters", "--keep-unparsable", "keep_unparsable", True, "keep Python that ast cannot parse")
+    _opt(b, "dedup", "--near-dup-threshold", type=float, help="MinHash Jaccard")
+    _opt(b, "dedup", "--num-perm", type=int, help="MinHash permutations")
+    _opt(b, "dedup", "--shingle-size", type=int, help="tokens per shingle")
+    _switch(b, "data", "--no-near-dup", "near_dup", False, "remove exact duplicates only")
+    _opt(
+        b,
+        "data",
         "--decontaminate",
         action="append",
-        default=[],
         metavar="FILE.jsonl",
         help="drop documents containing a problem of this benchmark (repeatable)",
     )
-    b.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default: 0.8,0.1,0.1)")
-    b.add_argument("--no-pairs", action="store_true", help="do not mine docstring->code pairs")
-    b.add_argument(
+    _opt(b, "data", "--split", "fractions", help="train,val,test fractions")
+    _switch(b, "pairs", "--no-pairs", "enabled", False, "do not mine docstring->code pairs")
+    _opt(
+        b,
+        "data",
         "--exclude",
         action="append",
-        default=[],
         metavar="GLOB",
         help="leave out paths matching GLOB (repeatable)",
     )
-    b.add_argument("--num-proc", type=int, default=1, help="worker processes (output is the same)")
+    _opt(b, "data", "--num-proc", type=int, help="worker processes (output is the same)")
     b.set_defaults(func=_data_build)
 
 
@@ -241,27 +279,27 @@ def _train_parser(sub) -> None:
     tr.add_argument("--data", default=None, help="DATA directory from `codelm data build`")
     tr.add_argument("--out", required=True, help="RUN directory")
     tr.add_argument("--tokenizer", default=None, help="TOK dir or tokenizer.json (default: train one)")
-    tr.add_argument("--preset", default="tiny", help="model size: tiny | small | base")
-    tr.add_argument("--vocab-size", type=int, default=8192, help="when training a tokenizer")
-    tr.add_argument("--epochs", type=float, default=1.0)
-    tr.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget")
-    tr.add_argument("--max-steps", type=int, default=0)
-    tr.add_argument("--max-tokens", type=int, default=0)
-    tr.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch (global)")
-    tr.add_argument("--grad-accum", type=int, default=1)
-    tr.add_argument("--seq-len", type=int, default=0, help="0: the model's context length")
-    tr.add_argument("--lr", type=float, default=2e-3, help="AdamW's peak rate; Muon's is 10x this")
-    tr.add_argument("--optimizer", default="muon", choices=["muon", "adamw"], help="muon: Muon + AdamW")
-    tr.add_argument("--fim-rate", type=float, default=0.5, help="share of files made FIM examples")
-    tr.add_argument("--eval-every", type=int, default=0, help="steps; 0: 8 points over the budget")
-    tr.add_argument("--early-stop", type=int, default=0, help="patience in evaluations; 0: off")
-    tr.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0: at each evaluation")
-    tr.add_argument("--compile", action="store_true", help="torch.compile the model")
-    tr.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    _opt(tr, "train", "--preset", help="model size: tiny | small | base")
+    _opt(tr, "train", "--vocab-size", type=int, help="when training a tokenizer")
+    _opt(tr, "train", "--epochs", type=float, help="passes over the training tokens")
+    _opt(tr, "train", "--max-minutes", type=float, help="wall-clock budget; 0: none")
+    _opt(tr, "train", "--max-steps", type=int, help="0: no limit")
+    _opt(tr, "train", "--max-tokens", type=int, help="0: no limit")
+    _opt(tr, "train", "--batch-size", type=int, help="sequences per micro-batch (global)")
+    _opt(tr, "train", "--grad-accum", type=int, help="micro-batches per optimizer step")
+    _opt(tr, "train", "--seq-len", type=int, help="0: the model's context length")
+    _opt(tr, "train", "--lr", type=float, help="AdamW's peak rate; Muon's is 10x this")
+    _opt(tr, "train", "--optimizer", choices=["muon", "adamw"], help="muon: Muon + AdamW")
+    _opt(tr, "train", "--fim-rate", type=float, help="share of files made FIM examples")
+    _opt(tr, "train", "--eval-every", type=int, help="steps; 0: only the evaluations spread over the budget")
+    _opt(tr, "train", "--early-stop", "early_stop_patience", type=int, help="patience in evaluations; 0: off")
+    _opt(tr, "train", "--checkpoint-every", type=int, help="steps; 0: at each evaluation")
+    _switch(tr, "train", "--compile", "compile", True, "torch.compile the model")
+    _opt(tr, "train", "--dtype", choices=["auto", "bf16", "fp32"], help="auto: bf16 where the device has it")
     tr.add_argument("--resume", action="store_true", help="continue RUN from its newest checkpoint")
     tr.add_argument("--init-from", default=None, help="fine-tune from another RUN's weights")
-    tr.add_argument("--seed", type=int, default=1337)
-    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _opt(tr, "train", "--seed", type=int, help="seed of every random choice")
+    _opt(tr, "train", "--device", choices=["auto", "cpu", "cuda"], help="auto: cuda if there is one")
     tr.set_defaults(func=_train)
 
 
@@ -271,11 +309,11 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--data", default=None, help="DATA dir (its test split) or a folder of code")
     ev.add_argument("--problems", default=None, help="HumanEval-format JSONL (default: our benchmark)")
     ev.add_argument("--completions", default=None, help="score this JSONL of completions, no model")
-    ev.add_argument("--samples", type=int, default=10, help="completions per problem; 0 skips pass@k")
-    ev.add_argument("--temperature", type=float, default=0.2)
-    ev.add_argument("--workers", type=int, default=0, help="sandbox processes; 0: one per core")
+    _opt(ev, "eval", "--samples", type=int, help="completions per problem; 0 skips pass@k")
+    _opt(ev, "eval", "--temperature", type=float, help="of the pass@k samples")
+    _opt(ev, "eval", "--workers", type=int, help="sandbox processes; 0: one per core")
     ev.add_argument("--json", default=None, help="write the full report here")
-    ev.add_argument("--seed", type=int, default=0)
+    _opt(ev, "eval", "--seed", type=int, help="seed of the pass@k samples")
     ev.set_defaults(func=_eval)
 
 
@@ -285,26 +323,21 @@ def _generate_parser(sub) -> None:
     g.add_argument("prompt", help="code to complete (FIM: prefix; --instruction: code start); - is stdin")
     g.add_argument("--suffix", default=None, help="fill in the middle between PROMPT and this code")
     g.add_argument("--instruction", default=None, help="write code for this request (PROMPT: its start)")
-    g.add_argument("--temperature", type=float, default=0.2, help="0: greedy (default: 0.2)")
-    g.add_argument("--top-p", type=float, default=0.95, help="nucleus mass in (0, 1] (default: 0.95)")
-    g.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
-    g.add_argument(
-        "--repetition-penalty",
-        type=float,
-        default=None,
-        help=">1 lowers repeated tokens; 1 turns it off (default: SamplingConfig's, 1.1)",
-    )
-    g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--max-lines", type=int, default=0, help="stop after N lines (0: no limit)")
-    g.add_argument("--max-repeats", type=int, default=3, help="stop when a line loops more (0: off)")
-    g.add_argument("--stop", action="append", default=[], metavar="S", help="stop string (repeatable)")
-    g.add_argument("--no-block-end", action="store_true", help="do not stop at the end of the block")
+    _opt(g, "sampling", "--temperature", type=float, help="0: greedy")
+    _opt(g, "sampling", "--top-p", type=float, help="nucleus mass in (0, 1]")
+    _opt(g, "sampling", "--top-k", type=int, help="0: no top-k cut")
+    _opt(g, "sampling", "--repetition-penalty", type=float, help=">1 lowers repeated tokens; 1 turns it off")
+    _opt(g, "sampling", "--max-new-tokens", type=int, help="length limit of a completion")
+    _opt(g, "stops", "--max-lines", type=int, help="stop after N lines (0: no limit)")
+    _opt(g, "stops", "--max-repeats", type=int, help="stop when a line loops more (0: off)")
+    _opt(g, "stops", "--stop", action="append", metavar="S", help="stop string (repeatable)")
+    _switch(g, "stops", "--no-block-end", "block_end", False, "do not stop at the end of the block")
     g.add_argument("--n", type=int, default=1, help="samples to draw (in one batch)")
     g.add_argument("--best", action="store_true", help="print the most likely sample that parses")
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     g.add_argument("--trace", action="store_true", help="print the top 5 candidates per token")
     g.add_argument("--trace-layers", action="store_true", help="with --trace: add the logit lens")
-    g.add_argument("--seed", type=int, default=None)
+    _opt(g, "sampling", "--seed", type=int, help="makes sampling reproducible")
     g.add_argument(
         "--weights",
         default="auto",
@@ -317,22 +350,22 @@ def _generate_parser(sub) -> None:
 def _serve_parser(sub) -> None:
     sv = sub.add_parser("serve", help="OpenAI-style completions API and web playground for a run")
     sv.add_argument("run")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--api-key", default=None, help="require Bearer KEY (or set CODELM_API_KEY)")
-    sv.add_argument("--max-batch", type=int, default=16, help="requests decoded together; 1: one at a time")
-    sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503 (default: 64)")
-    sv.add_argument("--max-tokens", type=int, default=512, help="cap on a request's max_tokens")
-    sv.add_argument("--max-prompt-chars", type=int, default=200_000, help="longer prompts get 400")
-    sv.add_argument("--timeout", type=float, default=120.0, help="seconds per request, queue wait included")
-    sv.add_argument("--model-name", default=None, help="model id in the API (default: the run's name)")
+    _opt(sv, "serve", "--host", help="address to bind; loopback: this machine only")
+    _opt(sv, "serve", "--port", type=int, help="TCP port; 0: any free one")
+    _opt(sv, "serve", "--api-key", help="require Bearer KEY (or set CODELM_API_KEY)")
+    _opt(sv, "serve", "--max-batch", type=int, help="requests decoded together; 1: one at a time")
+    _opt(sv, "serve", "--max-queue", type=int, help="waiting requests before 503")
+    _opt(sv, "serve", "--max-tokens", type=int, help="cap on a request's max_tokens")
+    _opt(sv, "serve", "--max-prompt-chars", type=int, help="longer prompts get 400")
+    _opt(sv, "serve", "--timeout", type=float, help="seconds per request, queue wait included")
+    _opt(sv, "serve", "--model-name", help="model id in the API (default: the run's name)")
     sv.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     sv.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES, help="as in generate")
     sv.set_defaults(func=_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="codelm", description="Train code models on your own code.")
+    p = _Parser(prog="codelm", description="Train code models on your own code.")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_demo_parser, _data_parser, _tokenizer_parser, _train_parser, _eval_parser,
                 _generate_parser, _serve_parser):  # fmt: skip

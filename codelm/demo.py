@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from codelm.data.build import DataConfig, build_dataset
+from codelm.data.dataset import iter_texts
+from codelm.errors import CodelmError
 from codelm.generate.generator import best_of, load_run, parses
 from codelm.generate.sampling import SamplingConfig
 from codelm.tokenizer import train_tokenizer
-from codelm.train.batches import iter_texts
 from codelm.train.config import TrainConfig
 from codelm.train.loop import train
 
@@ -59,6 +60,15 @@ class DemoConfig:
     sources: tuple[str, ...] = ("stdlib", "site-packages")
     exclude: tuple[str, ...] = TEST_SUITES  # paths left out of the corpus
     seed: int = 1337
+
+    def __post_init__(self) -> None:
+        if not self.max_minutes > 0:  # the demo's only budget: it trains for this long
+            raise CodelmError(f"max_minutes must be positive, got {self.max_minutes}")
+        for name in ("samples", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise CodelmError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.sources:
+            raise CodelmError("the demo needs at least one source")
 
 
 def run_demo(cfg: DemoConfig = DemoConfig(), out: Console | None = None) -> dict:

@@ -1,4 +1,5 @@
-"""Tests for the corpus stage (`codelm data build`): sources, filters, dedup, pairs, splits."""
+"""Tests for the corpus stage (`codelm data build`): sources, filters, dedup, pairs, splits,
+DATA's format (write, read back, recognise), the JSONL reader and the benchmark problems."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import inspect
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +20,16 @@ import pytest
 
 from codelm import cli
 from codelm.data import sources as sources_mod
-from codelm.data.build import SCHEMA, DataConfig, build_dataset
-from codelm.data.decontaminate import DecontamConfig, Decontaminator, Problem, load_problems
+from codelm.data.build import DataConfig, build_dataset
+from codelm.data.dataset import SCHEMA, SPLITS
+from codelm.data.decontaminate import DecontamConfig, Decontaminator
 from codelm.data.dedup import DedupConfig, exact_key, signature
 from codelm.data.filters import FilterConfig, check
 from codelm.data.pairs import mine_pairs
+from codelm.data.problems import Problem, load_problems
+from codelm.data.records import RawFile, Skip
 from codelm.data.sources import open_source
-from codelm.data.split import SPLITS, parse_fractions, split_of
+from codelm.data.split import parse_fractions, split_of
 from codelm.errors import CodelmError
 
 # Four files that share no purpose, names or literals: none may be taken for another.
@@ -301,7 +306,7 @@ def test_decontamination_removes_documents_containing_a_problem(tmp_path):
 
 
 def test_decontaminator_ngram_threshold():
-    d = Decontaminator([Problem("p", (PROBLEM["canonical_solution"],))], DecontamConfig())
+    d = Decontaminator([Problem("p", canonical_solution=PROBLEM["canonical_solution"])], DecontamConfig())
     assert d.matches("x = 1\n" + PROBLEM["canonical_solution"]) == ("p",)
     half = "\n".join(PROBLEM["canonical_solution"].split("\n")[:2])
     assert d.matches(half) == ()  # under half of the solution's 10-grams
@@ -311,8 +316,8 @@ def test_load_problems_reads_ids_and_parts(tmp_path):
     bench = write(
         tmp_path, "b.jsonl", json.dumps(PROBLEM) + "\n\n" + json.dumps({"prompt": "def f(x):"}) + "\n"
     )
-    problems = load_problems((str(bench),))
-    assert [p.id for p in problems] == ["Bench/0", "b.jsonl:3"]
+    problems = load_problems(bench, runnable=False)
+    assert [p.task_id for p in problems] == ["Bench/0", "b.jsonl:3"]
     assert problems[0].parts == (PROBLEM["prompt"], PROBLEM["canonical_solution"])
 
 
@@ -321,7 +326,7 @@ def test_bad_benchmark_file_is_one_line_error(tmp_path):
     with pytest.raises(CodelmError, match="benchmark file not found"):
         build([tmp_path / "src"], tmp_path / "data", DataConfig(decontaminate=(str(tmp_path / "no.jsonl"),)))
     bad = write(tmp_path, "bad.jsonl", "{not json\n")
-    with pytest.raises(CodelmError, match="line 1 is not JSON"):
+    with pytest.raises(CodelmError, match="bad.jsonl:1: not valid JSON"):
         build([tmp_path / "src"], tmp_path / "data", DataConfig(decontaminate=(str(bad),)))
     assert not (tmp_path / "data").exists()
 
@@ -696,7 +701,7 @@ def test_excluded_paths_are_skipped_and_counted(tmp_path):
 
 
 def test_site_packages_source_leaves_out_held_out_packages_and_caps_each(tmp_path):
-    from codelm.data.sources import HELD_OUT_PACKAGES, RawFile, iter_site_packages
+    from codelm.data.sources import HELD_OUT_PACKAGES, iter_site_packages
 
     root = tmp_path / "site-packages"
     for pkg in ("alpha", "big", HELD_OUT_PACKAGES[0], "alpha-1.0.dist-info", "__pycache__"):
@@ -722,5 +727,252 @@ def test_site_packages_source_leaves_out_held_out_packages_and_caps_each(tmp_pat
 def test_site_packages_source_reads_this_environment():
     source = open_source("site-packages")
     assert source.kind == "site-packages" and source.info["held_out"]
-    first = next(f for f in source if not isinstance(f, sources_mod.Skip))
+    first = next(f for f in source if not isinstance(f, Skip))
     assert first.path.endswith(".py") and first.path.split("/")[0] not in source.info["held_out"]
+
+
+# ---------------------------------------------------------------- DATA's format (dataset.py)
+
+
+def _rows_by_split() -> dict[str, list[dict]]:
+    from codelm.data.dataset import make_row
+
+    return {
+        "train": [
+            make_row(DISTINCT["stack.py"], "lib/stack.py", "src"),
+            make_row("x = 'caf\u00e9 \u2603'\n", "caf\u00e9.py", "src"),  # non-ASCII text and path
+            make_row(
+                "# add\ndef add(a, b):\n    return a + b", "m.py::add", "src", "pair", "add", "return a"
+            ),
+        ],
+        "val": [make_row(DISTINCT["urls.py"], "urls.py", "other")],
+        "test": [],  # an empty split is still a file, with the schema
+    }
+
+
+def test_written_data_reads_back_identically(tmp_path):
+    from codelm.data.dataset import MANIFEST, STATS, is_data_dir, iter_rows, iter_texts, write_data
+
+    written = _rows_by_split()
+    out = tmp_path / "data"
+    with write_data(out) as writer:
+        for split, split_rows in written.items():
+            for row in split_rows:
+                writer.add(split, row)
+        manifest = writer.finish({"kept": 4}, {"inputs": ["src"]})
+    assert is_data_dir(out)
+    for split in SPLITS:
+        assert list(iter_rows(out, split)) == written[split], split
+        assert pq.read_schema(out / f"{split}.parquet").equals(SCHEMA)
+        assert manifest["files"][f"{split}.parquet"]["rows"] == len(written[split])
+    assert list(iter_texts(out, "train")) == [r["text"] for r in written["train"] if r["kind"] == "file"]
+    assert json.loads((out / STATS).read_text()) == {"kept": 4}
+    assert json.loads((out / MANIFEST).read_text()) == manifest and manifest["inputs"] == ["src"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temporary left behind
+
+
+def test_a_failed_write_leaves_the_old_data(tmp_path):
+    from codelm.data.dataset import iter_rows, make_row, write_data
+
+    out = tmp_path / "data"
+    with write_data(out) as writer:
+        writer.add("train", make_row("A = 1\n", "a.py", "src"))
+        writer.finish({}, {})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(RuntimeError), write_data(out) as writer:
+        writer.add("train", make_row("B = 2\n", "b.py", "src"))
+        raise RuntimeError("the build failed half way")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [r["path"] for r in iter_rows(out, "train")] == ["a.py"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_build_reads_back_through_the_dataset_module(tmp_path):
+    from codelm.data.dataset import iter_rows
+
+    src = _corpus(tmp_path)
+    build([src], tmp_path / "data")
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    for split, expected in rows(tmp_path / "data").items():
+        assert list(iter_rows(tmp_path / "data", split)) == expected
+        assert manifest["files"][f"{split}.parquet"]["rows"] == len(expected)
+
+
+def test_is_data_dir_and_require_data_dir(tmp_path):
+    from codelm.data.dataset import is_data_dir, require_data_dir
+
+    built = tmp_path / "built"
+    write(tmp_path / "src", "a.py", DISTINCT["stack.py"])
+    build([tmp_path / "src"], built)
+    by_hand = tmp_path / "by_hand"  # a split's Parquet file alone, as a user might make one
+    by_hand.mkdir()
+    pq.write_table(pa.table({"text": ["x = 1\n"]}), by_hand / "train.parquet")
+    (tmp_path / "empty").mkdir()
+    a_file = write(tmp_path, "data.parquet", b"PAR1")
+    for path in (built, by_hand):
+        assert is_data_dir(path) and is_data_dir(str(path)), path
+    for path in (tmp_path / "src", tmp_path / "empty", tmp_path / "missing", a_file):
+        assert not is_data_dir(path), path
+
+    assert require_data_dir(built, SPLITS) == built
+    assert require_data_dir(str(by_hand)) == by_hand  # the train split is what it needs by default
+    cases = [
+        (by_hand, ("train", "val"), r"not a DATA directory \(no val.parquet\)"),
+        (tmp_path / "src", ("train", "val"), r"no train.parquet, val.parquet\).*codelm data build"),
+        (tmp_path / "missing", ("train",), "DATA directory not found"),
+        (a_file, ("train",), "not a DATA directory"),
+    ]
+    for path, splits, message in cases:
+        with pytest.raises(CodelmError, match=message) as err:
+            require_data_dir(path, splits)
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_reading_a_split_that_is_missing_or_corrupt_is_one_line_error(tmp_path):
+    from codelm.data.dataset import iter_rows, iter_texts
+
+    with pytest.raises(CodelmError, match=r"no train.parquet"):
+        list(iter_texts(tmp_path, "train"))
+    write(tmp_path, "val.parquet", b"PAR1 not parquet at all PAR1")
+    with pytest.raises(CodelmError, match="corrupt Parquet file") as err:
+        list(iter_rows(tmp_path, "val"))
+    assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- JSON Lines (jsonl.py)
+
+JSONL_BODY = '{"a": 1}\n\n{"b": "caf\u00e9"}\r\n   \n{"c": [1, 2]}'  # blank lines, CRLF, no final newline
+
+
+def test_jsonl_reader_reads_plain_and_gzip_identically(tmp_path):
+    from codelm.data.jsonl import read_jsonl, scan_jsonl
+
+    plain = write(tmp_path, "x.jsonl", JSONL_BODY.encode())
+    packed = tmp_path / "x.jsonl.gz"
+    packed.write_bytes(gzip.compress(JSONL_BODY.encode()))
+    expected = [(1, {"a": 1}), (3, {"b": "caf\u00e9"}), (5, {"c": [1, 2]})]  # numbers count blank lines
+    assert list(read_jsonl(plain)) == list(read_jsonl(packed)) == expected
+    assert list(scan_jsonl(plain)) == list(scan_jsonl(packed)) == expected
+    bom = write(tmp_path, "bom.jsonl", b"\xef\xbb\xbf" + JSONL_BODY.encode())  # as some editors save
+    assert list(read_jsonl(bom)) == expected
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("{not json", r"x.jsonl(.gz)?:3: not valid JSON"),
+        ("[1, 2]", r"x.jsonl(.gz)?:3: expected a JSON object, got list"),
+        (b"\xff\xfe bytes", r"cannot read things file .*x.jsonl(.gz)?: line 3 is not UTF-8"),
+    ],
+)
+def test_jsonl_reader_reports_a_bad_line_with_its_number(tmp_path, gz, bad, message):
+    from codelm.data.jsonl import BadLine, read_jsonl, scan_jsonl
+
+    body = b'{"a": 1}\n\n' + (bad if isinstance(bad, bytes) else bad.encode()) + b'\n{"b": 2}\n'
+    path = tmp_path / ("x.jsonl.gz" if gz else "x.jsonl")
+    path.write_bytes(gzip.compress(body) if gz else body)
+    with pytest.raises(CodelmError, match=message) as err:
+        list(read_jsonl(path, "things"))
+    assert "\n" not in str(err.value)
+    # the lenient reader goes on past it: the bad line is marked, the next one read
+    scanned = list(scan_jsonl(path))
+    assert [n for n, _ in scanned] == [1, 3, 4] and scanned[2][1] == {"b": 2}
+    assert isinstance(scanned[1][1], BadLine) == (bad != "[1, 2]")
+
+
+def test_jsonl_reader_unreadable_files_are_one_line_errors(tmp_path):
+    from codelm.data.jsonl import read_jsonl
+
+    whole = gzip.compress(("\n".join(json.dumps({"n": i, "pad": "x" * 50}) for i in range(2000))).encode())
+    write(tmp_path, "cut.jsonl.gz", whole[: len(whole) // 2])
+    write(tmp_path, "fake.jsonl.gz", b"this was never gzipped")
+    (tmp_path / "dir.jsonl").mkdir()
+    cases = [
+        ("missing.jsonl", "things file not found"),
+        ("cut.jsonl.gz", r"cannot read things file .*cut.jsonl.gz: .*\(after line \d+\)"),
+        ("fake.jsonl.gz", "cannot read things file .*fake.jsonl.gz"),
+        ("dir.jsonl", "cannot read things file"),
+    ]
+    for name, message in cases:
+        with pytest.raises(CodelmError, match=message) as err:
+            list(read_jsonl(tmp_path / name, "things"))
+        assert "\n" not in str(err.value)
+
+
+def test_a_damaged_gzip_dump_among_sources_is_counted_and_named(tmp_path):
+    whole = gzip.compress(json.dumps({"content": DISTINCT["urls.py"], "path": "u.py"}).encode() * 3)
+    cut = write(tmp_path, "cut.jsonl.gz", whole[:-12])
+    write(tmp_path / "src", "a.py", DISTINCT["stack.py"])
+    logs: list[str] = []
+    stats = build([tmp_path / "src", cut], tmp_path / "data", logs=logs)
+    assert stats["skipped_corrupt_jsonl"] == 1 and any("cut.jsonl.gz" in m for m in logs)
+
+
+# ---------------------------------------------------------------- benchmark problems (problems.py)
+
+
+def test_one_problem_loader_for_decontamination_and_evaluation(tmp_path):
+    from codelm.data import decontaminate, process
+    from codelm.evaluate import passk
+
+    shipped = passk.default_problems_path()
+    runnable = load_problems(shipped)
+    assert load_problems(shipped, runnable=False) == runnable  # a sound file reads the same either way
+    assert passk.Problem is Problem and process.Problem is Problem and decontaminate.Problem is Problem
+    assert all(p.parts == (p.prompt, p.canonical_solution) for p in runnable)
+    # a problem loaded for evaluation is found in the corpus by the decontaminator
+    found = decontaminate.Decontaminator(runnable, DecontamConfig())
+    victim = runnable[5]
+    leak = f"import os\n\n\n{victim.prompt}{victim.canonical_solution}"
+    assert victim.task_id in found.matches(leak)
+    # ...and the build drops it, counted under its task_id
+    write(tmp_path / "src", "leak.py", leak)
+    write(tmp_path / "src", "ok.py", DISTINCT["stack.py"])
+    stats = build([tmp_path / "src"], tmp_path / "data", DataConfig(decontaminate=(str(shipped),)))
+    assert stats["contaminated_by_problem"] == {victim.task_id: 1}
+
+
+def test_text_only_problems_take_other_benchmarks_fields(tmp_path):
+    lines = [
+        {"id": 7, "prompt": "def f(x):\n", "solution": "    return x\n"},  # MBPP-like spellings
+        {"name": "g", "canonical_solution": "    return 1\n"},
+        {"prompt": "def h():\n"},  # no id: named FILE:LINE
+    ]
+    bench = write(tmp_path, "other.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
+    problems = load_problems(bench, runnable=False)
+    assert [p.task_id for p in problems] == ["7", "g", "other.jsonl:3"]
+    assert [p.parts for p in problems] == [
+        ("def f(x):\n", "    return x\n"),
+        ("    return 1\n",),
+        ("def h():\n",),
+    ]
+    with pytest.raises(CodelmError, match="missing field 'task_id'"):
+        load_problems(bench)  # to be run, a problem needs HumanEval's own fields
+    write(tmp_path, "blank.jsonl", json.dumps({"task_id": "t", "prompt": "   "}) + "\n")
+    with pytest.raises(CodelmError, match=r"blank.jsonl:1: has no 'prompt' or 'canonical_solution'"):
+        load_problems(tmp_path / "blank.jsonl", runnable=False)
+    write(tmp_path, "empty.jsonl", "\n")
+    with pytest.raises(CodelmError, match="benchmark file has no problems"):
+        load_problems(tmp_path / "empty.jsonl", runnable=False, what="benchmark")
+
+
+# ---------------------------------------------------------------- module layout
+
+
+def test_source_readers_do_not_import_each_other():
+    # gitsource and the record types load without sources.py: no import cycle between the readers.
+    code = (
+        "import sys, codelm.data.gitsource, codelm.data.records;"
+        "assert 'codelm.data.sources' not in sys.modules, 'gitsource imports sources'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert sources_mod.RawFile is RawFile and sources_mod.Skip is Skip  # one type, wherever it is named
+
+
+def test_data_is_swapped_in_only_when_finished(tmp_path):
+    from codelm.data.dataset import make_row, write_data
+
+    with pytest.raises(RuntimeError, match="finish"), write_data(tmp_path / "data") as writer:
+        writer.add("train", make_row("A = 1\n", "a.py", "src"))  # ...and no finish()
+    assert list(tmp_path.iterdir()) == []  # nothing swapped in, no temporary left

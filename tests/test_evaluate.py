@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from codelm.data.problems import Problem, load_problems
 from codelm.errors import CodelmError
 from codelm.evaluate.passk import (
-    Problem,
     build_program,
     default_problems_path,
     load_completions,
-    load_problems,
     pass_at_k,
     results_path_for,
     score_completions,

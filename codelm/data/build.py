@@ -1,9 +1,9 @@
 """`codelm data build`: sources -> filtered, deduplicated, split Parquet files in DATA/.
 
-DATA/ holds `train.parquet`, `val.parquet`, `test.parquet` (one row per document:
-text, path, source, kind, prompt, completion), `stats.json` (seen, dropped and
-skipped per reason, kept per split) and `manifest.json` (inputs, options,
-content hash). The build is one streaming pass: files are read lazily, worked
+DATA's format (split files, columns, stats.json and manifest.json) is defined,
+written and read by dataset.py; this module decides what goes in. stats.json
+counts files seen, dropped and skipped per reason, and kept per split. The
+build is one streaming pass: files are read lazily, worked
 on in order by `num_proc` processes (process.py), and judged here against what
 came before (exact and near duplicates: the first of a cluster is kept), then
 written in row groups to the split of their group key. Memory holds a few
@@ -26,32 +26,20 @@ from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.table import Table
 
-from codelm.data.decontaminate import DecontamConfig, load_problems
+from codelm.data.dataset import SPLITS, DataWriter, check_replaceable, make_row, write_data
+from codelm.data.decontaminate import DecontamConfig
 from codelm.data.dedup import DedupConfig, NearDupIndex, exact_key
 from codelm.data.filters import REASONS, FilterConfig
 from codelm.data.pairs import PairConfig, pair_text
+from codelm.data.problems import load_problems
 from codelm.data.process import Result, WorkerConfig, process_stream
-from codelm.data.sources import Skip, Source, open_source
-from codelm.data.split import SPLITS, check_fractions, group_key, split_of
+from codelm.data.records import Skip
+from codelm.data.sources import Source, open_source
+from codelm.data.split import check_fractions, group_key, split_of
 from codelm.errors import CodelmError
-from codelm.fsutil import atomic_directory, atomic_write_json
 
-SCHEMA = pa.schema(
-    [
-        ("text", pa.string()),
-        ("path", pa.string()),
-        ("source", pa.string()),
-        ("kind", pa.string()),  # "file" or "pair"
-        ("prompt", pa.string()),  # pairs only
-        ("completion", pa.string()),  # pairs only
-    ]
-)
-ROWS_PER_GROUP = 512  # Parquet row group size: bounds memory while streaming
-BYTES_PER_GROUP = 32_000_000  # ...and so does this, when documents are large
 MAX_WARNINGS = 10  # skip messages printed; the rest are only counted
 SKIP_REASONS = (
     "unreadable",
@@ -102,50 +90,9 @@ class DataConfig:
             check_fractions(self.fractions)
         except ValueError as e:
             raise CodelmError(str(e)) from None
-        checks = {
-            "--near-dup-threshold must be between 0 and 1": 0 < self.dedup.near_dup_threshold < 1,
-            "--num-perm must be at least 16": self.dedup.num_perm >= 16,
-            "--shingle-size must be at least 1": self.dedup.shingle_size >= 1,
-            "--max-bytes must be positive": self.filters.max_bytes > 0,
-            "--num-proc must be at least 1": self.num_proc >= 1,
-            "decontamination n-grams must be at least 1 token": self.decontam.ngram >= 1,
-            "decontamination overlap must be in (0, 1]": 0 < self.decontam.min_overlap <= 1,
-        }
-        for msg, ok in checks.items():
-            if not ok:
-                raise CodelmError(msg)
-
-
-class _SplitWriter:
-    """Buffers rows per split, flushes them as Parquet row groups and hashes their content."""
-
-    def __init__(self, out: Path):
-        self.writers = {s: pq.ParquetWriter(out / f"{s}.parquet", SCHEMA) for s in SPLITS}
-        self.buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
-        self.sizes = dict.fromkeys(SPLITS, 0)
-        self.rows = dict.fromkeys(SPLITS, 0)
-        self.content = hashlib.blake2b(digest_size=16)
-
-    def add(self, split: str, row: dict) -> None:
-        for name in SCHEMA.names:  # length-prefixed, so field boundaries cannot shift
-            value = (row[name] or "").encode("utf-8", "surrogatepass")
-            self.content.update(len(value).to_bytes(8, "little") + value)
-        self.content.update(split.encode())
-        self.buffers[split].append(row)
-        self.rows[split] += 1
-        self.sizes[split] += len(row["text"])
-        if len(self.buffers[split]) >= ROWS_PER_GROUP or self.sizes[split] >= BYTES_PER_GROUP:
-            self._flush(split)
-
-    def _flush(self, split: str) -> None:
-        if self.buffers[split]:
-            self.writers[split].write_table(pa.Table.from_pylist(self.buffers[split], SCHEMA))
-            self.buffers[split], self.sizes[split] = [], 0
-
-    def close(self) -> None:
-        for s in SPLITS:
-            self._flush(s)
-            self.writers[s].close()
+        # The nested configs (filters, dedup, pairs, decontam) check themselves when built.
+        if self.num_proc < 1:
+            raise CodelmError("--num-proc must be at least 1")
 
 
 def _storable(path: str) -> str:
@@ -153,21 +100,10 @@ def _storable(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _row(text: str, path: str, source: str, kind: str, prompt=None, completion=None) -> dict:
-    return {
-        "text": text,
-        "path": path,
-        "source": source,
-        "kind": kind,
-        "prompt": prompt,
-        "completion": completion,
-    }
-
-
 class _Judge:
     """Takes results in input order and decides: drop (and why), or keep in which split."""
 
-    def __init__(self, cfg: DataConfig, writer: _SplitWriter, near: NearDupIndex | None, warn: Callable):
+    def __init__(self, cfg: DataConfig, writer: DataWriter, near: NearDupIndex | None, warn: Callable):
         self.cfg, self.writer, self.near, self.warn = cfg, writer, near, warn
         self.stats: Counter = Counter(dict.fromkeys(COUNTERS, 0))
         self.by_problem: Counter = Counter()
@@ -210,7 +146,7 @@ class _Judge:
         st["kept_syntax_error"] += item.syntax_error
         split = split_of(group_key(item.source, item.path), self.cfg.fractions)
         file_path = _storable(item.path)
-        self.writer.add(split, _row(item.text, file_path, item.source, "file"))
+        self.writer.add(split, make_row(item.text, file_path, item.source, "file"))
         st[f"{split}_documents"] += 1
         st[f"{split}_bytes"] += len(item.text.encode("utf-8", "surrogatepass"))
         for pair in item.pairs:  # a pair goes where its file went: no leak between splits
@@ -222,7 +158,7 @@ class _Judge:
             self.seen_pairs.add(key)
             text = pair_text(pair.prompt, pair.completion)
             path = f"{file_path}::{pair.name}"
-            self.writer.add(split, _row(text, path, item.source, "pair", pair.prompt, pair.completion))
+            self.writer.add(split, make_row(text, path, item.source, "pair", pair.prompt, pair.completion))
             st[f"{split}_pairs"] += 1
 
     def kept(self) -> int:
@@ -302,25 +238,10 @@ def _unless_excluded(item, patterns: tuple[str, ...]):
     return item
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an --out that is a file, or a non-empty folder that is not a DATA directory."""
-    if out.exists() and not out.is_dir():
-        raise CodelmError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
-        raise CodelmError(f"refusing to replace {out}: it is not empty and holds no DATA manifest.json")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CodelmError(f"cannot create {out.parent}: {e.strerror or e}") from None
-
-
-def _manifest(opened: list[Source], cfg: DataConfig, writer: _SplitWriter, out: Path) -> dict:
+def _manifest(opened: list[Source], cfg: DataConfig) -> dict:
+    """What the build knows of its identity; dataset.py adds the files' rows and hashes."""
     options = asdict(cfg)
     options.pop("num_proc")  # does not change the output, so it does not belong to its identity
-    files = {}
-    for s in SPLITS:
-        digest = hashlib.sha256((out / f"{s}.parquet").read_bytes()).hexdigest()
-        files[f"{s}.parquet"] = {"rows": writer.rows[s], "sha256": digest}
     benchmarks = [
         {"path": p, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()} for p in cfg.decontaminate
     ]
@@ -328,8 +249,6 @@ def _manifest(opened: list[Source], cfg: DataConfig, writer: _SplitWriter, out: 
         "inputs": [{"spec": s.spec, "kind": s.kind, **s.info} for s in opened],
         "benchmarks": benchmarks,
         "options": json.loads(json.dumps(options)),
-        "files": files,
-        "content_hash": writer.content.hexdigest(),
     }
 
 
@@ -350,18 +269,20 @@ def build_dataset(
     if not specs:
         raise CodelmError("no source given")
     out = Path(out)
-    _check_out(out)
-    # Check every spec and benchmark file before writing anything.
+    check_replaceable(out)
+    # Check every spec and benchmark file before writing anything. Only a benchmark's text
+    # matters here, so its files are read leniently (problems.py).
     opened = [open_source(s, cfg.text_field, cfg.filters.max_bytes) for s in specs]
-    problems = tuple(load_problems(cfg.decontaminate))
+    problems = tuple(
+        p for path in cfg.decontaminate for p in load_problems(path, runnable=False, what="benchmark")
+    )
     wcfg = WorkerConfig(cfg.filters, cfg.dedup, cfg.pairs, cfg.decontam, problems)
     try:
         near = NearDupIndex(cfg.dedup) if cfg.near_dup else None
     except ValueError as e:  # datasketch cannot band this few permutations at this threshold
         raise CodelmError(f"near-duplicate settings: {e}") from None
     show = sys.stderr.isatty() if progress is None else progress
-    with atomic_directory(out) as tmp:
-        writer = _SplitWriter(tmp)
+    with write_data(out) as writer:  # swapped in whole at the end; an error leaves the old DATA
         warnings = _Warnings(log)
         judge = _Judge(cfg, writer, near, warnings)
         bar = _Progress(show)
@@ -372,15 +293,13 @@ def build_dataset(
                 bar.advance(getattr(item, "nbytes", 0))
         finally:
             bar.close()
-            writer.close()
         warnings.finish()
         if judge.kept() == 0:
             raise CodelmError(judge.nothing_kept_message(specs))
         stats = dict(judge.stats)
         if cfg.decontaminate:
             stats["contaminated_by_problem"] = dict(sorted(judge.by_problem.items()))
-        atomic_write_json(tmp / "stats.json", stats)
-        atomic_write_json(tmp / "manifest.json", _manifest(opened, cfg, writer, tmp))
+        writer.finish(stats, _manifest(opened, cfg))
     return stats
 
 

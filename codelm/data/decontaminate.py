@@ -1,8 +1,8 @@
 """Remove documents that contain a benchmark problem, so evaluation scores stay honest.
 
-A benchmark file is JSON Lines (optionally gzipped), one problem per line, with an id (`task_id`,
-`id` or `name`), a `prompt` and a solution (`canonical_solution` or
-`solution`). A document is contaminated by a problem when, token by token
+Benchmark files are read by `codelm.data.problems.load_problems(..., runnable=False)`:
+HumanEval-format JSON Lines, of which only each problem's id, prompt and
+solution matter here. A document is contaminated by a problem when, token by token
 (comments dropped, whitespace ignored):
 
 - a part of the problem (prompt or solution) with at least `ngram` tokens shares
@@ -16,19 +16,13 @@ drops it and counts it per problem.
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 from codelm.data.dedup import code_tokens
+from codelm.data.problems import Problem
 from codelm.errors import CodelmError
-
-ID_FIELDS = ("task_id", "id", "name")
-SOLUTION_FIELDS = ("canonical_solution", "solution")
 
 
 @dataclass(frozen=True)
@@ -37,42 +31,13 @@ class DecontamConfig:
     min_overlap: float = 0.5  # fraction of a part's n-grams that must appear in the document
     min_chars: int = 20  # a part shorter than this (normalised) is too generic to match
 
-
-@dataclass(frozen=True)
-class Problem:
-    id: str
-    parts: tuple[str, ...]  # the prompt and the solution, whichever are present
-
-
-def load_problems(paths: tuple[str, ...]) -> list[Problem]:
-    """Problems from benchmark JSONL files; a missing or malformed file is a one-line error."""
-    problems: list[Problem] = []
-    for path in paths:
-        try:
-            raw = Path(path).read_bytes()
-            lines = (gzip.decompress(raw) if path.endswith(".gz") else raw).decode("utf-8").splitlines()
-        except FileNotFoundError:
-            raise CodelmError(f"benchmark file not found: {path}") from None
-        except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
-            raise CodelmError(f"cannot read benchmark file {path}: {e}") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                raise CodelmError(f"{path} line {n} is not JSON") from None
-            if not isinstance(rec, dict):
-                raise CodelmError(f"{path} line {n} is not a JSON object")
-            pid = next((str(rec[f]) for f in ID_FIELDS if rec.get(f) is not None), f"{Path(path).name}:{n}")
-            solution = next((rec[f] for f in SOLUTION_FIELDS if isinstance(rec.get(f), str)), "")
-            parts = tuple(p for p in (rec.get("prompt"), solution) if isinstance(p, str) and p.strip())
-            if not parts:
-                raise CodelmError(f"{path} line {n} has no 'prompt' or 'canonical_solution'")
-            problems.append(Problem(pid, parts))
-    if paths and not problems:
-        raise CodelmError(f"no problems in {', '.join(paths)}")
-    return problems
+    def __post_init__(self) -> None:
+        if self.ngram < 1:
+            raise CodelmError(f"decontamination ngram must be at least 1 token, got {self.ngram}")
+        if not 0 < self.min_overlap <= 1:
+            raise CodelmError(f"decontamination min_overlap must be in (0, 1], got {self.min_overlap}")
+        if self.min_chars < 0:
+            raise CodelmError(f"decontamination min_chars must be at least 0, got {self.min_chars}")
 
 
 class Decontaminator:
@@ -80,7 +45,7 @@ class Decontaminator:
 
     def __init__(self, problems: list[Problem], cfg: DecontamConfig):
         self.cfg = cfg
-        self.ids = [p.id for p in problems]
+        self.ids = [p.task_id for p in problems]
         self.index: dict[tuple[str, ...], list[int]] = defaultdict(list)  # n-gram -> part numbers
         self.part_problem: list[int] = []  # part number -> problem number
         self.part_need: list[int] = []  # part number -> n-grams that must be shared

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
+from codelm.errors import CodelmError
+
 # One regex for every token: a comment, a string literal (with prefixes and triple
 # quotes), a name, a number, or any other single character. Enough for shingling
 # and n-grams; not a full tokenizer.
@@ -51,6 +53,14 @@ class DedupConfig:
     # Files with fewer shape tokens are only deduplicated exactly: over a few lines, code that
     # differs only in its names (a getter, a small wrapper) is usually different code, not a copy.
     min_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 < self.near_dup_threshold < 1:
+            raise CodelmError(f"near_dup_threshold must be in (0, 1), got {self.near_dup_threshold}")
+        # Fewer permutations make the Jaccard estimate too noisy to cluster on.
+        for name, low in (("num_perm", 16), ("shingle_size", 1), ("min_tokens", 0)):
+            if getattr(self, name) < low:
+                raise CodelmError(f"{name} must be at least {low}, got {getattr(self, name)}")
 
 
 def exact_key(text: str) -> bytes:

@@ -17,6 +17,8 @@ import re
 import warnings
 from dataclasses import dataclass
 
+from codelm.errors import CodelmError
+
 REASONS = ("too_large", "binary", "not_utf8", "empty", "generated", "minified", "syntax_error")
 
 
@@ -36,6 +38,15 @@ class FilterConfig:
         r"\b(?:this|the) (?:file|module|code) (?:is|was|has been) (?:auto(?:matically)?[- ]?)?generated\b",
     )
     keep_unparsable: bool = False  # Python that `ast` rejects: keep it (counted) or drop it
+
+    def __post_init__(self) -> None:
+        for name, low in (("max_bytes", 1), ("max_line_length", 1), ("header_lines", 0)):
+            if getattr(self, name) < low:
+                raise CodelmError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if not self.max_mean_line_length > 0:
+            raise CodelmError(f"max_mean_line_length must be positive, got {self.max_mean_line_length}")
+        if not 0 <= self.min_alnum_fraction <= 1:
+            raise CodelmError(f"min_alnum_fraction must be in [0, 1], got {self.min_alnum_fraction}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from codelm.data.records import RawFile, Skip
 from codelm.errors import CodelmError
 
 _ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
@@ -99,10 +100,8 @@ def iter_head(
     max_bytes: int,
     language_of: Callable[[str], str | None],
     skip_dirs: frozenset[str],
-) -> Iterator:
+) -> Iterator[RawFile | Skip]:
     """RawFile | Skip for each code blob at `commit`, in path order, streamed from git."""
-    from codelm.data.sources import RawFile, Skip  # the types live with the other sources
-
     wanted = []
     for _, obj, name, size in _tree(path, commit, spec):
         parts = name.split("/")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
+from codelm.errors import CodelmError
+
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 _DEFS = (*_FUNCS, ast.ClassDef)
 _COMPOUND = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try, ast.TryStar)
@@ -27,6 +29,10 @@ _PRAGMAS = ("#!", "# -*-", "# noqa", "# type:", "# pragma", "# pylint", "# fmt:"
 class PairConfig:
     enabled: bool = True  # mine pairs at all
     min_instruction_words: int = 3  # "Return the sum." is enough; "Helper." is not
+
+    def __post_init__(self) -> None:
+        if self.min_instruction_words < 0:
+            raise CodelmError(f"min_instruction_words must be at least 0, got {self.min_instruction_words}")
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from codelm.data.decontaminate import DecontamConfig, Decontaminator, Problem
+from codelm.data.decontaminate import DecontamConfig, Decontaminator
 from codelm.data.dedup import DedupConfig, exact_key, signature
 from codelm.data.filters import FilterConfig, check
 from codelm.data.pairs import Pair, PairConfig, mine_pairs
-from codelm.data.sources import RawFile, Skip
+from codelm.data.problems import Problem
+from codelm.data.records import RawFile, Skip
 from codelm.errors import CodelmError
 
 CHUNK_FILES = 32  # files per task: amortises inter-process overhead

@@ -3,23 +3,22 @@
 `open_source(spec)` checks a source spec up front (a missing path or a symlink
 loop fails here, before anything is written) and returns a `Source` that yields,
 lazily and in a stable order, either a `RawFile` (bytes not decoded yet) or a
-`Skip` (a file or record that could not be read, with its reason). Nothing is
-held whole in memory: directories are walked, git blobs are streamed through
-one `git cat-file --batch`, JSONL is read line by line and Parquet in batches.
+`Skip` (a file or record that could not be read, with its reason); both types
+live in records.py. Nothing is held whole in memory: directories are walked,
+git blobs are streamed through one `git cat-file --batch`, JSONL is read line
+by line and Parquet in batches.
 
 Spec forms: `stdlib`; `site-packages` (the installed third-party packages, each
 capped, HELD_OUT_PACKAGES left out for evaluation); a directory (a git
 repository's root is read from its HEAD, any other directory from disk,
 honouring `.gitignore` inside a work tree); `git:PATH` and `dir:PATH` force
-either reading; `*.jsonl[.gz]`, `*.parquet`; a single code file. Decoding and
-filtering live in `filters.py`.
+either reading; `*.jsonl[.gz]` (read by jsonl.py), `*.parquet`; a single code
+file. Decoding and filtering live in `filters.py`.
 """
 
 from __future__ import annotations
 
 import errno
-import gzip
-import json
 import os
 import stat
 import sysconfig
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from codelm.data import gitsource
+from codelm.data.jsonl import BadLine, scan_jsonl
+from codelm.data.records import RawFile, Skip
 from codelm.errors import CodelmError
 
 # Language by file extension. Adding a language means adding an entry here.
@@ -71,26 +72,6 @@ SITE_PACKAGE_CAP = 1_000_000
 def language_of(path: str) -> str | None:
     """The language of a path by its extension, or None when it is not in LANGUAGES."""
     return LANGUAGES.get(PurePosixPath(path).suffix.lower())
-
-
-@dataclass(frozen=True)
-class RawFile:
-    """One file or record as read from a source: its bytes are not decoded yet."""
-
-    path: str  # relative to the source root, with forward slashes
-    data: bytes
-    source: str  # the source spec it came from, e.g. "stdlib" or a directory
-    language: str | None = "python"  # None: unknown (a record without a path), not parsed
-
-
-@dataclass(frozen=True)
-class Skip:
-    """A file or record that was not read. `reason` is counted in stats.json."""
-
-    path: str
-    source: str
-    reason: str  # a stats key: "dropped_too_large", "skipped_unreadable", ...
-    message: str = ""  # one line for the user; empty for per-record reasons not worth a line
 
 
 @dataclass
@@ -234,31 +215,27 @@ def _record(rec: object, row: int, name: str, spec: str, text_field: str) -> Raw
 
 
 def iter_jsonl(path: Path, spec: str, text_field: str) -> Iterator[RawFile | Skip]:
-    """One record per line. A file whose first record is not JSON is corrupt as a whole."""
-    opener = gzip.open if path.name.endswith(".gz") else open
+    """One record per line. A file whose first record is not JSON is corrupt as a whole;
+    a later bad line is one counted bad record, and a read error ends the file there."""
     first = True
     try:
-        with opener(path, "rb") as f:
-            for row, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    if first:
-                        yield Skip(path.name, spec, "skipped_corrupt_jsonl", f"{path}: not JSON Lines")
-                        return
-                    yield Skip(f"{path.name}#{row}", spec, "skipped_bad_record")
-                    continue
-                if first and isinstance(rec, dict) and text_field not in rec:
-                    keys = ", ".join(sorted(rec)[:8])
-                    msg = f"{path}: no field {text_field!r} (fields: {keys}); pick one with --text-field"
-                    yield Skip(path.name, spec, "skipped_missing_text_field", msg)
+        for lineno, rec in scan_jsonl(path):
+            row = lineno - 1  # records are named by 0-based line: "dump.jsonl#0" is the first line
+            if isinstance(rec, BadLine):
+                if first:
+                    yield Skip(path.name, spec, "skipped_corrupt_jsonl", f"{path}: not JSON Lines")
                     return
-                first = False
-                yield _record(rec, row, path.name, spec, text_field)
-    except (OSError, EOFError, zlib.error) as e:
-        yield Skip(path.name, spec, "skipped_corrupt_jsonl", f"{path}: cannot read ({e})")
+                yield Skip(f"{path.name}#{row}", spec, "skipped_bad_record")
+                continue
+            if first and isinstance(rec, dict) and text_field not in rec:
+                keys = ", ".join(sorted(rec)[:8])
+                msg = f"{path}: no field {text_field!r} (fields: {keys}); pick one with --text-field"
+                yield Skip(path.name, spec, "skipped_missing_text_field", msg)
+                return
+            first = False
+            yield _record(rec, row, path.name, spec, text_field)
+    except CodelmError as e:  # unreadable or a damaged gzip stream: what was read still counts
+        yield Skip(path.name, spec, "skipped_corrupt_jsonl", str(e))
 
 
 def iter_parquet(path: Path, spec: str, text_field: str) -> Iterator[RawFile | Skip]:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import PurePosixPath
 
+from codelm.data.dataset import SPLITS
 from codelm.errors import CodelmError
-
-SPLITS = ("train", "val", "test")
 
 
 def group_key(source: str, path: str) -> str:

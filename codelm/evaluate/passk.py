@@ -2,8 +2,10 @@
 
 A problems file is JSONL (optionally gzipped) with `task_id`, `prompt`,
 `entry_point`, `test` (which defines `check(candidate)`) and optionally
-`canonical_solution`. A completions file is JSONL with `task_id` and
-`completion`, any number of lines per task: the n samples. A sample passes when
+`canonical_solution`; `Problem` and `load_problems` live in
+codelm/data/problems.py, shared with decontamination. A completions file is
+JSONL (read by codelm/data/jsonl.py) with `task_id` and `completion`, any
+number of lines per task: the n samples. A sample passes when
 `prompt + completion + test + check(entry_point)` runs to its end in the
 sandbox (see sandbox.py; the done marker is added there, outside the program's
 text, so the program cannot print it early).
@@ -17,32 +19,22 @@ does.
 
 from __future__ import annotations
 
-import gzip
 import json
-import keyword
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
+from codelm.data.jsonl import read_jsonl, string_field
+from codelm.data.problems import Problem, load_problems
 from codelm.errors import CodelmError
 from codelm.evaluate.sandbox import SandboxConfig, SandboxResult, resolve, run_many
 from codelm.fsutil import atomic_write_json, atomic_write_text
 
 DEFAULT_KS = (1, 10, 100)
-REQUIRED_FIELDS = ("task_id", "prompt", "entry_point", "test")
-
-
-@dataclass(frozen=True)
-class Problem:
-    task_id: str
-    prompt: str  # the signature and docstring the model continues
-    entry_point: str  # the function `check` is called with
-    test: str  # defines `def check(candidate):`
-    canonical_solution: str | None = None  # a reference body, for validating the problem itself
 
 
 def default_problems_path() -> Path:
@@ -63,61 +55,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - fail
 
 
-def _read_jsonl(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise CodelmError(f"{what} file not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise CodelmError(f"cannot read {what} file {path}: {exc}") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CodelmError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise CodelmError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        yield lineno, row
-
-
-def _field(row: dict, name: str, where: str, required: bool = True) -> str | None:
-    value = row.get(name)
-    if value is None and not required:
-        return None
-    if value is None:
-        raise CodelmError(f"{where}: missing field {name!r}")
-    if not isinstance(value, str):
-        raise CodelmError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
-    return value
-
-
-def load_problems(path: str | Path) -> list[Problem]:
-    """Read a HumanEval-format problems file; any defect is a one-line CodelmError naming the line."""
-    problems: list[Problem] = []
-    seen: set[str] = set()
-    for lineno, row in _read_jsonl(path, "problems"):
-        where = f"{path}:{lineno}"
-        fields = {name: _field(row, name, where) for name in REQUIRED_FIELDS}
-        solution = _field(row, "canonical_solution", where, required=False)
-        entry = fields["entry_point"]
-        if not entry.isidentifier() or keyword.iskeyword(entry):
-            raise CodelmError(f"{where}: entry_point {entry!r} is not a Python identifier")
-        if "def check(" not in fields["test"]:
-            raise CodelmError(f"{where}: test must define check(candidate)")
-        if fields["task_id"] in seen:
-            raise CodelmError(f"{where}: duplicate task_id {fields['task_id']!r}")
-        seen.add(fields["task_id"])
-        problems.append(Problem(**fields, canonical_solution=solution))
-    if not problems:
-        raise CodelmError(f"problems file has no problems: {path}")
-    return problems
-
-
 def load_completions(path: str | Path, known: set[str] | None = None) -> dict[str, list[str]]:
     """Read a completions file into task_id -> completions, in file order.
 
@@ -125,10 +62,10 @@ def load_completions(path: str | Path, known: set[str] | None = None) -> dict[st
     benchmark's completions against ours would silently score nothing.
     """
     completions: dict[str, list[str]] = {}
-    for lineno, row in _read_jsonl(path, "completions"):
+    for lineno, row in read_jsonl(path, "completions"):
         where = f"{path}:{lineno}"
-        task_id = _field(row, "task_id", where)
-        completion = _field(row, "completion", where)
+        task_id = string_field(row, "task_id", where)
+        completion = string_field(row, "completion", where)
         if known is not None and task_id not in known:
             raise CodelmError(f"{where}: task_id {task_id!r} is not in the problems file")
         completions.setdefault(task_id, []).append(completion)

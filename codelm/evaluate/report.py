@@ -21,7 +21,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from codelm.data.sources import Skip, open_source
+from codelm.data.dataset import iter_texts
+from codelm.data.records import Skip
+from codelm.data.sources import open_source
 from codelm.errors import CodelmError
 from codelm.evaluate.intrinsic import IntrinsicConfig, intrinsic_metrics
 from codelm.evaluate.line_completion import (
@@ -38,7 +40,7 @@ from codelm.fsutil import atomic_write_json, atomic_write_text
 from codelm.generate.generator import generate_batch, load_run
 from codelm.generate.sampling import SamplingConfig
 from codelm.model.io import read_config
-from codelm.train.batches import iter_texts, open_tokens
+from codelm.train.batches import open_tokens
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,13 @@ class EvalConfig:
     seed: int = 0
     intrinsic: IntrinsicConfig = IntrinsicConfig()
     lines: LineConfig = LineConfig()
+
+    def __post_init__(self) -> None:
+        for name, low in (("samples", 0), ("workers", 0), ("max_new_tokens", 1), ("ngram_order", 1)):
+            if getattr(self, name) < low:
+                raise CodelmError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise CodelmError(f"temperature must be >= 0, got {self.temperature}")
 
 
 def held_out_texts(run: Path, data: str | None, split: str) -> tuple[list[str], str]:

@@ -31,6 +31,9 @@ class StopConfig:
     max_repeats: int = 3
 
     def __post_init__(self) -> None:
+        # A tuple whatever was given (a list from argparse, one string), so the config stays hashable.
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        object.__setattr__(self, "stop", stop)
         if any(not s for s in self.stop):
             raise CodelmError("a stop string must not be empty")
         if self.max_lines < 0 or self.max_repeats < 0:

@@ -32,6 +32,13 @@ class ModelConfig:
     dropout: float = 0.0  # short CPU runs never see a token twice, so regularisation only hurts
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
+            if getattr(self, name) < 1:
+                raise CodelmError(f"model {name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise CodelmError(f"model dropout must be in [0, 1), got {self.dropout}")
+        if self.rope_theta <= 0:
+            raise CodelmError(f"model rope_theta must be > 0, got {self.rope_theta}")
         if self.n_embd % self.n_head:
             raise CodelmError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
@@ -58,9 +65,13 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:
+        """The config a run saved (its "model" entry); an unknown key is an error, not dropped,
+        since building the model without it would give another shape than was trained."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:  # no field was ever removed or renamed, so this is a newer codelm's run, or a typo
+            raise CodelmError(f"{source}: unknown model config key(s): {', '.join(unknown)}")
+        return cls(**d)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:

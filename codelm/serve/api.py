@@ -73,6 +73,13 @@ class ServeConfig:
     timeout: float = 120.0  # seconds per request, queue wait included; then it ends with "timeout"
     model_name: str | None = None  # the id in /v1/models and responses; default: the run's name
 
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_tokens", "max_prompt_chars", "timeout"):
+            if not getattr(self, name) > 0:
+                raise CodelmError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:  # 0: any free port
+            raise CodelmError(f"port must be in [0, 65535], got {self.port}")
+
 
 class ClientGone(Exception):
     pass

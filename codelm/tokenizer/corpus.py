@@ -6,8 +6,8 @@ virtual-environment folders and hidden entries. A file is used when its bytes
 decode as UTF-8 and hold no NUL byte; anything else (images, compiled files,
 Latin-1 text) is counted as skipped rather than guessed at.
 
-What it does not do: read DATA/train.parquet (that is `codelm.train.batches.iter_texts`,
-which the CLI picks when the file exists), filter or deduplicate: for that, build
+What it does not do: read DATA/train.parquet (that is `codelm.data.dataset.iter_texts`,
+which the CLI picks for a DATA folder), filter or deduplicate: for that, build
 a corpus with `codelm data build` first.
 """
 

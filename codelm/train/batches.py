@@ -16,47 +16,26 @@ ends with end-of-text, so documents pack into fixed windows with no padding.
 
 Windows are read from memory maps in an order fixed by (seed, epoch), so the
 data position is (epoch, cursor) and a resumed run sees the same batches.
-FIM is drawn once per document when tokenizing, not anew each epoch.
+FIM is drawn once per document when tokenizing, not anew each epoch. Rows come
+from DATA through codelm/data/dataset.py; this module does not read Parquet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
+from codelm.data.dataset import iter_rows
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_bytes
 from codelm.tokenizer import CodeTokenizer
 from codelm.tokenizer.code_tokenizer import CODE, EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, INSTRUCTION
 
-READ_BATCH = 256  # documents per Parquet read and per encode_batch call
+ENCODE_BATCH = 256  # documents per encode_batch call
 IGNORE = -100  # target value that carries no loss (F.cross_entropy's ignore_index)
-
-
-def iter_rows(data_dir: str | Path, split: str, columns: list[str]) -> Iterator[dict]:
-    """Rows of DATA/<split>.parquet, streamed in batches."""
-    path = Path(data_dir) / f"{split}.parquet"
-    if not path.is_file():
-        raise CodelmError(f"not a DATA directory (no {path.name}): {data_dir}")
-    try:
-        pf = pq.ParquetFile(path)
-        names = set(pf.schema_arrow.names)
-        for batch in pf.iter_batches(batch_size=READ_BATCH, columns=[c for c in columns if c in names]):
-            yield from batch.to_pylist()
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise CodelmError(f"corrupt Parquet file {path}: {e}") from None
-
-
-def iter_texts(data_dir: str | Path, split: str) -> Iterator[str]:
-    """The text of each file document (not pairs, which repeat code) of a split."""
-    for row in iter_rows(data_dir, split, ["text", "kind"]):
-        if row["text"] and row.get("kind", "file") != "pair":
-            yield row["text"]
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -136,7 +115,7 @@ def tokenize_split(
         if not row.get("text"):
             continue
         layouts.append(document_layout(row, np.random.default_rng([seed, i]), fim_rate))
-        if len(layouts) >= READ_BATCH:
+        if len(layouts) >= ENCODE_BATCH:
             flush()
     flush()
     ids = np.concatenate(id_chunks) if id_chunks else np.zeros(0, dtype)

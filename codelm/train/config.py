@@ -48,10 +48,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs <= 0 and self.max_steps <= 0 and self.max_minutes <= 0 and self.max_tokens <= 0:
             raise CodelmError("give a budget: epochs, steps, tokens or minutes must be positive")
-        if not 0 <= self.fim_rate <= 1:
-            raise CodelmError(f"FIM rate must be in [0, 1], got {self.fim_rate}")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise CodelmError("batch size and gradient accumulation must be at least 1")
+        for name, low in _AT_LEAST.items():
+            if getattr(self, name) < low:
+                raise CodelmError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        for name, ok, rule in (
+            ("lr", self.lr > 0, "> 0"),
+            ("muon_lr_scale", self.muon_lr_scale > 0, "> 0"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+            ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
+            ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
+            ("fim_rate", 0 <= self.fim_rate <= 1, "in [0, 1]"),
+        ):
+            if not ok:
+                raise CodelmError(f"{name} must be {rule}, got {getattr(self, name)}")
         if self.optimizer not in ("adamw", "muon"):
             raise CodelmError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
         if self.dtype not in ("auto", "bf16", "fp32"):
@@ -63,6 +72,35 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: dict[str, Any], source: str = "config.json") -> TrainConfig:
+        """The config a run saved (its "train" entry); an unknown key is an error, not dropped."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:  # no field was ever removed or renamed, so this is a newer codelm's run, or a typo
+            raise CodelmError(f"{source}: unknown train config key(s): {', '.join(unknown)}")
+        if "optimizer" not in d:
+            # Runs saved before Muon existed (and became the default) trained with AdamW; resuming
+            # one with Muon would change its optimizer and not match its saved optimizer state.
+            d = {**d, "optimizer": "adamw"}
+        return cls(**d)
+
+
+# Smallest allowed values of the counts and budgets (0 where 0 means "off" or "none").
+_AT_LEAST = {
+    "batch_size": 1,
+    "grad_accum": 1,
+    "evals": 1,
+    "eval_sequences": 1,
+    "keep_checkpoints": 1,
+    "vocab_size": 1,
+    "seq_len": 0,
+    "warmup_steps": 0,
+    "epochs": 0,
+    "max_steps": 0,
+    "max_minutes": 0,
+    "max_tokens": 0,
+    "eval_every": 0,
+    "early_stop_patience": 0,
+    "checkpoint_every": 0,
+    "weight_decay": 0,
+    "grad_clip": 0,
+}

@@ -19,13 +19,14 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
+from codelm.data.dataset import iter_texts, require_data_dir, split_path
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_json
 from codelm.model import ModelConfig
 from codelm.model.io import WEIGHTS, read_config
 from codelm.tokenizer import CodeTokenizer, train_tokenizer
 from codelm.train import distributed
-from codelm.train.batches import PackedWindows, iter_texts, open_tokens, tokenize_split
+from codelm.train.batches import PackedWindows, open_tokens, tokenize_split
 from codelm.train.config import TrainConfig
 
 
@@ -58,7 +59,7 @@ def _fresh(data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dis
         if tokenizer is not None:
             tok = CodeTokenizer.load(tokenizer)
         else:
-            console.print(f"training a {cfg.vocab_size}-token tokenizer on {data_dir}/train.parquet")
+            console.print(f"training a {cfg.vocab_size}-token tokenizer on {split_path(data_dir, 'train')}")
             tok = train_tokenizer(iter_texts(data_dir, "train"), cfg.vocab_size)
         model_cfg = ModelConfig.from_preset(cfg.preset, **{**(overrides or {}), "vocab_size": tok.vocab_size})
     if dist.main:
@@ -76,9 +77,7 @@ def _fresh(data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dis
 
 
 def _token_key(data_dir: Path, split: str, tok: CodeTokenizer, cfg: TrainConfig) -> str:
-    parquet = data_dir / f"{split}.parquet"
-    if not parquet.is_file():
-        raise CodelmError(f"not a DATA directory (no {parquet.name}): {data_dir}")
+    parquet = split_path(require_data_dir(data_dir, (split,)), split)
     st = parquet.stat()
     fim = cfg.fim_rate if split == "train" else 0.0  # validation stays plain left-to-right
     what = [str(parquet.resolve()), st.st_size, st.st_mtime_ns, tok.tok.to_str(), fim, cfg.seed]
@@ -108,13 +107,12 @@ def prepare(
         cfg = TrainConfig.from_dict(saved["train"])
         model_cfg = ModelConfig.from_dict(saved["model"])
         tok = CodeTokenizer.load(run_dir / "tokenizer.json")
-        data_dir = Path(data_dir or saved["data"])
+        data_dir = require_data_dir(data_dir or saved["data"], ("train", "val"))
     else:
         if data_dir is None:
             raise CodelmError("give --data DATA (or --resume an existing run)")
-        data_dir = Path(data_dir)
-        if not data_dir.is_dir():
-            raise CodelmError(f"DATA directory not found: {data_dir}")
+        # Checked before a tokenizer is trained or config.json written: a wrong --data fails at once.
+        data_dir = require_data_dir(data_dir, ("train", "val"))
         tok, model_cfg, init_weights = _fresh(
             data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dist
         )

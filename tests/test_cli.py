@@ -1,0 +1,252 @@
+"""The command line builds configs from the flags given only, so every default lives in its
+dataclass; the dataclasses check their own values, so Python callers and the CLI get the same
+one-line error; saved run configs refuse keys they do not know."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+
+from codelm import cli
+from codelm.data.build import DataConfig
+from codelm.data.decontaminate import DecontamConfig
+from codelm.data.dedup import DedupConfig
+from codelm.data.filters import FilterConfig
+from codelm.data.pairs import PairConfig
+from codelm.demo import DemoConfig
+from codelm.errors import CodelmError
+from codelm.evaluate.report import EvalConfig
+from codelm.generate.sampling import SamplingConfig
+from codelm.generate.stopping import StopConfig
+from codelm.model.config import ModelConfig
+from codelm.serve.api import ServeConfig
+from codelm.train.config import TrainConfig
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(list(argv))
+
+
+def _config_actions() -> list[argparse.Action]:
+    """Every flag of every subcommand that sets a config field."""
+    found, parsers = [], [cli.build_parser()]
+    while parsers:
+        p = parsers.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif "." in action.dest:
+                found.append(action)
+    return found
+
+
+# ---------------------------------------------------------------- defaults live in the dataclasses
+
+
+def test_config_flags_name_fields_of_their_dataclass_and_store_nothing_by_default():
+    actions = _config_actions()
+    assert len(actions) >= 45  # every command's config flags went through _opt / _switch
+    for action in actions:
+        config, name = action.dest.split(".")
+        assert name in {f.name for f in fields(cli.config_class(config))}, action.option_strings
+        assert action.default is argparse.SUPPRESS, action.option_strings
+        assert action.help, action.option_strings  # argparse shows no help, so no default, without it
+
+
+def test_configs_resolve_to_the_dataclasses():
+    expected = {
+        "demo": DemoConfig,
+        "data": DataConfig,
+        "filters": FilterConfig,
+        "dedup": DedupConfig,
+        "pairs": PairConfig,
+        "train": TrainConfig,
+        "eval": EvalConfig,
+        "sampling": SamplingConfig,
+        "stops": StopConfig,
+        "serve": ServeConfig,
+    }
+    assert {name: cli.config_class(name) for name in cli.CONFIGS} == expected
+
+
+def test_absent_flags_give_the_dataclass_defaults(monkeypatch):
+    monkeypatch.delenv("CODELM_API_KEY", raising=False)
+    assert cli.make_config(parse("demo"), "demo") == DemoConfig()
+    assert cli.data_config(parse("data", "build", "stdlib", "--out", "D")) == DataConfig()
+    assert cli.make_config(parse("train", "--data", "D", "--out", "R"), "train") == TrainConfig()
+    assert cli.make_config(parse("eval", "R"), "eval") == EvalConfig()
+    a = parse("generate", "R", "x")
+    assert cli.make_config(a, "sampling") == SamplingConfig()
+    assert cli.make_config(a, "stops") == StopConfig()
+    assert cli.serve_config(parse("serve", "R")) == ServeConfig()
+
+
+def test_given_flags_reach_their_fields(monkeypatch):
+    monkeypatch.delenv("CODELM_API_KEY", raising=False)
+    a = parse("train", "--data", "D", "--out", "R", "--early-stop", "2", "--lr", "0.01", "--compile")
+    assert cli.make_config(a, "train") == TrainConfig(early_stop_patience=2, lr=0.01, compile=True)
+    argv = ["data", "build", "s", "--out", "D", "--split", "0.7,0.2,0.1", "--no-pairs", "--no-near-dup"]
+    argv += ["--keep-unparsable", "--num-perm", "64", "--exclude", "a/*", "--exclude", "b/*"]
+    assert cli.data_config(parse(*argv)) == DataConfig(
+        fractions=(0.7, 0.2, 0.1),
+        filters=FilterConfig(keep_unparsable=True),
+        dedup=DedupConfig(num_perm=64),
+        pairs=PairConfig(enabled=False),
+        near_dup=False,
+        exclude=("a/*", "b/*"),
+    )
+    a = parse("generate", "R", "x", "--stop", "#", "--stop", "\n\n", "--no-block-end", "--top-k", "5")
+    assert cli.make_config(a, "stops") == StopConfig(stop=("#", "\n\n"), block_end=False)
+    assert cli.make_config(a, "sampling") == SamplingConfig(top_k=5)
+    assert cli.make_config(parse("demo", "--no-compile", "--seed", "3"), "demo") == DemoConfig(
+        compile=False, seed=3
+    )
+    assert cli.serve_config(parse("serve", "R", "--api-key", "k")).api_key == "k"
+    monkeypatch.setenv("CODELM_API_KEY", "from-env")
+    assert cli.serve_config(parse("serve", "R", "--api-key", "")).api_key == "from-env"
+
+
+def test_help_shows_the_dataclass_defaults(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert f"(default: {TrainConfig.lr})" in out and f"(default: {TrainConfig.preset})" in out
+    assert cli.main(["data", "build", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "train,val,test fractions (default: 0.8,0.1,0.1)" in out
+    assert "do not mine docstring->code pairs (default" not in out  # switches show none
+
+
+def test_parsing_arguments_does_not_import_torch():
+    code = (
+        "import sys; from codelm.cli import build_parser; "
+        "build_parser().parse_args(['generate', 'R', 'x', '--top-p', '0.5', '--weights', 'int8']); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# ---------------------------------------------------------------- validation in the dataclasses
+
+CLI_AND_PYTHON = [
+    (["serve", "R", "--max-batch", "0"], lambda: ServeConfig(max_batch=0)),
+    (["serve", "R", "--timeout", "-1"], lambda: ServeConfig(timeout=-1.0)),
+    (["train", "--data", "D", "--out", "R", "--fim-rate", "1.5"], lambda: TrainConfig(fim_rate=1.5)),
+    (["train", "--data", "D", "--out", "R", "--batch-size", "0"], lambda: TrainConfig(batch_size=0)),
+    (["train", "--data", "D", "--out", "R", "--lr", "0"], lambda: TrainConfig(lr=0.0)),
+    (
+        ["train", "--data", "D", "--out", "R", "--max-steps", "5", "--epochs", "-1"],
+        lambda: TrainConfig(max_steps=5, epochs=-1.0),
+    ),
+    (["generate", "R", "x", "--top-p", "0"], lambda: SamplingConfig(top_p=0.0)),
+    (["generate", "R", "x", "--temperature", "-1"], lambda: SamplingConfig(temperature=-1.0)),
+    (["generate", "R", "x", "--max-lines", "-1"], lambda: StopConfig(max_lines=-1)),
+    (["generate", "R", "x", "--stop", ""], lambda: StopConfig(stop=("",))),
+    (["eval", "R", "--samples", "-1"], lambda: EvalConfig(samples=-1)),
+    (["demo", "--max-minutes", "0"], lambda: DemoConfig(max_minutes=0.0)),
+    (
+        ["data", "build", "s", "--out", "D", "--near-dup-threshold", "1"],
+        lambda: DedupConfig(near_dup_threshold=1.0),
+    ),
+    (["data", "build", "s", "--out", "D", "--max-bytes", "0"], lambda: FilterConfig(max_bytes=0)),
+    (["data", "build", "s", "--out", "D", "--num-proc", "0"], lambda: DataConfig(num_proc=0)),
+    (
+        ["data", "build", "s", "--out", "D", "--split", "0.5,0.6,0"],
+        lambda: DataConfig(fractions=(0.5, 0.6, 0.0)),
+    ),
+]
+
+
+@pytest.mark.parametrize("argv, build", CLI_AND_PYTHON, ids=[" ".join(a) for a, _ in CLI_AND_PYTHON])
+def test_bad_values_give_the_same_one_line_error_in_python_and_on_the_command_line(
+    argv, build, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # R and D are relative: nothing may be made of them
+    with pytest.raises(CodelmError) as e:
+        build()
+    message = str(e.value)
+    assert message and "\n" not in message
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == f"codelm: error: {message}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: ModelConfig(n_head=0),  # a user error, not a ZeroDivisionError
+        lambda: ModelConfig(block_size=0),
+        lambda: ModelConfig(dropout=1.0),
+        lambda: TrainConfig(beta2=1.0),
+        lambda: TrainConfig(keep_checkpoints=0),
+        lambda: TrainConfig(evals=0),
+        lambda: SamplingConfig(top_k=-1),
+        lambda: StopConfig(max_repeats=-1),
+        lambda: ServeConfig(port=70000),
+        lambda: ServeConfig(max_prompt_chars=0),
+        lambda: DemoConfig(samples=0),
+        lambda: DemoConfig(sources=()),
+        lambda: EvalConfig(workers=-2),
+        lambda: EvalConfig(temperature=-0.5),
+        lambda: DedupConfig(num_perm=8),
+        lambda: DedupConfig(shingle_size=0),
+        lambda: FilterConfig(min_alnum_fraction=1.5),
+        lambda: PairConfig(min_instruction_words=-1),
+        lambda: DecontamConfig(min_overlap=0.0),
+        lambda: DecontamConfig(ngram=0),
+    ],
+)
+def test_bad_python_configs_are_one_line_user_errors(build):
+    with pytest.raises(CodelmError) as e:
+        build()
+    assert str(e.value) and "\n" not in str(e.value)
+
+
+def test_edge_values_are_accepted():
+    ServeConfig(max_batch=1, port=0)
+    TrainConfig(fim_rate=1.0, warmup_steps=0, weight_decay=0.0, grad_clip=0.0, min_lr_ratio=1.0)
+    SamplingConfig(temperature=0.0, top_p=1.0)
+    StopConfig(max_lines=0, max_repeats=0)
+    EvalConfig(samples=0)
+    assert StopConfig(stop=["a", "b"]).stop == ("a", "b") and StopConfig(stop="ab").stop == ("ab",)
+
+
+# ---------------------------------------------------------------- saved configs
+
+# `config.json` of a run made by the first release: no field was renamed or removed since, and
+# the train entry predates Muon (its runs trained with AdamW).
+OLD_MODEL = dict(vocab_size=4096, n_layer=4, n_head=4, n_embd=256, block_size=256, pos="rope",
+                 rope_theta=10000.0, norm="rmsnorm", mlp="swiglu", tie_embeddings=True,
+                 dropout=0.0)  # fmt: skip
+OLD_TRAIN = dict(preset="tiny", vocab_size=4096, seq_len=0, batch_size=8, grad_accum=1, lr=2e-3,
+                 min_lr_ratio=0.1, warmup_steps=30, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
+                 epochs=0.0, max_steps=0, max_minutes=5.0, evals=8, eval_sequences=64, seed=1337,
+                 dtype="auto", device="auto")  # fmt: skip
+
+
+def test_from_dict_loads_a_config_as_an_old_run_wrote_it():
+    model = ModelConfig.from_dict(json.loads(json.dumps(OLD_MODEL)))
+    assert model == ModelConfig(**OLD_MODEL)
+    train = TrainConfig.from_dict(json.loads(json.dumps(OLD_TRAIN)))
+    assert train == TrainConfig(**OLD_TRAIN, optimizer="adamw")
+    new = TrainConfig(max_steps=3, optimizer="muon", fim_rate=0.0)
+    assert TrainConfig.from_dict(new.to_dict()) == new
+    assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
+
+
+def test_from_dict_rejects_unknown_keys_by_name():
+    with pytest.raises(CodelmError, match=r"^config\.json: unknown model config key\(s\): bar, foo$"):
+        ModelConfig.from_dict({**OLD_MODEL, "foo": 1, "bar": 2})
+    with pytest.raises(CodelmError, match=r"^config\.json: unknown train config key\(s\): lr_max$"):
+        TrainConfig.from_dict({**OLD_TRAIN, "lr_max": 1.0})
+
+
+def test_loading_a_run_with_an_unknown_model_key_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model": {**OLD_MODEL, "n_expert": 8}}))
+    assert cli.main(["generate", str(tmp_path), "x"]) == 2
+    assert capsys.readouterr().err == "codelm: error: config.json: unknown model config key(s): n_expert\n"
