@@ -8,7 +8,7 @@ this run, one reading after each repetition).
 
 Our weights are mapped into a LlamaForCausalLM (the same RoPE, RMSNorm and SwiGLU
 architecture) and the logits are checked to match in fp32 before any timing.
-transformers runs in bf16 (as in MEASURED.md); codelm runs in each `--weights`
+transformers runs in bf16 (its faster CPU format); codelm runs in each `--weights`
 format of codelm.generate.quantize. Greedy, 128 new tokens after a 512-token
 prompt, so every preset's context is raised to 1024 (tiny and small have less).
 Time to first token covers the prefill and the first sample. Decode tokens/s is

@@ -42,7 +42,7 @@ from codelm.data.sources import HELD_OUT_PACKAGES, open_source, site_packages_ro
 from codelm.demo import TEST_SUITES, DemoConfig, demo_train_config
 from codelm.evaluate.intrinsic import IntrinsicConfig, intrinsic_metrics
 from codelm.evaluate.line_completion import LineConfig, model_predictions, sample_positions, score, similarity
-from codelm.generate.generator import complete, load_run, parses
+from codelm.generate import complete, load_run, parses
 from codelm.generate.sampling import SamplingConfig
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import read_config

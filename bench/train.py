@@ -9,7 +9,7 @@ Both models take a full step (forward, backward, optimizer) on the same random b
 codelm with its default optimizer (Muon), transformers with AdamW. By
 default the sequences are the preset's context (`small`: 512), as `codelm train` cuts
 its windows, and the batch holds 2,048 tokens (4 x 512 for `small`); `--batch 8 --seq
-256` is the shape of the figures in the README's training table.
+256` is a common reference shape for 2-core CPU figures.
 Steps alternate between the engines so that noise from other processes hits both.
 """
 

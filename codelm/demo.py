@@ -19,7 +19,7 @@ from rich.markup import escape
 from codelm.data.build import DataConfig, build_dataset
 from codelm.data.dataset import iter_texts
 from codelm.errors import CodelmError
-from codelm.generate.generator import best_of, load_run, parses
+from codelm.generate import best_of, load_run, parses
 from codelm.generate.sampling import SamplingConfig
 from codelm.tokenizer import train_tokenizer
 from codelm.train.config import TrainConfig

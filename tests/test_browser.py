@@ -77,14 +77,14 @@ def playground(tokenizer, monkeypatch):
     model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, **{**TINY_MODEL, "block_size": 256}))
     app = create_app(model.eval(), tokenizer, ServeConfig(), name="tiny")
     sched = app.state.service.sched
-    step = sched.dec.step
+    step = sched.engine.step
 
-    def slow(tokens):  # a visible pace, so the page is seen mid-stream
+    def slow():  # a visible pace, so the page is seen mid-stream
         time.sleep(0.03)
-        return step(tokens)
+        return step()
 
-    monkeypatch.setattr(sched.dec, "step", slow)
-    monkeypatch.setattr(sched, "special", frozenset())  # no early end-of-text from a random model
+    monkeypatch.setattr(sched.engine, "step", slow)
+    monkeypatch.setattr(sched.engine, "special", frozenset())  # no early end-of-text from a random model
     with BackgroundServer(app) as url:
         yield url
 

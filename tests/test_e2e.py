@@ -13,7 +13,7 @@ from codelm.cli import main
 from codelm.data.build import build_dataset
 from codelm.data.dataset import iter_texts
 from codelm.demo import PROMPTS, DemoConfig, run_demo
-from codelm.generate.generator import best_of, complete, load_run
+from codelm.generate import best_of, complete, load_run
 from codelm.generate.sampling import SamplingConfig
 from codelm.tokenizer import train_tokenizer
 from codelm.train.config import TrainConfig

@@ -89,11 +89,12 @@ def test_complete_reports_a_stop_reason(tiny_model, tokenizer):
         complete(model, tokenizer, "", SamplingConfig())
 
 
-# --- KV cache: padded batches -------------------------------------------------------------
+# --- KV cache: rows of different lengths ---------------------------------------------------
 
 
 @pytest.mark.parametrize("pos", ["rope", "learned"])
-def test_padded_batch_cached_decoding_equals_full_recomputation(pos):
+def test_rows_of_different_lengths_decode_as_each_alone(pos):
+    """A right-padded prefill, then per-row positions: each row computes what it would alone."""
     from codelm.model import ModelConfig, Transformer
 
     torch.manual_seed(0)
@@ -102,10 +103,12 @@ def test_padded_batch_cached_decoding_equals_full_recomputation(pos):
     rows = [torch.randint(0, 97, (n,)).tolist() for n in (5, 13, 9)]
     new = torch.randint(0, 97, (3, 7))
     longest = max(map(len, rows))
-    start = torch.tensor([longest - len(r) for r in rows])
-    idx = torch.tensor([[0] * (longest - len(r)) + r for r in rows])
-    cache = model.new_cache(3, start=start)
-    got = [model(idx, cache)[:, -1]]
+    idx = torch.tensor([r + [r[-1]] * (longest - len(r)) for r in rows])  # right padding
+    lens = torch.tensor([len(r) for r in rows])
+    cache = model.new_cache(3)
+    got = [model(idx, cache, at=lens - 1)[:, -1]]
+    for b, r in enumerate(rows):
+        cache.set_length(b, len(r))  # the padding's keys are overwritten by the next tokens
     got += [model(new[:, t : t + 1], cache)[:, -1] for t in range(3)]
     got.append(model(new[:, 3:], cache)[:, -1])  # a chunk after the prefix, too
     cached = torch.stack(got, 1)  # (3, 5, V)
@@ -113,12 +116,15 @@ def test_padded_batch_cached_decoding_equals_full_recomputation(pos):
         full = model(torch.tensor([r + new[b].tolist()]))[0, len(r) - 1 :]
         want = torch.cat([full[:4], full[-1:]])
         torch.testing.assert_close(cached[b], want, atol=1e-5, rtol=1e-5)
-    # n rows from one prefill: repeat_rows copies each row's cache in place
-    twice = model.new_cache(3, start=start)
-    model(idx, twice)
-    twice = twice.repeat_rows(2)
-    step = model(new[:, :1].repeat_interleave(2, 0), twice)[:, -1]
-    torch.testing.assert_close(step[::2], cached[:, 1], atol=1e-5, rtol=1e-5)
+    # n rows from one prefill: copy_row gives another row the same keys and values
+    twice = model.new_cache(6)
+    model(idx, twice.rows(0, 3), at=lens - 1)
+    for b, r in enumerate(rows):
+        twice.set_length(b, len(r))
+        twice.copy_row(b, 3 + b)
+    step = model(new[:, :1].repeat(2, 1), twice)[:, -1]
+    torch.testing.assert_close(step[:3], cached[:, 1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step[3:], cached[:, 1], atol=1e-5, rtol=1e-5)
 
 
 def _model(tokenizer, **kw):
@@ -206,12 +212,22 @@ def test_repetition_penalty_changes_greedy_loops(tiny_model):
 # --- stop rules, one by one -------------------------------------------------------------------
 
 
-def test_end_of_text_rule():
-    from codelm.generate.stopping import EndOfText
+def test_any_special_token_ends_a_row_as_end_of_text(tiny_model):
+    """The engine ends a row on an end id (any special token), which never reaches its text."""
+    from codelm.generate.engine import Engine, Row, Sampler
 
-    rule = EndOfText({0})
-    assert rule.check("abc", [5, 6]) is None
-    assert rule.check("abc", [5, 6, 0]) == 3
+    greedy = Sampler(SamplingConfig(temperature=0))
+    free = [
+        s.token for s in generate_ids(tiny_model, [1, 2], SamplingConfig(temperature=0, max_new_tokens=8))
+    ]
+    end = free[3]
+    engine = Engine(tiny_model, 2, frozenset({end}))
+    row, other = Row([1, 2], 8, greedy), Row([3], 8, greedy)
+    engine.add([row, other])
+    while engine.active:
+        engine.step()
+    assert row.reason == "end_of_text" and row.tokens == free[: free.index(end) + 1]
+    assert other.reason in ("end_of_text", "length")
 
 
 def test_stop_strings_match_across_tokens_and_cut_before():
@@ -275,17 +291,17 @@ def test_repetition_rule_stops_loops_and_keeps_one_copy():
 
 
 def test_first_stop_takes_the_earliest_cut():
-    from codelm.generate.stopping import EndOfText, StopStrings, first_stop
+    from codelm.generate.stopping import MaxLines, StopStrings, first_stop
 
-    rules = [EndOfText({0}), StopStrings(["b"])]
-    assert first_stop(rules, "abc", [0]) == ("stop_string", 1)
-    assert first_stop(rules, "ac", [0]) == ("end_of_text", 2)
-    assert first_stop(rules, "ac", [5]) is None
+    rules = [MaxLines(1, ""), StopStrings(["b"])]
+    assert first_stop(rules, "a\nbc", []) == ("max_lines", 2)
+    assert first_stop(rules, "ab\nc", []) == ("stop_string", 1)
+    assert first_stop(rules, "ac", []) is None
 
 
 def test_stream_releases_only_text_no_rule_takes_back(tokenizer):
-    from codelm.generate.generator import _Row
     from codelm.generate.stopping import StopConfig, build_rules
+    from codelm.generate.text import TextState
 
     prompt = "def f(a, b):"
     cases = {
@@ -294,15 +310,15 @@ def test_stream_releases_only_text_no_rule_takes_back(tokenizer):
         "repetition": "\n" + "    a = b\n" * 6,
     }
     for reason, body in cases.items():
-        rules = build_rules(StopConfig(stop=("# END",)), prompt, {0}, tokenizer.decode)
-        row, pieces = _Row(rules, tokenizer.decode, frozenset({0})), []
+        rules = build_rules(StopConfig(stop=("# END",)), prompt, tokenizer.decode)
+        text, pieces, why = TextState(tokenizer.token_bytes, rules), [], None
         for t in tokenizer.encode(body):
-            row.push(t, 0.0, None)
-            pieces.append(row.take())
-            if row.reason:
+            why = text.add(t)
+            pieces.append(text.take(final=why is not None)[0])
+            if why:
                 break
-        assert row.reason == reason
-        assert "".join(pieces) == row.text and body.startswith(row.text)
+        assert why == reason
+        assert "".join(pieces) == text.text and body.startswith(text.text)
 
 
 # --- prompts: layouts, truncation, bad input -----------------------------------------------------

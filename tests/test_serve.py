@@ -18,17 +18,17 @@ import torch
 
 from codelm.cli import main
 from codelm.fsutil import atomic_write_json
-from codelm.generate.generator import complete, load_run
+from codelm.generate.engine import Engine, Row, Sampler
+from codelm.generate.generator import complete, generate_ids, load_run
 from codelm.generate.healing import heal
 from codelm.generate.prompts import Prompt, encode_prompt, prompt_room
 from codelm.generate.sampling import SamplingConfig
 from codelm.generate.stopping import StopConfig, StopStrings
+from codelm.generate.text import TextState
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import save_weights
 from codelm.serve import BackgroundServer, ServeConfig, create_app
 from codelm.serve.batching import Event, Job, Scheduler
-from codelm.serve.decoder import SlotDecoder
-from codelm.serve.text import TextState
 from tests.conftest import TINY_MODEL, corpus_texts
 
 BLOCK = 256
@@ -66,13 +66,13 @@ def client(url: str, key: str = "none") -> openai.OpenAI:
 
 def slow_down(svc, monkeypatch, delay: float = 0.02) -> None:
     """Make each decode step take `delay` seconds longer, so tests can act mid-generation."""
-    step = svc.sched.dec.step
+    step = svc.sched.engine.step
 
-    def slow(tokens):
+    def slow():
         time.sleep(delay)
-        return step(tokens)
+        return step()
 
-    monkeypatch.setattr(svc.sched.dec, "step", slow)
+    monkeypatch.setattr(svc.sched.engine, "step", slow)
 
 
 def reference(run, prompt: Prompt, max_tokens: int) -> str:
@@ -99,32 +99,31 @@ def wait_for(cond, seconds: float = 5.0) -> bool:
 
 
 @pytest.mark.parametrize("pos,kv", [("rope", None), ("learned", None), ("rope", torch.bfloat16)])
-def test_batched_decoder_matches_the_model_as_rows_join_and_leave(pos, kv):
+def test_engine_rows_match_single_runs_as_rows_join_and_leave(pos, kv):
+    """Rows of different lengths join a running batch and leave it (the last row moving
+    into the freed cache row); each decodes greedily the tokens it decodes alone."""
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=97, **{**TINY_MODEL, "pos": pos})).eval()
     model.kv_dtype = kv  # bf16: the cache generation uses on CPU (quantize.py)
-    dec = SlotDecoder(model, slots=4)
-    assert dec.k.dtype == (kv or torch.float32)
-    seqs = [torch.randint(0, 97, (n,)).tolist() for n in (5, 9, 3)]
-
-    def check(logits, rows):
-        for i, seq in enumerate(rows):
-            ref = model(torch.tensor([seq]))[0, -1]
-            assert torch.allclose(logits[i], ref, atol=1e-5 if kv is None else 2e-2)
-
-    rows = [list(s) for s in seqs[:2]]
-    check(torch.stack([lg[-1] for lg in dec.prefill(rows)]), rows)
-    for turn in range(6):
+    greedy = SamplingConfig(temperature=0, max_new_tokens=12, repetition_penalty=1.0)
+    seqs = [torch.randint(0, 97, (n,)).tolist() for n in (5, 9, 3, 7)]
+    alone = [[s.token for s in generate_ids(model, seq, greedy)] for seq in seqs]
+    engine = Engine(model, 3, frozenset())
+    assert engine.cache.k.dtype == (kv or torch.float32)
+    rows = [Row(seq, 12, Sampler(greedy)) for seq in seqs]
+    engine.add(rows[:2])
+    for turn in range(12):
         if turn == 2:  # a third prompt joins the running batch
-            rows.append(list(seqs[2]))
-            dec.prefill([seqs[2]])
-        if turn == 4:  # the first row leaves; the last moves into its slot
-            dec.remove(0)
-            rows = [rows[-1], *rows[1:-1]]
-        new = torch.randint(0, 97, (dec.n,)).tolist()
-        for seq, t in zip(rows, new, strict=True):
-            seq.append(t)
-        check(dec.step(new), rows)
+            engine.add([rows[2]])
+        if turn == 4:  # the first row leaves; the last moves into its cache row
+            engine.remove(rows[0])
+            engine.add([rows[3]])  # and a fourth joins in the freed row
+        engine.step()
+    while engine.active:
+        engine.step()
+    assert rows[0].tokens == alone[0][: len(rows[0].tokens)] and len(rows[0].tokens) == 5
+    for row, want in zip(rows[1:], alone[1:], strict=True):
+        assert row.tokens == want, (row.tokens, want)
 
 
 def test_a_healed_first_token_streams_only_its_new_bytes(tokenizer):
@@ -281,16 +280,16 @@ def test_concurrent_requests_share_batches_and_match_single_ones(server, monkeyp
 def test_a_request_arriving_mid_batch_joins_at_the_next_step(run_dir, monkeypatch):
     model, tok = load_run(str(run_dir))
     sched = Scheduler(model, tok, max_batch=4)
-    step = sched.dec.step
+    step = sched.engine.step
     batch_sizes: list[int] = []
 
-    def recording(tokens):
-        batch_sizes.append(len(tokens))
+    def recording():
+        batch_sizes.append(len(sched.engine.active))
         time.sleep(0.005)
-        return step(tokens)
+        return step()
 
-    monkeypatch.setattr(sched.dec, "step", recording)
-    monkeypatch.setattr(sched, "special", frozenset())  # never stop early at an end token
+    monkeypatch.setattr(sched.engine, "step", recording)
+    monkeypatch.setattr(sched.engine, "special", frozenset())  # never stop early at an end token
     events: list[tuple[str, Event]] = []
 
     def job(name: str, prompt: str, n: int) -> Job:  # as the API plans one (with healing)
@@ -378,16 +377,16 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(server):
 
 def test_a_failing_step_fails_only_its_own_requests(run_dir, monkeypatch):
     with serving(run_dir) as (url, svc):
-        step, calls = svc.sched.dec.step, []
+        step, calls = svc.sched.engine.step, []
 
-        def flaky(tokens):
-            calls.append(len(tokens))
+        def flaky():
+            calls.append(len(svc.sched.engine.active))
             if len(calls) in (2, 5):
                 raise RuntimeError("boom")
-            return step(tokens)
+            return step()
 
-        monkeypatch.setattr(svc.sched.dec, "step", flaky)
-        monkeypatch.setattr(svc.sched, "special", frozenset())
+        monkeypatch.setattr(svc.sched.engine, "step", flaky)
+        monkeypatch.setattr(svc.sched.engine, "special", frozenset())
         r = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 10})
         assert r.status_code == 500 and "internal error: RuntimeError: boom" in r.json()["error"]["message"]
         with httpx.stream(
@@ -428,7 +427,7 @@ def test_the_api_key_guards_everything_but_health(run_dir):
 def test_a_full_queue_answers_503_with_retry_after(run_dir, monkeypatch):
     with serving(run_dir, max_batch=1, max_queue=1) as (url, svc):
         slow_down(svc, monkeypatch)
-        monkeypatch.setattr(svc.sched, "special", frozenset())
+        monkeypatch.setattr(svc.sched.engine, "special", frozenset())
         results: list[httpx.Response] = []
 
         def go() -> None:
@@ -449,7 +448,7 @@ def test_a_full_queue_answers_503_with_retry_after(run_dir, monkeypatch):
 
 def test_requests_time_out(run_dir, monkeypatch):
     with serving(run_dir, max_batch=1, timeout=0.5) as (url, svc):
-        monkeypatch.setattr(svc.sched, "special", frozenset())
+        monkeypatch.setattr(svc.sched.engine, "special", frozenset())
         slow_down(svc, monkeypatch, 0.03)
         body = {"prompt": "x", "max_tokens": 200, "n": 2}
         r = httpx.post(f"{url}/v1/completions", json=body, timeout=30).json()
@@ -476,7 +475,7 @@ def test_requests_time_out(run_dir, monkeypatch):
 def test_a_client_that_disconnects_stops_its_generation(run_dir, monkeypatch):
     with serving(run_dir) as (url, svc):
         slow_down(svc, monkeypatch)
-        monkeypatch.setattr(svc.sched, "special", frozenset())
+        monkeypatch.setattr(svc.sched.engine, "special", frozenset())
         stats = svc.sched.stats
         body = {"prompt": "def f(x):", "max_tokens": 200, "stream": True}
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as r:

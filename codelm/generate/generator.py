@@ -1,40 +1,30 @@
-"""The decoding loop: prefill the prompts once, then one token per row per step from the KV cache.
+"""Completions of text prompts, through the one decoding engine (engine.py).
 
 - `generate` streams one completion: iterate it for text pieces as they become
   final (no stop rule takes them back later); `.completion` holds the result.
   `complete` is the same path, drained.
-- `generate_batch` runs several prompts of different lengths (left padded, see
-  kv_cache.py) and n samples of each in one batch; a prompt is prefilled once
-  and its cache copied to its n rows.
-- `generate_ids` is the same loop on raw token ids, without text or stop rules.
-- A prompt ending inside what training saw as one token is healed (healing.py):
-  its last token is taken off and the first new token must re-spell it.
-- `best_of` (best.py) ranks n samples; `load_run` loads a run for generation.
+- `generate_batch` runs several prompts of different lengths and n samples of
+  each in one batch; a prompt is prefilled once and its cache row copied.
+- `generate_ids` is the same engine on raw token ids, without text or stop rules.
+- A prompt ending inside what training saw as one token is healed (prompts.plan,
+  healing.py): its last token is taken off and the first new token re-spells it.
+- `load_run` loads a run for generation; best-of-n ranking is in best.py.
 This module does not choose tokens (sampling.py) nor decide stops (stopping.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from codelm.errors import CodelmError
-from codelm.generate.healing import heal
-from codelm.generate.prompts import Prompt, as_prompt, encode_prompt, prompt_room
-from codelm.generate.sampling import SamplingConfig, penalize, sample
-from codelm.generate.stopping import (
-    DEFAULT_STOPS,
-    EndOfText,
-    StopConfig,
-    StopRule,
-    build_rules,
-    first_stop,
-    safe_length,
-)
-from codelm.generate.trace import TraceStep, logit_lens, top_candidates
+from codelm.generate.engine import Engine, Row, Sampler
+from codelm.generate.prompts import Planned, Prompt, as_prompt, plan
+from codelm.generate.sampling import SamplingConfig
+from codelm.generate.stopping import DEFAULT_STOPS, StopConfig, build_rules
+from codelm.generate.text import TextState
+from codelm.generate.trace import TraceStep
 from codelm.model import Transformer
 from codelm.tokenizer import CodeTokenizer
 
@@ -72,153 +62,49 @@ class Completion:
         return self.text if self.prompt is None else self.prompt.code(self.text)
 
 
-class _Row:
-    """One completion in a batch: its tokens, its text so far and its stop state."""
-
-    def __init__(
-        self,
-        rules: list[StopRule],
-        decode: Callable[[Sequence[int]], str],
-        end_ids: frozenset[int],
-        healed: str = "",
-    ):
-        self.rules, self.decode, self.end_ids, self.healed = rules, decode, end_ids, healed
-        self.tokens: list[int] = []
-        self.logprobs: list[float] = []
-        self.trace: list[TraceStep] = []
-        self.text = ""
-        self.released = 0  # characters of `text` already handed to a stream
-        self.reason: str | None = None
-
-    def push(self, token: int, logprob: float, trace: TraceStep | None) -> None:
-        self.tokens.append(token)
-        self.logprobs.append(logprob)
-        if trace is not None:
-            self.trace.append(trace)
-        ended = token in self.end_ids
-        text = self.decode(self.tokens[:-1] if ended else self.tokens)[len(self.healed) :]
-        hit = first_stop(self.rules, text, self.tokens)
-        self.text = text if hit is None else text[: hit[1]]
-        if hit is not None:
-            self.reason = hit[0]
-
-    def take(self) -> str:
-        """The text that became final since the last call."""
-        end = len(self.text)
-        if self.reason is None:  # hold back what a rule may still cut, and half-decoded bytes
-            end = min(safe_length(self.rules, self.text, self.tokens), len(self.text.rstrip("\ufffd")))
-        piece = self.text[self.released : end]
-        self.released = max(self.released, end)
-        return piece
-
-
-@torch.inference_mode()  # lighter than no_grad per op: +11% decode tokens/s for `small`
-def _decode(
-    model: Transformer,
-    prompts: list[list[int]],
-    rows: list[_Row],
-    cfg: SamplingConfig,
-    trace: str = "",  # "" | "top" | "lens"
-    greedy_first: bool = False,
-    first_allowed: torch.Tensor | None = None,
-) -> Iterator[None]:
-    """Run the batch: rows[i * n + j] is sample j of prompts[i]. Yields after each step.
-    `first_allowed` (P, vocab) bool limits each prompt's first new token (healing.py)."""
-    n = len(rows) // len(prompts)
-    longest = max(len(p) for p in prompts)
-    budget = min(cfg.max_new_tokens, model.cfg.block_size - longest)
-    if budget <= 0:
-        raise CodelmError(f"the prompt fills the model's whole context ({model.cfg.block_size} tokens)")
-    device = model.norm_f.weight.device
-    start = None  # left padding per prompt, only when lengths differ (the plain path is faster)
-    if any(len(p) != longest for p in prompts):
-        start = torch.tensor([longest - len(p) for p in prompts], device=device)
-    idx = torch.tensor([[p[0]] * (longest - len(p)) + p for p in prompts], device=device)
-    cache = model.new_cache(len(prompts), longest + budget, start)
-    hidden: list[torch.Tensor] | None = [] if trace == "lens" else None
-    logits = model(idx, cache, hidden, last_only=True)[:, -1]  # (P, V): the prefill
-    if first_allowed is not None:
-        logits = logits.masked_fill(~first_allowed.to(device), float("-inf"))
-    if n > 1:
-        cache, logits = cache.repeat_rows(n), logits.repeat_interleave(n, 0)
-        hidden = None if hidden is None else [h[:, -1:].repeat_interleave(n, 0) for h in hidden]
-    gen = None if cfg.seed is None else torch.Generator(device=device).manual_seed(cfg.seed)
-    seen = torch.zeros_like(logits, dtype=torch.bool) if cfg.repetition_penalty != 1.0 else None
-    for _ in range(budget):
-        logp = logits.float().log_softmax(-1)
-        nxt = sample(penalize(logits, seen, cfg.repetition_penalty) if seen is not None else logits, cfg, gen)
-        if greedy_first:
-            nxt[0] = logits[0].argmax()
-        chosen = logp.gather(1, nxt[:, None])[:, 0].tolist()
-        steps = _trace_steps(model, logp, nxt, hidden) if trace else [None] * len(rows)
-        for row, token, lp, st in zip(rows, nxt.tolist(), chosen, steps, strict=True):
-            if row.reason is None:
-                row.push(token, lp, st)
-        yield
-        if all(row.reason is not None for row in rows):
-            return
-        if seen is not None:
-            seen[torch.arange(len(rows), device=device), nxt] = True
-        hidden = [] if trace == "lens" else None
-        logits = model(nxt[:, None], cache, hidden)[:, -1]
-    for row in rows:  # out of new tokens: the user's limit, or the model's context
-        if row.reason is None:
-            row.reason = "length" if budget == cfg.max_new_tokens else "context_full"
-
-
-def _trace_steps(
-    model: Transformer, logp: torch.Tensor, nxt: torch.Tensor, hidden: list[torch.Tensor] | None
-) -> list[TraceStep]:
-    tops = top_candidates(logp)
-    lens = logit_lens(model, hidden) if hidden else [None] * len(tops)
-    probs = logp.gather(1, nxt[:, None])[:, 0].exp().tolist()
-    return [TraceStep(t, p, top, ln) for t, p, top, ln in zip(nxt.tolist(), probs, tops, lens, strict=True)]
-
-
-def _setup(
-    model: Transformer,
+def text_row(
     tok: CodeTokenizer,
-    prompts: Sequence[str | Prompt],
-    n: int,
-    cfg: SamplingConfig,
+    prompt: Prompt,
+    planned: Planned,
+    sampler: Sampler,
     stops: StopConfig,
-) -> tuple[list[Prompt], list[list[int]], list[int], list[_Row], torch.Tensor | None]:
-    """Prompts, their ids (healed), tokens dropped, one row per sample, and the masks of
-    each prompt's first new token (None where no prompt was healed)."""
-    if not prompts or n < 1:
-        raise CodelmError("give at least one prompt and one sample")
-    ps = [as_prompt(p) for p in prompts]
-    room = prompt_room(model.cfg.block_size, cfg.max_new_tokens)
-    encoded = [encode_prompt(tok, p, room) for p in ps]
-    healed = [heal(tok, e.ids) for e in encoded]
-    end_ids = frozenset(tok.special.values())  # any special token begins another frame
-    rows = [
-        _Row(
-            build_rules(stops, p.text, end_ids, tok.decode, fim=p.mode == "fim"),
-            tok.decode,
-            end_ids,
-            h.text if h else "",
-        )
-        for p, (_, h) in zip(ps, healed, strict=True)
-        for _ in range(n)
-    ]
-    masks = None
-    if any(h for _, h in healed):
-        every = torch.ones(tok.vocab_size, dtype=torch.bool)
-        masks = torch.stack([h.allowed if h else every for _, h in healed])
-    return ps, [ids for ids, _ in healed], [e.dropped for e in encoded], rows, masks
+    max_new_tokens: int,
+    **kw,
+) -> Row:
+    """An engine row for `prompt` as `plan` laid it out, with its text and stop rules."""
+    rules = build_rules(stops, prompt.text, tok.decode, fim=prompt.mode == "fim")
+    skip = planned.healing.size if planned.healing else 0
+    text = TextState(tok.token_bytes, rules, skip=skip)
+    allowed = planned.healing.allowed if planned.healing else None
+    return Row(planned.ids, max_new_tokens, sampler, text, allowed, **kw)
 
 
-def _result(row: _Row, prompt: Prompt, dropped: int, trace: str) -> Completion:
+def _plans(
+    model: Transformer, tok: CodeTokenizer, prompts: Sequence[str | Prompt], cfg: SamplingConfig
+) -> list[tuple[Prompt, Planned]]:
+    if not prompts:
+        raise CodelmError("give at least one prompt")
+    return [(p, plan(tok, p, model.cfg.block_size, cfg.max_new_tokens)) for p in map(as_prompt, prompts)]
+
+
+def _engine(model: Transformer, tok: CodeTokenizer, rows: list[Row]) -> Engine:
+    """An engine sized for `rows`: its cache holds no more than they can reach."""
+    longest = max(len(r.prompt) + r.max_new_tokens for r in rows)
+    max_len = min(model.cfg.block_size, longest)
+    return Engine(model, len(rows), frozenset(tok.special.values()), max_len)
+
+
+def _result(row: Row, prompt: Prompt, planned: Planned) -> Completion:
+    assert row.text is not None
     return Completion(
-        row.text,
+        row.text.text,
         row.reason or "length",
         row.tokens,
         row.logprobs,
         prompt,
-        dropped,
-        row.trace if trace else None,
-        row.healed,
+        planned.dropped,
+        row.steps if row.trace else None,
+        planned.healed,
     )
 
 
@@ -233,27 +119,52 @@ def generate_batch(
     greedy_first: bool = False,
 ) -> list[list[Completion]]:
     """`n` completions of each prompt, all in one batch. With `greedy_first`, the first
-    sample of each batch is greedy (best-of-n then never does worse than greedy)."""
-    ps, ids, dropped, rows, masks = _setup(model, tok, prompts, n, cfg, stops)
-    for _ in _decode(model, ids, rows, cfg, trace, greedy_first, masks):
-        pass
-    return [[_result(rows[i * n + j], p, dropped[i], trace) for j in range(n)] for i, p in enumerate(ps)]
+    sample of each prompt is greedy (best-of-n then never does worse than greedy)."""
+    if n < 1:
+        raise CodelmError("give at least one sample")
+    plans = _plans(model, tok, prompts, cfg)
+    device = model.norm_f.weight.device
+    sampler = Sampler.of(cfg, device)
+    rows = [
+        text_row(
+            tok,
+            p,
+            pl,
+            sampler.greedy() if greedy_first and j == 0 else sampler,
+            stops,
+            cfg.max_new_tokens,
+            trace=trace,
+        )
+        for p, pl in plans
+        for j in range(n)
+    ]
+    engine = _engine(model, tok, rows)
+    engine.add(rows)
+    while engine.active:
+        engine.step()
+    return [[_result(rows[i * n + j], p, pl) for j in range(n)] for i, (p, pl) in enumerate(plans)]
 
 
 class Stream:
     """Iterate for the completion's text, piece by piece; `completion` is set at the end."""
 
-    def __init__(self, steps: Iterator[None], row: _Row, prompt: Prompt, dropped: int, trace: str):
-        self._steps, self._row, self.prompt, self.dropped, self._trace = steps, row, prompt, dropped, trace
+    def __init__(self, engine: Engine, row: Row, prompt: Prompt, planned: Planned):
+        self._engine, self._row, self.prompt, self.planned = engine, row, prompt, planned
+        self.dropped = planned.dropped  # prompt tokens left out to fit the context
         self.completion: Completion | None = None
 
     def __iter__(self) -> Iterator[str]:
-        for _ in self._steps:
-            if piece := self._row.take():
+        row, text = self._row, self._row.text
+        assert text is not None
+        self._engine.add([row])
+        while True:
+            piece, _ = text.take(final=row.done)
+            if piece:
                 yield piece
-        if piece := self._row.take():  # the rest, now that the row has stopped
-            yield piece
-        self.completion = _result(self._row, self.prompt, self.dropped, self._trace)
+            if row.done:
+                break
+            self._engine.step()
+        self.completion = _result(row, self.prompt, self.planned)
 
 
 def generate(
@@ -266,9 +177,11 @@ def generate(
 ) -> Stream:
     """Stream one completion of `prompt`. `trace`: "" | "top" (top-5 per token) | "lens"
     (also the logit lens). Errors in the prompt are raised here, before any streaming."""
-    ps, ids, dropped, rows, masks = _setup(model, tok, [prompt], 1, cfg, stops)
-    steps = _decode(model, ids, rows, cfg, trace, first_allowed=masks)
-    return Stream(steps, rows[0], ps[0], dropped[0], trace)
+    [(p, pl)] = _plans(model, tok, [prompt], cfg)
+    row = text_row(
+        tok, p, pl, Sampler.of(cfg, model.norm_f.weight.device), stops, cfg.max_new_tokens, trace=trace
+    )
+    return Stream(_engine(model, tok, [row]), row, p, pl)
 
 
 def complete(
@@ -293,12 +206,21 @@ def generate_ids(
     cfg: SamplingConfig,
     stop_ids: frozenset[int] = frozenset(),
 ) -> Iterator[Step]:
-    """Yield sampled tokens one at a time, ending after a stop id or `max_new_tokens`."""
+    """Yield sampled tokens one at a time, ending after a stop id, `max_new_tokens` or
+    the end of the context."""
     if not prompt:
         raise CodelmError("empty prompt")
-    row = _Row([EndOfText(stop_ids)], lambda ids: "", frozenset(stop_ids))
-    for _ in _decode(model, [list(prompt)], [row], cfg):
+    block = model.cfg.block_size
+    if len(prompt) >= block:
+        raise CodelmError(f"the prompt fills the model's whole context ({block} tokens)")
+    row = Row(list(prompt), cfg.max_new_tokens, Sampler.of(cfg, model.norm_f.weight.device))
+    engine = Engine(model, 1, frozenset(stop_ids), min(block, len(prompt) + cfg.max_new_tokens))
+    engine.add([row])
+    while True:
         yield Step(row.tokens[-1], row.logprobs[-1])
+        if row.done:
+            return
+        engine.step()
 
 
 def load_run(
@@ -312,17 +234,3 @@ def load_run(
     model = prepare_model(load_model(run, device), weights)
     tok = CodeTokenizer.load(Path(run) / "tokenizer.json")
     return model, tok  # type: ignore[return-value]
-
-
-def best_of(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """`codelm.generate.best.best_of`, also reachable from here."""
-    from codelm.generate.best import best_of as run
-
-    return run(*args, **kwargs)
-
-
-def parses(code: str) -> bool:
-    """Whether `code` parses as Python (see best.py)."""
-    from codelm.generate.best import parses as check
-
-    return check(code)

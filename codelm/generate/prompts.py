@@ -10,6 +10,9 @@ Each text part is encoded on its own, as training encodes each piece on its own.
 
 A prompt longer than the context keeps its most recent tokens (in FIM: the suffix
 first, then the end of the prefix) and reports how many it dropped.
+`plan` is the one place where a request becomes the ids a model reads: layout,
+truncation, the room kept for the completion, and healing (healing.py). The CLI,
+`complete`, `generate_batch`, best-of-n, evaluation and the server all call it.
 This module does not run the model.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from codelm.errors import CodelmError
+from codelm.generate.healing import Healing, heal
 from codelm.tokenizer import CodeTokenizer
 from codelm.tokenizer.code_tokenizer import CODE, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, INSTRUCTION
 
@@ -89,6 +93,30 @@ def encode_prompt(tok: CodeTokenizer, prompt: Prompt, room: int) -> Encoded:
     a_kept = a[len(a) - ka :]
     b_kept = b[:kb] if prompt.mode == "fim" else b[len(b) - kb :]
     return Encoded(head + a_kept + mid + b_kept + tail, len(a) - ka + len(b) - kb)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A prompt as the model reads it."""
+
+    ids: list[int]  # in the mode's layout, fitted to the context, healed
+    dropped: int  # prompt tokens left out to fit the context
+    healing: Healing | None  # what the first new token must begin with (None: not healed)
+
+    @property
+    def healed(self) -> str:
+        return self.healing.text if self.healing else ""
+
+
+def plan(
+    tok: CodeTokenizer, prompt: Prompt, block_size: int, max_new_tokens: int, healing: bool = True
+) -> Planned:
+    """The ids of `prompt` for a model of `block_size` positions, keeping room for
+    min(max_new_tokens, half the context) new tokens; healed unless `healing` is off
+    (the API turns it off where the prompt's own tokens must be scored)."""
+    enc = encode_prompt(tok, prompt, prompt_room(block_size, max_new_tokens))
+    ids, healed = heal(tok, enc.ids) if healing else (enc.ids, None)
+    return Planned(ids, enc.dropped, healed)
 
 
 def _split(na: int, nb: int, budget: int) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """Weights for generation: the same model with its linear layers stored in bf16 or int8.
 
 Decoding one token at batch 1 reads every weight once, so it is bound by memory
-bandwidth (MEASURED.md): fewer bytes per weight give more tokens per second.
+bandwidth (bench/generate.py prints that bound): fewer bytes per weight give more tokens per second.
 - "int8": weight-only, symmetric, one scale per output channel. Few rows (decoding) go
   through codelm's int8 kernel (model/kernels.cpp, fp32 activations) where it builds,
   else aten's (bf16 activations); many rows (the prompt's prefill) dequantize to bf16 and

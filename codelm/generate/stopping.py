@@ -1,13 +1,16 @@
-"""Stop rules, in layers: end-of-text, user stop strings, the end of a Python block
-(never inside open brackets or an open string), a maximum number of lines, and repetition.
+"""Stop rules on a completion's text, in layers: user stop strings, the end of a Python
+block (never inside open brackets or an open string), a maximum number of lines, and
+repetition. The other ends of a completion are the engine's (engine.py): an end token
+(any special token: end of text, or one that opens another frame), `length` (the
+row's limit of new tokens) and `context_full` (the model's context).
 
 Each rule is a small object over the completion so far: `text` is its decoded
-text (without an end token) and `tokens` every generated id.
+text (without an end token) and `tokens` every generated id of that text.
 - `check(text, tokens)` returns None to go on, or the length to cut `text` to;
   the rule's `name` is reported as the stop reason.
 - `safe(text, tokens)` is the length of the prefix of `text` the rule will never
   cut later, so a stream releases only text that no later stop takes back.
-The rules do not run the model nor sample; generator.py calls them after each token.
+The rules do not run the model nor sample; text.py calls them after each token.
 """
 
 from __future__ import annotations
@@ -49,22 +52,6 @@ class StopRule(Protocol):
     def check(self, text: str, tokens: Sequence[int]) -> int | None: ...
 
     def safe(self, text: str, tokens: Sequence[int]) -> int: ...
-
-
-class EndOfText:
-    """Layer 1: the model produced an end token (end-of-text, or a special token that opens
-    another frame, which also means this text is over)."""
-
-    name = "end_of_text"
-
-    def __init__(self, ids: Iterable[int]):
-        self.ids = frozenset(ids)
-
-    def check(self, text: str, tokens: Sequence[int]) -> int | None:
-        return len(text) if tokens and tokens[-1] in self.ids else None
-
-    def safe(self, text: str, tokens: Sequence[int]) -> int:
-        return len(text)
 
 
 class StopStrings:
@@ -288,14 +275,11 @@ def _run(items: Sequence, period: int) -> int:
 def build_rules(
     cfg: StopConfig,
     context: str,
-    end_ids: Iterable[int],
     decode: Callable[[Sequence[int]], str],
     fim: bool = False,
 ) -> list[StopRule]:
     """The layered rules for one completion; `context` is the code just before it."""
-    rules: list[StopRule] = [EndOfText(end_ids)]
-    if cfg.stop:
-        rules.append(StopStrings(cfg.stop))
+    rules: list[StopRule] = [StopStrings(cfg.stop)] if cfg.stop else []
     if cfg.block_end or (cfg.block_end is None and not fim):
         rules.append(BlockEnd(context))
     if cfg.max_lines:

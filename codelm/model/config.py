@@ -2,6 +2,12 @@
 
 A preset is a plain dict of overrides, so `ModelConfig.from_preset("small",
 vocab_size=16384)` reads as what it is.
+
+Besides codelm's own choices, the fields cover the variants that pretrained code models
+use, so their checkpoints can be built as a codelm model: grouped-query attention
+(`n_kv_head`), biases (`qkv_bias`, `bias`), an untied head, RoPE's "half" layout and base
+(`rope_layout`, `rope_theta`), the norm's epsilon and the MLP's width. Every new field
+defaults to what codelm always did, so a config.json written before it loads unchanged.
 """
 
 from __future__ import annotations
@@ -18,15 +24,28 @@ class ModelConfig:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 256  # width; head size is n_embd // n_head
+    # Grouped-query attention (Ainslie et al. 2023): n_head queries share n_kv_head keys and
+    # values, a smaller KV cache to read per decoded token; 1 is multi-query attention
+    # (Shazeer 2019). None: n_head, plain multi-head attention.
+    n_kv_head: int | None = None
     block_size: int = 512  # context length in tokens
     # RoPE: relative positions generalise better than learned absolute ones and
     # add no parameters (Su et al. 2021); "learned" is the GPT-2 choice.
     pos: str = "rope"
     rope_theta: float = 10000.0
+    # Which channels RoPE rotates together: "interleaved", 2i with 2i+1 (the paper's, and
+    # codelm's); "half", i with i + head_dim/2 (GPT-NeoX's, used by Llama's HF checkpoints).
+    rope_layout: str = "interleaved"
     # RMSNorm is as good as LayerNorm at lower cost (Zhang & Sennrich 2019).
     norm: str = "rmsnorm"  # or "layernorm"
+    norm_eps: float | None = None  # None: 1e-6 for RMSNorm, torch's 1e-5 for LayerNorm (as always)
     # SwiGLU beats GELU at equal parameters (Shazeer 2020); hidden is 8/3 wide to match.
     mlp: str = "swiglu"  # or "gelu"
+    mlp_hidden_size: int | None = None  # None: the rule in `mlp_hidden`
+    # Biases: Qwen2 has them on the q/k/v projection only; StarCoder2 (`bias`) on every
+    # linear layer but the head, and in LayerNorm. codelm leaves them out, as PaLM does.
+    qkv_bias: bool = False
+    bias: bool = False
     # Tied input/output embeddings save vocab*width parameters, a large share of a small model.
     tie_embeddings: bool = True
     dropout: float = 0.0  # short CPU runs never see a token twice, so regularisation only hurts
@@ -41,12 +60,19 @@ class ModelConfig:
             raise CodelmError(f"model rope_theta must be > 0, got {self.rope_theta}")
         if self.n_embd % self.n_head:
             raise CodelmError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
+            raise CodelmError(f"model n_kv_head must divide n_head {self.n_head}, got {self.n_kv_head}")
+        if self.mlp_hidden_size is not None and self.mlp_hidden_size < 1:
+            raise CodelmError(f"model mlp_hidden_size must be at least 1, got {self.mlp_hidden_size}")
+        if self.norm_eps is not None and not self.norm_eps > 0:
+            raise CodelmError(f"model norm_eps must be > 0, got {self.norm_eps}")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise CodelmError("RoPE needs an even head size")
         for name, value, allowed in [
             ("pos", self.pos, ("rope", "learned")),
             ("norm", self.norm, ("rmsnorm", "layernorm")),
             ("mlp", self.mlp, ("swiglu", "gelu")),
+            ("rope_layout", self.rope_layout, ("interleaved", "half")),
         ]:
             if value not in allowed:
                 raise CodelmError(f"model {name} must be one of {allowed}, got {value!r}")
@@ -56,7 +82,14 @@ class ModelConfig:
         return self.n_embd // self.n_head
 
     @property
+    def kv_heads(self) -> int:
+        """Heads of keys and values (each shared by n_head / kv_heads query heads)."""
+        return self.n_kv_head or self.n_head
+
+    @property
     def mlp_hidden(self) -> int:
+        if self.mlp_hidden_size is not None:  # a pretrained model's own width
+            return self.mlp_hidden_size
         if self.mlp == "swiglu":  # 8/3 * width keeps the parameter count of a 4x GELU MLP
             return 64 * ((8 * self.n_embd // 3 + 63) // 64)
         return 4 * self.n_embd
@@ -83,7 +116,7 @@ class ModelConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # The demo's model: 5 minutes on 2 CPU cores give it about 2M tokens (4k vocabulary).
     "tiny": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),
-    # The size MEASURED.md benchmarks against transformers (6L/384).
+    # The size bench/train.py and bench/generate.py compare with transformers by default (6L/384).
     "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=512),
     # About GPT-2 small (12L/768); meant for a GPU.
     "base": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),

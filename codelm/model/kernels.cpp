@@ -1,6 +1,7 @@
 // codelm's CPU kernels for decoding one token at a time, on x86 with AVX-512 or AVX2:
 //   int8_linear: y (M, N) = x (M, K) @ (q * scale)^T with weight-only int8 q, float x;
-//   attend_one:  softmax(q k^T / sqrt(D)) v for one query per row and head over a KV cache.
+//   attend_one:  softmax(q k^T / sqrt(D)) v for one query per row and head over a KV cache,
+//                whose heads may be shared by groups of query heads (grouped-query attention).
 //
 // Decoding at batch 1 reads every weight and the whole cache once per token, so its speed
 // is the speed at which these loops stream memory. aten's kernels for CPU do not reach it
@@ -170,6 +171,50 @@ void weighted_rows(const float* p, const T* v, int64_t S, float inv, float* out)
   for (int c = 0; c < C; ++c) vstore(out + c * 16, vmul(a[c], vset(inv)));
 }
 
+// out (C * 16) += sum over t of p[t] * v[t]: weighted_rows for one block of rows, its sums
+// kept in `out` between blocks (the same additions in the same order, so the same floats).
+template <int C, typename T>
+void add_weighted_rows(const float* p, const T* v, int64_t S, float* out) {
+  V a[C];
+  for (int c = 0; c < C; ++c) a[c] = vload(out + c * 16);
+  for (int64_t t = 0; t < S; ++t) {
+    V w = vset(p[t]);
+    for (int c = 0; c < C; ++c) {
+      _mm_prefetch(reinterpret_cast<const char*>(v + t * C * 16 + c * 16) + PREFETCH, _MM_HINT_T0);
+      a[c] = vfma(w, vload(v + t * C * 16 + c * 16), a[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) vstore(out + c * 16, a[c]);
+}
+
+template <typename T>
+void add_weighted_rows(const float* p, const T* v, int64_t S, int64_t D, float* out) {
+  switch (D / 16) {
+    case 1: return add_weighted_rows<1>(p, v, S, out);
+    case 2: return add_weighted_rows<2>(p, v, S, out);
+    case 4: return add_weighted_rows<4>(p, v, S, out);
+    case 8: return add_weighted_rows<8>(p, v, S, out);
+  }
+  for (int64_t d = 0; d < D; d += 16) {
+    V a = vload(out + d);
+    for (int64_t t = 0; t < S; ++t) a = vfma(vset(p[t]), vload(v + t * D + d), a);
+    vstore(out + d, a);
+  }
+}
+
+// scores (S) <- e^(scores - top), padded to a multiple of 16; returns 1 / their sum.
+inline float exp_scores(float* scores, int64_t S, float top) {
+  int64_t padded = (S + 15) / 16 * 16;
+  for (int64_t t = S; t < padded; ++t) scores[t] = -INFINITY;  // e^-87 each: 1e-38 of a sum >= 1
+  V total = vset(0.0f), minus_top = vset(-top);
+  for (int64_t t = 0; t < padded; t += 16) {
+    V e = vexp_nonpositive(vadd(vload(scores + t), minus_top));
+    vstore(scores + t, e);
+    total = vadd(total, e);
+  }
+  return 1.0f / vsum(total);
+}
+
 // One query row attending over S keys/values of one head: out (D) = softmax(q k^T * scale) v.
 // `scores` has room for S rounded up to 16.
 template <typename T>
@@ -184,15 +229,7 @@ void attend_head(const float* q, const T* k, const T* v, int64_t S, int64_t D, f
     scores[t] = vsum(a) * scale;
     top = std::max(top, scores[t]);
   }
-  int64_t padded = (S + 15) / 16 * 16;
-  for (int64_t t = S; t < padded; ++t) scores[t] = -INFINITY;  // e^-87 each: 1e-38 of a sum >= 1
-  V total = vset(0.0f), minus_top = vset(-top);
-  for (int64_t t = 0; t < padded; t += 16) {
-    V e = vexp_nonpositive(vadd(vload(scores + t), minus_top));
-    vstore(scores + t, e);
-    total = vadd(total, e);
-  }
-  float inv = 1.0f / vsum(total);
+  float inv = exp_scores(scores, S, top);
   switch (D / 16) {  // head widths of 16 to 128 keep their sums in registers
     case 1: return weighted_rows<1>(scores, v, S, inv, out);
     case 2: return weighted_rows<2>(scores, v, S, inv, out);
@@ -206,28 +243,72 @@ void attend_head(const float* q, const T* k, const T* v, int64_t S, int64_t D, f
   }
 }
 
+constexpr int64_t VBLOCK = 32;  // value rows per block of attend_group: 4-16 KB, stays in L1
+
+// n query rows sharing one kv head (grouped-query attention), q and out (n, D): attend_head
+// for each, giving the same floats, but each key and value row read from memory once for
+// all n. A key row stays in L1 for its n dot products; values go in blocks of VBLOCK rows,
+// each block added into the n outputs in turn. `scores` has room for n rows of S rounded
+// up to 16, then n more floats.
 template <typename T>
-void attend_rows(const float* qp, const T* kp, const T* vp, const int64_t* lens, int64_t B, int64_t H, int64_t S,
-                 int64_t D, int64_t sb, int64_t sh, float* op) {
+void attend_group(const float* q, int64_t n, const T* k, const T* v, int64_t S, int64_t D, float scale,
+                  float* scores, float* out) {
+  int64_t P = (S + 15) / 16 * 16;
+  float* top = scores + n * P;  // each row's largest score, then 1 / its sum of exps
+  for (int64_t g = 0; g < n; ++g) top[g] = -INFINITY;
+  for (int64_t t = 0; t < S; ++t) {
+    const T* kt = k + t * D;
+    for (int64_t d = 0; d < D; d += 16) _mm_prefetch(reinterpret_cast<const char*>(kt + d) + PREFETCH, _MM_HINT_T0);
+    for (int64_t g = 0; g < n; ++g) {
+      const float* qg = q + g * D;
+      V a = vmul(vload(qg), vload(kt));
+      for (int64_t d = 16; d < D; d += 16) a = vfma(vload(qg + d), vload(kt + d), a);
+      scores[g * P + t] = vsum(a) * scale;
+      top[g] = std::max(top[g], scores[g * P + t]);
+    }
+  }
+  for (int64_t g = 0; g < n; ++g) top[g] = exp_scores(scores + g * P, S, top[g]);
+  std::fill(out, out + n * D, 0.0f);
+  for (int64_t t0 = 0; t0 < S; t0 += VBLOCK)
+    for (int64_t g = 0; g < n; ++g)
+      add_weighted_rows(scores + g * P + t0, v + t0 * D, std::min(VBLOCK, S - t0), D, out + g * D);
+  for (int64_t g = 0; g < n; ++g)
+    for (int64_t d = 0; d < D; d += 16) vstore(out + g * D + d, vmul(vload(out + g * D + d), vset(top[g])));
+}
+
+// Query head h reads kv head h / G (G query heads per kv head; 1 without grouping). A task
+// takes n consecutive query heads of a group, n dividing G: the whole group, so that the kv
+// head streams from memory once, unless that leaves threads without a task.
+template <typename T>
+void attend_rows(const float* qp, const T* kp, const T* vp, const int64_t* lens, int64_t B, int64_t H, int64_t G,
+                 int64_t S, int64_t D, int64_t sb, int64_t sh, float* op) {
   float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> scores(S + 16);
+  int64_t n = G;
+  while (n > 1 && B * H / n < at::get_num_threads()) {
+    do --n;
+    while (G % n);
+  }
+  at::parallel_for(0, B * H / n, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scores(n * (S + 16) + n);
     for (int64_t i = i0; i < i1; ++i) {
-      int64_t b = i / H, h = i % H, off = b * sb + h * sh;
-      attend_head(qp + i * D, kp + off, vp + off, lens ? lens[b] : S, D, scale, scores.data(), op + i * D);
+      int64_t first = i * n, b = first / H, h = first % H, off = b * sb + h / G * sh, len = lens ? lens[b] : S;
+      if (n == 1)
+        attend_head(qp + first * D, kp + off, vp + off, len, D, scale, scores.data(), op + first * D);
+      else
+        attend_group(qp + first * D, n, kp + off, vp + off, len, D, scale, scores.data(), op + first * D);
     }
   });
 }
 
-// q (B, H, 1, D) float; k, v (B, H, S, D) float or bf16, rows of D contiguous values (slices
-// of the cache). With `lens` (B), row b attends to its first lens[b] positions only (the
-// server's rows, each at its own length).
+// q (B, H, 1, D) float; k, v (B, Hkv, S, D) float or bf16, Hkv dividing H, rows of D
+// contiguous values (slices of the cache). With `lens` (B), row b attends to its first
+// lens[b] positions only (the server's rows, each at its own length).
 at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                       const std::optional<at::Tensor>& lens) {
   TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.scalar_type() == at::kFloat, "q must be (B, H, 1, D) float");
   TORCH_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides() && k.scalar_type() == v.scalar_type(), "bad k, v");
-  int64_t B = q.size(0), H = q.size(1), D = q.size(3), S = k.size(2);
-  TORCH_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == D && D % 16 == 0, "k, v do not match q");
+  int64_t B = q.size(0), H = q.size(1), D = q.size(3), S = k.size(2), Hkv = k.size(1);
+  TORCH_CHECK(k.size(0) == B && Hkv >= 1 && H % Hkv == 0 && k.size(3) == D && D % 16 == 0, "k, v do not match q");
   TORCH_CHECK(k.stride(3) == 1 && k.stride(2) == D, "k, v rows must be contiguous");
   TORCH_CHECK(S >= 1, "no keys to attend to");
   at::Tensor lc;
@@ -239,11 +320,11 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   auto qc = q.contiguous();
   auto out = at::empty_like(qc);
   if (k.scalar_type() == at::kFloat)
-    attend_rows(qc.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), lp, B, H, S, D, k.stride(0),
-                k.stride(1), out.data_ptr<float>());
-  else if (k.scalar_type() == at::kBFloat16)
-    attend_rows(qc.data_ptr<float>(), k.data_ptr<at::BFloat16>(), v.data_ptr<at::BFloat16>(), lp, B, H, S, D,
+    attend_rows(qc.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), lp, B, H, H / Hkv, S, D,
                 k.stride(0), k.stride(1), out.data_ptr<float>());
+  else if (k.scalar_type() == at::kBFloat16)
+    attend_rows(qc.data_ptr<float>(), k.data_ptr<at::BFloat16>(), v.data_ptr<at::BFloat16>(), lp, B, H, H / Hkv,
+                S, D, k.stride(0), k.stride(1), out.data_ptr<float>());
   else
     TORCH_CHECK(false, "k, v must be float or bf16");
   return out;

@@ -1,20 +1,27 @@
 """The decoder-only transformer, readable top to bottom.
 
 token ids (B, T) -> embedding -> n_layer x [pre-norm causal self-attention, pre-norm MLP]
--> final norm -> linear head (tied to the embedding) -> logits (B, T, vocab).
+-> final norm -> linear head (tied to the embedding by default) -> logits (B, T, vocab).
 
 Attention is torch's `scaled_dot_product_attention`, causal by construction, so
 a token never sees the tokens after it. Two cases on CPU take an equivalent faster
 form: bf16 training (`causal_attention`) and one decoded token (`one_token_attention`,
 codelm's kernel). With a `KVCache` the same forward decodes incrementally: pass
-only the new tokens and the cache remembers the rest.
-A cache with per-row `start` offsets holds left-padded prompts of different
-lengths; only then is an explicit mask built (see `padded_positions`).
+only the new tokens and the cache remembers the rest. Positions may differ per
+row, as litgpt's `input_pos`: rows of different lengths decode together, each
+query seeing the keys of its own row up to its own position (`Where`). Every
+caller decodes through this one forward: `codelm.generate`'s engine, and through
+it the CLI, evaluation and the server.
+
+With `n_kv_head` < `n_head` (grouped-query attention) query head h reads key/value
+head h // (n_head / n_kv_head), as torch's `enable_gqa` and HF's checkpoints have it;
+the cache holds only the n_kv_head heads.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -25,52 +32,73 @@ from codelm.model.config import ModelConfig
 from codelm.model.kv_cache import KVCache
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where a forward's T new tokens sit, and which cached keys each of them sees."""
+
+    pos: torch.Tensor  # (T,) positions shared by every row, or (B, T) per row
+    fresh: bool  # nothing before them (shared positions from 0): plain causal attention
+    mask: torch.Tensor | None  # (T, span) or (B, 1, T, span) bool, True = visible; None: all
+    lens: torch.Tensor | None  # (B,) keys visible to a single new token per row; None: all
+
+    @classmethod
+    def of(cls, pos: torch.Tensor) -> Where:
+        T = pos.size(-1)
+        if pos.dim() == 1:
+            past = int(pos[0])
+            if past == 0 or T == 1:  # causal from 0, or one token that sees every key
+                return cls(pos, past == 0, None, None)
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=pos.device).tril(past)
+            return cls(pos, False, mask, None)
+        if T == 1:
+            return cls(pos, False, None, pos[:, 0] + 1)
+        keys = torch.arange(int(pos.max()) + 1, device=pos.device)
+        return cls(pos, False, (keys <= pos[:, :, None])[:, None], None)  # key j seen from p >= j
+
+
 def _norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.n_embd, eps=1e-6)
-    return nn.LayerNorm(cfg.n_embd, bias=False)
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps or 1e-6)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps or 1e-5, bias=cfg.bias)
 
 
 def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables (block_size, head_dim) for rotary embeddings of interleaved pairs.
+    """cos and sin tables (block_size, head_dim) for rotary embeddings.
 
-    Channels 2i and 2i+1 form a pair rotated by angle pos * theta^(-2i/D). Both channels
-    of a pair share the angle, and sin carries the rotation's sign: (-sin, +sin).
+    Pair i of the D/2 channel pairs is rotated by angle pos * theta^(-2i/D). Its channels
+    are 2i and 2i+1 (rope_layout "interleaved") or i and i + D/2 ("half"). Both channels
+    of a pair share the angle, and sin carries the rotation's sign: -sin on the pair's
+    first channel, +sin on its second.
     """
     inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
     angles = torch.outer(torch.arange(cfg.block_size).float(), inv_freq)  # (block_size, D/2)
     cos, sin = angles.cos(), angles.sin()
+    if cfg.rope_layout == "half":
+        return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
     return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of x (B, H, T, D) by position-dependent angles: tables (T, D).
+def apply_rope(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str = "interleaved"
+) -> torch.Tensor:
+    """Rotate channel pairs of x (B, H, T, D) by position-dependent angles: tables (T, D)
+    or (B, 1, T, D) from `rope_tables` for the same `layout`.
 
     (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), as x * cos + swapped(x) * signed sin:
     the same float results as slicing out the pairs, in half the time for training steps
     (3.8 -> 2.7 ms fwd+bwd per call at (8, 6, 256, 64) in bf16).
     """
-    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x2, x1) in each pair
+    if layout == "half":
+        half = x.size(-1) // 2
+        swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)  # (x2, x1) in each pair
+    else:
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x2, x1) in each pair
     return (x * cos + swapped * sin).type_as(x)
 
 
-def padded_positions(start: torch.Tensor, past: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions (B, T) and attention mask (B, 1, T, past + T) for left-padded rows.
-
-    Row b's real tokens begin at slot start[b]: its positions count from there, so a
-    padded row computes exactly what it would alone, and its keys before start[b]
-    are masked. A padding slot sees itself, so no mask row is empty (which gives NaN).
-    """
-    slots = torch.arange(past + T, device=start.device)
-    q = slots[past:]  # the new tokens' slots (T,)
-    pos = (q[None] - start[:, None]).clamp(min=0)  # (B, T)
-    key, query, first = slots[None, None], q[None, :, None], start[:, None, None]
-    keep = ((key <= query) & (key >= first)) | (key == query)  # (B, T, past + T)
-    return pos, keep.unsqueeze(1)
-
-
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal self-attention of q, k, v (B, H, T, D) -> (B, H, T, D).
+    """Causal self-attention of q (B, H, T, D) over k, v (B, Hkv, T, D) -> (B, H, T, D),
+    Hkv dividing H (grouped-query attention where they differ).
 
     Training in bf16 on CPU with T <= 512, the explicit form (scores, mask, softmax,
     weighted sum) beats torch's flash kernel for CPU, whose bf16 backward is slow. Steps
@@ -79,20 +107,24 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     backward, which grow quadratically, so longer sequences keep the flash kernel, and
     so do fp32 (where that kernel is faster), inference and CUDA.
     """
-    T = q.shape[-2]
+    T, G = q.shape[-2], q.size(1) // k.size(1)
     cpu_bf16_training = q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
     if not cpu_bf16_training or T > 512:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=G > 1)
+    q = q.unflatten(1, (-1, G))  # (B, Hkv, G, T, D): the G query heads that share a kv head
+    k, v = k.unsqueeze(2), v.unsqueeze(2)  # (B, Hkv, 1, T, D), broadcast over those G
     future = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)  # (T, T)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + future  # (B, H, T, T)
-    return torch.softmax(scores, dim=-1) @ v  # softmax accumulates in float internally
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + future  # (B, Hkv, G, T, T)
+    y = torch.softmax(scores, dim=-1) @ v  # softmax accumulates in float internally
+    return y.flatten(1, 2)  # (B, H, T, D)
 
 
 def one_token_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Attention of one new token per row, q (B, H, 1, D), over cached k, v (B, H, S, D):
-    all S positions, or row b's first lens[b] (B,) ones.
+    """Attention of one new token per row, q (B, H, 1, D), over cached k, v (B, Hkv, S, D):
+    all S positions, or row b's first lens[b] (B,) ones. Query head h reads kv head
+    h // (H / Hkv).
 
     Decoding reads the whole cache once per token. On CPU codelm's kernel (native.py)
     reads it faster than torch's flash kernel for CPU: about 95 against 155-250 us per
@@ -104,6 +136,7 @@ def one_token_attention(
         and q.dtype == torch.float32
         and k.dtype in (torch.float32, torch.bfloat16)
         and q.shape[-1] % 16 == 0
+        and q.size(1) % k.size(1) == 0
         and k.stride(-1) == 1
         and k.stride(-2) == q.shape[-1]
         and v.stride() == k.stride()
@@ -111,46 +144,44 @@ def one_token_attention(
     ):
         return torch.ops.codelm.attend_one(q, k, v, lens)
     mask = None if lens is None else (torch.arange(k.size(2), device=k.device) < lens[:, None])[:, None, None]
-    return F.scaled_dot_product_attention(q, k.type_as(q), v.type_as(q), attn_mask=mask)
+    gqa = k.size(1) != q.size(1)
+    return F.scaled_dot_product_attention(q, k.type_as(q), v.type_as(q), attn_mask=mask, enable_gqa=gqa)
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.cfg, self.layer = cfg, layer
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)  # fused: one matmul
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        width = (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim  # fused q, k, v heads: one matmul
+        self.qkv = nn.Linear(cfg.n_embd, width, bias=cfg.qkv_bias or cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
 
     def forward(
         self,
         x: torch.Tensor,
         cos: torch.Tensor | None,
         sin: torch.Tensor | None,
-        cache: KVCache | None,
-        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        where: Where | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        H, D = self.cfg.n_head, self.cfg.head_dim
-        q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        H, Hkv, D = self.cfg.n_head, self.cfg.kv_heads, self.cfg.head_dim
+        heads = self.qkv(x).view(B, T, H + 2 * Hkv, D).transpose(1, 2)  # (B, H + 2 Hkv, T, D)
+        q, k, v = heads.split((H, Hkv, Hkv), dim=1)  # q (B, H, T, D); k, v (B, Hkv, T, D)
         if cos is not None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        past = 0
-        if cache is not None:
-            past = cache.pos
-            stored = cache.update(self.layer, k, v)  # (B, H, past + T, D), in the cache's dtype
-            if past:  # earlier positions live only in the cache
-                k, v = stored
-        if T == 1 and past and mask is None:  # one new token sees every cached one
-            y = one_token_attention(q, k, v)
+            layout = self.cfg.rope_layout
+            q, k = apply_rope(q, cos, sin, layout), apply_rope(k, cos, sin, layout)
+        if cache is None or where is None:
+            y = causal_attention(q, k, v)
         else:
-            k, v = k.type_as(q), v.type_as(q)  # a bf16 cache (Transformer.kv_dtype) computes in float
-            if mask is not None:  # left-padded rows: the mask is causal too
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            elif past == 0:
+            keys, values = cache.update(self.layer, k, v, where.pos)  # (B, Hkv, span, D), cache dtype
+            if where.fresh:  # nothing before: attend to the new keys as computed
                 y = causal_attention(q, k, v)
-            else:  # a chunk after a prefix: row i sees keys 0 .. past + i
-                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            elif T == 1 and where.mask is None:  # one token per row over its cached keys
+                y = one_token_attention(q, keys, values, where.lens)
+            else:  # a bf16 cache (Transformer.kv_dtype) computes in float
+                keys, values = keys.type_as(q), values.type_as(q)
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=where.mask, enable_gqa=Hkv != H)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)
 
@@ -160,8 +191,8 @@ class MLP(nn.Module):
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
         hidden = cfg.mlp_hidden
-        self.up = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * hidden, bias=False)
-        self.down = nn.Linear(hidden, cfg.n_embd, bias=False)
+        self.up = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * hidden, bias=cfg.bias)
+        self.down = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)  # (B, T, hidden) or (B, T, 2*hidden) fused gate+up
@@ -179,8 +210,8 @@ class Block(nn.Module):
         self.norm1, self.attn = _norm(cfg), Attention(cfg, layer)
         self.norm2, self.mlp = _norm(cfg), MLP(cfg)
 
-    def forward(self, x, cos, sin, cache, mask=None):
-        x = x + self.attn(self.norm1(x), cos, sin, cache, mask)
+    def forward(self, x, cos, sin, cache=None, where=None):
+        x = x + self.attn(self.norm1(x), cos, sin, cache, where)
         return x + self.mlp(self.norm2(x))
 
 
@@ -213,6 +244,8 @@ class Transformer(nn.Module):
     def _init(m: nn.Module) -> None:
         if isinstance(m, nn.Linear | nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -221,53 +254,52 @@ class Transformer(nn.Module):
         self,
         idx: torch.Tensor,
         cache: KVCache | None = None,
+        pos: torch.Tensor | None = None,
         hidden: list[torch.Tensor] | None = None,
-        last_only: bool = False,
+        at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids `idx` (B, T).
 
-        With `cache`, `idx` holds only new tokens, placed after the cached ones.
-        With `hidden`, the residual stream after each block is appended to it
-        (for the logit lens). With `last_only`, only the last position's logits
-        (B, 1, vocab) are computed: all a prompt's prefill needs.
+        With `cache`, `idx` holds only new tokens: their keys and values are written at
+        positions `pos` ((T,) shared, or (B, T) per row; by default after what each row
+        of the cache holds) and each token sees its row's keys up to its own position.
+        Without a cache the tokens sit at 0 .. T-1 (training). With `hidden`, the
+        residual stream after each block is appended to it (for the logit lens). With
+        `at` (B,), only the logits at position at[b] of each row are computed, (B, 1,
+        vocab): all a prompt's prefill needs.
         """
         B, T = idx.shape
-        past = cache.pos if cache is not None else 0
-        if past + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.cfg.block_size}")
-        pos = mask = None
-        if cache is not None and cache.start is not None:
-            pos, mask = padded_positions(cache.start, past, T)  # (B, T), (B, 1, T, past + T)
+        where = None
+        if cache is not None:
+            where = Where.of(cache.positions(T) if pos is None else pos)
+            pos = where.pos
+        last = T - 1 if pos is None else int(pos.max())
+        if last >= self.cfg.block_size:
+            raise ValueError(f"position {last} is past the context of {self.cfg.block_size} tokens")
         x = self.wte(idx)  # (B, T, C)
         cos = sin = None
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(past, past + T, device=idx.device) if pos is None else pos)
+            x = x + self.wpe(torch.arange(T, device=idx.device) if pos is None else pos)
         elif pos is None:
-            cos, sin = self.rope_cos[past : past + T], self.rope_sin[past : past + T]
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, D)
+        elif pos.dim() == 1:
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D)
         else:  # per-row positions: (B, 1, T, D) broadcasts over heads
             cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, cos, sin, cache, mask)
+            x = block(x, cos, sin, cache, where)
             if hidden is not None:
                 hidden.append(x)
         if cache is not None:
-            cache.advance(T)
-        if last_only:
-            x = x[:, -1:]
+            cache.advance(pos)
+        if at is not None:
+            x = x[torch.arange(B, device=x.device), at.to(x.device)][:, None]  # (B, 1, C)
         return self.head(self.norm_f(x))  # (B, T, vocab)
 
-    def new_cache(self, batch: int, max_len: int | None = None, start: torch.Tensor | None = None) -> KVCache:
-        """An empty cache; `start` (batch,) gives each row's left padding (see kv_cache.py)."""
+    def new_cache(self, rows: int, max_len: int | None = None) -> KVCache:
+        """An empty cache of `rows` sequences of up to `max_len` tokens (the context)."""
         c = self.cfg
         p = self.norm_f.weight  # a float parameter even when generation swaps the linears
-        return KVCache(
-            c.n_layer,
-            batch,
-            c.n_head,
-            max_len or c.block_size,
-            c.head_dim,
-            dtype=self.kv_dtype or p.dtype,
-            device=p.device,
-            start=start,
-        )
+        dtype = self.kv_dtype or p.dtype
+        return KVCache(c.n_layer, rows, c.kv_heads, max_len or c.block_size, c.head_dim, dtype, p.device)

@@ -38,8 +38,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from codelm.errors import CodelmError
-from codelm.generate.healing import heal
-from codelm.generate.prompts import Prompt, encode_prompt, prompt_room
+from codelm.generate.healing import Healing
+from codelm.generate.prompts import Prompt, plan, prompt_room
 from codelm.generate.sampling import SamplingConfig
 from codelm.generate.stopping import StopConfig, build_rules
 from codelm.model import Transformer
@@ -144,15 +144,13 @@ class Service:
         jobs: list[Job] = []
         echoes: list[Echo | None] = []
         for p in prompts:
-            ids, context, echo = self._encode(p, req, max_tokens)
+            ids, context, echo, healing = self._encode(p, req, max_tokens)
             echoes.append(echo)
-            rules = build_rules(stops, context, (), self.tok.decode, fim=req.suffix is not None)
-            healing = None
-            if isinstance(p, str) and not req.echo and req.logprobs is None:  # keep logprobs exact
-                ids, healing = heal(self.tok, ids)
+            rules = build_rules(stops, context, self.tok.decode, fim=req.suffix is not None)
             for i in range(n):
                 sampling = self._sampling(req, max_tokens, None if req.seed is None else req.seed + i)
-                job = Job(ids, min(max_tokens, self.block - len(ids)), sampling, sink, len(jobs), rules)
+                # The engine ends a row at max_tokens, or with context_full where the context ends first.
+                job = Job(ids, max_tokens, sampling, sink, len(jobs), rules)
                 job.logprobs, job.deadline = req.logprobs, deadline
                 job.prompt_logprobs = bool(req.echo and req.logprobs is not None)
                 job.healing = healing
@@ -171,9 +169,9 @@ class Service:
 
     def _encode(
         self, p: str | list[int], req: CompletionRequest, max_tokens: int
-    ) -> tuple[list[int], str, Echo | None]:
-        """Token ids (in the mode's layout, fitted to the context), the code just before the
-        completion (for the block-end rule), and the echo."""
+    ) -> tuple[list[int], str, Echo | None, Healing | None]:
+        """Token ids (in the mode's layout, fitted to the context: `codelm.generate.prompts.plan`),
+        the code just before the completion (for the block-end rule), the echo, and the healing."""
         size = len(p) + len(req.suffix or "") + len(req.instruction or "")
         if size > self.cfg.max_prompt_chars:
             raise BadRequest(f"prompt of {size} characters; this server takes {self.cfg.max_prompt_chars}")
@@ -183,18 +181,20 @@ class Service:
                 raise BadRequest(f"token ids must be in [0, {self.tok.vocab_size})", "prompt")
             ids = p[len(p) - room :] if len(p) > room else p
             text = self.tok.decode(ids)
-            return ids or [self.tok.eot_id], text, Echo(text, 0 if ids else 1) if req.echo else None
-        if not p and req.suffix is None and req.instruction is None:
-            return [self.tok.eot_id], "", Echo("", 1) if req.echo else None  # the start of a new file
+            return ids or [self.tok.eot_id], text, Echo(text, 0 if ids else 1) if req.echo else None, None
+        if not p and req.suffix is None and req.instruction is None:  # the start of a new file
+            return [self.tok.eot_id], "", Echo("", 1) if req.echo else None, None
+        exact = req.echo or req.logprobs is not None  # scored prompts keep their own tokens
         try:
             prompt = Prompt(p, req.suffix, req.instruction)
-            enc = encode_prompt(self.tok, prompt, room)
+            planned = plan(self.tok, prompt, self.block, max_tokens, healing=not exact)
         except CodelmError as e:
             raise BadRequest(str(e)) from None
         if not req.echo:
-            return enc.ids, p, None
-        bos = int(enc.dropped == 0 and enc.ids[:1] == [self.tok.eot_id])
-        return enc.ids, p, Echo(p if enc.dropped == 0 else self.tok.decode(enc.ids[bos:]), bos)
+            return planned.ids, p, None, planned.healing
+        ids, dropped = planned.ids, planned.dropped
+        bos = int(dropped == 0 and ids[:1] == [self.tok.eot_id])
+        return ids, p, Echo(p if dropped == 0 else self.tok.decode(ids[bos:]), bos), None
 
     async def completions(self, request: Request) -> Response:
         limit = 8 * self.cfg.max_prompt_chars + 65536

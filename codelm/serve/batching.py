@@ -2,10 +2,14 @@
 
 One thread owns the model. Each turn of its loop it
 1. drops rows whose client went away (`Job.cancel()`) or whose deadline passed,
-2. admits waiting jobs into the free slots of a `SlotDecoder` (one batched prefill),
-3. runs one decode step for every active row, samples each row with its own
-   settings (temperature, top-p, top-k, seed), applies its stop sequences and
-   stop rule, and hands each row's new text to its request.
+2. admits waiting jobs as rows of the decoding engine (`codelm.generate.engine`:
+   one batched prefill into its free cache rows),
+3. runs one engine step for every active row (each sampled with its own
+   settings: temperature, top-p, top-k, seed; each with its own stop rules) and
+   hands each row's new text to its request.
+It is a scheduler and nothing more: queue, admission, deadlines, cancellation
+and events. The model, its cache, sampling, text and stop rules are the engine's,
+the same that `codelm generate` decodes with.
 So a request that arrives while a batch runs joins it at the next step, and a
 finished row frees its slot for a waiting one at once.
 
@@ -31,14 +35,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import torch
-
+from codelm.generate.engine import Engine, Row, Sampler
 from codelm.generate.healing import Healing
-from codelm.generate.sampling import SamplingConfig, penalize, sample
+from codelm.generate.sampling import SamplingConfig
 from codelm.generate.stopping import StopRule
+from codelm.generate.text import TextState
 from codelm.model import Transformer
-from codelm.serve.decoder import SlotDecoder
-from codelm.serve.text import TextState
 from codelm.tokenizer import CodeTokenizer
 
 
@@ -96,16 +98,12 @@ class QueueFull(Exception):
 
 
 @dataclass(eq=False)
-class _Row:
+class _Live:
+    """A job being decoded: its engine row and what was handed out."""
+
     job: Job
-    text: TextState
-    gen: torch.Generator | None
-    infos: list[TokenInfo] = field(default_factory=list)
-    given: int = 0  # infos already handed out
-    generated: int = 0
-    last: int = -1  # the token to feed at the next step
-    cut: bool = False  # a rule cut the text
-    seen: torch.Tensor | None = None  # (1, V) tokens generated so far, for the repetition penalty
+    row: Row
+    given: int = 0  # tokens already handed out
     started: float = field(default_factory=time.monotonic)
 
 
@@ -122,11 +120,10 @@ class Scheduler:
     ):
         self.model, self.tok = model, tok
         self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
-        self.dec = SlotDecoder(model, max_batch)
+        self.engine = Engine(model, max_batch, frozenset(tok.special.values()))
         self.bytes_of = tok.token_bytes
-        self.special = frozenset(tok.special.values())
         self._waiting: collections.deque[Job] = collections.deque()
-        self._rows: list[_Row] = []  # index == slot in self.dec
+        self._rows: dict[Row, _Live] = {}  # the engine's active rows
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -190,7 +187,7 @@ class Scheduler:
                     self._step()
             except Exception as e:  # a bug or an out-of-memory: fail these rows, keep serving
                 traceback.print_exc(file=sys.stderr)
-                jobs = dict.fromkeys([*admit, *(r.job for r in self._rows)])  # each job once
+                jobs = dict.fromkeys([*admit, *(live.job for live in self._rows.values())])  # each once
                 self._fail(list(jobs), f"internal error: {type(e).__name__}: {e}")
 
     def _take_waiting(self) -> list[Job]:
@@ -212,136 +209,76 @@ class Scheduler:
 
     def _sweep(self) -> None:
         now = time.monotonic()
-        gone = [
-            (slot, "cancelled" if r.job.cancelled else "timeout")
-            for slot, r in enumerate(self._rows)
-            if r.job.cancelled or now > r.job.deadline
-        ]
-        self._retire(gone)
+        for live in list(self._rows.values()):
+            if live.job.cancelled or now > live.job.deadline:
+                self.engine.remove(live.row)
+                self._finish(live, "cancelled" if live.job.cancelled else "timeout")
 
     def _admit(self, jobs: list[Job]) -> None:
-        logits = self.dec.prefill([j.prompt for j in jobs], [j.prompt_logprobs for j in jobs])
-        first = len(self._rows)
-        for job, lg in zip(jobs, logits, strict=True):
-            gen = None
-            if job.sampling.seed is not None:
-                gen = torch.Generator(device=self.dec.device).manual_seed(job.sampling.seed)
-            skip = job.healing.size if job.healing else 0
-            row = _Row(job, TextState(self.bytes_of, job.rules, skip=skip), gen)
-            if job.sampling.repetition_penalty != 1.0:
-                row.seen = torch.zeros_like(lg[-1:], dtype=torch.bool)
-            self._rows.append(row)
-            info = self._score_prompt(job, lg) if job.prompt_logprobs else None
+        lives = [_Live(job, self._row(job)) for job in jobs]
+        self._rows.update((live.row, live) for live in lives)
+        ended = self.engine.add([live.row for live in lives])
+        for live in lives:
+            job, scores = live.job, live.row.prompt_scores
+            info = None
+            if scores is not None:
+                rest = [TokenInfo(t, lp, top) for t, (lp, top) in zip(job.prompt[1:], scores, strict=True)]
+                info = [TokenInfo(job.prompt[0], math.nan, None), *rest]
             self._emit(job, Event("start", job.index, prompt_tokens=job.prompt_tokens, prompt_info=info))
-        last = [
-            lg[-1] if j.healing is None else lg[-1].masked_fill(~j.healing.allowed.to(lg.device), -math.inf)
-            for j, lg in zip(jobs, logits, strict=True)
-        ]
-        self._advance(first, torch.stack(last))
+        self._hand_out(lives, ended)
+
+    def _row(self, job: Job) -> Row:
+        skip = job.healing.size if job.healing else 0
+        text = TextState(self.bytes_of, job.rules, skip=skip)
+        allowed = job.healing.allowed if job.healing else None
+        sampler = Sampler.of(job.sampling, self.engine.cache.device)
+        top, score = job.logprobs or 0, job.prompt_logprobs
+        return Row(job.prompt, job.max_new_tokens, sampler, text, allowed, top=top, score_prompt=score)
 
     def _step(self) -> None:
-        logits = self.dec.step([r.last for r in self._rows])
+        lives = list(self._rows.values())
+        ended = self.engine.step()
         self.stats["steps"] += 1
-        self.stats["rows_stepped"] += len(self._rows)
-        self._advance(0, logits)
+        self.stats["rows_stepped"] += len(lives)
+        self._hand_out(lives, ended)
 
-    def _advance(self, first: int, logits: torch.Tensor) -> None:
-        """Sample for rows first.. (one logits row each), stream their text, retire finished rows."""
-        rows = self._rows[first:]
-        picks = self._choose(rows, logits)
-        done = []
-        for slot, (row, info) in enumerate(zip(rows, picks, strict=True), start=first):
-            why = self._accept(row, info)
-            if why is not None:
-                done.append((slot, why))
-            else:
-                text, n = row.text.take(final=False)
-                if text or (row.job.logprobs is not None and n > row.given):
-                    self._emit(row.job, Event("delta", row.job.index, text, row.infos[row.given : n]))
-                    row.given = n
-        self._retire(done)
-
-    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> list[TokenInfo | None]:
-        logprobs = logits.float().log_softmax(-1)
-        picks: list[TokenInfo | None] = []
-        greedy = logits.argmax(-1).tolist()
-        for i, row in enumerate(rows):
-            cfg = row.job.sampling
-            if row.job.max_new_tokens == 0:
-                picks.append(None)
+    def _hand_out(self, lives: list[_Live], ended: list[Row]) -> None:
+        """Stream each row's new text; end the rows that ended."""
+        done = set(ended)
+        for live in lives:
+            if live.row in done:
+                self._finish(live, live.row.reason or "length")
                 continue
-            if row.seen is None:
-                token = greedy[i] if cfg.temperature == 0 else int(sample(logits[i : i + 1], cfg, row.gen))
-            else:
-                row_logits = penalize(logits[i : i + 1], row.seen, cfg.repetition_penalty)
-                token = int(sample(row_logits, cfg, row.gen))
-                row.seen[0, token] = True
-            top = None
-            if row.job.logprobs:
-                values, ids = logprobs[i].topk(row.job.logprobs)
-                top = list(zip(ids.tolist(), values.tolist(), strict=True))
-            picks.append(TokenInfo(token, float(logprobs[i, token]), top))
-        return picks
+            assert live.row.text is not None
+            text, n = live.row.text.take(final=False)
+            if text or (live.job.logprobs is not None and n > live.given):
+                self._emit(live.job, Event("delta", live.job.index, text, self._infos(live, n)))
 
-    def _accept(self, row: _Row, info: TokenInfo | None) -> str | None:
-        """Take the row's new token; return why the row ends, or None."""
-        if info is None:
-            return "length"
-        row.generated += 1
-        row.last = info.token
-        if info.token in self.special:  # end-of-text, or a token that opens another frame
-            return "end_of_text"
-        row.infos.append(info)
-        why = row.text.add(info.token)
-        if why is not None:
-            row.cut = True
-            return why
-        if row.generated >= row.job.max_new_tokens:
-            return "length"
-        if len(row.job.prompt) + row.generated > self.model.cfg.block_size:
-            return "context_full"
-        return None
+    def _infos(self, live: _Live, n: int) -> list[TokenInfo]:
+        """The tokens given..n of a row (never its end token), marked as handed out."""
+        r = live.row
+        out = [TokenInfo(r.tokens[i], r.logprobs[i], r.tops[i]) for i in range(live.given, n)]
+        live.given = max(live.given, n)
+        return out
 
-    def _retire(self, done: list[tuple[int, str]]) -> None:
-        for slot, why in sorted(done, reverse=True):  # the last slot first: removal moves it
-            self._finish(self._rows[slot], why)
-            self.dec.remove(slot)
-            self._rows[slot] = self._rows[-1]
-            self._rows.pop()
-
-    def _finish(self, row: _Row, why: str) -> None:
-        job = row.job
-        self.stats["tokens"] += row.generated
+    def _finish(self, live: _Live, why: str) -> None:
+        job, row = live.job, live.row
+        del self._rows[row]
+        self.stats["tokens"] += len(row.tokens)
         if why == "cancelled":
             self.stats["cancelled"] += 1
             return
         self.stats["timed_out" if why == "timeout" else "completed"] += 1
-        self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.monotonic() - row.started)
-        if not row.cut:  # a cut text has no dangling byte to flush
-            row.text.finish()
+        self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.monotonic() - live.started)
+        assert row.text is not None
         text, n = row.text.take(final=True)
-        tokens = row.infos[row.given : n]
-        ev = Event("done", job.index, text, tokens, why, job.prompt_tokens, row.generated)
+        ev = Event("done", job.index, text, self._infos(live, n), why, job.prompt_tokens, len(row.tokens))
         self._emit(job, ev)
-
-    def _score_prompt(self, job: Job, logits: torch.Tensor) -> list[TokenInfo]:
-        """Log-probability of each prompt token given the ones before it (echo with logprobs)."""
-        lp = logits[:-1].float().log_softmax(-1)  # (T - 1, V): row t predicts token t + 1
-        ids = torch.tensor(job.prompt[1:], device=lp.device)
-        chosen = lp.gather(1, ids[:, None])[:, 0].tolist()
-        tops: list[list[tuple[int, float]] | None] = [None] * len(chosen)
-        if job.logprobs:
-            values, top_ids = lp.topk(job.logprobs, dim=-1)
-            tops = [
-                list(zip(i, v, strict=True)) for i, v in zip(top_ids.tolist(), values.tolist(), strict=True)
-            ]
-        rest = [TokenInfo(t, c, top) for t, c, top in zip(job.prompt[1:], chosen, tops, strict=True)]
-        return [TokenInfo(job.prompt[0], math.nan, None), *rest]
 
     def _fail(self, jobs: list[Job], message: str) -> None:
         self.stats["errors"] += len(jobs)
         self._rows.clear()
-        self.dec.clear()
+        self.engine.clear()
         for job in jobs:
             self._emit(job, Event("error", job.index, error=message))
 

@@ -1,4 +1,4 @@
-"""A lossless byte-level BPE tokenizer for code, with the special tokens of DESIGN.md.
+"""A lossless byte-level BPE tokenizer for code, with codelm's special tokens.
 
 Byte-level means every string maps to bytes first, so decode(encode(x)) == x for
 any text: tabs, CRLF, form feeds, trailing spaces, emoji and unicode identifiers

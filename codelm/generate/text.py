@@ -1,9 +1,10 @@
-"""Completion text as it streams: token bytes, characters split across tokens, stop rules.
+"""A completion's text as it grows: token bytes, characters split across tokens, stop rules.
 
 Each token adds its raw bytes (`CodeTokenizer.token_bytes`, built once), so a
 completion grows by one token in O(1), and an incremental UTF-8 decoder holds
 the bytes of a character split across two tokens until its last byte arrives:
 streamed text never shows a half character. `TextState` holds one completion
+(one row of the engine, engine.py)
 and applies the stop rules of `codelm.generate.stopping` (stop strings, block
 end, repetition ...): `add` reports the rule that cut the text, and `take`
 releases only text that no rule can still cut (each rule's `safe`), so
