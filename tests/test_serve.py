@@ -10,6 +10,7 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -539,3 +540,21 @@ def test_cli_serve_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
     assert main(["serve", str(run_dir), "--max-batch", "1"]) == 0
     assert seen["cfg"].api_key == "from-env" and seen["cfg"].max_batch == 1
     assert seen["cfg"].host == "127.0.0.1"
+
+
+def test_no_serve_module_touches_the_models_layers():
+    """The server decodes only through generate's engine: no attention, RoPE or layer of
+    the model is reached from codelm/serve (read with `ast`, so a new module counts too)."""
+    import ast
+
+    inner = {"blocks", "attn", "qkv", "rope_cos", "rope_sin", "wte", "wpe", "norm_f"}  # the model's parts
+    root = Path(__file__).resolve().parent.parent / "codelm" / "serve"
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in inner, f"{path.name}:{node.lineno} reaches model.{node.attr}"
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(("codelm.model.transformer", "codelm.model.kv_cache")), (
+                    f"{path.name}:{node.lineno} imports {node.module}"
+                )
