@@ -15,7 +15,7 @@ from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_json
 from codelm.model import ModelConfig, Transformer, native
 from codelm.model.io import load_model, save_weights
-from codelm.model.transformer import causal_attention, one_token_attention
+from codelm.model.transformer import apply_rope, causal_attention, one_token_attention, rope_tables
 
 
 @pytest.mark.parametrize("pos,norm,mlp", [("rope", "rmsnorm", "swiglu"), ("learned", "layernorm", "gelu")])
@@ -74,27 +74,42 @@ needs_native = pytest.mark.skipif(not native.available(), reason=f"no native ker
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("B,H,S,D", [(1, 12, 600, 64), (3, 2, 1, 16), (2, 4, 33, 32), (1, 2, 17, 48)])
-def test_native_one_token_attention_matches_sdpa(B, H, S, D, dtype):
+@pytest.mark.parametrize(
+    "B,H,Hkv,S,D",
+    [(1, 12, 12, 600, 64), (3, 2, 2, 1, 16), (2, 4, 4, 33, 32), (1, 2, 2, 17, 48)]
+    # grouped-query and multi-query attention; 160 wide takes the kernel's generic loops
+    + [(1, 12, 2, 600, 64), (2, 4, 1, 33, 32), (3, 6, 3, 17, 48), (1, 4, 1, 70, 160)],
+)
+def test_native_one_token_attention_matches_sdpa(B, H, Hkv, S, D, dtype):
     torch.manual_seed(0)
-    k_cache, v_cache = (torch.randn(2, B, H, 700, D) * 3).to(dtype)  # sliced, as from a KVCache
+    k_cache, v_cache = (torch.randn(2, B, Hkv, 700, D) * 3).to(dtype)  # sliced, as from a KVCache
     k, v = k_cache[:, :, :S], v_cache[:, :, :S]
     kf, vf = k.float(), v.float()  # the same values: a bf16 cache is read exactly
     q = torch.randn(B, H, 1, D) * 3  # large scores: the softmax's exp is exercised far from 0
+    gqa = Hkv != H
     got = torch.ops.codelm.attend_one(q, k, v)
-    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, kf, vf), atol=1e-5, rtol=1e-5)
+    want = F.scaled_dot_product_attention(q, kf, vf, enable_gqa=gqa)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert torch.equal(one_token_attention(q, k, v), got)  # the model takes the kernel here
     lens = torch.randint(1, S + 1, (B,))  # the server's rows: each sees its own first lens[b]
     got = torch.ops.codelm.attend_one(q, k, v, lens)
     for b, n in enumerate(lens.tolist()):
-        want = F.scaled_dot_product_attention(q[b], kf[b, :, :n], vf[b, :, :n])
+        want = F.scaled_dot_product_attention(q[b], kf[b, :, :n], vf[b, :, :n], enable_gqa=gqa)
         torch.testing.assert_close(got[b], want, atol=1e-5, rtol=1e-5)
+    threads = torch.get_num_threads()
+    try:  # one thread: a task per group of query heads; B * H: a task per head. The same floats.
+        for n in (1, B * H):
+            torch.set_num_threads(n)
+            assert torch.equal(torch.ops.codelm.attend_one(q, k, v, lens), got)
+    finally:
+        torch.set_num_threads(threads)
 
 
 # The tests that run the kernels: on an AVX-512 CPU they run again with the AVX2 build.
 KERNEL_TESTS = [
     "tests/test_model.py::test_native_one_token_attention_matches_sdpa",
     "tests/test_model.py::test_kv_cache_decoding_equals_full_recomputation",
+    "tests/test_model.py::test_grouped_query_decoding_equals_full_recomputation",
     "tests/test_generate.py::test_int8_and_bf16_weights_stay_close_to_fp32",
 ]
 
@@ -165,3 +180,228 @@ def test_save_and_load_round_trip(tmp_path, tiny_model):
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CodelmError, match="corrupt weights"):
         load_model(tmp_path)
+
+
+# --- the variants of pretrained code models ----------------------------------------------------
+
+GQA = dict(vocab_size=97, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, block_size=64)
+
+
+# The keys of a config.json written before the pretrained models' variants were fields.
+OLD_KEYS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "pos", "rope_theta", "norm", "mlp")
+OLD_KEYS += ("tie_embeddings", "dropout")
+
+
+def test_runs_saved_before_the_new_fields_load_unchanged(tmp_path, tiny_model):
+    old = {k: v for k, v in tiny_model.cfg.to_dict().items() if k in OLD_KEYS}
+    atomic_write_json(tmp_path / "config.json", {"model": old})
+    save_weights(tiny_model, tmp_path / "model.safetensors")
+    loaded = load_model(tmp_path)
+    assert loaded.cfg == tiny_model.cfg
+    x = torch.randint(0, 97, (1, 10))
+    assert torch.equal(loaded(x), tiny_model(x))
+    C = tiny_model.cfg.n_embd  # the same names and shapes as ever: no biases, qkv 3C wide
+    names = {"wte.weight", "head.weight", "norm_f.weight"}
+    for i in range(tiny_model.cfg.n_layer):
+        names |= {
+            f"blocks.{i}.{n}.weight"
+            for n in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.up", "mlp.down")
+        }
+    assert set(tiny_model.state_dict()) == names
+    assert tiny_model.blocks[0].attn.qkv.weight.shape == (3 * C, C)
+    with pytest.raises(CodelmError, match="unknown model config key"):
+        ModelConfig.from_dict({**old, "n_kv_heads": 2})
+
+
+def test_grouped_query_attention_shapes():
+    cfg = ModelConfig(**GQA)
+    assert (cfg.kv_heads, ModelConfig(n_head=4).kv_heads) == (2, 4)
+    assert ModelConfig(n_embd=96).mlp_hidden == 256 and ModelConfig(mlp_hidden_size=100).mlp_hidden == 100
+    model = Transformer(cfg)
+    assert model.blocks[0].attn.qkv.weight.shape == ((4 + 2 * 2) * 16, 64)  # q heads, then k, then v
+    assert model.new_cache(3).k.shape == (2, 3, 2, 64, 16)  # the cache holds the kv heads only
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(n_kv_head=3), dict(n_kv_head=0), dict(n_kv_head=8), dict(rope_layout="neox"), dict(norm_eps=0.0)]
+    + [dict(mlp_hidden_size=0)],
+)
+def test_bad_variant_configs_are_one_line_user_errors(bad):
+    with pytest.raises(CodelmError) as e:
+        ModelConfig(n_head=4, n_embd=64, **bad)
+    assert "\n" not in str(e.value)
+
+
+def test_half_rope_layout_is_the_interleaved_one_with_channels_permuted():
+    """RoPE's half layout pairs channel i with i + D/2: moving channels 2i, 2i+1 of the
+    interleaved layout there turns one rotation into the other."""
+    x = torch.randn(2, 3, 10, 16)
+    perm = torch.arange(16).view(8, 2).t().flatten()  # half layout's channel j is interleaved's perm[j]
+    got = {}
+    for layout in ("interleaved", "half"):
+        cos, sin = rope_tables(ModelConfig(n_head=4, n_embd=64, block_size=10, rope_layout=layout))
+        got[layout] = apply_rope(x[..., perm] if layout == "half" else x, cos, sin, layout)
+    torch.testing.assert_close(got["half"], got["interleaved"][..., perm], atol=1e-6, rtol=1e-6)
+
+
+def _from_hf(hf, cfg: ModelConfig) -> Transformer:
+    """codelm's Transformer with the weights of a transformers Llama, Qwen2 or StarCoder2 model.
+    Query, key and value projections become the fused qkv; gate and up the fused `mlp.up`
+    (gate first: MLP.forward takes `gate, up = h.chunk(2)`). "half" RoPE needs no permutation."""
+    renames = [("model.embed_tokens", "wte"), ("model.norm", "norm_f"), ("lm_head", "head")]
+    renames += [("model.layers", "blocks"), ("self_attn.o_proj", "attn.proj"), ("mlp.down_proj", "mlp.down")]
+    renames += [("mlp.c_fc", "mlp.up"), ("mlp.c_proj", "mlp.down")]
+    renames += [("input_layernorm", "norm1"), ("post_attention_layernorm", "norm2")]
+    sd = {}
+    for name, t in hf.state_dict().items():
+        for theirs, ours in renames:
+            name = name.replace(theirs, ours)
+        sd[name] = t
+    for name in [n for n in sd if ".q_proj." in n]:
+        parts = [sd.pop(name.replace("q_proj", p)) for p in ("q_proj", "k_proj", "v_proj")]
+        sd[name.replace("self_attn.q_proj", "attn.qkv")] = torch.cat(parts)
+    for name in [n for n in sd if ".gate_proj." in n]:
+        sd[name.replace("gate_proj", "up")] = torch.cat([sd.pop(name), sd.pop(name.replace("gate", "up"))])
+    model = Transformer(cfg).eval()
+    model.load_state_dict(sd)  # strict: every key of both sides is used
+    return model
+
+
+def _randomize(hf) -> None:
+    """Weights far from init's (norms at 1, biases at 0), so that every one of them matters."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+
+
+HF_MODELS = {  # transformers' class and config, and the same model as codelm's config
+    "llama": (  # SmolLM2, CodeLlama, DeepSeek-Coder: GQA, untied head, own MLP width, rotate-half
+        "LlamaForCausalLM",
+        dict(num_key_value_heads=2, intermediate_size=96, rms_norm_eps=1e-5, tie_word_embeddings=False),
+        dict(n_kv_head=2, mlp_hidden_size=96, norm_eps=1e-5, tie_embeddings=False, rope_theta=5e5),
+    ),
+    "qwen2": (  # Qwen2.5-Coder: q/k/v biases, multi-query here, tied head
+        "Qwen2ForCausalLM",
+        dict(num_key_value_heads=1, intermediate_size=80, rms_norm_eps=1e-6, tie_word_embeddings=True),
+        dict(n_kv_head=1, mlp_hidden_size=80, qkv_bias=True, rope_theta=5e5),
+    ),
+    "starcoder2": (  # biases everywhere, LayerNorm, GELU MLP
+        "Starcoder2ForCausalLM",
+        dict(num_key_value_heads=2, intermediate_size=128, norm_epsilon=1e-5, tie_word_embeddings=True),
+        dict(n_kv_head=2, mlp_hidden_size=128, bias=True, norm="layernorm", mlp="gelu", rope_theta=5e5),
+    ),
+}
+
+
+@pytest.mark.parametrize("arch", list(HF_MODELS))
+def test_logits_match_transformers_on_its_architectures(arch):
+    transformers = pytest.importorskip("transformers")
+    cls, theirs, ours = HF_MODELS[arch]
+    config_cls = getattr(transformers, cls.replace("ForCausalLM", "Config"))
+    hf_cfg = config_cls(
+        vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+        rope_parameters=dict(rope_type="default", rope_theta=5e5), attn_implementation="eager",
+        bos_token_id=None, eos_token_id=None, pad_token_id=None, **theirs,
+    )  # fmt: skip
+    hf = getattr(transformers, cls)(hf_cfg).eval()
+    _randomize(hf)
+    cfg = ModelConfig(
+        vocab_size=97, n_layer=2, n_head=4, n_embd=64, block_size=64, rope_layout="half", **ours
+    )
+    model = _from_hf(hf, cfg)
+    x = torch.randint(0, 97, (2, 40))
+    with torch.no_grad():
+        want = hf(x).logits
+        torch.testing.assert_close(model(x), want, atol=1e-4, rtol=1e-4)
+        cache = model.new_cache(2)
+        steps = [model(x[:, :30], cache)] + [model(x[:, t : t + 1], cache) for t in range(30, 40)]
+        torch.testing.assert_close(torch.cat(steps, 1), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+@pytest.mark.parametrize("kv", [None, torch.bfloat16])
+def test_grouped_query_decoding_equals_full_recomputation(kernel, kv, monkeypatch):
+    if not kernel:
+        monkeypatch.setattr(native, "available", lambda: False)
+    elif not native.available():
+        pytest.skip(f"no native kernels: {native.reason()}")
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**GQA, rope_layout="half", qkv_bias=True)).eval()
+    for p in model.parameters():  # biases start at 0: give them values
+        p.data += 0.02 * torch.randn_like(p)
+    model.kv_dtype = kv
+    tol = 1e-5 if kv is None else 2e-2  # keys and values rounded to bf16's 8 bits
+    x = torch.randint(0, 97, (2, 40))
+    with torch.no_grad():
+        full = model(x)
+        cache = model.new_cache(2)
+        parts = [model(x[:, :13], cache), model(x[:, 13:21], cache)]
+        parts += [model(x[:, t : t + 1], cache) for t in range(21, 40)]
+        torch.testing.assert_close(torch.cat(parts, 1), full, atol=tol, rtol=tol)
+        # Rows at different lengths: row 1 forgets its last 6 tokens, then both go on.
+        cache = model.new_cache(2)
+        model(x[:, :16], cache)
+        cache.set_length(1, 10)
+        new = torch.randint(0, 97, (2, 5))
+        steps = [model(new[:, :3], cache)] + [model(new[:, t : t + 1], cache) for t in (3, 4)]
+        got = torch.cat(steps, 1)
+        for row, n in enumerate((16, 10)):
+            want = model(torch.cat([x[row : row + 1, :n], new[row : row + 1]], 1))[:, n:]
+            torch.testing.assert_close(got[row : row + 1], want, atol=tol, rtol=tol)
+
+
+def test_grouped_query_bf16_training_attention_matches_the_flash_kernel():
+    """causal_attention's explicit CPU path shares each kv head among its group of query heads."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 6, 40, 16, requires_grad=True)
+    k, v = (torch.randn(2, 2, 40, 16, requires_grad=True) for _ in range(2))
+    g = torch.randn(2, 6, 40, 16)
+    out = causal_attention(*(t.to(torch.bfloat16) for t in (q, k, v)))
+    (out.float() * g).sum().backward()
+    got = [out.float()] + [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    ref = F.scaled_dot_product_attention(
+        *(t.to(torch.bfloat16).float() for t in (q, k, v)), is_causal=True, enable_gqa=True
+    )
+    (ref * g).sum().backward()
+    for a, b in zip(got, [ref] + [t.grad for t in (q, k, v)], strict=True):
+        torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+
+
+def test_untied_head_and_biases_save_and_load(tmp_path):
+    cfg = ModelConfig(**GQA, tie_embeddings=False, bias=True, norm="layernorm", mlp_hidden_size=72)
+    model = Transformer(cfg).eval()
+    for p in model.parameters():
+        p.data += 0.02 * torch.randn_like(p)
+    assert model.head.weight is not model.wte.weight
+    atomic_write_json(tmp_path / "config.json", {"model": cfg.to_dict()})
+    save_weights(model, tmp_path / "model.safetensors")
+    loaded = load_model(tmp_path)
+    assert loaded.cfg == cfg and not torch.equal(loaded.head.weight, loaded.wte.weight)
+    x = torch.randint(0, 97, (1, 10))
+    assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_generation_weights_keep_the_biases(weights):
+    from codelm.generate.quantize import prepare_model
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**GQA, qkv_bias=True, bias=True, norm="layernorm")).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 1.0)  # large next to the outputs' 0.02-ish: dropping them would show
+    fast = prepare_model(model, weights)
+    assert fast.blocks[0].attn.qkv.bias is not None and type(fast.blocks[0].attn.qkv) is not torch.nn.Linear
+    x = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), atol=0.05, rtol=0.05)
+        h = torch.randn(40, 64)  # 40 rows: the dequantizing path; 1 and 5: the kernels
+        for rows in (h[:1], h[:5], h):
+            want = model.blocks[0].attn.qkv(rows)
+            got = fast.blocks[0].attn.qkv(rows)
+            assert (got - want).abs().max() < 0.02 * want.abs().max()

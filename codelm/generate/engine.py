@@ -111,10 +111,11 @@ class Engine:
         for r, d in zip(rows, which, strict=True):
             if r.score_prompt:
                 r.prompt_scores = _score(logits[d, : len(r.prompt)], r.prompt, r.top)
+        sel = torch.tensor(which, device=logits.device)  # each row's prompt
         at = (lens - 1) if score else torch.zeros_like(lens)
-        last = logits[torch.tensor(which), at[which]]  # (R, V)
+        last = logits[sel, at[sel]]  # (R, V)
         if hidden is not None:
-            hidden = [h[torch.tensor(which), (lens - 1)[which]][:, None] for h in hidden]
+            hidden = [h[sel, (lens - 1)[sel]][:, None] for h in hidden]
         return self._choose(first, last, hidden, fresh=True)
 
     @torch.inference_mode()

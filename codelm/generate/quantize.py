@@ -14,7 +14,9 @@ bandwidth (bench/generate.py prints that bound): fewer bytes per weight give mor
 Only `nn.Linear` layers change, and the KV cache, which becomes bf16 on CPU where
 codelm's attention kernel reads it (torch's bf16 attention at batch 1 runs several times
 slower than fp32 on these CPUs, measured). Norms, embeddings, RoPE and the attention
-arithmetic stay fp32. The swapped layers are for inference only: they have no gradients.
+arithmetic stay fp32, and so do the biases of swapped layers (Qwen2's q/k/v; a few numbers
+per layer, added after the matmul, so they cost nothing to keep exact). The swapped layers
+are for inference only: they have no gradients.
 """
 
 from __future__ import annotations
@@ -34,17 +36,26 @@ NATIVE_MAX_ROWS = 32  # codelm's kernel: 755 against 1,145 us at 32 rows, 1,499 
 AUTO_MIN_PARAMS = 1_000_000
 
 
+def _bias(linear: nn.Linear) -> torch.Tensor | None:
+    return None if linear.bias is None else linear.bias.detach().float().clone()
+
+
+def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return y if bias is None else y + bias.to(y.dtype)
+
+
 class BF16Linear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.register_buffer("w", linear.weight.detach().to(torch.bfloat16).contiguous())
+        self.register_buffer("bias", _bias(linear))
 
     @property
     def weight(self) -> torch.Tensor:  # for code that reads `model.head.weight.device` and such
         return self.w.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(torch.bfloat16), self.w).to(x.dtype)
+        return _add_bias(F.linear(x.to(torch.bfloat16), self.w).to(x.dtype), self.bias)
 
 
 class Int8Linear(nn.Module):
@@ -59,6 +70,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("q", native.pack_int8(q) if self.native else q.contiguous())
         self.register_buffer("scale", scale.float() if self.native else scale)
         self.kernel = not self.native and _kernel_works(self.q, self.scale)
+        self.register_buffer("bias", _bias(linear))
 
     def dequantized(self) -> torch.Tensor:
         q = native.unpack_int8(self.q) if self.native else self.q
@@ -76,7 +88,7 @@ class Int8Linear(nn.Module):
             y = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.q, self.scale)
         else:
             y = F.linear(rows.to(torch.bfloat16), self.dequantized())
-        return y.to(x.dtype).view(*x.shape[:-1], -1)
+        return _add_bias(y.to(x.dtype).view(*x.shape[:-1], -1), self.bias)
 
 
 def _native_fits(w: torch.Tensor) -> bool:
