@@ -125,7 +125,9 @@ class Engine:
             return []
         idx = torch.tensor([[r.tokens[-1]] for r in self.active], device=self.cache.device)
         hidden: list[torch.Tensor] | None = [] if any(r.trace == "lens" for r in self.active) else None
-        logits = self.model(idx, self.cache.rows(0, len(self.active)), hidden=hidden)[:, -1]
+        n = len(self.active)
+        cache = self.cache if n == len(self.cache.lens) else self.cache.rows(0, n)
+        logits = self.model(idx, cache, hidden=hidden)[:, -1]
         return self._choose(0, logits, hidden, fresh=False)
 
     def remove(self, row: Row) -> None:
@@ -139,7 +141,7 @@ class Engine:
 
     def clear(self) -> None:
         self.active = []
-        self.cache.lens.zero_()
+        self.cache.set_lengths([0] * len(self.cache.lens))
 
     def _prefill(
         self, prompts: list[list[int]], first: int, every: bool, hidden: list[torch.Tensor] | None
@@ -151,9 +153,9 @@ class Engine:
         idx = torch.tensor([p + [p[-1]] * (width - len(p)) for p in prompts], device=device)
         lens = torch.tensor([len(p) for p in prompts], device=device)
         view = self.cache.rows(first, len(prompts))
-        view.lens.zero_()
+        view.set_lengths([0] * len(prompts))
         logits = self.model(idx, view, hidden=hidden, at=None if every else lens - 1)
-        view.lens.copy_(lens.cpu())  # what the padding wrote is overwritten by the next tokens
+        view.set_lengths([len(p) for p in prompts])  # the padding's keys are overwritten later
         return logits, lens
 
     def _choose(
@@ -162,15 +164,20 @@ class Engine:
         """Next token for rows first.. from their logits (R, V); retire those that end."""
         rows = self.active[first : first + len(logits)]
         logp = logits.float().log_softmax(-1)
-        picks = torch.zeros(len(rows), dtype=torch.long)
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(id(r.sampler), []).append(i)
-        for members in groups.values():
-            picks[members] = self._sample([rows[i] for i in members], logits[members], fresh).cpu()
-        chosen = logp.gather(1, picks[:, None].to(logp.device))[:, 0].tolist()
-        traced = [i for i, r in enumerate(rows) if r.trace]
-        steps = dict(zip(traced, _trace(self.model, logp, picks, hidden, traced), strict=True))
+        if all(r.sampler is rows[0].sampler for r in rows):  # generate, best-of-n: one sampler
+            picks = self._sample(rows, logits, fresh)
+        else:  # the server: a sampler per request
+            groups: dict[int, list[int]] = {}
+            for i, r in enumerate(rows):
+                groups.setdefault(id(r.sampler), []).append(i)
+            picks = torch.zeros(len(rows), dtype=torch.long, device=logits.device)
+            for members in groups.values():
+                picks[members] = self._sample([rows[i] for i in members], logits[members], fresh)
+        chosen = logp.gather(1, picks[:, None])[:, 0].tolist()
+        steps: dict[int, TraceStep] = {}
+        if any(r.trace for r in rows):
+            traced = [i for i, r in enumerate(rows) if r.trace]
+            steps = dict(zip(traced, _trace(self.model, logp, picks, hidden, traced), strict=True))
         ended = []
         for i, (r, token) in enumerate(zip(rows, picks.tolist(), strict=True)):
             if r.max_new_tokens == 0:
@@ -241,7 +248,7 @@ def _trace(
     sub = logp[rows]
     tops = top_candidates(sub)
     lens = logit_lens(model, [h[rows] for h in hidden]) if hidden else [None] * len(rows)
-    probs = sub.gather(1, picks[rows][:, None].to(sub.device))[:, 0].exp().tolist()
+    probs = sub.gather(1, picks[rows][:, None])[:, 0].exp().tolist()
     chosen = picks[rows].tolist()
     return [TraceStep(t, p, top, ln) for t, p, top, ln in zip(chosen, probs, tops, lens, strict=True)]
 

@@ -40,6 +40,15 @@ def _bias(linear: nn.Linear) -> torch.Tensor | None:
     return None if linear.bias is None else linear.bias.detach().float().clone()
 
 
+def _keep_bias(module: nn.Module, linear: nn.Linear) -> None:
+    """A bias buffer where `linear` has one; else a plain None attribute, which a forward
+    reads without nn.Module's __getattr__ (0.5 us a call, 25 calls a token for `small`)."""
+    if linear.bias is None:
+        module.bias = None
+    else:
+        module.register_buffer("bias", _bias(linear))
+
+
 def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return y if bias is None else y + bias.to(y.dtype)
 
@@ -48,7 +57,7 @@ class BF16Linear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.register_buffer("w", linear.weight.detach().to(torch.bfloat16).contiguous())
-        self.register_buffer("bias", _bias(linear))
+        _keep_bias(self, linear)
 
     @property
     def weight(self) -> torch.Tensor:  # for code that reads `model.head.weight.device` and such
@@ -70,7 +79,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("q", native.pack_int8(q) if self.native else q.contiguous())
         self.register_buffer("scale", scale.float() if self.native else scale)
         self.kernel = not self.native and _kernel_works(self.q, self.scale)
-        self.register_buffer("bias", _bias(linear))
+        _keep_bias(self, linear)
 
     def dequantized(self) -> torch.Tensor:
         q = native.unpack_int8(self.q) if self.native else self.q

@@ -21,7 +21,6 @@ the cache holds only the n_kv_head heads.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -29,31 +28,7 @@ import torch.nn.functional as F
 
 from codelm.model import native
 from codelm.model.config import ModelConfig
-from codelm.model.kv_cache import KVCache
-
-
-@dataclass(frozen=True)
-class Where:
-    """Where a forward's T new tokens sit, and which cached keys each of them sees."""
-
-    pos: torch.Tensor  # (T,) positions shared by every row, or (B, T) per row
-    fresh: bool  # nothing before them (shared positions from 0): plain causal attention
-    mask: torch.Tensor | None  # (T, span) or (B, 1, T, span) bool, True = visible; None: all
-    lens: torch.Tensor | None  # (B,) keys visible to a single new token per row; None: all
-
-    @classmethod
-    def of(cls, pos: torch.Tensor) -> Where:
-        T = pos.size(-1)
-        if pos.dim() == 1:
-            past = int(pos[0])
-            if past == 0 or T == 1:  # causal from 0, or one token that sees every key
-                return cls(pos, past == 0, None, None)
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=pos.device).tril(past)
-            return cls(pos, False, mask, None)
-        if T == 1:
-            return cls(pos, False, None, pos[:, 0] + 1)
-        keys = torch.arange(int(pos.max()) + 1, device=pos.device)
-        return cls(pos, False, (keys <= pos[:, :, None])[:, None], None)  # key j seen from p >= j
+from codelm.model.kv_cache import KVCache, Where
 
 
 def _norm(cfg: ModelConfig) -> nn.Module:
@@ -167,14 +142,14 @@ class Attention(nn.Module):
         B, T, C = x.shape
         H, Hkv, D = self.cfg.n_head, self.cfg.kv_heads, self.cfg.head_dim
         heads = self.qkv(x).view(B, T, H + 2 * Hkv, D).transpose(1, 2)  # (B, H + 2 Hkv, T, D)
-        q, k, v = heads.split((H, Hkv, Hkv), dim=1)  # q (B, H, T, D); k, v (B, Hkv, T, D)
+        q, k, v = heads.split_with_sizes((H, Hkv, Hkv), dim=1)  # q (B, H, T, D); k, v (B, Hkv, T, D)
         if cos is not None:
             layout = self.cfg.rope_layout
             q, k = apply_rope(q, cos, sin, layout), apply_rope(k, cos, sin, layout)
         if cache is None or where is None:
             y = causal_attention(q, k, v)
         else:
-            keys, values = cache.update(self.layer, k, v, where.pos)  # (B, Hkv, span, D), cache dtype
+            keys, values = cache.update(self.layer, k, v, where)  # (B, Hkv, span, D), cache dtype
             if where.fresh:  # nothing before: attend to the new keys as computed
                 y = causal_attention(q, k, v)
             elif T == 1 and where.mask is None:  # one token per row over its cached keys
@@ -271,17 +246,18 @@ class Transformer(nn.Module):
         B, T = idx.shape
         where = None
         if cache is not None:
-            where = Where.of(cache.positions(T) if pos is None else pos)
+            where = cache.plan(T) if pos is None else Where.of(pos)
             pos = where.pos
-        last = T - 1 if pos is None else int(pos.max())
+        last = where.span - 1 if where else T - 1 if pos is None else int(pos.max())
         if last >= self.cfg.block_size:
             raise ValueError(f"position {last} is past the context of {self.cfg.block_size} tokens")
         x = self.wte(idx)  # (B, T, C)
         cos = sin = None
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(T, device=idx.device) if pos is None else pos)
-        elif pos is None:
-            cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, D)
+        elif pos is None or where is not None and where.first is not None:  # shared: a slice
+            first = where.first if where else 0
+            cos, sin = self.rope_cos[first : first + T], self.rope_sin[first : first + T]  # (T, D)
         elif pos.dim() == 1:
             cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D)
         else:  # per-row positions: (B, 1, T, D) broadcasts over heads
@@ -292,7 +268,7 @@ class Transformer(nn.Module):
             if hidden is not None:
                 hidden.append(x)
         if cache is not None:
-            cache.advance(pos)
+            cache.advance(where)
         if at is not None:
             x = x[torch.arange(B, device=x.device), at.to(x.device)][:, None]  # (B, 1, C)
         return self.head(self.norm_f(x))  # (B, T, vocab)
