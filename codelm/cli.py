@@ -204,6 +204,10 @@ def _generate(a: argparse.Namespace) -> None:
     prompt = Prompt(read_prompt(a.prompt), suffix=a.suffix, instruction=a.instruction)
     cfg, stops = make_config(a, "sampling"), make_config(a, "stops")
     model, tok = load_run(a.run, weights=a.weights)
+    if a.verbose:
+        from codelm.generate.quantize import describe
+
+        print(f"codelm: {describe(model)}", file=sys.stderr)
     trace = "lens" if a.trace_layers else "top" if a.trace else ""
     run_generate(model, tok, prompt, cfg, stops, n=a.n, best=a.best, stream=a.stream, trace=trace)
 
@@ -337,6 +341,7 @@ def _generate_parser(sub) -> None:
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     g.add_argument("--trace", action="store_true", help="print the top 5 candidates per token")
     g.add_argument("--trace-layers", action="store_true", help="with --trace: add the logit lens")
+    g.add_argument("--verbose", action="store_true", help="say on stderr how it decodes (weights, kernels)")
     _opt(g, "sampling", "--seed", type=int, help="makes sampling reproducible")
     g.add_argument(
         "--weights",

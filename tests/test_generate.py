@@ -534,6 +534,8 @@ def test_cli_modes_best_of_trace_and_stream(run_dir, capsys):
     assert capsys.readouterr().out.count("# --- sample") == 2
     assert main(["generate", *base, "def f(x):", "--trace", "--trace-layers"]) == 0
     assert "top 5 candidates" in capsys.readouterr().out
+    assert main(["generate", *base, "def f(x):", "--verbose", "--weights", "int8"]) == 0
+    assert "codelm: weights int8 on cpu: decode through" in capsys.readouterr().err  # the chosen path
 
 
 def test_cli_bad_input(run_dir, capsys):
@@ -571,3 +573,29 @@ def test_trim_to_parse_keeps_the_longest_parsing_line_prefix(tokenizer):
     assert trim_to_parse(bad, tokenizer) is None  # no body line parses
     fim = Completion("x\n", "length", [], [], prompt=Prompt("a = ", suffix="\n"))
     assert trim_to_parse(fim, tokenizer) is None  # a middle must meet its suffix
+
+
+@pytest.mark.parametrize("fake, want", [("avx2", torch.float32), ("amx", torch.bfloat16)])
+def test_the_prompt_pass_computes_in_the_policys_dtype(monkeypatch, fake, want):
+    """A prompt's many rows dequantize int8 (or widen bf16) weights to what the precision
+    policy says this CPU computes fastest: fp32 without native bf16, where the result is
+    exactly the dequantized weights' product; bf16 where it is native, to bf16's precision."""
+    from codelm.generate.quantize import BF16Linear, Int8Linear, describe, prepare_model
+    from codelm.model import ModelConfig, Transformer
+
+    monkeypatch.setenv("CODELM_CPU", fake)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48, bias=True)
+    x = torch.randn(40, 64)  # more rows than any decoding kernel takes
+    for q in (Int8Linear(lin), BF16Linear(lin)):
+        assert q.prompt_dtype == want
+        exact = q.weight  # the stored weights, as fp32
+        ref = x @ exact.t() + lin.bias
+        tol = 1e-5 if want == torch.float32 else 0.01
+        assert (q(x) - ref).abs().max() <= tol * ref.abs().max()
+    model = Transformer(ModelConfig(vocab_size=97, n_layer=2, n_head=2, n_embd=64, block_size=64)).eval()
+    fast = prepare_model(model, "int8")
+    assert all(m.prompt_dtype == want for m in fast.modules() if isinstance(m, Int8Linear))
+    idx = torch.randint(0, 97, (2, 40))
+    torch.testing.assert_close(fast(idx), model(idx), atol=0.05, rtol=0.05)
+    assert ("bf16 is not native here" in describe(fast)) == (want == torch.float32)

@@ -558,3 +558,24 @@ def test_no_serve_module_touches_the_models_layers():
                 assert not node.module.startswith(("codelm.model.transformer", "codelm.model.kv_cache")), (
                     f"{path.name}:{node.lineno} imports {node.module}"
                 )
+
+
+def test_the_scheduler_can_run_in_the_calling_thread(run_dir):
+    """`codelm serve` runs the scheduler in its main thread (torch is faster there): `run`
+    serves from the calling thread until `stop`, and is alive only meanwhile."""
+    model, tok = load_run(str(run_dir))
+    sched = Scheduler(model, tok, max_batch=2)
+    seen: list[tuple[str, threading.Thread]] = []
+
+    def sink(ev: Event) -> None:
+        seen.append((ev.kind, threading.current_thread()))
+        if ev.kind == "done":
+            sched.stop()
+
+    cfg = SamplingConfig(temperature=0, max_new_tokens=4, repetition_penalty=1.0)
+    job = Job(tok.encode("def f(x):"), 4, cfg, sink)
+    assert not sched.alive
+    sched.run(on_start=lambda: sched.submit([job]))  # returns once the sink stops it
+    assert not sched.alive
+    assert [k for k, _ in seen][0] == "start" and seen[-1][0] == "done"
+    assert {t for _, t in seen} == {threading.current_thread()}

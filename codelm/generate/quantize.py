@@ -4,11 +4,15 @@ Decoding one token at batch 1 reads every weight once, so it is bound by memory
 bandwidth (bench/generate.py prints that bound): fewer bytes per weight give more tokens per second.
 - "int8": weight-only, symmetric, one scale per output channel. Few rows (decoding) go
   through codelm's int8 kernel (model/kernels.cpp, fp32 activations) where it builds,
-  else aten's (bf16 activations); many rows (the prompt's prefill) dequantize to bf16 and
-  take the GEMM path, which is faster there. The native kernel stores the weights in its
+  else aten's (bf16 activations); many rows (the prompt's prefill) dequantize and take one
+  GEMM, in the dtype the precision policy picks once, at load (`codelm.hardware`): bf16
+  where the CPU computes it natively, fp32 elsewhere. On an AVX2 CPU a bf16 GEMM was several
+  times slower: `small`'s time to first token after 512 tokens was 634 ms through bf16
+  against 132 ms for the fp32 model (AMD EPYC, 2 cores). The native kernel stores the weights in its
   tile order and streams them 1.6x faster than aten's: with the native attention over a
   bf16 cache (below), `base` decodes 244 tokens/s instead of 148 (bench/generate.py).
-- "bf16": weights in bf16, activations cast around each matmul.
+- "bf16": weights in bf16, activations cast around each matmul; a prompt's many rows on a
+  CPU without native bf16 use the weights converted to fp32 instead.
 - "auto": int8 on CPU for models with at least AUTO_MIN_PARAMS weights in linear layers
   (smaller ones fit in cache, where fp32 is exact and about as fast), bf16 on CUDA.
 Only `nn.Linear` layers change, and the KV cache, which becomes bf16 on CPU where
@@ -27,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from codelm import hardware
 from codelm.errors import CodelmError
 from codelm.model import native
 
@@ -58,12 +63,15 @@ class BF16Linear(nn.Module):
         super().__init__()
         self.register_buffer("w", linear.weight.detach().to(torch.bfloat16).contiguous())
         _keep_bias(self, linear)
+        self.prompt_dtype = hardware.compute_dtype(linear.weight.device)  # chosen once, at load
 
     @property
     def weight(self) -> torch.Tensor:  # for code that reads `model.head.weight.device` and such
         return self.w.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prompt_dtype == torch.float32 and x.numel() > KERNEL_MAX_ROWS * x.size(-1):
+            return _add_bias(F.linear(x.float(), self.w.float()).to(x.dtype), self.bias)  # a prompt
         return _add_bias(F.linear(x.to(torch.bfloat16), self.w).to(x.dtype), self.bias)
 
 
@@ -80,14 +88,15 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.float() if self.native else scale)
         self.kernel = not self.native and _kernel_works(self.q, self.scale)
         _keep_bias(self, linear)
+        self.prompt_dtype = hardware.compute_dtype(w.device)  # the prompt pass's GEMM, chosen once
 
-    def dequantized(self) -> torch.Tensor:
+    def dequantized(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         q = native.unpack_int8(self.q) if self.native else self.q
-        return q.to(torch.bfloat16) * self.scale.to(torch.bfloat16)[:, None]
+        return q.to(dtype) * self.scale.to(dtype)[:, None]
 
     @property
     def weight(self) -> torch.Tensor:  # for code that reads `model.head.weight.device` and such
-        return self.dequantized().float()
+        return self.dequantized(torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.size(-1))
@@ -95,8 +104,8 @@ class Int8Linear(nn.Module):
             y = torch.ops.codelm.int8_linear(rows.float().contiguous(), self.q, self.scale)
         elif self.kernel and rows.size(0) <= KERNEL_MAX_ROWS:
             y = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.q, self.scale)
-        else:
-            y = F.linear(rows.to(torch.bfloat16), self.dequantized())
+        else:  # a prompt's rows: one GEMM in the policy's dtype
+            y = F.linear(rows.to(self.prompt_dtype), self.dequantized(self.prompt_dtype))
         return _add_bias(y.to(x.dtype).view(*x.shape[:-1], -1), self.bias)
 
 
@@ -131,7 +140,7 @@ def resolve_weights(weights: str, model: nn.Module) -> str:
     device = next(model.parameters()).device
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     if device.type == "cuda":
-        return "bf16"
+        return "bf16" if hardware.bf16_native(device) else "fp32"
     if device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm") and linear >= AUTO_MIN_PARAMS:
         return "int8"
     return "fp32"
@@ -157,3 +166,23 @@ def prepare_model(model: nn.Module, weights: str = "auto") -> nn.Module:
 
 def _swap(linear: nn.Linear, kind: str) -> nn.Module:
     return Int8Linear(linear) if kind == "int8" else BF16Linear(linear)
+
+
+def describe(model: nn.Module) -> str:
+    """One line on how `model` generates here: its weights, the kernels a decoded token
+    goes through, the prompt pass's GEMM and the KV cache (for --verbose and the server)."""
+    linears = [m for m in model.modules() if isinstance(m, Int8Linear | BF16Linear)]
+    device = model.norm_f.weight.device
+    kv = str(model.kv_dtype or model.norm_f.weight.dtype).removeprefix("torch.")
+    if not linears:
+        return f"weights fp32 on {device}; prompt pass fp32; KV cache {kv}"
+    kind = "int8" if isinstance(linears[0], Int8Linear) else "bf16"
+    decode = "aten's kernels"
+    if kind == "int8" and any(m.native for m in linears if isinstance(m, Int8Linear)):
+        decode = f"codelm's {native.isa()} kernels"
+    prompt = str(linears[0].prompt_dtype).removeprefix("torch.")
+    why = "native here" if prompt == "bfloat16" else "bf16 is not native here"
+    return (
+        f"weights {kind} on {device}: decode through {decode}; "
+        f"prompt pass {prompt} GEMM ({why}); KV cache {kv}"
+    )

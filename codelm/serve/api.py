@@ -270,7 +270,12 @@ class _Reader:
                 if await self.request.is_disconnected():
                     raise ClientGone
             try:
-                ev = await asyncio.wait_for(self.queue.get(), POLL_S)
+                # An event already waiting is taken at once: wait_for makes a task and a timer.
+                ev = (
+                    self.queue.get_nowait()
+                    if self.queue.qsize()
+                    else await asyncio.wait_for(self.queue.get(), POLL_S)
+                )
             except TimeoutError:
                 if time.monotonic() > self.limit or not self.svc.sched.alive:
                     self.left = 0
@@ -343,14 +348,20 @@ def _unavailable(message: str, retry_after: int) -> JSONResponse:
 
 
 def create_app(
-    model: Transformer, tok: CodeTokenizer, cfg: ServeConfig = ServeConfig(), name: str = "codelm"
+    model: Transformer,
+    tok: CodeTokenizer,
+    cfg: ServeConfig = ServeConfig(),
+    name: str = "codelm",
+    scheduler_thread: bool = True,
 ) -> FastAPI:
-    """The ASGI app; its scheduler thread starts and stops with the app's lifespan."""
+    """The ASGI app; its scheduler thread starts and stops with the app's lifespan, unless
+    `scheduler_thread` is off: then the caller runs `app.state.service.sched.run()`."""
     svc = Service(model, tok, cfg, cfg.model_name or name)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        svc.sched.start()
+        if scheduler_thread:
+            svc.sched.start()
         yield
         svc.sched.stop()
 

@@ -1,4 +1,5 @@
-"""Running the app under uvicorn: in the foreground (`codelm serve`) or in a thread (tests, bench).
+"""Running the app under uvicorn: `codelm serve` (HTTP in a thread, the model's scheduler in
+the main thread, where torch runs fastest) or wholly in a thread (tests, bench).
 
 The listening socket is bound here, before uvicorn starts, so a port that is
 taken is a one-line `CodelmError` and port 0 picks a free port whose number
@@ -43,18 +44,35 @@ def serve(
 ) -> None:
     """Load RUN once (`weights` as in codelm.generate.quantize) and serve it until interrupted."""
     from codelm.generate.generator import load_run
+    from codelm.generate.quantize import describe
 
     model, tok = load_run(str(run), device, weights)
     sock = bind(cfg.host, cfg.port)
-    app = create_app(model, tok, cfg, name=Path(run).resolve().name)
+    app = create_app(model, tok, cfg, name=Path(run).resolve().name, scheduler_thread=False)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     auth = "API key required" if cfg.api_key else "no API key"
-    print(
-        f"codelm: serving {run} at {url}  (playground: {url}/, API: {url}/v1/completions, {auth})",
-        file=sys.stderr,
-    )
-    _server(app, "warning").run(sockets=[sock])
+    server = _server(app, "warning")
+    # HTTP in a thread, the model in the main thread (see Scheduler.run: torch is faster there).
+    web = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="codelm-http", daemon=True)
+
+    def started() -> None:
+        web.start()
+        print(f"codelm: {describe(model)}", file=sys.stderr)
+        print(
+            f"codelm: serving {run} at {url}  (playground: {url}/, API: {url}/v1/completions, {auth})",
+            file=sys.stderr,
+        )
+
+    sched = app.state.service.sched
+    try:
+        sched.run(on_start=started)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sched.stop()
+        server.should_exit = True
+        web.join(timeout=5)
 
 
 class BackgroundServer:
