@@ -62,6 +62,9 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--num-proc", type=int, nargs="+", default=[1, 2])
     a = p.parse_args()
+    from common import machine  # bench/, the script's own folder, is on sys.path
+
+    print(machine())
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     floors = [read_floor(a.source) for _ in range(a.reps)]

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import copy_bandwidth, llama_config, summary  # noqa: E402
+from common import copy_bandwidth, llama_config, machine, summary  # noqa: E402
 
 from codelm.generate.generator import generate_ids  # noqa: E402
 from codelm.generate.quantize import prepare_model  # noqa: E402
@@ -174,6 +174,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--weights", default="fp32,bf16,int8", help="codelm formats to time")
     a = ap.parse_args()
+    print(machine())
     a.weights = a.weights.split(",")
     print(f"{torch.get_num_threads()} threads; bandwidth: a 1 GiB copy, bytes read + written")
     kernels = f"yes, {native.isa()}" if native.available() else f"no, aten's instead ({native.reason()})"

@@ -18,9 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
+from common import machine  # noqa: E402
 
-import codelm.generate.generator as generator  # noqa: E402
+import codelm.generate.prompts as prompts_module  # noqa: E402
 from codelm.evaluate.line_completion import similarity  # noqa: E402
+from codelm.generate import complete, load_run, parses  # noqa: E402
 from codelm.generate.sampling import SamplingConfig  # noqa: E402
 
 
@@ -30,17 +32,18 @@ def main() -> None:
     ap.add_argument("--functions", type=int, default=80)
     ap.add_argument("--held-out-bytes", type=int, default=600_000)
     a = ap.parse_args()
-    model, tok = generator.load_run(a.run)
+    print(machine())
+    model, tok = load_run(a.run)
     prompts = quality.function_prompts(quality.held_out(a.held_out_bytes), a.functions)
-    heal = generator.heal
+    heal = prompts_module.heal  # `plan` heals through this name: swapped out for "off"
     cfg = SamplingConfig(max_new_tokens=128, seed=0)
     print("| prompts end | healing | functions | healed | parse | edit sim |")
     print("|---|---|---|---|---|---|")
     for healing in (False, True):
-        generator.heal = heal if healing else (lambda tok, ids: (ids, None))
+        prompts_module.heal = heal if healing else (lambda tok, ids: (ids, None))
         for end, extra in (("at the closing quotes", ""), ("after a newline", "\n")):
-            done = [generator.complete(model, tok, p + extra, cfg) for p, _ in prompts]
-            parse = sum(generator.parses(p + extra + c.text) for (p, _), c in zip(prompts, done, strict=True))
+            done = [complete(model, tok, p + extra, cfg) for p, _ in prompts]
+            parse = sum(parses(p + extra + c.text) for (p, _), c in zip(prompts, done, strict=True))
             sim = sum(
                 similarity(c.text.strip(), body[len(extra) :].strip())
                 for (_, body), c in zip(prompts, done, strict=True)
@@ -48,7 +51,7 @@ def main() -> None:
             n, healed = max(len(done), 1), sum(bool(c.healed) for c in done)
             row = [end, "on" if healing else "off", len(done), healed, f"{parse / n:.2f}", f"{sim / n:.3f}"]
             print("| " + " | ".join(map(str, row)) + " |")
-    generator.heal = heal
+    prompts_module.heal = heal
 
 
 if __name__ == "__main__":

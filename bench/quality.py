@@ -335,6 +335,9 @@ def main() -> None:
         help="also score each codelm run's checkpoint at these minutes (the schedule not yet annealed)",
     )
     a = ap.parse_args()
+    from common import machine  # bench/, the script's own folder, is on sys.path
+
+    print(machine())
     for name in a.variants:
         if name != "baseline" and name not in VARIANTS:
             raise SystemExit(f"unknown variant {name}; choose from baseline, {', '.join(VARIANTS)}")

@@ -208,6 +208,9 @@ def main() -> None:
     ap.add_argument("--weights", default="auto", choices=["auto", "fp32", "bf16", "int8"])
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
+    from common import machine  # bench/, the script's own folder, is on sys.path
+
+    print(machine())
     with tempfile.TemporaryDirectory(prefix="codelm-bench-serve-") as tmp:
         run = Path(args.run) if args.run else random_run(Path(tmp))
         print(

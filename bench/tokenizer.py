@@ -143,6 +143,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--train-every", type=int, default=1, help="train on every k-th train file (faster)")
     a = ap.parse_args()
+    from common import machine  # bench/, the script's own folder, is on sys.path
+
+    print(machine())
 
     train, held = stdlib_split()
     train = train[:: a.train_every]
