@@ -579,3 +579,19 @@ def test_the_scheduler_can_run_in_the_calling_thread(run_dir):
     assert not sched.alive
     assert [k for k, _ in seen][0] == "start" and seen[-1][0] == "done"
     assert {t for _, t in seen} == {threading.current_thread()}
+
+
+def test_a_completion_can_end_at_the_full_context(run_dir, monkeypatch):
+    """max_tokens beyond what the context leaves ends with stop_rule context_full (the
+    engine's rule), not with a length cut at the room left."""
+    with serving(run_dir, max_tokens=512) as (url, svc):
+        monkeypatch.setattr(svc.sched.engine, "special", frozenset())  # no early end of text
+        body = {"prompt": list(range(5, 205)), "max_tokens": 500, "temperature": 0}
+        r = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+    kept = BLOCK - BLOCK // 2  # the prompt keeps its end, leaving half the context
+    assert r["choices"][0]["stop_rule"] == "context_full"
+    assert r["usage"] == {
+        "prompt_tokens": kept,
+        "completion_tokens": BLOCK - kept + 1,
+        "total_tokens": BLOCK + 1,
+    }

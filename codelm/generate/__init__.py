@@ -1,5 +1,6 @@
 """Generation stage: prompts (plain, fill-in-the-middle, instruction), sampling, layered
-stop rules, the KV-cached batched decoding loop, best-of-n, the prediction trace, and
+stop rules, the one decoding engine (rows of a KV cache, stepped together; the server
+and every later stage decode through it), best-of-n, the prediction trace, and
 inference weights (bf16 / int8).
 
     from codelm.generate import Prompt, SamplingConfig, StopConfig, complete, load_run
@@ -8,6 +9,7 @@ inference weights (bf16 / int8).
 """
 
 from codelm.generate.best import BestOfReport, best_of, parses, syntax_error
+from codelm.generate.engine import Engine, Row, Sampler
 from codelm.generate.generator import (
     Completion,
     Stream,
@@ -25,7 +27,10 @@ from codelm.generate.trace import TraceStep, format_trace
 __all__ = [
     "BestOfReport",
     "Completion",
+    "Engine",
     "Prompt",
+    "Row",
+    "Sampler",
     "SamplingConfig",
     "StopConfig",
     "Stream",

@@ -286,6 +286,8 @@ class Scheduler:
         self.stats["timed_out" if why == "timeout" else "completed"] += 1
         self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.monotonic() - live.started)
         assert row.text is not None
+        if row.reason is None:  # timed out mid-generation: flush a character left incomplete
+            row.text.finish()
         text, n = row.text.take(final=True)
         ev = Event("done", job.index, text, self._infos(live, n), why, job.prompt_tokens, len(row.tokens))
         self._emit(job, ev)
