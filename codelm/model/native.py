@@ -1,15 +1,19 @@
 """codelm's own CPU kernels (kernels.cpp): built with the system's C++ compiler on first use.
 
-`available()` compiles kernels.cpp once per machine, source and torch version into
-~/.cache/codelm (or $XDG_CACHE_HOME/codelm; about 10 s; see `codelm.cbuild`), loads
-it, and registers `torch.ops.codelm.int8_linear` and `attend_one`. It returns False,
-with the reason in `reason()`, where that cannot work: not x86-64 Linux, neither
-AVX-512 nor AVX2 with FMA, no compiler, a failed build, or CODELM_NATIVE=0 in the
-environment. Callers then use aten's kernels.
+`available()` compiles kernels.cpp (with the loops it includes from kernels_core.h) once
+per machine, source and torch version into ~/.cache/codelm (or $XDG_CACHE_HOME/codelm;
+about 10 s; see `codelm.cbuild`), loads it, and registers `torch.ops.codelm.int8_linear`
+and `attend_one`. It builds on Linux, on x86-64 (AVX-512, or AVX2 with FMA) and on aarch64
+(NEON, which every aarch64 CPU has). It returns False, with the reason in `reason()`,
+where that cannot work: another OS or architecture (macOS among them: the build line
+assumes g++ with OpenMP and Linux's shared libraries, and it has not been tried there), an
+x86 CPU without AVX2, no compiler, a failed build, or CODELM_NATIVE=0 in the environment.
+Callers then use aten's kernels.
 
 The library is built with -march=native for the CPU it runs on, so the cache key
-includes the CPU's flags: a home directory shared by different machines gets one
-build per kind of CPU.
+includes the CPU's flags (x86's `flags`, aarch64's `Features`): a home directory shared
+by different machines gets one build per kind of CPU. The key includes kernels_core.h's
+text too, so that editing either file rebuilds.
 
 `pack_int8` puts int8 weights in the kernel's tile order (see kernels.cpp).
 """
@@ -27,7 +31,8 @@ import torch
 from codelm import cbuild, hardware
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-TILE = 4  # rows per tile: R in kernels.cpp
+HEADER = Path(__file__).with_name("kernels_core.h")  # included by SOURCE
+TILE = 4  # rows per tile: R in kernels_core.h
 
 _reason = ""
 
@@ -35,7 +40,7 @@ _reason = ""
 def _cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
+            if line.startswith(("flags", "Features")):  # x86 | aarch64
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
@@ -43,11 +48,11 @@ def _cpu_flags() -> str:
 
 
 def isa() -> str | None:
-    """The vector instructions the kernels use on this CPU: "avx512", "avx2" (with FMA) or
-    None, as the precision policy says (`codelm.hardware.kernel_isa`): CODELM_CPU=avx2
-    picks AVX2 on an AVX-512 CPU (to test that path)."""
+    """The vector instructions the kernels use on this CPU: "avx512", "avx2" (with FMA),
+    "neon" (aarch64) or None, as the precision policy says (`codelm.hardware.kernel_isa`):
+    CODELM_CPU=avx2 picks AVX2 on an AVX-512 CPU (to test that path)."""
     found = hardware.kernel_isa()
-    return found if found in ("avx512", "avx2") else None
+    return found if found in ("avx512", "avx2", "neon") else None
 
 
 def _command(out: Path) -> list[str]:
@@ -63,8 +68,9 @@ def _command(out: Path) -> list[str]:
 
 
 def _key() -> tuple[str, ...]:
-    """What the build depends on besides its source: -march=native makes it the CPU's."""
-    return (torch.__version__, sys.version, _cpu_flags(), str(isa()))
+    """What the build depends on besides its source: the header it includes, and the CPU
+    (-march=native makes the build the CPU's)."""
+    return (HEADER.read_text(), torch.__version__, sys.version, _cpu_flags(), str(isa()))
 
 
 def _library() -> Path:
@@ -78,10 +84,17 @@ def available() -> bool:
     global _reason
     if os.environ.get("CODELM_NATIVE", "1") == "0":
         _reason = "CODELM_NATIVE=0"
-    elif sys.platform != "linux" or platform.machine() != "x86_64":
-        _reason = f"built for x86-64 Linux only, not {sys.platform}/{platform.machine()}"
+    elif sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
+        _reason = (
+            "codelm's kernels build on Linux (x86-64 with AVX-512 or AVX2, or aarch64); "
+            f"this is {sys.platform}/{platform.machine()}: using aten's kernels"
+        )
     elif isa() is None:
-        _reason = "this CPU has neither AVX-512 nor AVX2 with FMA"
+        cpu = hardware.cpu()
+        if cpu.faked:
+            _reason = f"CODELM_CPU={cpu.name}: no kernels that this CPU runs"
+        else:
+            _reason = "this CPU has neither AVX-512 nor AVX2 with FMA"
     else:
         try:
             what = "CPU kernels (about 10 s)"
@@ -91,7 +104,7 @@ def available() -> bool:
             return False
         if hasattr(torch.ops.codelm, "attend_one"):
             return True
-        _reason = "kernels.cpp was compiled without AVX-512 or AVX2"
+        _reason = "kernels.cpp was compiled without AVX-512, AVX2 or NEON"
     return False
 
 

@@ -1,0 +1,223 @@
+// Checks codelm's CPU kernel core (codelm/model/kernels_core.h) without torch: each kernel
+// against a plain scalar reference in double precision, on random data, for whichever
+// vector branch the compiler flags select (AVX-512, AVX2 or NEON). tests/test_kernels.py
+// builds it natively (-march=native, and with -mno-avx512f for the AVX2 branch) and
+// cross-compiled for aarch64, run under qemu: the NEON branch is tested on an x86 host.
+//
+// Prints one line per case and exits 1 if any case is off by more than TOL of the largest
+// reference value in its output row (a per-row norm, as softmax outputs and dot products
+// can cancel to near zero), or 77 (a skip) where the header has no vector branch.
+// Sizes are small: under qemu every vector instruction is emulated.
+//
+//   g++ -O2 -march=native -std=c++17 -I codelm/model tests/kernels_check.cpp -o check && ./check
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+#include "kernels_core.h"
+
+#ifndef CODELM_KERNELS
+int main() {
+  std::puts("kernels_core.h has no vector branch for this target (x86 needs AVX-512 or AVX2 with FMA)");
+  return 77;
+}
+#else
+using namespace codelm;
+
+namespace {
+
+constexpr double TOL = 1e-4;
+std::mt19937 rng(1234);
+int failures = 0;
+
+std::vector<float> randn(size_t n, float sd) {
+  std::normal_distribution<float> d(0.0f, sd);
+  std::vector<float> x(n);
+  for (float& v : x) v = d(rng);
+  return x;
+}
+
+float from_bf16(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t to_bf16(float f) {  // rounded to nearest, ties to even (finite values only)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+// The largest error over rows of `width` values, each relative to its row's largest |want|.
+double row_error(const std::vector<float>& got, const std::vector<double>& want, size_t width) {
+  double worst = 0;
+  for (size_t r = 0; r < want.size() / width; ++r) {
+    double norm = 1e-30, err = 0;
+    for (size_t j = 0; j < width; ++j) {
+      norm = std::max(norm, std::fabs(want[r * width + j]));
+      double e = std::fabs(got[r * width + j] - want[r * width + j]);
+      err = std::max(err, std::isnan(e) ? INFINITY : e);
+    }
+    worst = std::max(worst, err / norm);
+  }
+  return worst;
+}
+
+void report(const char* what, double err, double tol = TOL) {
+  bool ok = err <= tol;
+  failures += !ok;
+  std::printf("%-4s %-64s max error %.2e (tolerance %.0e)\n", ok ? "ok" : "FAIL", what, err, tol);
+}
+
+void check_exp() {
+  std::vector<float> x(4096), got(x.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = -100.0f * i / (x.size() - 1);  // 0 down to -100
+  for (size_t i = 0; i < x.size(); i += 16) vstore(got.data() + i, vexp_nonpositive(vload(x.data() + i)));
+  double err = 0;
+  for (size_t i = 0; i < x.size(); ++i) {  // below -87 the kernel clamps: e^-87
+    double want = std::exp(std::max(static_cast<double>(x[i]), -87.0));
+    err = std::max(err, std::fabs(got[i] - want) / want);
+  }
+  report("vexp_nonpositive on [-100, 0], relative to e^max(x, -87)", err, 1e-6);
+}
+
+// y (M, N) = x (M, K) @ (q * scale)^T, packed as native.pack_int8 does: (N/R, K/16, R, 16).
+void check_int8_linear(int64_t M, int64_t N, int64_t K) {
+  std::vector<float> x = randn(M * K, 1.0f), scale = randn(N, 0.01f), y(M * N);
+  std::vector<int8_t> q(N * K), tiles(N * K);
+  std::uniform_int_distribution<int> d(-127, 127);
+  for (int8_t& v : q) v = static_cast<int8_t>(d(rng));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) tiles[((n / R * (K / 16) + k / 16) * R + n % R) * 16 + k % 16] = q[n * K + k];
+  int64_t half = N / R / 2;  // two slices, as two threads would take them
+  int8_tiles(x.data(), M, K, N, tiles.data(), scale.data(), 0, half, y.data());
+  int8_tiles(x.data(), M, K, N, tiles.data(), scale.data(), half, N / R, y.data());
+  std::vector<double> want(M * N);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) s += static_cast<double>(x[m * K + k]) * q[n * K + k];
+      want[m * N + n] = s * scale[n];
+    }
+  char what[96];
+  std::snprintf(what, sizeof what, "int8_linear M=%lld N=%lld K=%lld", (long long)M, (long long)N, (long long)K);
+  report(what, row_error(y, want, N));
+}
+
+// A KV cache of capacity `cap` positions, (B, Hkv, cap, D), of which the first S are used.
+template <typename T>
+struct Cache {
+  std::vector<T> k, v;
+  std::vector<float> kf, vf;  // the same values as floats, for the reference
+};
+
+// `f` rounded to bf16, and `f` set to the values kept: the reference reads what the kernel reads.
+std::vector<bf16> round_to_bf16(std::vector<float>& f) {
+  std::vector<bf16> b(f.size());
+  for (size_t i = 0; i < f.size(); ++i) f[i] = from_bf16((b[i] = bf16{to_bf16(f[i])}).bits);
+  return b;
+}
+
+template <typename T>
+Cache<T> make_cache(size_t n) {
+  Cache<T> c;
+  c.kf = randn(n, 3.0f);  // large scores: the exp is exercised far from 0
+  c.vf = randn(n, 3.0f);
+  if constexpr (std::is_same_v<T, float>) {
+    c.k = c.kf;
+    c.v = c.vf;
+  } else {
+    c.k = round_to_bf16(c.kf);
+    c.v = round_to_bf16(c.vf);
+  }
+  return c;
+}
+
+template <typename T>
+void check_attend_one(const char* dtype, int64_t B, int64_t H, int64_t Hkv, int64_t S, int64_t D, bool with_lens) {
+  int64_t cap = S + 5, G = H / Hkv, sh = cap * D, sb = Hkv * sh;
+  Cache<T> c = make_cache<T>(B * sb);
+  std::vector<float> q = randn(B * H * D, 3.0f);
+  std::vector<int64_t> lens(B, S);
+  if (with_lens) {
+    std::uniform_int_distribution<int64_t> d(1, S);
+    for (int64_t& n : lens) n = d(rng);
+  }
+  std::vector<double> want(B * H * D);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const float* k = c.kf.data() + b * sb + h / G * sh;
+      const float* v = c.vf.data() + b * sb + h / G * sh;
+      const float* qh = q.data() + (b * H + h) * D;
+      std::vector<double> s(lens[b]);
+      double top = -INFINITY, total = 0;
+      for (int64_t t = 0; t < lens[b]; ++t) {
+        double dot = 0;
+        for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(qh[d]) * k[t * D + d];
+        s[t] = dot / std::sqrt(static_cast<double>(D));
+        top = std::max(top, s[t]);
+      }
+      for (double& e : s) total += (e = std::exp(e - top));
+      for (int64_t d = 0; d < D; ++d) {
+        double o = 0;
+        for (int64_t t = 0; t < lens[b]; ++t) o += s[t] * v[t * D + d];
+        want[(b * H + h) * D + d] = o / total;
+      }
+    }
+  // Every way attend_rows may split the heads into tasks: n dividing G heads per task (n = G
+  // reads each kv head once for its group, n = 1 is attend_head). All give the same floats.
+  std::vector<float> first;
+  double err = 0;
+  bool same = true;
+  for (int64_t n = G; n >= 1; --n) {
+    if (G % n) continue;
+    std::vector<float> got(B * H * D, NAN);
+    attend_tasks(0, B * H / n, n, q.data(), c.k.data(), c.v.data(), with_lens ? lens.data() : nullptr, H, G, S, D,
+                 sb, sh, got.data());
+    err = std::max(err, row_error(got, want, D));
+    if (first.empty())
+      first = got;
+    else
+      same = same && std::memcmp(first.data(), got.data(), got.size() * sizeof(float)) == 0;
+  }
+  char what[96];
+  std::snprintf(what, sizeof what, "attend_one %-5s B=%lld H=%lld Hkv=%lld S=%lld D=%lld%s", dtype, (long long)B,
+                (long long)H, (long long)Hkv, (long long)S, (long long)D, with_lens ? " lens" : "");
+  report(what, err);
+  if (!same) {
+    ++failures;
+    std::printf("FAIL %s: tasks of different sizes gave different floats\n", what);
+  }
+}
+
+}  // namespace
+
+int main() {
+  std::printf("kernels_core.h: %s branch\n", ISA);
+  check_exp();
+  // Rows of M beyond MB (4 on AVX-512) take a second, partial pass over each tile.
+  for (auto [M, N, K] : {std::array<int64_t, 3>{1, 4, 16}, {1, 64, 256}, {3, 12, 48}, {5, 36, 160}, {9, 8, 1024}})
+    check_int8_linear(M, N, K);
+  // Head widths 16-128 keep their sums in registers; 48 and 160 take the generic loops.
+  // Grouped-query (H > Hkv) and multi-query (Hkv = 1) heads; S = 1; S past VBLOCK (32).
+  struct Shape {
+    int64_t B, H, Hkv, S, D;
+  };
+  for (Shape s : {Shape{1, 4, 4, 50, 64}, {3, 2, 2, 1, 16}, {2, 4, 4, 33, 32}, {1, 2, 2, 17, 48}, {1, 6, 2, 70, 64},
+                  {2, 4, 1, 33, 32}, {3, 6, 3, 17, 48}, {1, 4, 1, 70, 160}, {2, 4, 2, 40, 128}})
+    for (bool with_lens : {false, true}) {
+      check_attend_one<float>("float", s.B, s.H, s.Hkv, s.S, s.D, with_lens);
+      check_attend_one<bf16>("bf16", s.B, s.H, s.Hkv, s.S, s.D, with_lens);
+    }
+  std::printf("%s: %d failed\n", failures ? "FAILED" : "all passed", failures);
+  return failures ? 1 : 0;
+}
+#endif

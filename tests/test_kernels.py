@@ -1,0 +1,94 @@
+"""codelm's CPU kernel core (codelm/model/kernels_core.h) on every instruction set it is written
+for, without torch: tests/kernels_check.cpp compares each kernel with a scalar reference.
+
+The torch ops themselves are tested in test_model.py on this machine's ISA (and again with the
+AVX2 build on an AVX-512 CPU). Here the same loops are checked for each branch of the vector
+type: native (-march=native), AVX2 (-mno-avx512f, on an AVX-512 CPU), and NEON, cross-compiled
+for aarch64 and run under qemu on an x86 host, since CI has no ARM machine. The NEON check
+skips, naming what is missing, without `aarch64-linux-gnu-g++` or qemu (`.ci/run` installs
+both: Debian's g++-aarch64-linux-gnu and qemu-user).
+
+Also: where native.py builds the kernels and where it says why it does not.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from codelm import cbuild, hardware
+from codelm.model import native
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECK = ROOT / "tests" / "kernels_check.cpp"
+SKIP = 77  # kernels_check's exit status where the header has no vector branch for the target
+
+
+def _build(compiler: str, flags: list[str], out: Path) -> Path:
+    cmd = [compiler, "-O2", "-std=c++17", *flags, f"-I{native.HEADER.parent}", str(CHECK), "-o", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def _run(cmd: list[str], branch: str) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode == SKIP:
+        pytest.skip(done.stdout.strip())
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    assert f"kernels_core.h: {branch} branch" in done.stdout, done.stdout[:500]
+    assert "FAIL" not in done.stdout and "all passed" in done.stdout
+
+
+@pytest.mark.skipif(shutil.which(cbuild.compiler()) is None, reason=f"no C++ compiler ({cbuild.compiler()})")
+def test_this_cpus_kernels_match_a_scalar_reference(tmp_path):
+    # The branch -march=native picks: the real CPU's ISA (CODELM_CPU fakes are not compiled here).
+    branch = hardware.detect().isa or "none"
+    _run([str(_build(cbuild.compiler(), ["-march=native"], tmp_path / "check"))], branch)
+
+
+@pytest.mark.skipif(
+    hardware.detect().isa != "avx512" or shutil.which(cbuild.compiler()) is None,
+    reason="not an AVX-512 CPU with a compiler: the AVX2 branch is the native one, or none runs here",
+)
+def test_the_avx2_kernels_match_a_scalar_reference(tmp_path):
+    _run([str(_build(cbuild.compiler(), ["-march=native", "-mno-avx512f"], tmp_path / "check"))], "avx2")
+
+
+def test_the_neon_kernels_match_a_scalar_reference_under_qemu(tmp_path):
+    cross = shutil.which("aarch64-linux-gnu-g++")
+    qemu = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
+    missing = [name for name, path in (("aarch64-linux-gnu-g++", cross), ("qemu-aarch64", qemu)) if not path]
+    if missing:
+        debian = "Debian's g++-aarch64-linux-gnu and qemu-user, which .ci/run installs"
+        pytest.skip(f"no {' or '.join(missing)} to check the NEON kernels ({debian})")
+    exe = _build(cross, ["-static", "-march=armv8-a"], tmp_path / "check-aarch64")
+    _run([qemu, str(exe)], "neon")
+
+
+def test_off_linux_the_kernels_fall_back_to_aten_saying_why(monkeypatch):
+    monkeypatch.delenv("CODELM_NATIVE", raising=False)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    try:
+        native.available.cache_clear()
+        assert not native.available()
+        why = native.reason()
+        assert "darwin/arm64" in why and "aten" in why and "aarch64" in why and "\n" not in why
+    finally:
+        monkeypatch.undo()
+        native.available.cache_clear()
+
+
+def test_editing_the_kernel_header_rebuilds(monkeypatch, tmp_path):
+    """The build's cache key holds kernels_core.h's text, not only kernels.cpp's."""
+    before = native._library()
+    edited = tmp_path / "kernels_core.h"
+    edited.write_text(native.HEADER.read_text() + "\n// edited\n")
+    monkeypatch.setattr(native, "HEADER", edited)
+    assert native._library() != before
