@@ -84,6 +84,7 @@ class Engine:
         self.model, self.special = model, special
         self.cache = model.new_cache(rows, max_len)
         self.active: list[Row] = []  # active[i] lives in cache row i
+        self._next: torch.Tensor | None = None  # (n, 1) the last tokens, while no row came or went
 
     @property
     def free(self) -> int:
@@ -108,6 +109,7 @@ class Engine:
             if which[slot] != slot:
                 self.cache.copy_row(first + which[slot], first + slot)
         self.active += rows
+        self._next = None
         for r, d in zip(rows, which, strict=True):
             if r.score_prompt:
                 r.prompt_scores = _score(logits[d, : len(r.prompt)], r.prompt, r.top)
@@ -123,7 +125,9 @@ class Engine:
         """One token for every active row; returns the rows that ended (already retired)."""
         if not self.active:
             return []
-        idx = torch.tensor([[r.tokens[-1]] for r in self.active], device=self.cache.device)
+        idx = self._next
+        if idx is None:
+            idx = torch.tensor([[r.tokens[-1]] for r in self.active], device=self.cache.device)
         hidden: list[torch.Tensor] | None = [] if any(r.trace == "lens" for r in self.active) else None
         n = len(self.active)
         cache = self.cache if n == len(self.cache.lens) else self.cache.rows(0, n)
@@ -132,6 +136,7 @@ class Engine:
 
     def remove(self, row: Row) -> None:
         """Free `row`'s cache row; the last active row moves into it."""
+        self._next = None
         slot, last = self.active.index(row), len(self.active) - 1
         if slot != last:
             self.cache.copy_row(last, slot)
@@ -140,7 +145,7 @@ class Engine:
         self.active.pop()
 
     def clear(self) -> None:
-        self.active = []
+        self.active, self._next = [], None
         self.cache.set_lengths([0] * len(self.cache.lens))
 
     def _prefill(
@@ -192,6 +197,7 @@ class Engine:
                 ended.append(r)
         for r in ended:
             self.remove(r)
+        self._next = picks[:, None] if first == 0 and not ended else None
         return ended
 
     def _sample(self, rows: list[Row], logits: torch.Tensor, fresh: bool) -> torch.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made once per forward: not frozen, whose __init__ costs 2x
 class Where:
     """Where a forward's T new tokens sit, and which cached keys each of them sees."""
 
