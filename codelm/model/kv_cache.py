@@ -7,8 +7,10 @@ the cache is allocated once at its full length and written in place.
 Each row is one sequence: its keys and values sit at slots 0 .. lens[b]-1, the
 slot of a token being its position. So rows of different lengths share one cache
 without padding in front, and a row's next token goes to slot lens[b]. The model
-(`Transformer.forward`) writes through `update` at per-row positions and asks
-`positions` where new tokens go; it never needs to know how rows are managed.
+(`Transformer.forward`) asks `plan` where new tokens go (a `Where`: positions, shared
+or per row, and what each token may see), writes through `update`, and calls
+`advance`; it never needs to know how rows are managed. Row lengths live on the
+host (numpy), so a decode step reads them without a device round trip.
 Callers that hold rows of their own (the decoding engine, `codelm.generate`)
 take a view of some rows (`rows`), copy a row into others (one prefill serving n
 samples of a prompt), move a row (keeping the active rows 0..n-1 contiguous) and

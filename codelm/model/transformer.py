@@ -9,7 +9,7 @@ form: bf16 training (`causal_attention`) and one decoded token (`one_token_atten
 codelm's kernel). With a `KVCache` the same forward decodes incrementally: pass
 only the new tokens and the cache remembers the rest. Positions may differ per
 row, as litgpt's `input_pos`: rows of different lengths decode together, each
-query seeing the keys of its own row up to its own position (`Where`). Every
+query seeing the keys of its own row up to its own position (`Where`, kv_cache.py). Every
 caller decodes through this one forward: `codelm.generate`'s engine, and through
 it the CLI, evaluation and the server.
 
