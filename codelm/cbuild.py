@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from codelm.errors import first_line
+
 T = TypeVar("T")
 
 
@@ -76,15 +78,9 @@ def build_and_load(
     try:
         built = build(source, key_parts, command, what)
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        raise RuntimeError(_first_line(e)) from None
+        raise RuntimeError(first_line(e)) from None
     try:
         return load(built)
     except OSError as e:  # a damaged file (a full disk, say)
         built.unlink(missing_ok=True)
-        raise RuntimeError(f"loading {built.name} failed: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    """The first non-blank line of an error's message (its type's name if it has none)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        raise RuntimeError(f"loading {built.name} failed: {first_line(e)}") from None

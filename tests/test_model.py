@@ -320,13 +320,11 @@ def test_logits_match_transformers_on_its_architectures(arch):
         torch.testing.assert_close(torch.cat(steps, 1), want, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kernel", [True, False])
+@pytest.mark.parametrize("kernel", [pytest.param(True, marks=needs_native), False])
 @pytest.mark.parametrize("kv", [None, torch.bfloat16])
 def test_grouped_query_decoding_equals_full_recomputation(kernel, kv, monkeypatch):
     if not kernel:
         monkeypatch.setattr(native, "available", lambda: False)
-    elif not native.available():
-        pytest.skip(f"no native kernels: {native.reason()}")
     torch.manual_seed(0)
     model = Transformer(ModelConfig(**GQA, rope_layout="half", qkv_bias=True)).eval()
     for p in model.parameters():  # biases start at 0: give them values

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from codelm.errors import CodelmError
+from codelm.errors import CodelmError, first_line
 from codelm.fsutil import atomic_directory, atomic_write_json
 
 SPLITS = ("train", "val", "test")
@@ -212,8 +212,7 @@ def iter_rows(data_dir: str | Path, split: str, columns: Sequence[str] = COLUMNS
         for batch in pf.iter_batches(batch_size=READ_BATCH, columns=[c for c in columns if c in names]):
             yield from batch.to_pylist()
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CodelmError(f"corrupt Parquet file {path}: {first}") from None
+        raise CodelmError(f"corrupt Parquet file {path}: {first_line(e)}") from None
 
 
 def iter_texts(data_dir: str | Path, split: str) -> Iterator[str]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from codelm.errors import CodelmError
+from codelm.errors import CodelmError, first_line
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,6 @@ class BadLine:
         return CodelmError(f"{path}:{self.lineno}: {self.why}")
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _open(path: Path, what: str) -> BinaryIO:
     try:
         if path.name.lower().endswith(".gz"):
@@ -54,7 +49,7 @@ def _open(path: Path, what: str) -> BinaryIO:
     except FileNotFoundError:
         raise CodelmError(f"{what} file not found: {path}") from None
     except OSError as e:
-        raise CodelmError(f"cannot read {what} file {path}: {e.strerror or _one_line(e)}") from None
+        raise CodelmError(f"cannot read {what} file {path}: {e.strerror or first_line(e)}") from None
 
 
 def _parse(line: bytes, lineno: int) -> Any:
@@ -88,7 +83,7 @@ def scan_jsonl(path: str | Path, what: str = "JSON Lines") -> Iterator[tuple[int
                 if line.strip():
                     yield lineno, _parse(line, lineno)
         except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt gzip stream
-            why = f"{_one_line(e)} (after line {lineno})"
+            why = f"{first_line(e)} (after line {lineno})"
             raise CodelmError(f"cannot read {what} file {path}: {why}") from None
 
 
