@@ -218,6 +218,31 @@ def _serve(a: argparse.Namespace) -> None:
     serve(a.run, serve_config(a), device=a.device, weights=a.weights)
 
 
+def _import(a: argparse.Namespace) -> None:
+    from codelm.interop.hf import import_hf
+
+    done = import_hf(a.src, a.out)
+    for note in done.notes:
+        print(f"codelm: {note}", file=sys.stderr)
+    print(f"imported {done.model_type}: {done.params:,} parameters ({done.dtype}) -> {a.out}")
+
+
+def _export(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    if a.format == "gguf":
+        from codelm.interop.gguf import export_gguf
+
+        export_gguf(Path(a.run), Path(a.out), a.quant or "bf16")
+        print(f"exported GGUF ({a.quant or 'bf16'}) -> {a.out}")
+        return
+    if a.quant is not None:
+        raise CodelmError("--quant is for --format gguf")
+    from codelm.interop.hf import export_hf
+
+    print(f"exported {export_hf(a.run, a.out)} -> {a.out}")
+
+
 def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="stdlib -> tokenizer -> tiny model -> trace -> samples")
     _opt(d, "demo", "--out", help="directory for data, tokenizer and run")
@@ -291,7 +316,7 @@ def _train_parser(sub) -> None:
     _opt(tr, "train", "--max-tokens", type=int, help="0: no limit")
     _opt(tr, "train", "--batch-size", type=int, help="sequences per micro-batch (global)")
     _opt(tr, "train", "--grad-accum", type=int, help="micro-batches per optimizer step")
-    _opt(tr, "train", "--seq-len", type=int, help="0: the model's context length")
+    _opt(tr, "train", "--seq-len", type=int, help="0: the model's context, at most 1024")
     _opt(tr, "train", "--lr", type=float, help="AdamW's peak rate; Muon's is 10x this")
     _opt(tr, "train", "--optimizer", choices=["muon", "adamw"], help="muon: Muon + AdamW")
     _opt(tr, "train", "--fim-rate", type=float, help="share of files made FIM examples")
@@ -302,6 +327,11 @@ def _train_parser(sub) -> None:
     _opt(tr, "train", "--dtype", choices=["auto", "bf16", "fp32"], help="auto: bf16 where the device has it")
     tr.add_argument("--resume", action="store_true", help="continue RUN from its newest checkpoint")
     tr.add_argument("--init-from", default=None, help="fine-tune from another RUN's weights")
+    lora_help = "train rank-R LoRA adapters (AdamW) over --init-from's frozen weights; 0: every weight"
+    _opt(tr, "train", "--lora", "lora_rank", type=int, metavar="R", help=lora_help)
+    _opt(tr, "train", "--lora-alpha", type=float, metavar="A", help="adapters' scale: A/R (default: 2R)")
+    _opt(tr, "train", "--lora-targets", metavar="T,...", help="layers adapted in every block: qkv, proj, mlp")
+    _opt(tr, "train", "--lora-dropout", type=float, metavar="P", help="dropout on the adapters' input")
     _opt(tr, "train", "--seed", type=int, help="seed of every random choice")
     _opt(tr, "train", "--device", choices=["auto", "cpu", "cuda"], help="auto: cuda if there is one")
     tr.set_defaults(func=_train)
@@ -369,11 +399,24 @@ def _serve_parser(sub) -> None:
     sv.set_defaults(func=_serve)
 
 
+def _interop_parsers(sub) -> None:
+    im = sub.add_parser("import", help="a local Hugging Face model folder -> a RUN")
+    im.add_argument("src", metavar="HF_DIR", help="config.json, *.safetensors, tokenizer.json")
+    im.add_argument("--out", required=True, help="RUN directory to write (replaced atomically)")
+    im.set_defaults(func=_import)
+    ex = sub.add_parser("export", help="a RUN -> a Hugging Face folder (hf) or a llama.cpp file (gguf)")
+    ex.add_argument("run")
+    ex.add_argument("--format", required=True, choices=["hf", "gguf"])
+    ex.add_argument("--out", required=True, help="hf: a folder (replaced atomically); gguf: a file")
+    ex.add_argument("--quant", choices=["bf16", "q8_0", "f32"], help="gguf weights (default: bf16)")
+    ex.set_defaults(func=_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="codelm", description="Train code models on your own code.")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_demo_parser, _data_parser, _tokenizer_parser, _train_parser, _eval_parser,
-                _generate_parser, _serve_parser):  # fmt: skip
+                _generate_parser, _serve_parser, _interop_parsers):  # fmt: skip
         add(sub)
     return p
 

@@ -230,6 +230,36 @@ def test_any_special_token_ends_a_row_as_end_of_text(tiny_model):
     assert other.reason in ("end_of_text", "length")
 
 
+def test_rows_of_the_embedding_past_the_tokenizer_are_never_sampled(tiny_model):
+    """A model may have more embedding rows than its tokenizer has tokens (Qwen2.5 pads to a
+    multiple of 128): the engine samples below `vocab` even where those rows score highest."""
+    from codelm.generate.engine import Engine, Row, Sampler
+
+    V = tiny_model.cfg.vocab_size
+    favoured = torch.zeros(V)
+    favoured[V - 5 :] = 1e4
+    model = _with_head_bias(tiny_model, favoured)
+    for vocab, expect_padding in ((None, True), (V - 5, False)):
+        engine = Engine(model, 2, frozenset(), vocab=vocab)
+        rows = [
+            Row([1, 2], 6, Sampler(SamplingConfig(temperature=1.0, top_k=0, top_p=1.0))) for _ in range(2)
+        ]
+        engine.add(rows)
+        while engine.active:
+            engine.step()
+        padding = any(t >= V - 5 for r in rows for t in r.tokens)
+        assert padding == expect_padding
+
+
+def _with_head_bias(model, bias: torch.Tensor):
+    """A copy of `model` whose logits gain `bias` (a forward hook on the head)."""
+    import copy
+
+    model = copy.deepcopy(model)
+    model.head.register_forward_hook(lambda _m, _i, out: out + bias.to(out.dtype))
+    return model
+
+
 def test_stop_strings_match_across_tokens_and_cut_before():
     from codelm.generate.stopping import StopStrings
 
@@ -599,3 +629,94 @@ def test_the_prompt_pass_computes_in_the_policys_dtype(monkeypatch, fake, want):
     idx = torch.randint(0, 97, (2, 40))
     torch.testing.assert_close(fast(idx), model(idx), atol=0.05, rtol=0.05)
     assert ("bf16 is not native here" in describe(fast)) == (want == torch.float32)
+
+
+# --- pretrained models' tokenizers: document start, missing roles, stop ids ----------------------
+
+
+def test_prompts_start_with_the_tokenizers_document_start(tokenizer):
+    from codelm.generate.prompts import Prompt, encode_prompt
+    from tests.test_tokenizer import foreign_tokenizer
+
+    llama = foreign_tokenizer("deepseek")  # `<｜begin▁of▁sentence｜>` first, then the text
+    assert llama.bos_id != llama.eot_id
+    assert encode_prompt(llama, Prompt("x = 1"), 60).ids == [llama.bos_id, *llama.encode("x = 1")]
+    fim = encode_prompt(llama, Prompt("a = ", suffix="\n"), 60).ids
+    assert fim[:2] == [llama.bos_id, llama.special["<|fim_prefix|>"]]
+    assert encode_prompt(tokenizer, Prompt("x = 1"), 60).ids[0] == tokenizer.eot_id  # codelm's own
+
+
+def test_fill_in_the_middle_needs_fim_tokens():
+    from codelm.generate.prompts import Prompt, plan
+    from tests.test_tokenizer import foreign_tokenizer
+
+    with pytest.raises(CodelmError, match="no fill-in-the-middle tokens"):
+        plan(foreign_tokenizer("gpt2"), Prompt("a = ", suffix="\n"), 64, 16)
+
+
+def test_an_instruction_without_instruction_tokens_is_a_comment_block_as_in_training():
+    import numpy as np
+
+    from codelm.generate.prompts import Prompt, encode_prompt
+    from codelm.train.batches import assemble, document_layout
+    from tests.test_tokenizer import foreign_tokenizer
+
+    t = foreign_tokenizer("deepseek")
+    instruction, code = "Add two numbers.\nReturn their sum.", "def add(a, b):"
+    comment = t.encode("# Add two numbers.\n# Return their sum.\n\n")
+    ids = encode_prompt(t, Prompt(code, instruction=instruction), 60).ids
+    assert ids == [t.bos_id, *comment, *t.encode(code)]
+    row = {"kind": "pair", "text": "t", "prompt": instruction, "completion": code + "\n    return a + b\n"}
+    lay = document_layout(row, np.random.default_rng(0), 1.0, instruction_tokens=False)
+    trained, mask = assemble(lay, [t.encode(p) for p in lay.pieces], t)
+    body = t.encode(row["completion"])
+    assert trained == [t.bos_id, *comment, *body, t.eot_id]
+    assert mask == [0] * (1 + len(comment)) + [1] * (len(body) + 1)  # loss on the code and the end only
+
+
+def test_tokenizing_for_a_tokenizer_without_fim_or_instruction_tokens(tmp_path):
+    from codelm.data.dataset import make_row, write_data
+    from codelm.train.batches import tokenize_split
+    from tests.test_tokenizer import foreign_tokenizer
+
+    t = foreign_tokenizer("gpt2")
+    files = ["def f(x):\n    return x\n", "y = 2\n"]
+    with write_data(tmp_path / "data") as w:
+        for i, text in enumerate(files):
+            w.add("train", make_row(text, f"m{i}.py", "test"))
+        w.add("train", make_row("t", "p.py", "test", "pair", "Say hi.", "print('hi')\n"))
+        w.finish({}, {})
+    ids, mask = tokenize_split(tmp_path / "data", "train", t, tmp_path / "tok" / "train.bin", fim_rate=1.0)
+    want = [i for text in files for i in [*t.encode(text), t.eot_id]]  # no FIM
+    comment, code = t.encode("# Say hi.\n\n"), t.encode("print('hi')\n")
+    assert ids.tolist() == want + comment + code + [t.eot_id]
+    assert mask.tolist() == [1] * len(want) + [0] * len(comment) + [1] * (len(code) + 1)
+
+
+def test_healing_never_allows_a_token_that_ends_the_text():
+    from codelm.generate.healing import heal
+    from tests.test_tokenizer import foreign_tokenizer
+
+    t = foreign_tokenizer("starcoder")
+    ids = [t.bos_id, *t.encode("x <")]
+    cut, h = heal(t, ids)
+    assert h is not None and cut == ids[:-1]
+    assert t.token_bytes[t.special["<|fim_prefix|>"]].startswith(h.text.encode())  # `<fim_prefix>`...
+    assert not any(h.allowed[i] for i in t.stop_ids)  # ... is not a spelling of `<`
+    assert heal(t, [*ids, t.special["<|fim_middle|>"]])[1] is None
+
+
+def test_intrinsic_scores_every_token_but_a_document_start(tokenizer):
+    from codelm.evaluate.intrinsic import IntrinsicConfig, intrinsic_metrics
+    from codelm.model import ModelConfig, Transformer
+    from tests.test_tokenizer import foreign_tokenizer
+
+    texts = ["def f(x):\n    return x\n", "y = 2\n"]
+    for tok, scored in ((foreign_tokenizer("deepseek"), 0), (tokenizer, -1)):
+        torch.manual_seed(0)
+        model = Transformer(
+            ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=8)
+        )
+        m = intrinsic_metrics(model.eval(), tok, texts, IntrinsicConfig(max_tokens=1000))
+        # Llama-style: each document's start token is read, not scored; codelm's: all but the first.
+        assert m.tokens == sum(len(tok.encode(t)) + 1 for t in texts) + scored

@@ -246,25 +246,15 @@ def test_half_rope_layout_is_the_interleaved_one_with_channels_permuted():
 
 
 def _from_hf(hf, cfg: ModelConfig) -> Transformer:
-    """codelm's Transformer with the weights of a transformers Llama, Qwen2 or StarCoder2 model.
-    Query, key and value projections become the fused qkv; gate and up the fused `mlp.up`
-    (gate first: MLP.forward takes `gate, up = h.chunk(2)`). "half" RoPE needs no permutation."""
-    renames = [("model.embed_tokens", "wte"), ("model.norm", "norm_f"), ("lm_head", "head")]
-    renames += [("model.layers", "blocks"), ("self_attn.o_proj", "attn.proj"), ("mlp.down_proj", "mlp.down")]
-    renames += [("mlp.c_fc", "mlp.up"), ("mlp.c_proj", "mlp.down")]
-    renames += [("input_layernorm", "norm1"), ("post_attention_layernorm", "norm2")]
-    sd = {}
-    for name, t in hf.state_dict().items():
-        for theirs, ours in renames:
-            name = name.replace(theirs, ours)
-        sd[name] = t
-    for name in [n for n in sd if ".q_proj." in n]:
-        parts = [sd.pop(name.replace("q_proj", p)) for p in ("q_proj", "k_proj", "v_proj")]
-        sd[name.replace("self_attn.q_proj", "attn.qkv")] = torch.cat(parts)
-    for name in [n for n in sd if ".gate_proj." in n]:
-        sd[name.replace("gate_proj", "up")] = torch.cat([sd.pop(name), sd.pop(name.replace("gate", "up"))])
+    """codelm's Transformer with the weights of a transformers Llama, Qwen2 or StarCoder2 model,
+    mapped by codelm.interop.hf (what `codelm import` does with the files of one)."""
+    from codelm.interop.hf import check_plan, hf_plan, to_codelm
+
+    sd, plan = hf.state_dict(), hf_plan(cfg)
+    check_plan(plan, {n: tuple(t.shape) for n, t in sd.items()}, skip=["lm_head.weight"])  # every HF key used
     model = Transformer(cfg).eval()
-    model.load_state_dict(sd)  # strict: every key of both sides is used
+    missing, unexpected = model.load_state_dict(dict(to_codelm(plan, sd.__getitem__)), strict=False)
+    assert not unexpected and missing == (["head.weight"] if cfg.tie_embeddings else [])
     return model
 
 
@@ -403,3 +393,70 @@ def test_generation_weights_keep_the_biases(weights):
             want = model.blocks[0].attn.qkv(rows)
             got = fast.blocks[0].attn.qkv(rows)
             assert (got - want).abs().max() < 0.02 * want.abs().max()
+
+
+# --- LoRA adapters (model/lora.py) ------------------------------------------------------------
+
+
+def _adapted(targets=("qkv", "proj", "mlp"), rank=4):
+    from codelm.model.lora import LoraConfig, add_adapters
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**GQA, qkv_bias=True)).eval()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    add_adapters(model, LoraConfig(rank=rank, alpha=2.0 * rank, targets=targets))
+    return model, base
+
+
+def test_lora_starts_equal_to_the_base_and_merges_into_a_plain_model():
+    from codelm.model.lora import LoraLinear, merge
+
+    model, base = _adapted()
+    plain = Transformer(model.cfg).eval()
+    plain.load_state_dict(base)
+    x = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))  # B = 0: the adapters add exact zeros
+        for name, p in model.named_parameters():
+            if name.endswith(".lora_b"):
+                p.normal_(0, 0.1)
+        adapted = model(x)
+        assert (adapted - plain(x)).abs().max() > 1e-3  # the adapters now matter
+        merged = merge(model)(x)
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+    assert not any(isinstance(m, LoraLinear) for m in model.modules())
+    assert model.state_dict().keys() == base.keys()
+
+
+def test_lora_targets_and_rank_are_checked():
+    from codelm.model.lora import LoraConfig, is_adapter
+
+    model, _ = _adapted(targets=("proj",))
+    adapted = sorted({n.rsplit(".", 2)[-2] for n, _ in model.named_parameters() if is_adapter(n)})
+    assert adapted == ["proj"]
+    for bad in (dict(targets=("qkv", "attn")), dict(targets=()), dict(rank=0), dict(alpha=0.0)):
+        with pytest.raises(CodelmError):
+            LoraConfig(**{"rank": 4, "alpha": 8.0, **bad})
+    with pytest.raises(CodelmError, match="exceeds the width"):
+        _adapted(rank=65)  # the model is 64 wide
+
+
+def test_lora_layer_equals_peft_for_the_same_adapters():
+    peft = pytest.importorskip("peft")
+
+    model, base = _adapted()
+    theirs = Transformer(model.cfg).eval()
+    theirs.load_state_dict(base)
+    targets = ["qkv", "proj", "up", "down"]
+    theirs = peft.inject_adapter_in_model(peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets), theirs)
+    ours, copied = dict(model.named_parameters()), set()
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if ".lora_" in name:  # blocks.0.attn.qkv.lora_A.default.weight -> blocks.0.attn.qkv.lora_a
+                layer, which = name.split(".lora_")
+                mine = f"{layer}.lora_{which[0].lower()}"
+                p.copy_(ours[mine].normal_(0, 0.1))
+                copied.add(mine)
+        assert copied == {n for n in ours if ".lora_" in n}
+        x = torch.randint(0, 97, (2, 12))
+        torch.testing.assert_close(model(x), theirs(x), atol=1e-5, rtol=1e-5)

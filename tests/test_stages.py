@@ -2,7 +2,7 @@
 
 codelm is laid out the way data flows:
 
-    data -> tokenizer -> model -> train -> generate -> evaluate -> serve
+    data -> tokenizer -> model -> interop -> train -> generate -> evaluate -> serve
 
 and the use-case stages `lsp`, `notebook` and `testgen` stand beside `serve`: each of
 them may import every stage up to and including `evaluate`, and none imports `serve`
@@ -36,7 +36,7 @@ import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "codelm"
 
-CHAIN = ("data", "tokenizer", "model", "train", "generate", "evaluate")
+CHAIN = ("data", "tokenizer", "model", "interop", "train", "generate", "evaluate")
 BESIDE = ("serve", "lsp", "notebook", "testgen")  # the last stages: each imports CHAIN, not the others
 HELPERS = frozenset({"codelm", "codelm.errors", "codelm.fsutil", "codelm.cbuild", "codelm.hardware"})
 TOP = frozenset({"codelm.cli", "codelm.demo", "codelm.__main__"})
@@ -282,11 +282,13 @@ def test_no_import_cycles_not_even_through_imports_inside_functions(codelm_impor
         ("codelm.serve.api", "codelm.evaluate.passk", True),
         ("codelm.lsp.server", "codelm.evaluate.report", True),
         ("codelm.model.native", "codelm.cbuild", True),
+        ("codelm.interop.hf", "codelm.model.io", True),
         ("codelm.hardware", "codelm.errors", True),
         ("codelm.demo", "codelm.serve", True),
         ("codelm.cli", "codelm.testgen.write", True),
         ("codelm.data.build", "codelm.train.batches", False),
         ("codelm.train.loop", "codelm.generate", False),
+        ("codelm.interop.hf", "codelm.train.checkpoint", False),
         ("codelm.generate.generator", "codelm.evaluate.passk", False),
         ("codelm.evaluate.report", "codelm.serve.api", False),
         ("codelm.lsp.server", "codelm.serve.api", False),

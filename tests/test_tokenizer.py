@@ -4,6 +4,7 @@ HF `tokenizers` and transformers, the fast encoder against HF's pipeline, and ba
 
 from __future__ import annotations
 
+import functools
 import json
 import sysconfig
 import threading
@@ -14,11 +15,23 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from codelm.cli import main
 from codelm.errors import CodelmError
-from codelm.tokenizer import SPECIAL_TOKENS, CodeTokenizer, TextFiles, pieces, train_tokenizer
+from codelm.tokenizer import (
+    EOT,
+    FIM_MIDDLE,
+    FIM_PREFIX,
+    FIM_SUFFIX,
+    INSTRUCTION,
+    PAD,
+    SPECIAL_TOKENS,
+    CodeTokenizer,
+    TextFiles,
+    pieces,
+    train_tokenizer,
+)
 from codelm.tokenizer import encoder as encoder_mod
 from codelm.tokenizer.pretokenize import OPERATORS, PATTERN, replace_surrogates, split, to_byte_level
 
@@ -484,3 +497,220 @@ def test_cli_bad_input_is_one_line_errors(tmp_path, capsys):
         code, _, err = _cli(capsys, *args)
         assert code == 2, args
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+# --- foreign tokenizer.json files: roles, document start, stop ids, exact bytes ------------------
+
+FAMILIES: dict[str, dict] = {
+    # special tokens (in id order), non-special added tokens, the post-processor's start token
+    "qwen": {
+        "special": [
+            "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>",
+            "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
+        ],
+    },
+    "starcoder": {"special": ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]},
+    "deepseek": {
+        "special": ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"],
+        "plain": ["<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>"],  # DeepSeek-Coder's are not special
+        "bos": "<｜begin▁of▁sentence｜>",
+    },
+    "llama3": {
+        "special": ["<|begin_of_text|>", "<|end_of_text|>"],
+        "bos": "<|begin_of_text|>",
+        "sequence": True,  # ByteLevel, then the template
+    },
+    "gpt2": {"special": ["<|endoftext|>"], "prefix_space": True},
+    "padded": {"special": ["<pad>", "<eos>", "<bos>"]},
+}  # fmt: skip
+FOREIGN_TEXTS = [
+    "def f(x):\n\treturn x  # café 😀\n",
+    "  two leading spaces\r\n",
+    " x",
+    "\n\n\t\tmixed \t tabs   \n",
+    "naïve_變數 = 'é' + '\\n'\n",
+]
+
+
+@functools.cache
+def foreign_tokenizer(family: str) -> CodeTokenizer:
+    """A byte-level BPE trained on CORPUS with `family`'s special tokens (FAMILIES)."""
+    spec = FAMILIES[family]
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=spec.get("prefix_space", False))
+    raw.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=spec["special"], initial_alphabet=alphabet)
+    raw.train_from_iterator(CORPUS, trainer)
+    raw.add_tokens(spec.get("plain", []))
+    if bos := spec.get("bos"):
+        template = processors.TemplateProcessing(
+            single=f"{bos} $A", special_tokens=[(bos, raw.token_to_id(bos))]
+        )
+        seq = [processors.ByteLevel(trim_offsets=False), template]
+        raw.post_processor = processors.Sequence(seq) if spec.get("sequence") else template
+    return CodeTokenizer(Tokenizer.from_str(raw.to_str()))
+
+
+@functools.cache
+def llama_tokenizer(style: str, fim_added: bool = True) -> CodeTokenizer:
+    """A CodeLlama-style SentencePiece BPE (`▁` spaces, `<0xNN>` byte fallback, `<s>` first).
+    style "legacy": Prepend/Replace normalizers and a Strip decoder; "metaspace": a Metaspace
+    pre-tokenizer and decoder. `fim_added`: its FIM tokens are added special tokens, else
+    ordinary vocabulary strings."""
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
+    raw.train_from_iterator(
+        CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"])
+    )
+    spec = json.loads(raw.to_str())
+    vocab = spec["model"]["vocab"]
+    codes = [f"<0x{b:02X}>" for b in range(256)] + (
+        [] if fim_added else ["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"]
+    )
+    for piece in codes:
+        vocab.setdefault(piece, len(vocab))
+    spec["model"].update(byte_fallback=True, unk_token="<unk>")
+    if style == "legacy":
+        replace = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+        spec["normalizer"] = {
+            "type": "Sequence",
+            "normalizers": [{"type": "Prepend", "prepend": "▁"}, replace],
+        }
+        spec["pre_tokenizer"] = None
+        spec["decoder"] = {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"},
+            {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+        ]}  # fmt: skip
+    else:
+        metaspace = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
+        spec["decoder"] = {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, metaspace]}
+    tok = Tokenizer.from_str(json.dumps(spec))
+    if fim_added:
+        tok.add_special_tokens(["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return CodeTokenizer(tok)
+
+
+def test_codelm_tokenizer_keeps_all_seven_roles(tok):
+    assert tok.special == dict(zip(SPECIAL_TOKENS, range(7), strict=True))
+    assert (tok.eot_id, tok.pad_id, tok.bos_id) == (0, 1, 0)
+    assert tok.stop_ids == frozenset(tok.special.values())
+    assert all(tok.has(role) for role in SPECIAL_TOKENS)
+    assert [tok.token_bytes[i] for i in range(7)] == [t.encode() for t in SPECIAL_TOKENS]
+
+
+DEEPSEEK_FIM = ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>")
+
+
+@pytest.mark.parametrize(
+    "family, eot, fim, bos, pad",
+    [
+        ("qwen", EOT, (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE), None, None),
+        ("starcoder", EOT, ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), None, None),
+        ("deepseek", "<｜end▁of▁sentence｜>", DEEPSEEK_FIM, "<｜begin▁of▁sentence｜>", None),
+        ("llama3", "<|end_of_text|>", None, "<|begin_of_text|>", None),
+        ("gpt2", EOT, None, None, None),
+        ("padded", "<eos>", None, None, "<pad>"),
+    ],
+)
+def test_each_family_maps_its_special_tokens_to_codelm_roles(family, eot, fim, bos, pad):
+    roles = {EOT: eot, **({PAD: pad} if pad else {})}
+    roles |= dict(zip((FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE), fim, strict=True)) if fim else {}
+    t = foreign_tokenizer(family)
+    ids = t.tok.token_to_id
+    assert t.special == {role: ids(spelling) for role, spelling in roles.items()}
+    assert t.bos_id == (ids(bos) if bos else t.eot_id)
+    assert t.pad_id == (ids(pad) if pad else t.eot_id)
+    assert t.has(FIM_PREFIX) == (FIM_PREFIX in roles) and not t.has(INSTRUCTION)
+    marked = {ids(s) for s in FAMILIES[family]["special"]}
+    assert t.stop_ids == frozenset(marked | set(t.special.values()))  # DeepSeek's FIM: roles, unmarked
+    assert ids("<|im_end|>") in t.stop_ids if family == "qwen" else True
+
+
+@pytest.mark.parametrize("style", ["legacy", "metaspace"])
+@pytest.mark.parametrize("fim_added", [True, False])
+def test_codellama_roles_start_and_stops(style, fim_added):
+    t = llama_tokenizer(style, fim_added)
+    ids = t.tok.token_to_id
+    fim = {FIM_PREFIX: ids("▁<PRE>"), FIM_SUFFIX: ids("▁<SUF>"), FIM_MIDDLE: ids("▁<MID>")}
+    assert t.special == {EOT: ids("</s>"), **fim}
+    assert (t.bos_id, t.pad_id) == (ids("<s>"), ids("</s>"))
+    # `▁<EOT>` ends CodeLlama's infilled middle, marked special or not.
+    assert t.stop_ids == {ids(s) for s in ("<unk>", "<s>", "</s>", "▁<EOT>")} | set(fim.values())
+    assert t.token_bytes[t.bos_id] == b"<s>" and t.token_bytes[fim[FIM_PREFIX]] == "▁<PRE>".encode()
+
+
+def test_a_tokenizer_json_without_an_end_of_text_token_is_a_one_line_error(tmp_path):
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_start|>"]))
+    raw.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(CodelmError, match="no end-of-text token") as e:
+        CodeTokenizer.load(tmp_path)
+    assert "\n" not in str(e.value) and "</s>" in str(e.value) and "<|endoftext|>" in str(e.value)
+
+
+FOREIGN = [*FAMILIES, "llama-legacy", "llama-metaspace", "llama-vocab-fim"]
+
+
+def _foreign(name: str) -> CodeTokenizer:
+    if name.startswith("llama-"):
+        style = name.removeprefix("llama-")
+        return llama_tokenizer("legacy", fim_added=False) if style == "vocab-fim" else llama_tokenizer(style)
+    return foreign_tokenizer(name)
+
+
+@pytest.mark.parametrize("name", FOREIGN)
+def test_foreign_text_round_trips_and_streams_as_it_decodes(name):
+    t = _foreign(name)
+    for text in FOREIGN_TEXTS:
+        ids = t.encode(text)
+        assert t.decode(ids) == text  # exact: no dummy leading space
+        assert t.decode(ids) == b"".join(t.token_bytes[i] for i in ids).decode()
+        assert t.encode_batch([text, text]) == [ids, ids]
+        # A completion decodes as it streams, token by token, from any first token.
+        for k in range(len(ids)):
+            assert t.decode(ids[k:]) == b"".join(t.token_bytes[i] for i in ids[k:]).decode("utf-8", "replace")
+    assert t.decode(t.encode("a\ud800b")) == "a\ufffdb"
+
+
+@pytest.mark.parametrize("name", [n for n in FOREIGN if not n.startswith("llama-")])
+@settings(max_examples=60, deadline=None)
+@given(ids=st.lists(st.integers(min_value=0, max_value=402), max_size=30))
+def test_byte_level_decode_matches_hf_on_any_ids(name, ids):
+    t = _foreign(name)
+    ids = [i for i in ids if i < t.vocab_size]
+    assert t.decode(ids) == t.tok.decode(ids, skip_special_tokens=False)
+
+
+@pytest.mark.parametrize("style", ["legacy", "metaspace"])
+def test_sentencepiece_bytes_and_the_leading_space(style):
+    t = llama_tokenizer(style)
+    ids = t.tok.token_to_id
+    assert t.token_bytes[ids("<0x09>")] == b"\t" and t.token_bytes[ids("<0xC3>")] == b"\xc3"
+    assert t.token_bytes[ids("▁")] == b" "
+    assert not t.id_to_token(t.encode("def f")[0]).startswith("▁")  # no `▁` prefix added to the text
+    # HF's decoders drop a first leading space; a completion's first space is text, so
+    # codelm keeps it: its decode is the concatenation of the token bytes.
+    completion = t.encode(" return x\n")
+    assert t.id_to_token(completion[0]).startswith("▁")
+    assert t.decode(completion) == " return x\n"
+    assert t.tok.decode(completion) == "return x\n"
+    if style == "legacy":  # CodeLlama's own decoder: otherwise the same text
+        for text in FOREIGN_TEXTS:
+            if not text.startswith(" "):
+                assert t.decode(t.encode(text)) == t.tok.decode(t.encode(text))
+
+
+@pytest.mark.parametrize("name", ["qwen", "starcoder", "deepseek", "llama-legacy", "llama-vocab-fim"])
+def test_ordinary_text_never_spells_a_special_id(name):
+    t = _foreign(name)
+    spelled = "".join(t.id_to_token(i) for i in sorted(t.stop_ids)) + " <PRE> x"
+    assert not set(t.encode(spelled)) & t.stop_ids
+    assert not set(t.encode_batch([spelled])[0]) & t.stop_ids
+    # SentencePiece reads a written `▁` as a space, as it reads a space.
+    assert t.decode(t.encode(spelled)) == (spelled.replace("▁", " ") if name.startswith("llama") else spelled)
+    fim = t.special[FIM_PREFIX]
+    if fim in t.tok.get_added_tokens_decoder():  # an added token: allow_special reads its name
+        assert t.encode(t.id_to_token(fim) + "x", allow_special=True)[0] == fim

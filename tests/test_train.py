@@ -372,3 +372,157 @@ def test_muon_update_in_fp32_matches_the_bf16_one():
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
     assert (a - b).norm() / b.norm() < 0.05  # measured: 0.031
     assert b.abs().max() > 0  # the step moved the weights
+
+
+# --- LoRA: adapters over a frozen base (model/lora.py, train/lora.py) ---------------------------
+
+
+def _lora_setup(bf16=False):
+    from codelm.model.lora import add_adapters
+    from codelm.train.lora import freeze_base
+
+    model, _, batch = _setup()
+    cfg = TrainConfig(lr=3e-3, lora_rank=4)
+    add_adapters(model, cfg.lora)
+    freeze_base(model, bf16=bf16)
+    return model, make_optimizer(model, cfg, torch.device("cpu")), batch, cfg
+
+
+def test_lora_steps_move_only_the_adapters():
+    from codelm.model.lora import is_adapter
+
+    model, opt, batch, cfg = _lora_setup()
+    assert cfg.optimizer == "adamw" and cfg.lora.alpha == 8.0  # AdamW, alpha 2R by default
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(2):  # A's gradient is zero while B is: the second step moves it
+        train_step(model, opt, batch, grad_clip=1.0, amp=None)
+    for n, p in model.named_parameters():
+        assert torch.equal(before[n], p) != is_adapter(n), n
+
+
+def test_lora_base_held_in_bf16_gives_the_same_bf16_steps():
+    """Autocast rounds the base weights to bf16 for each matmul anyway: holding them in bf16
+    changes no loss and no adapter, to the bit."""
+    runs = []
+    for bf16 in (False, True):
+        model, opt, batch, _ = _lora_setup(bf16=bf16)
+        losses = [train_step(model, opt, batch, 1.0, torch.bfloat16) for _ in range(2)]
+        runs.append((losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}))
+    assert model.blocks[0].mlp.up.weight.dtype == torch.bfloat16
+    assert model.blocks[0].norm1.weight.dtype == torch.float32
+    (la, wa), (lb, wb) = runs
+    assert la == lb and wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+LORA = dict(LOOP, max_steps=8, lora_rank=4, lora_targets="qkv,mlp")
+
+
+def test_a_lora_run_saves_adapters_only_and_loads_merged(tmp_path, corpus_dir, tokenizer, capsys):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from codelm.cli import main
+    from codelm.errors import CodelmError
+    from codelm.model.io import load_model
+    from codelm.model.lora import LoraConfig, add_adapters, merge
+    from codelm.train.loop import train
+
+    data, tok = _data(tmp_path, corpus_dir, tokenizer)
+    train(data, tmp_path / "base", TrainConfig(**LOOP), tokenizer=tok, model_overrides=TINY_MODEL)
+    run = tmp_path / "lora"
+    train(data, run, TrainConfig(**LORA), init_from=tmp_path / "base")
+    names = sorted(p.name for p in run.iterdir())
+    assert "adapters.safetensors" in names and "model.safetensors" not in names
+    ckpt = next((run / "checkpoints").iterdir())
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "adapters.safetensors", "optimizer.safetensors", "state.json",
+    ]  # fmt: skip
+    entry = json.loads((run / "config.json").read_text())["lora"]
+    assert entry == {"rank": 4, "alpha": 8.0, "targets": ["qkv", "mlp"], "dropout": 0.0,
+                     "base": str((tmp_path / "base").resolve())}  # fmt: skip
+    adapters = load_file(str(run / "adapters.safetensors"))
+    assert sorted({k.split(".", 2)[2] for k in adapters}) == [
+        "attn.qkv.lora_a", "attn.qkv.lora_b", "mlp.down.lora_a", "mlp.down.lora_b",
+        "mlp.up.lora_a", "mlp.up.lora_b",
+    ]  # fmt: skip
+
+    merged, base = load_model(run), load_model(tmp_path / "base")
+    assert type(merged.blocks[0].attn.qkv) is torch.nn.Linear
+    mw, bw = merged.state_dict(), base.state_dict()
+    assert all(torch.equal(mw[k], bw[k]) != (".qkv." in k or ".mlp." in k) for k in mw if "weight" in k)
+    x = torch.randint(0, tokenizer.vocab_size, (2, 16))
+    adapted = add_adapters(load_model(tmp_path / "base"), LoraConfig(4, 8.0, ("qkv", "mlp")))
+    adapted.load_state_dict(adapters, strict=False)
+    with torch.no_grad():
+        want = adapted(x)
+        torch.testing.assert_close(merged(x), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(merge(adapted)(x), want, atol=1e-5, rtol=1e-5)
+
+    assert main(["generate", str(run), "def add(a, b):", "--max-new-tokens", "4", "--weights", "fp32"]) == 0
+    # --init-from reads weights through load_model: a LoRA run is a base like any other.
+    ft = train(data, tmp_path / "ft", TrainConfig(**{**LOOP, "max_steps": 1, "evals": 1}), init_from=run)
+    assert ft.rows[0].step == 1 and (tmp_path / "ft" / "model.safetensors").is_file()
+    shutil.move(tmp_path / "base", tmp_path / "moved")
+    with pytest.raises(CodelmError, match=f"base run of LoRA run .* is missing: {tmp_path / 'base'}"):
+        load_model(run)
+
+
+def test_a_resumed_lora_run_equals_an_uninterrupted_one(tmp_path, corpus_dir, tokenizer, monkeypatch):
+    from safetensors.torch import load_file
+
+    import codelm.train.loop as loop
+
+    data, tok = _data(tmp_path, corpus_dir, tokenizer)
+    loop.train(data, tmp_path / "base", TrainConfig(**{**LOOP, "max_steps": 4}), tokenizer=tok,
+               model_overrides=TINY_MODEL)  # fmt: skip
+    cfg = TrainConfig(**{**LORA, "lora_dropout": 0.1})  # dropout: the RNG must resume too
+    loop.train(data, tmp_path / "a", cfg, init_from=tmp_path / "base")
+    real, calls = loop.train_step, []
+
+    def crashing(*args, **kw):
+        calls.append(1)
+        if len(calls) > 6:  # killed during step 7: the newest checkpoint is step 4
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loop, "train_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(data, tmp_path / "b", cfg, init_from=tmp_path / "base")
+    monkeypatch.setattr(loop, "train_step", real)
+    loop.train(None, tmp_path / "b", cfg, resume=True)
+
+    def curve(run):
+        return [{k: v for k, v in m.items() if k != "elapsed_s"} for m in _metrics(tmp_path / run)]
+
+    assert len(curve("a")) >= 3 and curve("a") == curve("b")
+    wa, wb = (load_file(str(tmp_path / r / "adapters.safetensors")) for r in "ab")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_lora_mistakes_are_one_line_errors(tmp_path, corpus_dir, tokenizer, capsys):
+    from codelm.cli import main
+    from codelm.train.loop import train
+
+    data, tok = _data(tmp_path, corpus_dir, tokenizer)
+    train(data, tmp_path / "base", TrainConfig(**{**LOOP, "max_steps": 1, "evals": 1}), tokenizer=tok,
+          model_overrides=TINY_MODEL)  # fmt: skip
+    capsys.readouterr()
+    common = ["train", "--data", str(data), "--max-steps", "1"]
+    base = ["--init-from", str(tmp_path / "base")]
+    cases = {
+        "give --init-from RUN": ["--lora", "4"],
+        "lora_rank must be at least 0": ["--lora", "-1", *base],
+        "LoRA targets must be": ["--lora", "4", "--lora-targets", "qkv,attn", *base],
+        "exceeds the width 32": ["--lora", "33", *base],
+        "need lora_rank > 0": ["--lora-alpha", "16", *base],
+        "same run": ["--lora", "4", "--init-from", str(tmp_path / "base")],
+    }
+    for i, (message, args) in enumerate(cases.items()):
+        out = str(tmp_path / "base") if message == "same run" else str(tmp_path / f"r{i}")
+        assert main([*common, "--out", out, *args]) == 2, message
+        err = capsys.readouterr().err  # "fine-tuning from BASE" may come first
+        last = err.splitlines()[-1]
+        assert last.startswith("codelm: error: ") and message in last and "Traceback" not in err, err
+    assert not (tmp_path / "r3").exists()  # the rank is checked before the run is written

@@ -1,8 +1,11 @@
 """Intrinsic metrics on held-out code: loss, perplexity, bits per byte, top-1/top-5 accuracy.
 
-Documents are tokenized, each followed by end-of-text, concatenated, and cut
-into non-overlapping windows of the model's context; every token is predicted
-once. Bits per byte divide the total negative log-likelihood (in bits, end-of-
+Documents are tokenized, each followed by end-of-text (and, for a tokenizer whose
+documents start with a token of their own, Llama's `<s>`, preceded by it, as the
+model was trained), concatenated, and cut into non-overlapping windows of the
+model's context; every token is predicted once, except such a start token: it
+holds no text, and scoring it would make bits per byte depend on the tokenizer
+again. Bits per byte divide the total negative log-likelihood (in bits, end-of-
 text predictions included) by the UTF-8 bytes of the text, so the number does
 not depend on the tokenizer and compares with gzip or xz on the same files.
 """
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from codelm.errors import CodelmError
 from codelm.model import Transformer
 from codelm.tokenizer import CodeTokenizer
+from codelm.train.batches import IGNORE
 
 
 @dataclass(frozen=True)
@@ -40,25 +44,32 @@ class Intrinsic:
     documents: int
 
 
-def _stream(tok: CodeTokenizer, texts: Iterable[str], max_tokens: int) -> tuple[np.ndarray, int, int]:
-    """Token ids of whole documents (each + EOT) up to the budget, their bytes and count."""
+def _stream(
+    tok: CodeTokenizer, texts: Iterable[str], max_tokens: int
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Token ids of whole documents (each + EOT, after its start token if it has one) up to
+    the budget, the targets to score (the ids less the start tokens), their bytes and count."""
+    # codelm's own tokenizers start a document after the previous one's end-of-text.
+    head = [tok.bos_id] if tok.bos_id != tok.eot_id else []
     ids: list[int] = []
     nbytes = docs = 0
     for text in texts:
-        doc = tok.encode(text) + [tok.eot_id]
+        doc = head + tok.encode(text) + [tok.eot_id]
         if ids and len(ids) + len(doc) > max_tokens + 1:
             break
         ids += doc[: max_tokens + 1]
         nbytes += len(text.encode("utf-8", "surrogatepass"))
         docs += 1
-    return np.asarray(ids, dtype=np.int64), nbytes, docs
+    out = np.asarray(ids, dtype=np.int64)
+    targets = np.where(np.isin(out, head), IGNORE, out)
+    return out, targets, nbytes, docs
 
 
 @torch.no_grad()
 def intrinsic_metrics(
     model: Transformer, tok: CodeTokenizer, texts: Iterable[str], cfg: IntrinsicConfig = IntrinsicConfig()
 ) -> Intrinsic:
-    ids, nbytes, docs = _stream(tok, texts, cfg.max_tokens)
+    ids, targets, nbytes, docs = _stream(tok, texts, cfg.max_tokens)
     if len(ids) < 2:
         raise CodelmError("nothing to evaluate: the held-out text is empty")
     T = model.cfg.block_size
@@ -67,14 +78,15 @@ def intrinsic_metrics(
     starts = list(range(0, len(ids) - 1, T))
     for b in range(0, len(starts), cfg.batch_size):
         for s in starts[b : b + cfg.batch_size]:  # windows differ in length at the end: one at a time
-            chunk = torch.from_numpy(ids[s : s + T + 1]).to(device)
-            x, y = chunk[:-1][None], chunk[1:][None]
+            chunk = ids[s : s + T + 1]
+            x = torch.from_numpy(chunk[:-1]).to(device)[None]
+            y = torch.from_numpy(targets[s + 1 : s + len(chunk)]).to(device)  # IGNORE: not scored
             logits = model(x).float()[0]  # (T, V)
-            nll += F.cross_entropy(logits, y[0], reduction="sum").item()
+            nll += F.cross_entropy(logits, y, reduction="sum", ignore_index=IGNORE).item()
             best = logits.topk(5, dim=-1).indices  # (T, 5)
-            top1 += (best[:, 0] == y[0]).sum().item()
-            top5 += (best == y[0][:, None]).any(-1).sum().item()
-            count += y.numel()
+            top1 += (best[:, 0] == y).sum().item()
+            top5 += (best == y[:, None]).any(-1).sum().item()
+            count += (y != IGNORE).sum().item()
     loss = nll / count
     return Intrinsic(
         loss=loss,

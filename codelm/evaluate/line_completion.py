@@ -95,7 +95,7 @@ def score(predictions: list[str], positions: list[Position]) -> LineScores:
 
 
 def _context_ids(tok: CodeTokenizer, context: str, limit: int) -> list[int]:
-    ids = [tok.eot_id] + tok.encode(context)  # end-of-text marks the start of a document
+    ids = [tok.bos_id] + tok.encode(context)  # as every training document starts
     return ids[-limit:]
 
 
@@ -108,10 +108,8 @@ def model_predictions(
     preds = []
     for pos in positions:
         out: list[int] = []
-        for step in generate_ids(
-            model, _context_ids(tok, pos.context, limit), sampling, frozenset({tok.eot_id})
-        ):
-            if step.token == tok.eot_id:
+        for step in generate_ids(model, _context_ids(tok, pos.context, limit), sampling, tok.stop_ids):
+            if step.token in tok.stop_ids:
                 break
             out.append(step.token)
             if "\n" in tok.decode(out):

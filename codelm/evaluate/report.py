@@ -67,7 +67,10 @@ class EvalConfig:
 def held_out_texts(run: Path, data: str | None, split: str) -> tuple[list[str], str]:
     """Held-out documents: a DATA split, or the code files of a folder (read as the corpus
     stage reads a directory: virtualenvs, build folders and the like skipped); and a label."""
-    path = Path(data) if data else Path(read_config(run).get("data", ""))
+    data = data or read_config(run).get("data")
+    if not data:  # an imported run was trained elsewhere: Path("") would read the working folder
+        raise CodelmError(f"{run} names no DATA it was trained on: give --data DATA or a folder")
+    path = Path(data)
     if (path / f"{split}.parquet").is_file():
         return list(iter_texts(path, split)), f"{path}/{split}.parquet"
     if path.is_dir():
@@ -81,9 +84,7 @@ def held_out_texts(run: Path, data: str | None, split: str) -> tuple[list[str], 
                 continue
         if texts:
             return texts, str(path)
-    raise CodelmError(
-        f"no held-out code at {path or '(the run names no DATA)'}: give --data DATA or a folder"
-    )
+    raise CodelmError(f"no held-out code at {path}: give --data DATA or a folder")
 
 
 def _ngram(run: Path, cfg: EvalConfig, vocab_size: int) -> NGramModel | None:

@@ -78,10 +78,20 @@ class Row:
 
 
 class Engine:
-    """Up to `rows` completions decoded together on `model`; `special` ids end a row."""
+    """Up to `rows` completions decoded together on `model`; `special` ids end a row.
+    `vocab`: sample only ids below it, where the model has more rows than its tokenizer has
+    tokens (Qwen2.5's embedding is padded from 151,665 tokens to 151,936 rows)."""
 
-    def __init__(self, model: Transformer, rows: int, special: frozenset[int], max_len: int | None = None):
+    def __init__(
+        self,
+        model: Transformer,
+        rows: int,
+        special: frozenset[int],
+        max_len: int | None = None,
+        vocab: int | None = None,
+    ):
         self.model, self.special = model, special
+        self.vocab = vocab if vocab is not None and vocab < model.cfg.vocab_size else None
         self.cache = model.new_cache(rows, max_len)
         self.active: list[Row] = []  # active[i] lives in cache row i
         self._next: torch.Tensor | None = None  # (n, 1) the last tokens, while no row came or went
@@ -168,6 +178,8 @@ class Engine:
     ) -> list[Row]:
         """Next token for rows first.. from their logits (R, V); retire those that end."""
         rows = self.active[first : first + len(logits)]
+        if self.vocab is not None:  # rows no token maps to: never sampled, not in the softmax
+            logits = logits[:, : self.vocab]
         logp = logits.float().log_softmax(-1)
         if all(r.sampler is rows[0].sampler for r in rows):  # generate, best-of-n: one sampler
             picks = self._sample(rows, logits, fresh)

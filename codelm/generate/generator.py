@@ -91,7 +91,7 @@ def _engine(model: Transformer, tok: CodeTokenizer, rows: list[Row]) -> Engine:
     """An engine sized for `rows`: its cache holds no more than they can reach."""
     longest = max(len(r.prompt) + r.max_new_tokens for r in rows)
     max_len = min(model.cfg.block_size, longest)
-    return Engine(model, len(rows), frozenset(tok.special.values()), max_len)
+    return Engine(model, len(rows), tok.stop_ids, max_len, tok.vocab_size)
 
 
 def _result(row: Row, prompt: Prompt, planned: Planned) -> Completion:

@@ -12,7 +12,7 @@ learned (`\n    `, `()`). The completion's text starts after the removed text, a
 if nothing had been removed.
 
 It does not heal a prompt that ends with a special token (fill-in-the-middle, an
-instruction with no code start) or holds a single token, nor one whose last token
+instruction with no code start, a lone document start) or holds a single token, nor one whose last token
 begins no longer token (nothing to gain), nor one whose last token is not whole
 UTF-8 (a character cut in two: its text is not exact).
 """
@@ -36,7 +36,7 @@ class Healing:
 def heal(tok: CodeTokenizer, ids: list[int]) -> tuple[list[int], Healing | None]:
     """`ids` without their last token, and what the first new token must begin with;
     or `ids` unchanged and None where healing does not apply."""
-    if len(ids) < 2 or ids[-1] in tok.special.values():
+    if len(ids) < 2 or ids[-1] in tok.stop_ids:
         return ids, None
     table = tok.token_bytes
     last = table[ids[-1]]
@@ -44,8 +44,9 @@ def heal(tok: CodeTokenizer, ids: list[int]) -> tuple[list[int], Healing | None]
         text = last.decode("utf-8")
     except UnicodeDecodeError:  # a token cut inside a character: its text is not exact
         return ids, None
-    special = set(tok.special.values())
-    allowed = [i not in special and b.startswith(last) for i, b in enumerate(table)]
+    # A special token's spelled-out name may begin with the removed text (`<` before
+    # `<fim_prefix>`), but the model would end the text there, not write it.
+    allowed = [i not in tok.stop_ids and b.startswith(last) for i, b in enumerate(table)]
     if sum(allowed) < 2:  # only the token itself: the model already sees the right spelling
         return ids, None
     return ids[:-1], Healing(text, len(last), torch.tensor(allowed))

@@ -1,11 +1,17 @@
 """What to generate from, laid out in tokens exactly as training laid out documents.
 
-Three modes (see codelm/train/batches.py for the training side):
-- plain completion: `<|endoftext|> code`; the end token of the "previous document"
-  marks a beginning of file, as every training document follows one;
-- fill-in-the-middle, PSM order: `<|endoftext|> <|fim_prefix|> prefix <|fim_suffix|>
-  suffix <|fim_middle|>`; the model writes the middle and ends it with end-of-text;
-- instruction to code: `<|endoftext|> <|instruction|> text <|code|> code-start`.
+Three modes (see codelm/train/batches.py for the training side); `<bos>` is the
+tokenizer's document start (`bos_id`): `<|endoftext|>` for codelm's own tokenizers,
+where the end token of the "previous document" marks a beginning of file, as every
+training document follows one; `<s>` and the like for Llama-style models:
+- plain completion: `<bos> code`;
+- fill-in-the-middle, PSM order: `<bos> <|fim_prefix|> prefix <|fim_suffix|>
+  suffix <|fim_middle|>`, in the tokenizer's own FIM spellings; the model writes the
+  middle and ends it with an end token. A tokenizer without FIM tokens refuses it;
+- instruction to code: `<bos> <|instruction|> text <|code|> code-start`. A tokenizer
+  without instruction tokens (a pretrained base model) gets what base code models
+  understand instead: `<bos> # text (one comment line per line) \n code-start`
+  (`roles.comment_block`), which training's pairs use too.
 Each text part is encoded on its own, as training encodes each piece on its own.
 
 A prompt longer than the context keeps its most recent tokens (in FIM: the suffix
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 from codelm.errors import CodelmError
 from codelm.generate.healing import Healing, heal
 from codelm.tokenizer import CodeTokenizer
-from codelm.tokenizer.code_tokenizer import CODE, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, INSTRUCTION
+from codelm.tokenizer.roles import CODE, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, INSTRUCTION, comment_block
 
 
 @dataclass(frozen=True)
@@ -75,15 +81,20 @@ def encode_prompt(tok: CodeTokenizer, prompt: Prompt, room: int) -> Encoded:
     if prompt.mode == "plain":
         ids = tok.encode(prompt.text)
         if len(ids) + 1 <= room:
-            return Encoded([tok.eot_id, *ids], 0)
+            return Encoded([tok.bos_id, *ids], 0)
         # Cut: no beginning-of-file marker, since the file's beginning is gone.
         return Encoded(ids[len(ids) - room :], len(ids) - room)
     if prompt.mode == "fim":
-        head, first, second = [tok.eot_id, s[FIM_PREFIX]], prompt.text, prompt.suffix or ""
+        if not tok.has(FIM_PREFIX):
+            raise CodelmError("this model's tokenizer has no fill-in-the-middle tokens")
+        head, first, second = [tok.bos_id, s[FIM_PREFIX]], prompt.text, prompt.suffix or ""
         mid, tail = [s[FIM_SUFFIX]], [s[FIM_MIDDLE]]
-    else:
-        head, first, second = [tok.eot_id, s[INSTRUCTION]], prompt.instruction or "", prompt.text
+    elif tok.has(INSTRUCTION):
+        head, first, second = [tok.bos_id, s[INSTRUCTION]], prompt.instruction or "", prompt.text
         mid, tail = [s[CODE]], []
+    else:
+        head, first, second = [tok.bos_id], comment_block(prompt.instruction or ""), prompt.text
+        mid, tail = [], []
     a, b = tok.encode(first), tok.encode(second)
     budget = room - len(head) - len(mid) - len(tail)
     if budget < 2:

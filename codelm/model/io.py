@@ -1,6 +1,9 @@
 """Save and load a model as `config.json` + `model.safetensors` in a run directory.
 
-The config is everything loading needs: no pickles, no code on disk.
+The config is everything loading needs: no pickles, no code on disk. A LoRA run
+(model/lora.py) holds `adapters.safetensors` instead of a copy of its base's weights,
+and its config.json names the base run under "lora": loading builds the base, adds the
+adapters and merges them, so every caller gets a plain `Transformer` either way.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from codelm.errors import CodelmError
 from codelm.model.config import ModelConfig
+from codelm.model.lora import ADAPTERS, LoraConfig, adapter_state, add_adapters, load_adapters, merge
 from codelm.model.transformer import Transformer
 
 WEIGHTS = "model.safetensors"
@@ -28,11 +32,23 @@ def state_for_saving(model: Transformer) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
-def save_weights(model: Transformer, path: str | Path) -> None:
-    path = Path(path)
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state_for_saving(model), str(tmp))
+    save_file(tensors, str(tmp))
     tmp.replace(path)
+
+
+def save_weights(model: Transformer, path: str | Path) -> None:
+    _save(state_for_saving(model), Path(path))
+
+
+def save_run_weights(model: Transformer, run: str | Path) -> Path:
+    """A run's trained weights: RUN/adapters.safetensors (the adapters alone) for a model with
+    LoRA adapters, else RUN/model.safetensors. Returns the path written."""
+    adapters = adapter_state(model)
+    path = Path(run) / (ADAPTERS if adapters else WEIGHTS)
+    _save(adapters or state_for_saving(model), path)
+    return path
 
 
 def read_config(run: str | Path) -> dict[str, Any]:
@@ -45,21 +61,51 @@ def read_config(run: str | Path) -> dict[str, Any]:
         raise CodelmError(f"corrupt {path}: {e}") from None
 
 
-def load_model(run: str | Path, device: str | torch.device = "cpu") -> Transformer:
-    """Build the model from RUN/config.json and load RUN/model.safetensors."""
-    cfg = ModelConfig.from_dict(read_config(run)["model"])
-    weights = Path(run) / WEIGHTS
-    if not weights.is_file():
-        raise CodelmError(f"no trained weights in {run} ({WEIGHTS} missing)")
-    model = Transformer(cfg)
+def _tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CodelmError(f"no trained {what} in {path.parent} ({path.name} missing)")
     try:
-        sd = load_file(str(weights))
+        return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types on damage
-        raise CodelmError(f"corrupt weights {weights}: {e}") from None
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+        raise CodelmError(f"corrupt {what} {path}: {e}") from None
+
+
+def load_model(run: str | Path, device: str | torch.device = "cpu") -> Transformer:
+    """Build the model from RUN/config.json and load RUN/model.safetensors; for a LoRA run,
+    its base run's model with RUN/adapters.safetensors merged into the weights."""
+    return _load(Path(run), ()).to(device).eval()
+
+
+def _load(run: Path, chain: tuple[Path, ...]) -> Transformer:
+    saved = read_config(run)
+    cfg = ModelConfig.from_dict(saved["model"])
+    if "lora" in saved:
+        return _load_adapted(run, cfg, saved["lora"], chain)
+    weights = run / WEIGHTS
+    model = Transformer(cfg)
+    missing, unexpected = model.load_state_dict(_tensors(weights, "weights"), strict=False)
     missing = [m for m in missing if not (cfg.tie_embeddings and m == "head.weight")]
     if missing or unexpected:
         raise CodelmError(
             f"weights in {weights} do not match config: missing {missing}, unexpected {unexpected}"
         )
-    return model.to(device).eval()
+    return model
+
+
+def _load_adapted(run: Path, cfg: ModelConfig, lora: dict[str, Any], chain: tuple[Path, ...]) -> Transformer:
+    """The base run's model (itself possibly a LoRA run) with RUN's adapters merged in."""
+    if not lora.get("base"):
+        raise CodelmError(f'{run / CONFIG}: its "lora" entry names no base run')
+    base = Path(lora["base"])
+    chain = (*chain, run.resolve())
+    if not (base / CONFIG).is_file():
+        raise CodelmError(f"the base run of LoRA run {run} is missing: {base}")
+    if base.resolve() in chain:
+        raise CodelmError(f"LoRA runs name each other as base: {' -> '.join(map(str, chain))} -> {base}")
+    model = _load(base, chain)
+    if model.cfg != cfg:
+        raise CodelmError(f"the base run {base} no longer has the model shape {run} was trained on")
+    settings = LoraConfig.from_dict({k: v for k, v in lora.items() if k != "base"}, str(run / CONFIG))
+    add_adapters(model, settings)
+    load_adapters(model, _tensors(run / ADAPTERS, "adapters"), str(run / ADAPTERS))
+    return merge(model)

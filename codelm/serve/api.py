@@ -181,9 +181,9 @@ class Service:
                 raise BadRequest(f"token ids must be in [0, {self.tok.vocab_size})", "prompt")
             ids = p[len(p) - room :] if len(p) > room else p
             text = self.tok.decode(ids)
-            return ids or [self.tok.eot_id], text, Echo(text, 0 if ids else 1) if req.echo else None, None
+            return ids or [self.tok.bos_id], text, Echo(text, 0 if ids else 1) if req.echo else None, None
         if not p and req.suffix is None and req.instruction is None:  # the start of a new file
-            return [self.tok.eot_id], "", Echo("", 1) if req.echo else None, None
+            return [self.tok.bos_id], "", Echo("", 1) if req.echo else None, None
         exact = req.echo or req.logprobs is not None  # scored prompts keep their own tokens
         try:
             prompt = Prompt(p, req.suffix, req.instruction)
@@ -193,7 +193,7 @@ class Service:
         if not req.echo:
             return planned.ids, p, None, planned.healing
         ids, dropped = planned.ids, planned.dropped
-        bos = int(dropped == 0 and ids[:1] == [self.tok.eot_id])
+        bos = int(dropped == 0 and ids[:1] == [self.tok.bos_id])
         return ids, p, Echo(p if dropped == 0 else self.tok.decode(ids[bos:]), bos), None
 
     async def completions(self, request: Request) -> Response:

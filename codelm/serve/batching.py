@@ -120,7 +120,7 @@ class Scheduler:
     ):
         self.model, self.tok = model, tok
         self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
-        self.engine = Engine(model, max_batch, frozenset(tok.special.values()))
+        self.engine = Engine(model, max_batch, tok.stop_ids, vocab=tok.vocab_size)
         self.bytes_of = tok.token_bytes
         self._waiting: collections.deque[Job] = collections.deque()
         self._rows: dict[Row, _Live] = {}  # the engine's active rows

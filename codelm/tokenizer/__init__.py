@@ -1,4 +1,5 @@
-"""Tokenizer stage: a byte-level BPE for code, built on HuggingFace `tokenizers`."""
+"""Tokenizer stage: a byte-level BPE for code, built on HuggingFace `tokenizers`; it also wraps a
+pretrained model's tokenizer.json, its special tokens mapped to codelm's roles (`roles.py`)."""
 
 from codelm.tokenizer.code_tokenizer import (
     CODE,

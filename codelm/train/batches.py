@@ -14,6 +14,13 @@ ends with end-of-text, so documents pack into fixed windows with no padding.
   is 0 over the instruction part and 1 over the completion and the end token.
   The mask comes from the ids of each part, never from searching for a template.
 
+A pretrained model's tokenizer may lack codelm's roles (codelm/tokenizer/roles.py):
+without FIM tokens there is no FIM (fim_rate 0); without instruction tokens a pair
+is `# prompt` (a comment line per line, then a blank line) followed by the
+completion, the layout `codelm.generate.prompts` gives such a model. A tokenizer
+whose documents start with a token of their own (Llama's `<s>`) gets it before
+every document, with no loss on it: codelm's own start after the previous end.
+
 Windows are read from memory maps in an order fixed by (seed, epoch), so the
 data position is (epoch, cursor) and a resumed run sees the same batches.
 FIM is drawn once per document when tokenizing, not anew each epoch. Rows come
@@ -32,7 +39,7 @@ from codelm.data.dataset import iter_rows
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_bytes
 from codelm.tokenizer import CodeTokenizer
-from codelm.tokenizer.code_tokenizer import CODE, EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, INSTRUCTION
+from codelm.tokenizer.roles import CODE, EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, INSTRUCTION, comment_block
 
 ENCODE_BATCH = 256  # documents per encode_batch call
 IGNORE = -100  # target value that carries no loss (F.cross_entropy's ignore_index)
@@ -63,8 +70,17 @@ def fim_layout(text: str, rng: np.random.Generator, spm_rate: float = 0.5) -> La
     return Layout([prefix, middle, suffix], order + tail)
 
 
-def document_layout(row: dict, rng: np.random.Generator, fim_rate: float) -> Layout:
+def document_layout(
+    row: dict, rng: np.random.Generator, fim_rate: float, instruction_tokens: bool = True
+) -> Layout:
+    """The layout of one DATA row; `instruction_tokens`: the tokenizer has INSTRUCTION and CODE
+    (else a pair's prompt becomes a comment block above its code)."""
     if row.get("kind") == "pair" and row.get("prompt") is not None and row.get("completion") is not None:
+        if not instruction_tokens:
+            return Layout(
+                [comment_block(row["prompt"]), row["completion"]],
+                [("piece", 0, 0), ("piece", 1, 1), ("special", EOT, 1)],
+            )
         return Layout(
             [row["prompt"], row["completion"]],
             [("special", INSTRUCTION, 0), ("piece", 0, 0), ("special", CODE, 0), ("piece", 1, 1),
@@ -78,8 +94,9 @@ def document_layout(row: dict, rng: np.random.Generator, fim_rate: float) -> Lay
 
 def assemble(layout: Layout, encoded: list[list[int]], tok: CodeTokenizer) -> tuple[list[int], list[int]]:
     """Token ids and the per-token loss flag (1 = predicted with loss) of one document."""
-    ids: list[int] = []
-    mask: list[int] = []
+    start = tok.bos_id != tok.eot_id  # else the previous document's end token starts this one
+    ids: list[int] = [tok.bos_id] if start else []
+    mask: list[int] = [0] if start else []
     for kind, what, flag in layout.parts:
         part = [tok.special[what]] if kind == "special" else encoded[what]
         ids += part
@@ -95,8 +112,11 @@ def tokenize_split(
     fim_rate: float = 0.0,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenize a split into `out` (.bin tokens, .mask flags; atomic) and memory-map them."""
+    """Tokenize a split into `out` (.bin tokens, .mask flags; atomic) and memory-map them.
+    A tokenizer without FIM tokens gets no FIM, whatever `fim_rate` says."""
     out = Path(out)
+    fim_rate = fim_rate if tok.has(FIM_PREFIX) else 0.0
+    instruction_tokens = tok.has(INSTRUCTION)
     dtype = token_dtype(tok.vocab_size)
     id_chunks: list[np.ndarray] = []
     mask_chunks: list[np.ndarray] = []
@@ -114,7 +134,7 @@ def tokenize_split(
     for i, row in enumerate(iter_rows(data_dir, split, ["text", "kind", "prompt", "completion"])):
         if not row.get("text"):
             continue
-        layouts.append(document_layout(row, np.random.default_rng([seed, i]), fim_rate))
+        layouts.append(document_layout(row, np.random.default_rng([seed, i]), fim_rate, instruction_tokens))
         if len(layouts) >= ENCODE_BATCH:
             flush()
     flush()

@@ -1,9 +1,10 @@
 """Checkpoints for exact resume: model, optimizer, RNG states and loop state, no pickles.
 
 A checkpoint is a directory `checkpoints/step-XXXXXXXX/` holding
-`model.safetensors`, `optimizer.safetensors` (the optimizer state and the RNG states
-as tensors) and `state.json` (the loop state, the optimizer's hyperparameters,
-and a sha256 of each tensor file). It is built under a temporary name and
+`model.safetensors` (or, for a LoRA run, `adapters.safetensors`: the adapters alone,
+the frozen base is the base run's), `optimizer.safetensors` (the optimizer state and
+the RNG states as tensors) and `state.json` (the loop state, the optimizer's
+hyperparameters, and a sha256 of each tensor file). It is built under a temporary name and
 renamed into place, so a crash mid-save leaves the previous checkpoints whole.
 On load, a checkpoint whose files are missing or whose hashes differ is
 reported and the one before it is used. The last `keep` are kept.
@@ -22,9 +23,10 @@ from safetensors.torch import load_file, save_file
 
 from codelm.fsutil import atomic_directory, atomic_write_json
 from codelm.model import Transformer
-from codelm.model.io import state_for_saving
+from codelm.model.io import WEIGHTS, state_for_saving
+from codelm.model.lora import ADAPTERS, adapter_state, load_adapters
 
-TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
+OPTIMIZER = "optimizer.safetensors"
 
 
 def _sha256(path: Path) -> str:
@@ -55,10 +57,12 @@ def save_checkpoint(
     """Write `checkpoints/step-N/` atomically and prune all but the newest `keep`."""
     path = ckpt_dir / f"step-{state['step']:08d}"
     tensors, groups = _optimizer_tensors(opt)
+    adapters = adapter_state(model)
+    weights = ADAPTERS if adapters else WEIGHTS
     with atomic_directory(path) as tmp:
-        save_file(state_for_saving(model), str(tmp / "model.safetensors"))
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        hashes = {name: _sha256(tmp / name) for name in TENSOR_FILES}
+        save_file(adapters or state_for_saving(model), str(tmp / weights))
+        save_file(tensors, str(tmp / OPTIMIZER))
+        hashes = {name: _sha256(tmp / name) for name in (weights, OPTIMIZER)}
         atomic_write_json(tmp / "state.json", {"loop": state, "param_groups": groups, "sha256": hashes})
     for old in list_checkpoints(ckpt_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -78,10 +82,12 @@ def verify(path: Path) -> str | None:
         meta = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         return f"unreadable state.json ({e.__class__.__name__})"
-    for name in TENSOR_FILES:
+    hashes = meta.get("sha256", {})
+    weights = ADAPTERS if ADAPTERS in hashes else WEIGHTS
+    for name in (weights, OPTIMIZER):
         if not (path / name).is_file():
             return f"{name} is missing"
-        if _sha256(path / name) != meta.get("sha256", {}).get(name):
+        if _sha256(path / name) != hashes.get(name):
             return f"{name} is damaged (checksum mismatch)"
     return None
 
@@ -99,8 +105,11 @@ def latest_valid(ckpt_dir: Path, warn) -> Path | None:
 def load_checkpoint(path: Path, model: Transformer, opt: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimizer and RNG states in place; return the saved loop state."""
     meta = json.loads((path / "state.json").read_text())
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
-    tensors = load_file(str(path / "optimizer.safetensors"))
+    if (path / ADAPTERS).is_file():
+        load_adapters(model, load_file(str(path / ADAPTERS)), str(path / ADAPTERS))
+    else:
+        model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
+    tensors = load_file(str(path / OPTIMIZER))
     torch.set_rng_state(tensors.pop("rng.cpu"))
     cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
     if cuda and torch.cuda.is_available():

@@ -6,13 +6,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from codelm.errors import CodelmError
+from codelm.model.lora import DEFAULT_TARGETS, LoraConfig
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     preset: str = "tiny"  # model preset, see codelm.model.config.PRESETS
     vocab_size: int = 8192  # tokenizer size when the run trains its own tokenizer
-    seq_len: int = 0  # tokens per training sequence; 0 means the model's block_size
+    seq_len: int = 0  # tokens per training sequence; 0: the model's block_size, at most 1024
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 2e-3  # peak learning rate; small models tolerate a high one
@@ -44,8 +45,22 @@ class TrainConfig:
     seed: int = 1337
     dtype: str = "auto"  # auto (bf16 where the device supports it) | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
+    # LoRA (model/lora.py): train rank-`lora_rank` adapters over the `lora_targets` layers of
+    # --init-from's frozen weights; 0 trains every weight (full fine-tuning). With adapters the
+    # optimizer is AdamW, LoRA's own recipe. Muon is for full hidden matrices; A and B are
+    # low-rank by construction, and A's gradient is zero at the first step and tiny while B is
+    # (it is B^T times the output's), which Muon's normalisation would make full-size steps.
+    lora_rank: int = 0
+    # None: 2 * lora_rank, a scale alpha/r of 2 at every rank, the common recipe (litgpt's r=8,
+    # alpha=16). With a fixed alpha (peft's default, 8) the scale shrinks as 1/r and a larger
+    # rank learns slower at the same lr (Kalajdzievski 2023, rsLoRA); tied to the rank, trying
+    # another rank needs no other lr.
+    lora_alpha: float | None = None
+    lora_targets: tuple[str, ...] = DEFAULT_TARGETS  # of qkv, proj, mlp; "qkv,mlp" is read too
+    lora_dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        self._check_lora()
         if self.epochs <= 0 and self.max_steps <= 0 and self.max_minutes <= 0 and self.max_tokens <= 0:
             raise CodelmError("give a budget: epochs, steps, tokens or minutes must be positive")
         for name, low in _AT_LEAST.items():
@@ -67,6 +82,28 @@ class TrainConfig:
             raise CodelmError(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise CodelmError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    def _check_lora(self) -> None:
+        targets = self.lora_targets
+        if isinstance(targets, str):  # the CLI's comma-separated list
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        object.__setattr__(self, "lora_targets", tuple(targets))  # a JSON list when read back
+        if self.lora_rank == 0 and (
+            self.lora_alpha is not None or self.lora_dropout != 0 or self.lora_targets != DEFAULT_TARGETS
+        ):
+            raise CodelmError("lora_alpha, lora_targets and lora_dropout need lora_rank > 0 (--lora R)")
+        if self.lora_rank < 0:
+            raise CodelmError(f"lora_rank must be at least 0, got {self.lora_rank}")
+        if self.lora is not None:  # building it checks rank, alpha, targets and dropout
+            object.__setattr__(self, "optimizer", "adamw")
+
+    @property
+    def lora(self) -> LoraConfig | None:
+        """The adapters' settings; None for full training."""
+        if self.lora_rank == 0:
+            return None
+        alpha = 2.0 * self.lora_rank if self.lora_alpha is None else self.lora_alpha
+        return LoraConfig(self.lora_rank, alpha, self.lora_targets, self.lora_dropout)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -25,12 +25,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from codelm import hardware
 from codelm.errors import CodelmError
 from codelm.model import Transformer
-from codelm.model.io import WEIGHTS, save_weights
+from codelm.model.io import save_run_weights
+from codelm.model.lora import add_adapters
 from codelm.train import distributed
 from codelm.train.allocator import keep_freed_memory
 from codelm.train.batches import IGNORE, PackedWindows
 from codelm.train.checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from codelm.train.config import TrainConfig
+from codelm.train.lora import freeze_base
 from codelm.train.muon import MuonAdamW
 from codelm.train.prepare import Prepared, prepare
 from codelm.train.trace import Trace, TraceRow
@@ -183,6 +185,9 @@ class Trainer:
         self.model = Transformer(p.model_cfg).to(self.device)
         if p.init_weights is not None:
             self.model.load_state_dict(p.init_weights, strict=False)
+        if cfg.lora is not None:
+            add_adapters(self.model, cfg.lora)
+            freeze_base(self.model, bf16=self.amp == torch.bfloat16)
         self.opt = make_optimizer(self.model, cfg, self.device)
         self.net = self._wrap(torch.compile(self.model) if cfg.compile else self.model)
         self.batch = min(cfg.batch_size, len(p.train))
@@ -306,7 +311,7 @@ class Trainer:
         st.pending = []
         if self.dist.main:
             self.trace.add(row)
-            save_weights(self.model, self.p.run_dir / WEIGHTS)
+            save_run_weights(self.model, self.p.run_dir)  # adapters alone for LoRA
             console.print(
                 f"epoch {row.epoch:.2f}  step {st.step}  train {row.train_loss:.3f}  "
                 f"val {vl:.3f}  acc {va:.3f}  {row.observation}"
@@ -349,9 +354,12 @@ def train(
             data_dir, Path(run_dir), cfg, tokenizer, console, model_overrides, resume, init_from, dist, device
         )
         trainer = Trainer(p, p.cfg, console, dist)
+        lora, model = p.cfg.lora, trainer.model
+        adapters = sum(t.numel() for t in model.parameters() if t.requires_grad)
         console.print(
-            f"model: {p.cfg.preset}, {trainer.model.num_params() / 1e6:.2f}M parameters; "
-            f"{len(p.train)} training sequences of {p.train.seq_len} tokens; "
+            f"model: {p.cfg.preset}, {model.num_params() / 1e6:.2f}M parameters"
+            + (f" ({adapters:,} of them in rank-{lora.rank} LoRA adapters)" if lora else "")
+            + f"; {len(p.train)} training sequences of {p.train.seq_len} tokens; "
             f"{'bf16' if trainer.amp else 'fp32'} on {device}"
             + (f"; {dist.world} processes" if dist.enabled else "")
         )

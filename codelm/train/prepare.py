@@ -2,8 +2,11 @@
 
 A new run writes RUN/config.json and RUN/tokenizer.json; `--resume` reads them
 back instead (the saved config wins over flags); `--init-from` takes another
-run's model shape, tokenizer and weights. Token files are cached in RUN/tokens/
-under a key of what made them, so a resumed run does not tokenize again.
+run's model shape, tokenizer and weights, through `load_model`, so a LoRA run or an
+imported one serves as well as a trained one. A LoRA run (train/lora.py) names its
+base in config.json and reads the base weights from there again on `--resume`.
+Token files are cached in RUN/tokens/ under a key of what made them, so a resumed
+run does not tokenize again.
 Under torchrun only rank 0 writes; the others wait at a barrier.
 """
 
@@ -17,17 +20,18 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from safetensors.torch import load_file
 
 from codelm.data.dataset import iter_texts, require_data_dir, split_path
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_json
 from codelm.model import ModelConfig
-from codelm.model.io import WEIGHTS, read_config
-from codelm.tokenizer import CodeTokenizer, train_tokenizer
+from codelm.model.io import WEIGHTS, load_model, read_config
+from codelm.model.lora import ADAPTERS
+from codelm.tokenizer import FIM_PREFIX, CodeTokenizer, train_tokenizer
 from codelm.train import distributed
 from codelm.train.batches import PackedWindows, open_tokens, tokenize_split
 from codelm.train.config import TrainConfig
+from codelm.train.lora import check_fits, config_entry
 
 
 @dataclass
@@ -47,13 +51,9 @@ def _fresh(data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dis
     """Tokenizer, model config and init weights of a new run; writes config.json on rank 0."""
     init_weights = None
     if init_from is not None:
-        saved = read_config(init_from)
-        model_cfg = ModelConfig.from_dict(saved["model"])
+        base = load_model(init_from)  # a LoRA run's base with its adapters merged, or plain weights
+        model_cfg, init_weights = base.cfg, base.state_dict()
         tok = CodeTokenizer.load(Path(init_from) / "tokenizer.json")
-        try:
-            init_weights = load_file(str(Path(init_from) / WEIGHTS))
-        except Exception as e:  # missing or damaged file: safetensors has its own errors
-            raise CodelmError(f"cannot read weights of {init_from}: {e}") from None
         console.print(f"fine-tuning from {init_from} (its tokenizer and model shape)")
     else:
         if tokenizer is not None:
@@ -62,17 +62,19 @@ def _fresh(data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dis
             console.print(f"training a {cfg.vocab_size}-token tokenizer on {split_path(data_dir, 'train')}")
             tok = train_tokenizer(iter_texts(data_dir, "train"), cfg.vocab_size)
         model_cfg = ModelConfig.from_preset(cfg.preset, **{**(overrides or {}), "vocab_size": tok.vocab_size})
+    saved = {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "data": str(Path(data_dir).resolve())}
+    if cfg.lora is not None:
+        check_fits(model_cfg, cfg.lora)
+        saved["lora"] = config_entry(cfg.lora, init_from, run_dir)
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(
             run_dir / "checkpoints", ignore_errors=True
         )  # a new run: old ones would mislead --resume
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        for stale in ("metrics.jsonl", WEIGHTS, ADAPTERS):  # a LoRA run must not keep full weights
+            (run_dir / stale).unlink(missing_ok=True)
         tok.save(run_dir / "tokenizer.json")
-        atomic_write_json(
-            run_dir / "config.json",
-            {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "data": str(Path(data_dir).resolve())},
-        )
+        atomic_write_json(run_dir / "config.json", saved)
     return tok, model_cfg, init_weights
 
 
@@ -92,10 +94,15 @@ def _tokens(data_dir: Path, run_dir: Path, split: str, tok: CodeTokenizer, cfg: 
     if dist.main and not cached:
         console.print(f"tokenizing the {split} split")
         fim = cfg.fim_rate if split == "train" else 0.0
+        if fim and not tok.has(FIM_PREFIX):
+            console.print("this tokenizer has no fill-in-the-middle tokens: training without FIM")
         tokenize_split(data_dir, split, tok, out, fim_rate=fim, seed=cfg.seed)
         atomic_write_json(meta, {"key": key})
     distributed.barrier(dist)
     return open_tokens(out, tok.vocab_size)
+
+
+MAX_DEFAULT_SEQ = 1024  # codelm's own presets have at most this context, so it changes none of them
 
 
 def prepare(
@@ -104,11 +111,17 @@ def prepare(
     init_weights = None
     if resume:
         saved = read_config(run_dir)
+        if "train" not in saved:  # an imported model: nothing was trained here to resume
+            raise CodelmError(f"{run_dir} is not a training run to resume: train with --init-from {run_dir}")
         cfg = TrainConfig.from_dict(saved["train"])
         model_cfg = ModelConfig.from_dict(saved["model"])
         tok = CodeTokenizer.load(run_dir / "tokenizer.json")
         data_dir = require_data_dir(data_dir or saved["data"], ("train", "val"))
+        if "lora" in saved:  # its checkpoints hold the adapters alone
+            init_weights = load_model(saved["lora"]["base"]).state_dict()
     else:
+        if cfg.lora is not None and init_from is None:
+            raise CodelmError("--lora trains adapters over a trained model's weights: give --init-from RUN")
         if data_dir is None:
             raise CodelmError("give --data DATA (or --resume an existing run)")
         # Checked before a tokenizer is trained or config.json written: a wrong --data fails at once.
@@ -116,7 +129,9 @@ def prepare(
         tok, model_cfg, init_weights = _fresh(
             data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dist
         )
-    seq_len = cfg.seq_len or model_cfg.block_size
+    # Imported models have contexts of 8-32k tokens: windows that long would make a CPU step
+    # take minutes, so 0 means the context up to MAX_DEFAULT_SEQ; --seq-len asks for more.
+    seq_len = cfg.seq_len or min(model_cfg.block_size, MAX_DEFAULT_SEQ)
     if seq_len > model_cfg.block_size:
         raise CodelmError(f"seq_len {seq_len} exceeds the model's block_size {model_cfg.block_size}")
     train = PackedWindows(*_tokens(data_dir, run_dir, "train", tok, cfg, dist, console), seq_len)
