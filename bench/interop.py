@@ -69,12 +69,25 @@ def llama_cpp():
         import llama_cpp
     except ImportError:
         print("installing llama-cpp-python (a build from source, a few minutes)...", flush=True)
-        env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", "-DGGML_NATIVE=ON")}
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "llama-cpp-python"], check=True, env=env
-        )
+        env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", cmake_args())}
+        pip = [sys.executable, "-m", "pip", "install", "-q", "llama-cpp-python"]
+        subprocess.run(pip, check=True, env=env)
         import llama_cpp
     return llama_cpp
+
+
+def cmake_args() -> str:
+    """llama.cpp's build for this CPU: its native ISA, except AMX. With AMX, llama-cpp-python
+    0.3.36 built with GGML_NATIVE=ON crashed (SIGSEGV) in the prompt pass of every q8_0 file
+    on an Intel Xeon here, its own converter's files included; AVX-512 without AMX runs."""
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
+    if "amx_int8" not in flags:
+        return "-DGGML_NATIVE=ON"
+    isa = {"avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "bmi2": "BMI2", "avx_vnni": "AVX_VNNI",
+           "avx512f": "AVX512", "avx512vbmi": "AVX512_VBMI", "avx512_vnni": "AVX512_VNNI",
+           "avx512_bf16": "AVX512_BF16"}  # fmt: skip
+    on = " ".join(f"-DGGML_{name}=ON" for flag, name in isa.items() if flag in flags)
+    return f"-DGGML_NATIVE=OFF {on} -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 
 
 def corpus_tokenizer(vocab: int, cache: Path):
@@ -108,20 +121,41 @@ def make_run(shape: str, tok, run: Path) -> Transformer:
     return model
 
 
-def time_llama(llm, prompt: list[int], new: int) -> tuple[float, float]:
-    """Time to first token and decode tokens/s of llama.cpp's loop, greedy (argmax of its logits)."""
+def last_logits(llm):
+    """llama.cpp's logits of the last evaluated token (without `logits_all`, llama-cpp-python
+    0.3.36 keeps none in `scores`: they are read from the context)."""
     import numpy as np
 
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+
+
+def time_llama(llm, prompt: list[int], new: int) -> tuple[float, float]:
+    """Time to first token and decode tokens/s of llama.cpp's loop, greedy (argmax of its logits)."""
     llm.reset()
     t0 = time.perf_counter()
     llm.eval(prompt)
     stamps = []
     for _ in range(new):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(last_logits(llm).argmax())
         stamps.append(time.perf_counter())
         if len(stamps) < new:
             llm.eval([token])
     return rates(t0, stamps)
+
+
+def check_same_model(model: Transformer, llm, prompt: list[int]) -> float:
+    """The largest logit difference, relative to the logits' spread, between codelm (fp32)
+    and llama.cpp on the prompt's last position; stops the bench if the top tokens differ."""
+    import numpy as np
+
+    with torch.no_grad():
+        ours = model(torch.tensor([prompt]))[0, -1].numpy()
+    llm.reset()
+    llm.eval(prompt)
+    theirs = last_logits(llm).copy()
+    if ours.argmax() != theirs.argmax():
+        raise SystemExit("llama.cpp and codelm disagree on the next token: the export is wrong")
+    return float(np.abs(ours - theirs).max() / ours.std())
 
 
 def bench_shape(shape: str, tok, a: argparse.Namespace, work: Path) -> None:
@@ -131,12 +165,13 @@ def bench_shape(shape: str, tok, a: argparse.Namespace, work: Path) -> None:
     prompt = torch.randint(
         0, tok.vocab_size, (a.prompt,), generator=torch.Generator().manual_seed(1)
     ).tolist()
-    engines = {}
+    engines, diffs = {}, {}
     for quant, ours in (("q8_0", "int8"), ("bf16", "bf16")):
         gguf = work / f"{shape}-{quant}.gguf"
         export_gguf(run, gguf, quant)
         llm = lc.Llama(str(gguf), n_ctx=1024, n_batch=a.prompt, n_threads=torch.get_num_threads(),
                        n_threads_batch=torch.get_num_threads(), verbose=False)  # fmt: skip
+        diffs[quant] = check_same_model(model, llm, prompt)
         m = prepare_model(model, ours)
         engines[f"codelm {ours}"] = lambda m=m: time_ours(m, prompt, a.new)
         engines[f"llama.cpp {quant}"] = lambda llm=llm: time_llama(llm, prompt, a.new)
@@ -152,6 +187,8 @@ def bench_shape(shape: str, tok, a: argparse.Namespace, work: Path) -> None:
     cfg = model.cfg
     print(f"\n{shape}: {model.num_params() / 1e6:.1f}M params ({cfg.n_layer}L/{cfg.n_embd}, "
           f"{cfg.n_head} heads, {cfg.kv_heads} kv heads), vocab {cfg.vocab_size}")  # fmt: skip
+    print(f"  llama.cpp's last logits are codelm's fp32 ones to {diffs['q8_0']:.3f} (q8_0), "
+          f"{diffs['bf16']:.3f} (bf16) of their standard deviation; the same top token")  # fmt: skip
     print(f"  {'engine':16s} {'TTFT ms':>8s} {'decode tok/s (median, min, max)':>34s} {'x llama.cpp':>12s}")
     for k in engines:
         peer = "llama.cpp q8_0" if "int8" in k or "q8_0" in k else "llama.cpp bf16"
