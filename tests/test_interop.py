@@ -353,3 +353,28 @@ def test_what_codelm_cannot_import_is_a_one_line_error(case, tmp_path, capsys):
 def test_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
     assert cli.main(["import", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == f"codelm: error: not a folder: {tmp_path / 'nope'}\n"
+
+
+def test_an_imported_qwen2_run_fills_in_the_middle_through_the_api_with_its_own_tokens(tmp_path):
+    """`codelm serve` on an imported run, through OpenAI's client: a request with a suffix is
+    laid out with Qwen's FIM tokens, and the text is what the generator gives."""
+    openai = pytest.importorskip("openai")
+    from codelm.generate.generator import complete, load_run
+    from codelm.generate.prompts import Prompt
+    from codelm.generate.stopping import StopConfig
+    from codelm.serve import BackgroundServer, ServeConfig, create_app
+    from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+
+    make_hf(tmp_path / "hf", "qwen2")
+    import_hf(tmp_path / "hf", tmp_path / "run")
+    model, tok = load_run(tmp_path / "run")
+    spelled = [tok.id_to_token(tok.special[r]) for r in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)]
+    assert spelled == ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
+    prefix, suffix = "def add(a, b):\n    ", "\n    return c\n"
+    raw = StopConfig(block_end=False, max_repeats=0)  # what the API does unless asked for more
+    want = complete(model, tok, Prompt(prefix, suffix), SamplingConfig(temperature=0, max_new_tokens=8), raw)
+    with BackgroundServer(create_app(model, tok, ServeConfig(), name="qwen")) as url:
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+        out = api.completions.create(model="qwen", prompt=prefix, suffix=suffix, max_tokens=8, temperature=0)
+    assert out.choices[0].text == want.text
+    assert out.usage.prompt_tokens == len(tok.encode(prefix)) + len(tok.encode(suffix)) + 4  # bos + 3 FIM
