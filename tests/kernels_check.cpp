@@ -1,6 +1,6 @@
-// Checks codelm's CPU kernel core (codelm/model/kernels_core.h) without torch: each kernel
-// against a plain scalar reference in double precision, on random data, for whichever
-// vector branch the compiler flags select (AVX-512, AVX2 or NEON). tests/test_kernels.py
+// Checks codelm's CPU kernel core (codelm/model/kernels_core.h and kernels_linear.h) without
+// torch: each kernel against a plain scalar reference in double precision, on random data,
+// for whichever vector branch the compiler flags select (AVX-512, AVX2 or NEON). tests/test_kernels.py
 // builds it natively (-march=native, and with -mno-avx512f for the AVX2 branch) and
 // cross-compiled for aarch64, run under qemu: the NEON branch is tested on an x86 host.
 //
@@ -20,7 +20,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "kernels_core.h"
+#include "kernels_linear.h"  // and kernels_core.h
 
 #ifndef CODELM_KERNELS
 int main() {
@@ -112,6 +112,36 @@ void check_int8_linear(int64_t M, int64_t N, int64_t K) {
   report(what, row_error(y, want, N));
 }
 
+// `f` rounded to bf16, and `f` set to the values kept: the reference reads what the kernel reads.
+std::vector<bf16> round_to_bf16(std::vector<float>& f) {
+  std::vector<bf16> b(f.size());
+  for (size_t i = 0; i < f.size(); ++i) f[i] = from_bf16((b[i] = bf16{to_bf16(f[i])}).bits);
+  return b;
+}
+
+// y (M, N) = x (M, K) @ w^T + bias with bf16 w (N, K) row-major, as bf16_linear takes it: the
+// reference reads the same bf16 values, widened, in double.
+void check_bf16_linear(int64_t M, int64_t N, int64_t K, bool with_bias) {
+  std::vector<float> x = randn(M * K, 1.0f), wf = randn(N * K, 0.05f), bias = randn(N, 1.0f), paired(M * K), y(M * N);
+  std::vector<bf16> w = round_to_bf16(wf);
+  pair_columns(x.data(), M, K, paired.data());
+  int64_t tiles = (N + R - 1) / R, half = tiles / 2;  // two slices, as two threads would take them
+  const float* b = with_bias ? bias.data() : nullptr;
+  bf16_tiles(paired.data(), M, K, N, w.data(), b, 0, half, y.data());
+  bf16_tiles(paired.data(), M, K, N, w.data(), b, half, tiles, y.data());
+  std::vector<double> want(M * N);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = with_bias ? bias[n] : 0.0;
+      for (int64_t k = 0; k < K; ++k) s += static_cast<double>(x[m * K + k]) * wf[n * K + k];
+      want[m * N + n] = s;
+    }
+  char what[96];
+  std::snprintf(what, sizeof what, "bf16_linear M=%lld N=%lld K=%lld%s", (long long)M, (long long)N, (long long)K,
+                with_bias ? " bias" : "");
+  report(what, row_error(y, want, N));
+}
+
 // A KV cache of capacity `cap` positions, (B, Hkv, cap, D), of which the first S are used.
 template <typename T>
 struct Cache {
@@ -119,12 +149,6 @@ struct Cache {
   std::vector<float> kf, vf;  // the same values as floats, for the reference
 };
 
-// `f` rounded to bf16, and `f` set to the values kept: the reference reads what the kernel reads.
-std::vector<bf16> round_to_bf16(std::vector<float>& f) {
-  std::vector<bf16> b(f.size());
-  for (size_t i = 0; i < f.size(); ++i) f[i] = from_bf16((b[i] = bf16{to_bf16(f[i])}).bits);
-  return b;
-}
 
 template <typename T>
 Cache<T> make_cache(size_t n) {
@@ -206,6 +230,9 @@ int main() {
   // Rows of M beyond MB (4 on AVX-512) take a second, partial pass over each tile.
   for (auto [M, N, K] : {std::array<int64_t, 3>{1, 4, 16}, {1, 64, 256}, {3, 12, 48}, {5, 36, 160}, {9, 8, 1024}})
     check_int8_linear(M, N, K);
+  // N not a multiple of R (a last tile done row by row), N under R, M beyond MB, long rows.
+  for (auto [M, N, K] : {std::array<int64_t, 3>{1, 4, 32}, {1, 37, 64}, {3, 3, 96}, {5, 12, 256}, {9, 6, 1024}})
+    for (bool with_bias : {false, true}) check_bf16_linear(M, N, K, with_bias);
   // Head widths 16-128 keep their sums in registers; 48 and 160 take the generic loops.
   // Grouped-query (H > Hkv) and multi-query (Hkv = 1) heads; S = 1; S past VBLOCK (32).
   struct Shape {

@@ -720,3 +720,49 @@ def test_intrinsic_scores_every_token_but_a_document_start(tokenizer):
         m = intrinsic_metrics(model.eval(), tok, texts, IntrinsicConfig(max_tokens=1000))
         # Llama-style: each document's start token is read, not scored; codelm's: all but the first.
         assert m.tokens == sum(len(tok.encode(t)) + 1 for t in texts) + scored
+
+
+@pytest.mark.skipif(not native.available(), reason="no native kernels")
+def test_bf16_weights_decode_through_the_kernel_as_fp32_on_the_same_weights():
+    """With bf16 weights, codelm's kernel makes a decode step the fp32 model's on the weights
+    rounded to bf16 (the same bf16 cache): logits to fp32 rounding, the same greedy tokens. aten's
+    path (activations rounded to bf16, as bf16 decoding was before the kernel) stays within
+    bf16's precision and picks the same tokens here. Biases (Qwen2's q/k/v) go through it too."""
+    import copy
+
+    from codelm.generate.quantize import BF16Linear, describe, prepare_model
+    from codelm.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=97, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, block_size=64, qkv_bias=True
+    )
+    model = Transformer(cfg).eval()
+    fast = prepare_model(model, "bf16")
+    assert all(m.native for m in fast.modules() if isinstance(m, BF16Linear))
+    assert f"decode through codelm's {native.isa()} kernels" in describe(fast)
+    exact = copy.deepcopy(model)
+    for m in exact.modules():
+        if isinstance(m, torch.nn.Linear):  # a new parameter: the head's, tied, leaves the embedding as it is
+            m.weight = torch.nn.Parameter(m.weight.detach().bfloat16().float())
+    exact.kv_dtype = fast.kv_dtype
+    aten = copy.deepcopy(fast)
+    for m in aten.modules():
+        if isinstance(m, BF16Linear):
+            m.native = False
+    idx = torch.randint(0, 97, (1, 30))
+    logits = {}
+    with torch.no_grad():
+        for name, m in (("fast", fast), ("exact", exact), ("aten", aten)):
+            cache = m.new_cache(1)
+            prompt = m(idx[:, :6], cache)  # 6 rows: the kernel's on any CPU
+            logits[name] = torch.cat([prompt] + [m(idx[:, t : t + 1], cache) for t in range(6, 30)], 1)
+    torch.testing.assert_close(logits["fast"], logits["exact"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits["aten"], logits["fast"], atol=0.05, rtol=0.05)
+    assert (logits["aten"] - logits["exact"]).abs().max() > 1e-4  # so "fast" did not take aten's path
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=20, repetition_penalty=1.0)
+    tokens = {
+        k: [s.token for s in generate_ids(m, [5, 6, 7], greedy)]
+        for k, m in (("fast", fast), ("exact", exact), ("aten", aten))
+    }
+    assert tokens["fast"] == tokens["exact"] == tokens["aten"]

@@ -1,5 +1,6 @@
-"""codelm's CPU kernel core (codelm/model/kernels_core.h) on every instruction set it is written
-for, without torch: tests/kernels_check.cpp compares each kernel with a scalar reference.
+"""codelm's CPU kernel core (codelm/model/kernels_core.h, kernels_linear.h) on every instruction
+set it is written for, without torch: tests/kernels_check.cpp compares each kernel with a
+scalar reference.
 
 The torch ops themselves are tested in test_model.py on this machine's ISA (and again with the
 AVX2 build on an AVX-512 CPU). Here the same loops are checked for each branch of the vector
@@ -29,10 +30,11 @@ CHECK = ROOT / "tests" / "kernels_check.cpp"
 CXX = shutil.which(cbuild.compiler())
 CROSS = shutil.which("aarch64-linux-gnu-g++")
 QEMU = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
+KERNELS = ("vexp_nonpositive", "int8_linear", "bf16_linear", "attend_one")
 
 
 def _build(compiler: str, flags: list[str], out: Path) -> Path:
-    cmd = [compiler, "-O2", "-std=c++17", *flags, f"-I{native.HEADER.parent}", str(CHECK), "-o", str(out)]
+    cmd = [compiler, "-O2", "-std=c++17", *flags, f"-I{native.SOURCE.parent}", str(CHECK), "-o", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -44,6 +46,8 @@ def _run(cmd: list[str], branch: str) -> None:
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
     assert f"kernels_core.h: {branch} branch" in done.stdout, done.stdout[:500]
     assert "FAIL" not in done.stdout and "all passed" in done.stdout
+    for kernel in KERNELS:  # each branch checks every kernel of the header
+        assert f"ok   {kernel} " in done.stdout, kernel
 
 
 @pytest.mark.skipif(CXX is None, reason=f"no C++ compiler ({cbuild.compiler()})")
@@ -86,10 +90,14 @@ def test_off_linux_the_kernels_fall_back_to_aten_saying_why(monkeypatch):
         native.available.cache_clear()
 
 
-def test_editing_the_kernel_header_rebuilds(monkeypatch, tmp_path):
-    """The build's cache key holds kernels_core.h's text, not only kernels.cpp's."""
+@pytest.mark.parametrize("which", range(len(native.HEADERS)))
+def test_editing_a_kernel_header_rebuilds(monkeypatch, tmp_path, which):
+    """The build's cache key holds each header's text, not only kernels.cpp's."""
     before = native._library()
-    edited = tmp_path / "kernels_core.h"
-    edited.write_text(native.HEADER.read_text() + "\n// edited\n")
-    monkeypatch.setattr(native, "HEADER", edited)
+    header = native.HEADERS[which]
+    edited = tmp_path / header.name
+    edited.write_text(header.read_text() + "\n// edited\n")
+    headers = list(native.HEADERS)
+    headers[which] = edited
+    monkeypatch.setattr(native, "HEADERS", tuple(headers))
     assert native._library() != before

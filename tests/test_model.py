@@ -460,3 +460,47 @@ def test_lora_layer_equals_peft_for_the_same_adapters():
         assert copied == {n for n in ours if ".lora_" in n}
         x = torch.randint(0, 97, (2, 12))
         torch.testing.assert_close(model(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("N,K", [(48, 64), (37, 32), (3, 96), (1, 768), (770, 768)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_native_bf16_linear_is_the_fp32_product_with_the_bf16_weights(N, K, with_bias):
+    """Any N (a last tile of fewer than 4 rows), 1 to KERNEL_MAX_ROWS rows, with or without a
+    bias: F.linear on fp32 x and the widened weights, to fp32 rounding (1e-5 of the sum of the
+    terms' sizes; x rounded to bf16 is off by 2e-4 to 2e-3 of it); the same floats on any number
+    of threads (each output is one task's sum, in one order)."""
+    from codelm.generate.quantize import KERNEL_MAX_ROWS
+
+    torch.manual_seed(0)
+    w = (torch.randn(N, K) * 0.05).bfloat16()
+    bias = torch.randn(N) if with_bias else None
+    x = torch.randn(KERNEL_MAX_ROWS, K)
+    for m in range(1, KERNEL_MAX_ROWS + 1):
+        got = torch.ops.codelm.bf16_linear(x[:m], w, bias)
+        want = F.linear(x[:m], w.float(), bias)
+        size = x[:m].abs() @ w.float().abs().t() + (0 if bias is None else bias.abs())
+        assert got.shape == (m, N) and ((got - want).abs() <= 1e-5 * size).all()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(torch.ops.codelm.bf16_linear(x, w, bias), got)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_native
+def test_native_bf16_linear_rejects_what_it_cannot_read():
+    x, w = torch.randn(2, 64), torch.randn(8, 64).bfloat16()
+    for bad in ((x[:, :48], w[:, :48]), (x, w.float()), (x.double(), w), (x, w.t().contiguous().t())):
+        with pytest.raises(RuntimeError):  # K not a multiple of 32; not bf16; not float; strided
+            torch.ops.codelm.bf16_linear(*bad)
+    with pytest.raises(RuntimeError, match="bias"):
+        torch.ops.codelm.bf16_linear(x, w, torch.zeros(7))
+
+
+# The AVX2 build runs these too (test_the_avx2_kernels_pass_the_same_tests reads the list).
+KERNEL_TESTS += [
+    "tests/test_model.py::test_native_bf16_linear_is_the_fp32_product_with_the_bf16_weights",
+    "tests/test_generate.py::test_bf16_weights_decode_through_the_kernel_as_fp32_on_the_same_weights",
+]

@@ -11,8 +11,11 @@ bandwidth (bench/generate.py prints that bound): fewer bytes per weight give mor
   against 132 ms for the fp32 model (AMD EPYC, 2 cores). The native kernel stores the weights in its
   tile order and streams them 1.6x faster than aten's: with the native attention over a
   bf16 cache (below), `base` decodes 244 tokens/s instead of 148 (bench/generate.py).
-- "bf16": weights in bf16, activations cast around each matmul; a prompt's many rows on a
-  CPU without native bf16 use the weights converted to fp32 instead.
+- "bf16": weights in bf16. Few rows (decoding) go through codelm's bf16 kernel where it
+  builds (fp32 activations and sums: x times the bf16 weights widened exactly), else aten's
+  bf16 matmul (activations cast to bf16). For one row aten's reads 13 GB/s of weights where
+  codelm's reads 26-28 (`base`'s layers, 2 threads, AVX-512 + AMX). A prompt's many rows
+  take aten's bf16 GEMM where bf16 is native, else the weights converted to fp32.
 - "auto": int8 on CPU for models with at least AUTO_MIN_PARAMS weights in linear layers
   (smaller ones fit in cache, where fp32 is exact and about as fast), bf16 on CUDA.
 Only `nn.Linear` layers change, and the KV cache, which becomes bf16 on CPU where
@@ -38,6 +41,10 @@ from codelm.model import native
 WEIGHTS = ("auto", "fp32", "bf16", "int8")
 KERNEL_MAX_ROWS = 16  # above this aten's int8 GEMV kernel loses to dequantize + GEMM (measured)
 NATIVE_MAX_ROWS = 32  # codelm's kernel: 755 against 1,145 us at 32 rows, 1,499 / 1,353 at 64 (4096 x 768)
+# codelm's bf16 kernel computes in fp32, so many rows make it compute-bound: against aten's bf16
+# GEMM (AMX) over `base`'s layers it takes 13.0 / 15.5 ms at 8 rows, 17.1 / 15.1 at 12. Where
+# bf16 is not native (AVX2) aten's loses at every row count up to 16 (42 / 51 ms in fp32).
+BF16_NATIVE_MAX_ROWS = 8
 AUTO_MIN_PARAMS = 1_000_000
 
 
@@ -64,12 +71,19 @@ class BF16Linear(nn.Module):
         self.register_buffer("w", linear.weight.detach().to(torch.bfloat16).contiguous())
         _keep_bias(self, linear)
         self.prompt_dtype = hardware.compute_dtype(linear.weight.device)  # chosen once, at load
+        self.native = _native_fits(self.w, rows=1, columns=native.BF16_COLUMNS)
+        # Rows up to which codelm's kernel beats aten's matmul (measured: see BF16_NATIVE_MAX_ROWS).
+        self.native_rows = BF16_NATIVE_MAX_ROWS if self.prompt_dtype == torch.bfloat16 else KERNEL_MAX_ROWS
 
     @property
     def weight(self) -> torch.Tensor:  # for code that reads `model.head.weight.device` and such
         return self.w.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native and x.numel() <= self.native_rows * x.size(-1):
+            rows = x.reshape(-1, x.size(-1)).float().contiguous()
+            y = torch.ops.codelm.bf16_linear(rows, self.w, self.bias)  # the bias added in the kernel
+            return y.to(x.dtype).view(*x.shape[:-1], -1)
         if self.prompt_dtype == torch.float32 and x.numel() > KERNEL_MAX_ROWS * x.size(-1):
             return _add_bias(F.linear(x.float(), self.w.float()).to(x.dtype), self.bias)  # a prompt
         return _add_bias(F.linear(x.to(torch.bfloat16), self.w).to(x.dtype), self.bias)
@@ -109,11 +123,11 @@ class Int8Linear(nn.Module):
         return _add_bias(y.to(x.dtype).view(*x.shape[:-1], -1), self.bias)
 
 
-def _native_fits(w: torch.Tensor) -> bool:
-    """Whether codelm's kernel is here and takes this (N, K) weight: N a multiple of the
-    tile's rows, K of the 16 columns in a step."""
+def _native_fits(w: torch.Tensor, rows: int = native.TILE, columns: int = 16) -> bool:
+    """Whether codelm's kernel is here and takes this (N, K) weight: N a multiple of `rows`
+    (the int8 kernel's tile; the bf16 kernel takes any N), K of the `columns` in a step."""
     N, K = w.shape
-    return w.device.type == "cpu" and N % native.TILE == 0 and K % 16 == 0 and native.available()
+    return w.device.type == "cpu" and N % rows == 0 and K % columns == 0 and native.available()
 
 
 def _kernel_works(q: torch.Tensor, scale: torch.Tensor) -> bool:
@@ -177,9 +191,7 @@ def describe(model: nn.Module) -> str:
     if not linears:
         return f"weights fp32 on {device}; prompt pass fp32; KV cache {kv}"
     kind = "int8" if isinstance(linears[0], Int8Linear) else "bf16"
-    decode = "aten's kernels"
-    if kind == "int8" and any(m.native for m in linears if isinstance(m, Int8Linear)):
-        decode = f"codelm's {native.isa()} kernels"
+    decode = f"codelm's {native.isa()} kernels" if any(m.native for m in linears) else "aten's kernels"
     prompt = str(linears[0].prompt_dtype).removeprefix("torch.")
     why = "native here" if prompt == "bfloat16" else "bf16 is not native here"
     return (

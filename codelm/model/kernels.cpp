@@ -1,6 +1,7 @@
 // codelm's CPU kernels for decoding one token at a time, on x86 with AVX-512 or AVX2 and on
 // aarch64 with NEON, registered as torch ops:
 //   int8_linear: y (M, N) = x (M, K) @ (q * scale)^T with weight-only int8 q, float x;
+//   bf16_linear: y (M, N) = x (M, K) @ w^T (+ bias) with bf16 w, float x, in float;
 //   attend_one:  softmax(q k^T / sqrt(D)) v for one query per row and head over a KV cache,
 //                whose heads may be shared by groups of query heads (grouped-query attention).
 //
@@ -12,6 +13,12 @@
 //   a tile the R rows' 16 weights at one column block, one 64-byte line per step. Lines are
 //   prefetched PREFETCH bytes ahead. A (4096 x 768) layer streamed from memory: 71 us
 //   against aten's 115 (44 against 27 GB/s). Layout: q (N/R, K/16, R, 16) int8, scale (N).
+// - bf16_linear reads w as stored, (N, K) row-major, each weight widened to a float exactly
+//   and every sum kept in float: x times the widened weights, as aten's F.linear in float
+//   gives it. aten's bf16 F.linear rounds x to bf16 and reads `base`'s layers at 13 GB/s for
+//   one row, this at 26-28: `base` decodes 80-92 tokens/s instead of 44-52 (bench/generate.py:
+//   58-65% of its bf16 bandwidth bound, from 33-36), 1.05-1.09x llama.cpp's bf16 (bench/interop.py).
+//   Why rows and not tiles: kernels_linear.h.
 // - attend_one makes one pass over the keys (scores), a vectorized exp, and one pass over
 //   the values, each row of the cache read once, in order, from a float or a bf16 cache:
 //   per `base` layer at 600 positions, cold, 95 us (float) or 54 us (bf16), against
@@ -21,8 +28,9 @@
 //   for a task per query head in float; 165 either way in bf16, where the kv head is small
 //   enough to stay in L2 between heads.
 // (Timings on x86, AVX-512; the NEON branch is checked for correctness under qemu only.)
-// The loops themselves live in kernels_core.h, written once against a 16-float vector type,
-// free of torch so that tests/kernels_check.cpp can check them on their own. This file adds
+// The loops themselves live in kernels_core.h (attention) and kernels_linear.h (weights),
+// written once against a 16-float vector type, free of torch so that tests/kernels_check.cpp
+// can check them on their own. This file adds
 // what torch needs: shape checks, threads (at::parallel_for) and the op registration. Built
 // and loaded by native.py. Where the core has no vector type (x86 without AVX-512 or AVX2
 // with FMA), this file registers nothing and Python keeps aten's kernels.
@@ -33,13 +41,13 @@
 #include <cstdint>
 #include <optional>
 
-#include "kernels_core.h"
+#include "kernels_linear.h"  // and kernels_core.h
 
 #ifdef CODELM_KERNELS
 namespace codelm {
 namespace {
 
-static_assert(sizeof(bf16) == sizeof(at::BFloat16), "a cache's bf16 is read as the core's bf16");
+static_assert(sizeof(bf16) == sizeof(at::BFloat16), "a cache's or weight's bf16 is read as the core's bf16");
 
 constexpr int64_t TILE_GRAIN = 8;  // tiles per task of at::parallel_for
 
@@ -57,6 +65,29 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, N / R, TILE_GRAIN,
                    [&](int64_t b0, int64_t b1) { int8_tiles(xp, M, K, N, qp, sp, b0, b1, yp); });
+  return y;
+}
+
+// y (M, N) = x (M, K) @ w^T (+ bias); x contiguous float, w (N, K) contiguous bf16 with K a
+// multiple of 32 (a line of bf16), bias (N) float. Threads take tiles of R output columns.
+at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kBFloat16 && w.is_contiguous(), "w must be (N, K) bf16");
+  int64_t N = w.size(0), K = w.size(1);
+  TORCH_CHECK(K % 32 == 0, "w's width must be a multiple of 32");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be (M, K) float");
+  TORCH_CHECK(x.size(1) == K, "x's width does not match the weights");
+  if (bias)
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == N, "bad bias");
+  int64_t M = x.size(0);
+  auto paired = at::empty_like(x);
+  pair_columns(x.data_ptr<float>(), M, K, paired.data_ptr<float>());
+  auto y = at::empty({M, N}, x.options());
+  const float* xp = paired.data_ptr<float>();
+  const bf16* wp = reinterpret_cast<const bf16*>(w.data_ptr<at::BFloat16>());
+  const float* bp = bias ? bias->data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, (N + R - 1) / R, TILE_GRAIN,
+                   [&](int64_t b0, int64_t b1) { bf16_tiles(xp, M, K, N, wp, bp, b0, b1, yp); });
   return y;
 }
 
@@ -108,5 +139,6 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 TORCH_LIBRARY(codelm, m) {
   m.def("attend_one(Tensor q, Tensor k, Tensor v, Tensor? lens=None) -> Tensor", &codelm::attend_one);
   m.def("int8_linear(Tensor x, Tensor q, Tensor scale) -> Tensor", &codelm::int8_linear);
+  m.def("bf16_linear(Tensor x, Tensor w, Tensor? bias=None) -> Tensor", &codelm::bf16_linear);
 }
 #endif

@@ -1,17 +1,17 @@
 // The torch-free core of codelm's CPU decode kernels (kernels.cpp registers them as torch ops):
-// a 16-float vector type V for each instruction set, a vectorized exp, the int8 tile loop and
-// the one-token attention loops. Kept apart from torch so that tests/kernels_check.cpp can
-// compile the same loops on their own, natively and cross-compiled for aarch64 (run under
-// qemu), and compare them with a scalar reference: the loops are written once, and only V
-// differs between x86 and ARM.
+// a 16-float vector type V for each instruction set, a vectorized exp and the one-token
+// attention loops; the weight loops (int8, bf16) are in kernels_linear.h, on the same V. Kept
+// apart from torch so that tests/kernels_check.cpp can compile the same loops on their own,
+// natively and cross-compiled for aarch64 (run under qemu), and compare them with a scalar
+// reference: the loops are written once, and only V differs between x86 and ARM.
 //
 // V is 16 floats: one AVX-512 register, two AVX2 ones on x86 CPUs without AVX-512, or four
 // NEON ones on aarch64 (-march picks). Where none applies, CODELM_KERNELS stays undefined
 // and this header defines nothing else: kernels.cpp then registers no op.
 //
-// Threads are the caller's: int8_tiles and attend_tasks each do one slice of the work (tiles
-// b0..b1, tasks i0..i1); kernels.cpp hands the slices to at::parallel_for, the check program
-// calls them directly.
+// Threads are the caller's: int8_tiles, bf16_tiles and attend_tasks each do one slice of the
+// work (tiles b0..b1, tasks i0..i1); kernels.cpp hands the slices to at::parallel_for, the
+// check program calls them directly.
 #pragma once
 
 #include <algorithm>
@@ -58,6 +58,15 @@ inline V vload(const bf16* p) {  // a bf16 is a float's high half
 inline V vload(const int8_t* p) {
   return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))))};
 }
+// 32 bf16 (one 64-byte line) as floats: the even-indexed ones p[0], p[2] .. p[30] and the odd
+// ones. Each 32-bit word holds a pair; a bf16 is a float's high half, so shifting the word left
+// 16 bits gives the even one, masking off its low half the odd one: two instructions for 32
+// weights, where widening 16 at a time (vload above) takes four (see bf16_tile).
+inline void vload_pairs(const bf16* p, V& even, V& odd) {
+  __m512i w = _mm512_loadu_si512(p);
+  even = {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
+  odd = {_mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xffff0000u))))};
+}
 inline void vstore(float* p, V x) { _mm512_storeu_ps(p, x.a); }
 inline V vfma(V a, V b, V c) { return {_mm512_fmadd_ps(a.a, b.a, c.a)}; }
 inline V vmul(V a, V b) { return {_mm512_mul_ps(a.a, b.a)}; }
@@ -91,6 +100,13 @@ inline V vload(const bf16* p) {
 inline V vload(const int8_t* p) {
   __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
+}
+inline void vload_pairs(const bf16* p, V& even, V& odd) {  // as on AVX-512, in two halves
+  const __m256i* q = reinterpret_cast<const __m256i*>(p);
+  __m256i lo = _mm256_loadu_si256(q), hi = _mm256_loadu_si256(q + 1);
+  __m256i mask = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  even = {_mm256_castsi256_ps(_mm256_slli_epi32(lo, 16)), _mm256_castsi256_ps(_mm256_slli_epi32(hi, 16))};
+  odd = {_mm256_castsi256_ps(_mm256_and_si256(lo, mask)), _mm256_castsi256_ps(_mm256_and_si256(hi, mask))};
 }
 inline void vstore(float* p, V x) {
   _mm256_storeu_ps(p, x.lo);
@@ -143,6 +159,15 @@ inline V vload(const int8_t* p) {  // int8 -> int16 -> int32 -> float
   return {vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))), vcvtq_f32_s32(vmovl_high_s16(lo)),
           vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))), vcvtq_f32_s32(vmovl_high_s16(hi))};
 }
+inline void vload_pairs(const bf16* p, V& even, V& odd) {  // as on AVX-512, in four quarters
+  const uint32_t* u = reinterpret_cast<const uint32_t*>(p);
+  uint32x4_t a = vld1q_u32(u), b = vld1q_u32(u + 4), c = vld1q_u32(u + 8), d = vld1q_u32(u + 12);
+  uint32x4_t m = vdupq_n_u32(0xffff0000u);
+  even = {vreinterpretq_f32_u32(vshlq_n_u32(a, 16)), vreinterpretq_f32_u32(vshlq_n_u32(b, 16)),
+          vreinterpretq_f32_u32(vshlq_n_u32(c, 16)), vreinterpretq_f32_u32(vshlq_n_u32(d, 16))};
+  odd = {vreinterpretq_f32_u32(vandq_u32(a, m)), vreinterpretq_f32_u32(vandq_u32(b, m)),
+         vreinterpretq_f32_u32(vandq_u32(c, m)), vreinterpretq_f32_u32(vandq_u32(d, m))};
+}
 inline void vstore(float* p, V x) {
   vst1q_f32(p, x.a);
   vst1q_f32(p + 4, x.b);
@@ -177,42 +202,7 @@ inline void prefetch(const void* p) { __builtin_prefetch(p, 0, 3); }  // PRFM PL
 #define CODELM_UNROLL_ROWS
 #endif
 
-constexpr int R = 4;              // weight rows per tile: four independent FMA chains
-constexpr int PREFETCH = 4096;    // bytes ahead; 1024: 40 GB/s, 4096: 44 GB/s (noisy host)
-
-// acc[i * R + r] = x[i] . w[r] for mc activation rows and one int8 tile of R rows.
-inline void int8_tile(const float* x, int64_t K, int mc, const int8_t* q, float* acc) {
-  V a[MB][R];
-  for (int i = 0; i < MB; ++i)
-    for (int r = 0; r < R; ++r) a[i][r] = vset(0.0f);
-  for (int64_t k = 0; k < K; k += 16) {
-    const int8_t* line = q + k * R;  // the R rows' 16 weights at column k: one cache line
-    prefetch(line + PREFETCH);
-    V w[R];
-    for (int r = 0; r < R; ++r) w[r] = vload(line + r * 16);
-    CODELM_UNROLL_ROWS
-    for (int i = 0; i < mc; ++i) {
-      V xv = vload(x + i * K + k);
-      for (int r = 0; r < R; ++r) a[i][r] = vfma(xv, w[r], a[i][r]);
-    }
-  }
-  for (int i = 0; i < mc; ++i)
-    for (int r = 0; r < R; ++r) acc[i * R + r] = vsum(a[i][r]);
-}
-
-// Tiles b0..b1 of y (M, N) = x (M, K) @ (q * scale)^T: y's columns b0 * R to b1 * R, all M
-// rows. x contiguous float; q (N/R, K/16, R, 16) int8, scale (N) (see kernels.cpp's top).
-inline void int8_tiles(const float* x, int64_t M, int64_t K, int64_t N, const int8_t* q, const float* scale,
-                       int64_t b0, int64_t b1, float* y) {
-  float acc[MB * R];
-  for (int64_t b = b0; b < b1; ++b)
-    for (int64_t m0 = 0; m0 < M; m0 += MB) {
-      int mc = static_cast<int>(std::min<int64_t>(MB, M - m0));
-      int8_tile(x + m0 * K, K, mc, q + b * R * K, acc);
-      for (int i = 0; i < mc; ++i)
-        for (int r = 0; r < R; ++r) y[(m0 + i) * N + b * R + r] = acc[i * R + r] * scale[b * R + r];
-    }
-}
+constexpr int PREFETCH = 4096;  // bytes ahead; 1024: 40 GB/s, 4096: 44 GB/s (noisy host)
 
 // out (C * 16) = sum over t of p[t] * v[t], the rows of v read once each, in order.
 template <int C, typename T>

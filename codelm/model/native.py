@@ -1,21 +1,22 @@
 """codelm's own CPU kernels (kernels.cpp): built with the system's C++ compiler on first use.
 
-`available()` compiles kernels.cpp (with the loops it includes from kernels_core.h) once
+`available()` compiles kernels.cpp (with the loops it includes from HEADERS) once
 per machine, source and torch version into ~/.cache/codelm (or $XDG_CACHE_HOME/codelm;
-about 10 s; see `codelm.cbuild`), loads it, and registers `torch.ops.codelm.int8_linear`
-and `attend_one`. It builds on Linux, on x86-64 (AVX-512, or AVX2 with FMA) and on aarch64
-(NEON, which every aarch64 CPU has). It returns False, with the reason in `reason()`,
-where that cannot work: another OS or architecture (macOS among them: the build line
+about 10 s; see `codelm.cbuild`), loads it, and registers `torch.ops.codelm.int8_linear`,
+`bf16_linear` and `attend_one`. It builds on Linux, on x86-64 (AVX-512, or AVX2 with FMA)
+and on aarch64 (NEON, which every aarch64 CPU has). It returns False, with the reason in
+`reason()`, where that cannot work: another OS or architecture (macOS among them: the build line
 assumes g++ with OpenMP and Linux's shared libraries, and it has not been tried there), an
 x86 CPU without AVX2, no compiler, a failed build, or CODELM_NATIVE=0 in the environment.
 Callers then use aten's kernels.
 
 The library is built with -march=native for the CPU it runs on, so the cache key
 includes the CPU's flags (x86's `flags`, aarch64's `Features`): a home directory shared
-by different machines gets one build per kind of CPU. The key includes kernels_core.h's
-text too, so that editing either file rebuilds.
+by different machines gets one build per kind of CPU. The key includes the headers' text
+too, so that editing any of the files rebuilds.
 
-`pack_int8` puts int8 weights in the kernel's tile order (see kernels.cpp).
+`pack_int8` puts int8 weights in the kernel's tile order (see kernels.cpp); bf16_linear
+reads a plain (N, K) bf16 weight whose K is a multiple of BF16_COLUMNS.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ import torch
 from codelm import cbuild, hardware
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-HEADER = Path(__file__).with_name("kernels_core.h")  # included by SOURCE
-TILE = 4  # rows per tile: R in kernels_core.h
+HEADERS = tuple(Path(__file__).with_name(h) for h in ("kernels_core.h", "kernels_linear.h"))  # included
+TILE = 4  # rows per tile: R in kernels_linear.h
+BF16_COLUMNS = 32  # bf16_linear's weights per row step: a 64-byte line
 
 _reason = ""
 
@@ -68,9 +70,9 @@ def _command(out: Path) -> list[str]:
 
 
 def _key() -> tuple[str, ...]:
-    """What the build depends on besides its source: the header it includes, and the CPU
+    """What the build depends on besides its source: the headers it includes, and the CPU
     (-march=native makes the build the CPU's)."""
-    return (HEADER.read_text(), torch.__version__, sys.version, _cpu_flags(), str(isa()))
+    return (*(h.read_text() for h in HEADERS), torch.__version__, sys.version, _cpu_flags(), str(isa()))
 
 
 def _library() -> Path:
