@@ -35,37 +35,18 @@ from common import copy_bandwidth, llama_config, machine, summary  # noqa: E402
 from codelm.generate.generator import generate_ids  # noqa: E402
 from codelm.generate.quantize import prepare_model  # noqa: E402
 from codelm.generate.sampling import SamplingConfig  # noqa: E402
+from codelm.interop.hf import to_hf  # noqa: E402
 from codelm.model import ModelConfig, Transformer, native  # noqa: E402
 
 
 def to_llama(model: Transformer):
-    """A LlamaForCausalLM computing the same function as `model` (RoPE, RMSNorm, SwiGLU)."""
+    """A LlamaForCausalLM computing the same function as `model` (RoPE, RMSNorm, SwiGLU): the
+    weights as `codelm export --format hf` maps them (q/k rows moved to Llama's RoPE layout)."""
     from transformers import LlamaForCausalLM
 
-    cfg = model.cfg
-    hf = LlamaForCausalLM(llama_config(cfg))
-    C, D = cfg.n_embd, cfg.head_dim
-    # We rotate interleaved channel pairs (0,1), (2,3)...; Llama rotates halves (i, i + D/2).
-    # Ordering each head's q/k rows as [evens, odds] turns one into the other.
-    perm = torch.cat([torch.arange(h * D, (h + 1) * D)[list(range(0, D, 2)) + list(range(1, D, 2))]
-                      for h in range(cfg.n_head)])  # fmt: skip
-    sd = {"model.embed_tokens.weight": model.wte.weight, "model.norm.weight": model.norm_f.weight}
-    for i, b in enumerate(model.blocks):
-        q, k, v = b.attn.qkv.weight.split(C)
-        gate, up = b.mlp.up.weight.chunk(2)  # our fused up is [gate; up]
-        p = f"model.layers.{i}."
-        sd |= {
-            p + "input_layernorm.weight": b.norm1.weight,
-            p + "post_attention_layernorm.weight": b.norm2.weight,
-            p + "self_attn.q_proj.weight": q[perm],
-            p + "self_attn.k_proj.weight": k[perm],
-            p + "self_attn.v_proj.weight": v,
-            p + "self_attn.o_proj.weight": b.attn.proj.weight,
-            p + "mlp.gate_proj.weight": gate,
-            p + "mlp.up_proj.weight": up,
-            p + "mlp.down_proj.weight": b.mlp.down.weight,
-        }
-    missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=False)
+    hf = LlamaForCausalLM(llama_config(model.cfg))
+    state = {k: v.detach().clone() for k, v in to_hf(model.cfg, model.state_dict()).items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     return hf.eval()
 

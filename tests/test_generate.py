@@ -358,7 +358,7 @@ def test_prompt_layouts_match_training(tokenizer):
     import numpy as np
 
     from codelm.generate.prompts import Prompt, encode_prompt
-    from codelm.tokenizer.code_tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+    from codelm.tokenizer.roles import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
     from codelm.train.batches import Layout, assemble, document_layout
 
     s, eot = tokenizer.special, tokenizer.eot_id

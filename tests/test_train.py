@@ -171,6 +171,30 @@ def test_windows_turn_masked_targets_into_ignore():
 # --- the loop: resume, damage, distributed, fine-tuning ------------------------------------------
 
 
+def _interrupt_then_resume(monkeypatch, run, cfg, data, **train_kw) -> None:
+    """Train `run`, killed during step 7 (the newest checkpoint is step 4), then --resume it."""
+    import codelm.train.loop as loop
+
+    real, calls = loop.train_step, []
+
+    def crashing(*args, **kw):
+        calls.append(1)
+        if len(calls) > 6:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loop, "train_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(data, run, cfg, **train_kw)
+    monkeypatch.setattr(loop, "train_step", real)
+    loop.train(None, run, cfg, resume=True)
+
+
+def _curve(run):
+    """The run's evaluations without their wall-clock times."""
+    return [{k: v for k, v in m.items() if k != "elapsed_s"} for m in _metrics(run)]
+
+
 def _data(tmp_path, corpus_dir, tokenizer):
     from codelm.data.build import build_dataset
 
@@ -199,24 +223,8 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, corpus_dir, tokenizer
     cfg = TrainConfig(**LOOP)
     loop.train(data, tmp_path / "a", cfg, tokenizer=tok, model_overrides=TINY_MODEL)
 
-    real, calls = loop.train_step, []
-
-    def crashing(*args, **kw):
-        calls.append(1)
-        if len(calls) > 6:  # killed during step 7: the newest checkpoint is step 4
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(loop, "train_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(data, tmp_path / "b", cfg, tokenizer=tok, model_overrides=TINY_MODEL)
-    monkeypatch.setattr(loop, "train_step", real)
-    loop.train(None, tmp_path / "b", cfg, resume=True)
-
-    def curve(run):
-        return [{k: v for k, v in m.items() if k != "elapsed_s"} for m in _metrics(tmp_path / run)]
-
-    assert len(curve("a")) >= 3 and curve("a") == curve("b")
+    _interrupt_then_resume(monkeypatch, tmp_path / "b", cfg, data, tokenizer=tok, model_overrides=TINY_MODEL)
+    assert len(_curve(tmp_path / "a")) >= 3 and _curve(tmp_path / "a") == _curve(tmp_path / "b")
     wa, wb = (load_file(str(tmp_path / r / "model.safetensors")) for r in "ab")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -497,24 +505,8 @@ def test_a_resumed_lora_run_equals_an_uninterrupted_one(tmp_path, corpus_dir, to
                model_overrides=TINY_MODEL)  # fmt: skip
     cfg = TrainConfig(**{**LORA, "lora_dropout": 0.1})  # dropout: the RNG must resume too
     loop.train(data, tmp_path / "a", cfg, init_from=tmp_path / "base")
-    real, calls = loop.train_step, []
-
-    def crashing(*args, **kw):
-        calls.append(1)
-        if len(calls) > 6:  # killed during step 7: the newest checkpoint is step 4
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(loop, "train_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(data, tmp_path / "b", cfg, init_from=tmp_path / "base")
-    monkeypatch.setattr(loop, "train_step", real)
-    loop.train(None, tmp_path / "b", cfg, resume=True)
-
-    def curve(run):
-        return [{k: v for k, v in m.items() if k != "elapsed_s"} for m in _metrics(tmp_path / run)]
-
-    assert len(curve("a")) >= 3 and curve("a") == curve("b")
+    _interrupt_then_resume(monkeypatch, tmp_path / "b", cfg, data, init_from=tmp_path / "base")
+    assert len(_curve(tmp_path / "a")) >= 3 and _curve(tmp_path / "a") == _curve(tmp_path / "b")
     wa, wb = (load_file(str(tmp_path / r / "adapters.safetensors")) for r in "ab")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 

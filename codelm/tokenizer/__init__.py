@@ -1,20 +1,18 @@
 """Tokenizer stage: a byte-level BPE for code, built on HuggingFace `tokenizers`; it also wraps a
 pretrained model's tokenizer.json, its special tokens mapped to codelm's roles (`roles.py`)."""
 
-from codelm.tokenizer.code_tokenizer import (
+from codelm.tokenizer.code_tokenizer import MIN_VOCAB, CodeTokenizer, train_tokenizer
+from codelm.tokenizer.corpus import TextFiles
+from codelm.tokenizer.roles import (
     CODE,
     EOT,
     FIM_MIDDLE,
     FIM_PREFIX,
     FIM_SUFFIX,
     INSTRUCTION,
-    MIN_VOCAB,
     PAD,
     SPECIAL_TOKENS,
-    CodeTokenizer,
-    train_tokenizer,
 )
-from codelm.tokenizer.corpus import TextFiles
 
 __all__ = [
     "CODE",

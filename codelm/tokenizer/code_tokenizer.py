@@ -55,12 +55,7 @@ from codelm.errors import CodelmError
 from codelm.tokenizer.encoder import PieceEncoder, is_code_pipeline
 from codelm.tokenizer.pretokenize import CHAR_TO_BYTE, hf_pre_tokenizer, replace_surrogates
 from codelm.tokenizer.roles import (
-    CODE,
     EOT,
-    FIM_MIDDLE,
-    FIM_PREFIX,
-    FIM_SUFFIX,
-    INSTRUCTION,
     PAD,
     SPECIAL_TOKENS,
     end_ids,
@@ -68,20 +63,6 @@ from codelm.tokenizer.roles import (
     prepended_id,
 )
 from codelm.tokenizer.units import UnitScanner, force_units
-
-__all__ = [
-    "CODE",
-    "EOT",
-    "FIM_MIDDLE",
-    "FIM_PREFIX",
-    "FIM_SUFFIX",
-    "INSTRUCTION",
-    "MIN_VOCAB",
-    "PAD",
-    "SPECIAL_TOKENS",
-    "CodeTokenizer",
-    "train_tokenizer",
-]
 
 BYTE_ALPHABET = 256
 MIN_VOCAB = BYTE_ALPHABET + len(SPECIAL_TOKENS)
