@@ -394,6 +394,8 @@ def _serve_parser(sub) -> None:
     _opt(sv, "serve", "--max-prompt-chars", type=int, help="longer prompts get 400")
     _opt(sv, "serve", "--timeout", type=float, help="seconds per request, queue wait included")
     _opt(sv, "serve", "--model-name", help="model id in the API (default: the run's name)")
+    _opt(sv, "serve", "--prompt-cache-mb", type=int, help="KV of recent prompts kept for reuse; 0: none")
+    _opt(sv, "serve", "--draft", type=int, help="tokens drafted per step by prompt lookup; 0: none")
     sv.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     sv.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES, help="as in generate")
     sv.set_defaults(func=_serve)

@@ -278,6 +278,44 @@ def test_concurrent_requests_share_batches_and_match_single_ones(server, monkeyp
     assert mean_batch > 1.5  # the requests really ran together
 
 
+def test_typing_along_reuses_the_prompt_and_reports_cached_tokens(server, run_dir):
+    """Each keystroke's request prefills only what follows the longest cached prefix, gives
+    the text a fresh prefill gives, and says how many prompt tokens were cached."""
+    url, _ = server
+    api = client(url)
+    text = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n"
+    cached = []
+    for typed in ("        ", "        s", "        se", "        self.", "        self.items"):
+        out = api.completions.create(model="tiny", prompt=text + typed, max_tokens=12, temperature=0)
+        assert out.choices[0].text == reference(run_dir, Prompt(text + typed), 12)
+        details = out.usage.prompt_tokens_details
+        cached.append(details.cached_tokens)
+        assert 0 <= details.cached_tokens < out.usage.prompt_tokens
+    assert all(c > 0 for c in cached[1:])  # every keystroke after the first reused the prompt
+
+
+def test_concurrent_requests_sharing_a_prefix_match_single_ones(server, run_dir, monkeypatch):
+    url, svc = server
+    head = "import os\nimport sys\n\n\ndef main(argv):\n    "
+    prompts = [head + tail for tail in ("return 0", "args = argv[1:]", "print(", "if not argv:")]
+    want = [reference(run_dir, Prompt(p), 16) for p in prompts]
+    httpx.post(f"{url}/v1/completions", json={"prompt": head, "max_tokens": 1, "temperature": 0})
+    slow_down(svc, monkeypatch, 0.005)
+    got: dict[int, dict] = {}
+
+    def go(i: int) -> None:
+        body = {"prompt": prompts[i], "max_tokens": 16, "temperature": 0}
+        got[i] = httpx.post(f"{url}/v1/completions", json=body, timeout=30).json()
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i]["choices"][0]["text"] for i in range(len(prompts))] == want
+    assert all(got[i]["usage"]["prompt_tokens_details"]["cached_tokens"] > 0 for i in got)
+
+
 def test_a_request_arriving_mid_batch_joins_at_the_next_step(run_dir, monkeypatch):
     model, tok = load_run(str(run_dir))
     sched = Scheduler(model, tok, max_batch=4)
@@ -594,4 +632,5 @@ def test_a_completion_can_end_at_the_full_context(run_dir, monkeypatch):
         "prompt_tokens": kept,
         "completion_tokens": BLOCK - kept + 1,
         "total_tokens": BLOCK + 1,
+        "prompt_tokens_details": {"cached_tokens": 0},
     }

@@ -19,6 +19,16 @@ it produced. The engine
 Rows that share a `Sampler` are sampled together (a seeded batch is reproducible
 as a whole); the server gives each request its own. This module does not lay out
 prompts (prompts.py) nor decide what text a stop rule cuts (stopping.py).
+
+Two things make it faster without changing what it produces:
+- `prefixes` (prefix.py): a prompt that shares a token prefix with a recent sequence
+  copies that prefix's keys and values and prefills only the rest. Rows that retire
+  store theirs. A prompt whose every token is scored (the API's echo) or traced through
+  the logit lens is prefilled whole.
+- `draft` (speculate.py): each step drafts up to `draft` tokens per row by prompt lookup
+  and verifies them in the same forward pass; a row keeps the drafts the model agrees
+  with and one token of its own. Steps draw no drafts while a row records alternatives
+  or a trace (those are per position), or samples with a healing mask still pending.
 """
 
 from __future__ import annotations
@@ -28,7 +38,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from codelm.generate.prefix import Entry, PrefixCache
 from codelm.generate.sampling import SamplingConfig, penalize, sample
+from codelm.generate.speculate import Lookup, verify
 from codelm.generate.text import TextState
 from codelm.generate.trace import TraceStep, logit_lens, top_candidates
 from codelm.model import Transformer
@@ -71,6 +83,8 @@ class Row:
     prompt_scores: list[tuple[float, Alternatives | None]] | None = None  # of prompt tokens 1..
     reason: str | None = None  # why it ended (see the module docstring)
     seen: torch.Tensor | None = None  # (vocab,) bool, for the repetition penalty
+    cached: int = 0  # prompt tokens whose keys and values came from the prefix cache
+    lookup: Lookup | None = None  # drafts for speculative steps
 
     @property
     def done(self) -> bool:
@@ -80,7 +94,9 @@ class Row:
 class Engine:
     """Up to `rows` completions decoded together on `model`; `special` ids end a row.
     `vocab`: sample only ids below it, where the model has more rows than its tokenizer has
-    tokens (Qwen2.5's embedding is padded from 151,665 tokens to 151,936 rows)."""
+    tokens (Qwen2.5's embedding is padded from 151,665 tokens to 151,936 rows).
+    `prefixes`: reuse prompts' keys and values (it may outlive the engine and serve the
+    next one on the same model); `draft`: tokens drafted per row and step (0: none)."""
 
     def __init__(
         self,
@@ -89,9 +105,12 @@ class Engine:
         special: frozenset[int],
         max_len: int | None = None,
         vocab: int | None = None,
+        prefixes: PrefixCache | None = None,
+        draft: int = 0,
     ):
         self.model, self.special = model, special
         self.vocab = vocab if vocab is not None and vocab < model.cfg.vocab_size else None
+        self.prefixes, self.draft = prefixes, draft
         self.cache = model.new_cache(rows, max_len)
         self.active: list[Row] = []  # active[i] lives in cache row i
         self._next: torch.Tensor | None = None  # (n, 1) the last tokens, while no row came or went
@@ -114,13 +133,23 @@ class Engine:
         prompts = [list(p) for p in distinct]
         score = any(r.score_prompt for r in rows)
         hidden: list[torch.Tensor] | None = [] if any(r.trace == "lens" for r in rows) else None
-        logits, lens = self._prefill(prompts, first, score, hidden)  # (P, T or 1, V), (P,)
+        matches: list[tuple[int, Entry | None]] = [(0, None)] * len(prompts)
+        if self.prefixes is not None and not score and hidden is None:
+            matches = [self._match(p) for p in prompts]
+        cached = [m for m, _ in matches]
+        if any(cached):  # (P, 1, V): each prompt after its reused prefix, alone
+            each = [self._prefill_after(p, first + d, *matches[d]) for d, p in enumerate(prompts)]
+            logits = torch.cat(each)
+            lens = torch.tensor([len(p) for p in prompts], device=self.cache.device)
+        else:
+            logits, lens = self._prefill(prompts, first, score, hidden)  # (P, T or 1, V), (P,)
         for slot in range(len(rows) - 1, -1, -1):  # back to front: a source is never overwritten
             if which[slot] != slot:
                 self.cache.copy_row(first + which[slot], first + slot)
         self.active += rows
         self._next = None
         for r, d in zip(rows, which, strict=True):
+            r.cached = cached[d]
             if r.score_prompt:
                 r.prompt_scores = _score(logits[d, : len(r.prompt)], r.prompt, r.top)
         sel = torch.tensor(which, device=logits.device)  # each row's prompt
@@ -132,22 +161,27 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> list[Row]:
-        """One token for every active row; returns the rows that ended (already retired)."""
+        """One token for every active row (more where drafts are kept); returns the rows that
+        ended (already retired)."""
         if not self.active:
             return []
+        drafts = self._drafts()
+        if drafts is not None:
+            return self._speculate(drafts)
         idx = self._next
         if idx is None:
             idx = torch.tensor([[r.tokens[-1]] for r in self.active], device=self.cache.device)
         hidden: list[torch.Tensor] | None = [] if any(r.trace == "lens" for r in self.active) else None
-        n = len(self.active)
-        cache = self.cache if n == len(self.cache.lens) else self.cache.rows(0, n)
-        logits = self.model(idx, cache, hidden=hidden)[:, -1]
+        logits = self.model(idx, self._view(), hidden=hidden)[:, -1]
         return self._choose(0, logits, hidden, fresh=False)
 
     def remove(self, row: Row) -> None:
         """Free `row`'s cache row; the last active row moves into it."""
         self._next = None
         slot, last = self.active.index(row), len(self.active) - 1
+        if self.prefixes is not None:  # what the row's cache holds: its prompt, then its tokens
+            held = (row.prompt + row.tokens)[: int(self.cache.lens[slot])]
+            self.prefixes.store(held, self.cache.k[:, slot], self.cache.v[:, slot])
         if slot != last:
             self.cache.copy_row(last, slot)
             self.active[slot] = self.active[last]
@@ -172,6 +206,86 @@ class Engine:
         logits = self.model(idx, view, hidden=hidden, at=None if every else lens - 1)
         view.set_lengths([len(p) for p in prompts])  # the padding's keys are overwritten later
         return logits, lens
+
+    def _match(self, prompt: list[int]) -> tuple[int, Entry | None]:
+        """The longest stored prefix of `prompt` that this cache can take: all but the last
+        token at most, since the last one's logits are what the prefill is for."""
+        assert self.prefixes is not None
+        m, entry = self.prefixes.match(prompt)
+        k = self.cache.k
+        if entry is None or entry.k.dtype != k.dtype or entry.k.shape[:2] != (k.size(0), k.size(2)):
+            return 0, None
+        return min(m, len(prompt) - 1), entry
+
+    def _prefill_after(self, prompt: list[int], slot: int, m: int, entry: Entry | None) -> torch.Tensor:
+        """Cache row `slot` gets `entry`'s first m positions, then the rest of `prompt` in one
+        forward; logits (1, 1, V) at its last token."""
+        view = self.cache.rows(slot, 1)
+        if m:
+            assert entry is not None
+            view.k[:, 0, :, :m] = entry.k[:, :, :m]
+            view.v[:, 0, :, :m] = entry.v[:, :, :m]
+        view.set_lengths([m])
+        rest = torch.tensor([prompt[m:]], device=self.cache.device)
+        return self.model(rest, view, at=torch.tensor([len(prompt) - m - 1], device=self.cache.device))
+
+    def _view(self):
+        """The cache rows of the active rows, 0..n-1."""
+        n = len(self.active)
+        return self.cache if n == len(self.cache.lens) else self.cache.rows(0, n)
+
+    def _drafts(self) -> list[list[int]] | None:
+        """Each active row's draft for a speculative step, or None for a plain step."""
+        if not self.draft or any(r.top or r.trace for r in self.active):
+            return None
+        limit = min(self.cache.max_len, self.model.cfg.block_size)
+        k = min(self.draft, limit - 1 - int(self.cache.lens[: len(self.active)].max()))
+        drafts = []
+        for r in self.active:
+            if r.lookup is None:
+                r.lookup = Lookup(r.prompt + r.tokens)
+            drafts.append(r.lookup.draft(min(k, r.max_new_tokens - len(r.tokens) - 1)))
+        return drafts if any(drafts) else None
+
+    def _speculate(self, drafts: list[list[int]]) -> list[Row]:
+        """Feed each row's last token and its draft in one forward; keep what verify keeps."""
+        rows, T = self.active, 1 + max(len(d) for d in drafts)
+        pad = [[r.tokens[-1]] * (T - 1 - len(d)) for r, d in zip(rows, drafts, strict=True)]
+        idx = [[r.tokens[-1], *d, *more] for r, d, more in zip(rows, drafts, pad, strict=True)]
+        view = self._view()
+        before = view.lens.copy()
+        logits = self.model(torch.tensor(idx, device=self.cache.device), view)  # (n, T, V)
+        if self.vocab is not None:
+            logits = logits[..., : self.vocab]
+        logp = logits.float().log_softmax(-1)
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault(id(r.sampler), []).append(i)
+        emitted: list[list[int]] = [[] for _ in rows]
+        for members in groups.values():
+            cfg, gen = rows[members[0]].sampler.cfg, rows[members[0]].sampler.gen
+            seen = None
+            if cfg.repetition_penalty != 1.0:
+                seen = torch.stack([_seen(rows[i], logits.size(-1), logits.device) for i in members])
+            picks = verify(logits[members], [drafts[i] for i in members], cfg, gen, seen)
+            for i, toks in zip(members, picks, strict=True):
+                emitted[i] = toks
+        ended = []
+        for i, (r, toks) in enumerate(zip(rows, emitted, strict=True)):
+            lps = logp[i, torch.arange(len(toks)), torch.tensor(toks)].tolist()
+            taken = 0
+            for t, lp in zip(toks, lps, strict=True):
+                self._accept(r, t, lp, None, None)
+                taken += 1
+                if r.done:
+                    ended.append(r)
+                    break
+            # keys kept: the last token's, then the drafts taken (never the row's own last token)
+            view.lens[i] = before[i] + 1 + min(taken, len(toks) - 1)
+        for r in ended:
+            self.remove(r)
+        self._next = None
+        return ended
 
     def _choose(
         self, first: int, logits: torch.Tensor, hidden: list[torch.Tensor] | None, fresh: bool
@@ -230,6 +344,8 @@ class Engine:
         r.tokens.append(token)
         r.logprobs.append(logprob)
         r.tops.append(top)
+        if r.lookup is not None:
+            r.lookup.extend((token,))
         if step is not None:
             r.steps.append(step)
         if r.seen is not None:

@@ -9,6 +9,9 @@
 - A prompt ending inside what training saw as one token is healed (prompts.plan,
   healing.py): its last token is taken off and the first new token re-spells it.
 - `load_run` loads a run for generation; best-of-n ranking is in best.py.
+Every entry point drafts tokens by prompt lookup (`draft`, speculate.py; 0 turns it off:
+the output is the same either way) and takes an optional `prefixes` cache (prefix.py)
+that reuses the keys and values of earlier prompts across calls.
 This module does not choose tokens (sampling.py) nor decide stops (stopping.py).
 """
 
@@ -20,8 +23,10 @@ from pathlib import Path
 
 from codelm.errors import CodelmError
 from codelm.generate.engine import Engine, Row, Sampler
+from codelm.generate.prefix import PrefixCache
 from codelm.generate.prompts import Planned, Prompt, as_prompt, plan
 from codelm.generate.sampling import SamplingConfig
+from codelm.generate.speculate import DRAFT
 from codelm.generate.stopping import DEFAULT_STOPS, StopConfig, build_rules
 from codelm.generate.text import TextState
 from codelm.generate.trace import TraceStep
@@ -47,6 +52,7 @@ class Completion:
     dropped_tokens: int = 0  # prompt tokens left out to fit the context
     trace: list[TraceStep] | None = None
     healed: str = ""  # the prompt's end that tokens[0] re-spells (healing.py); not in `text`
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from `prefixes`
 
     @property
     def truncated(self) -> bool:
@@ -87,11 +93,13 @@ def _plans(
     return [(p, plan(tok, p, model.cfg.block_size, cfg.max_new_tokens)) for p in map(as_prompt, prompts)]
 
 
-def _engine(model: Transformer, tok: CodeTokenizer, rows: list[Row]) -> Engine:
+def _engine(
+    model: Transformer, tok: CodeTokenizer, rows: list[Row], prefixes: PrefixCache | None, draft: int
+) -> Engine:
     """An engine sized for `rows`: its cache holds no more than they can reach."""
     longest = max(len(r.prompt) + r.max_new_tokens for r in rows)
     max_len = min(model.cfg.block_size, longest)
-    return Engine(model, len(rows), tok.stop_ids, max_len, tok.vocab_size)
+    return Engine(model, len(rows), tok.stop_ids, max_len, tok.vocab_size, prefixes, draft)
 
 
 def _result(row: Row, prompt: Prompt, planned: Planned) -> Completion:
@@ -105,6 +113,7 @@ def _result(row: Row, prompt: Prompt, planned: Planned) -> Completion:
         planned.dropped,
         row.steps if row.trace else None,
         planned.healed,
+        row.cached,
     )
 
 
@@ -117,6 +126,8 @@ def generate_batch(
     n: int = 1,
     trace: str = "",
     greedy_first: bool = False,
+    prefixes: PrefixCache | None = None,
+    draft: int = DRAFT,
 ) -> list[list[Completion]]:
     """`n` completions of each prompt, all in one batch. With `greedy_first`, the first
     sample of each prompt is greedy (best-of-n then never does worse than greedy)."""
@@ -138,7 +149,7 @@ def generate_batch(
         for p, pl in plans
         for j in range(n)
     ]
-    engine = _engine(model, tok, rows)
+    engine = _engine(model, tok, rows, prefixes, draft)
     engine.add(rows)
     while engine.active:
         engine.step()
@@ -174,6 +185,8 @@ def generate(
     cfg: SamplingConfig = SamplingConfig(),
     stops: StopConfig = DEFAULT_STOPS,
     trace: str = "",
+    prefixes: PrefixCache | None = None,
+    draft: int = DRAFT,
 ) -> Stream:
     """Stream one completion of `prompt`. `trace`: "" | "top" (top-5 per token) | "lens"
     (also the logit lens). Errors in the prompt are raised here, before any streaming."""
@@ -181,7 +194,7 @@ def generate(
     row = text_row(
         tok, p, pl, Sampler.of(cfg, model.norm_f.weight.device), stops, cfg.max_new_tokens, trace=trace
     )
-    return Stream(_engine(model, tok, [row]), row, p, pl)
+    return Stream(_engine(model, tok, [row], prefixes, draft), row, p, pl)
 
 
 def complete(
@@ -191,9 +204,11 @@ def complete(
     cfg: SamplingConfig = SamplingConfig(),
     stops: StopConfig = DEFAULT_STOPS,
     trace: str = "",
+    prefixes: PrefixCache | None = None,
+    draft: int = DRAFT,
 ) -> Completion:
     """Complete `prompt` (the streaming path, drained)."""
-    stream = generate(model, tok, prompt, cfg, stops, trace)
+    stream = generate(model, tok, prompt, cfg, stops, trace, prefixes, draft)
     for _ in stream:
         pass
     assert stream.completion is not None
@@ -205,6 +220,7 @@ def generate_ids(
     prompt: list[int],
     cfg: SamplingConfig,
     stop_ids: frozenset[int] = frozenset(),
+    draft: int = DRAFT,
 ) -> Iterator[Step]:
     """Yield sampled tokens one at a time, ending after a stop id, `max_new_tokens` or
     the end of the context."""
@@ -214,10 +230,13 @@ def generate_ids(
     if len(prompt) >= block:
         raise CodelmError(f"the prompt fills the model's whole context ({block} tokens)")
     row = Row(list(prompt), cfg.max_new_tokens, Sampler.of(cfg, model.norm_f.weight.device))
-    engine = Engine(model, 1, frozenset(stop_ids), min(block, len(prompt) + cfg.max_new_tokens))
+    engine = Engine(model, 1, frozenset(stop_ids), min(block, len(prompt) + cfg.max_new_tokens), draft=draft)
     engine.add([row])
+    given = 0
     while True:
-        yield Step(row.tokens[-1], row.logprobs[-1])
+        for i in range(given, len(row.tokens)):  # a step may keep several drafted tokens
+            yield Step(row.tokens[i], row.logprobs[i])
+        given = len(row.tokens)
         if row.done:
             return
         engine.step()

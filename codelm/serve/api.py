@@ -41,6 +41,7 @@ from codelm.errors import CodelmError
 from codelm.generate.healing import Healing
 from codelm.generate.prompts import Prompt, plan, prompt_room
 from codelm.generate.sampling import SamplingConfig
+from codelm.generate.speculate import DRAFT
 from codelm.generate.stopping import StopConfig, build_rules
 from codelm.model import Transformer
 from codelm.serve.batching import Event, Job, QueueFull, Scheduler
@@ -72,11 +73,16 @@ class ServeConfig:
     max_prompt_chars: int = 200_000  # longer prompts (prompt + suffix + instruction) get 400
     timeout: float = 120.0  # seconds per request, queue wait included; then it ends with "timeout"
     model_name: str | None = None  # the id in /v1/models and responses; default: the run's name
+    prompt_cache_mb: int = 256  # keys and values of recent prompts kept for reuse; 0: none
+    draft: int = DRAFT  # tokens drafted per row and step by prompt lookup; 0: none
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_tokens", "max_prompt_chars", "timeout"):
             if not getattr(self, name) > 0:
                 raise CodelmError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("prompt_cache_mb", "draft"):
+            if getattr(self, name) < 0:
+                raise CodelmError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:  # 0: any free port
             raise CodelmError(f"port must be in [0, 65535], got {self.port}")
 
@@ -124,7 +130,10 @@ class Service:
 
     def __init__(self, model: Transformer, tok: CodeTokenizer, cfg: ServeConfig, name: str):
         self.model, self.tok, self.cfg, self.name = model, tok, cfg, name
-        self.sched = Scheduler(model, tok, cfg.max_batch, cfg.max_queue)
+        cache = cfg.prompt_cache_mb << 20
+        self.sched = Scheduler(
+            model, tok, cfg.max_batch, cfg.max_queue, prompt_cache_bytes=cache, draft=cfg.draft
+        )
         self.block = model.cfg.block_size
         self.created = int(time.time())
 

@@ -19,9 +19,12 @@ through each job's `sink`, called on the scheduler thread: the API layer passes
 them to its event loop. An exception inside a step fails the rows of that step
 with an "error" event and the loop goes on.
 
-It does not preempt, prioritise, chunk long prefills or share prompt prefixes
-between requests. `max_batch=1` serves one row at a time: the baseline that
-bench/serve.py compares against.
+Prompt prefixes are shared between requests through the engine's prefix cache
+(`prompt_cache_bytes`, generate/prefix.py): a request prefills only the tokens after
+the longest prefix that an earlier request's keys and values cover, and its usage
+counts them as cached. Steps draft tokens by prompt lookup (`draft`,
+generate/speculate.py). It does not preempt, prioritise or chunk long prefills.
+`max_batch=1` serves one row at a time: the baseline that bench/serve.py compares against.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from dataclasses import dataclass, field
 
 from codelm.generate.engine import Engine, Row, Sampler
 from codelm.generate.healing import Healing
+from codelm.generate.prefix import PrefixCache
 from codelm.generate.sampling import SamplingConfig
+from codelm.generate.speculate import DRAFT
 from codelm.generate.stopping import StopRule
 from codelm.generate.text import TextState
 from codelm.model import Transformer
@@ -61,6 +66,7 @@ class Event:
     # length, context_full or timeout
     stop_rule: str = ""
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, those whose keys and values were reused
     completion_tokens: int = 0
     prompt_info: list[TokenInfo] | None = None  # start, when the job asked for prompt logprobs
     error: str = ""
@@ -117,10 +123,13 @@ class Scheduler:
         max_batch: int = 16,
         max_queue: int = 64,
         prefill_tokens: int = 4096,  # prompt tokens prefilled per turn (one job at least)
+        prompt_cache_bytes: int = 256 << 20,  # keys and values of recent prompts; 0: no reuse
+        draft: int = DRAFT,  # tokens drafted per row and step; 0: none
     ):
         self.model, self.tok = model, tok
         self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
-        self.engine = Engine(model, max_batch, tok.stop_ids, vocab=tok.vocab_size)
+        self.prefixes = PrefixCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
+        self.engine = Engine(model, max_batch, tok.stop_ids, None, tok.vocab_size, self.prefixes, draft)
         self.bytes_of = tok.token_bytes
         self._waiting: collections.deque[Job] = collections.deque()
         self._rows: dict[Row, _Live] = {}  # the engine's active rows
@@ -239,7 +248,9 @@ class Scheduler:
             if scores is not None:
                 rest = [TokenInfo(t, lp, top) for t, (lp, top) in zip(job.prompt[1:], scores, strict=True)]
                 info = [TokenInfo(job.prompt[0], math.nan, None), *rest]
-            self._emit(job, Event("start", job.index, prompt_tokens=job.prompt_tokens, prompt_info=info))
+            start = Event("start", job.index, prompt_tokens=job.prompt_tokens, cached_tokens=live.row.cached)
+            start.prompt_info = info
+            self._emit(job, start)
         self._hand_out(lives, ended)
 
     def _row(self, job: Job) -> Row:
@@ -289,8 +300,8 @@ class Scheduler:
         if row.reason is None:  # timed out mid-generation: flush a character left incomplete
             row.text.finish()
         text, n = row.text.take(final=True)
-        ev = Event("done", job.index, text, self._infos(live, n), why, job.prompt_tokens, len(row.tokens))
-        self._emit(job, ev)
+        infos, used = self._infos(live, n), (job.prompt_tokens, row.cached, len(row.tokens))
+        self._emit(job, Event("done", job.index, text, infos, why, *used))
 
     def _fail(self, jobs: list[Job], message: str) -> None:
         self.stats["errors"] += len(jobs)

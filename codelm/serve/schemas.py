@@ -164,13 +164,14 @@ class Choice:
     stop_rule: str | None = None
     started: bool = False
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
 
     def add(self, ev: Event, echo: Echo | None = None) -> tuple[str, dict | None]:
         """Fold in an event; return its new text and logprobs part (for a stream chunk)."""
         text, infos = ev.text, ev.tokens
         if ev.kind == "start":
-            self.started, self.prompt_tokens = True, ev.prompt_tokens
+            self.started, self.prompt_tokens, self.cached_tokens = True, ev.prompt_tokens, ev.cached_tokens
             text, infos = (echo.text, (ev.prompt_info or [])[echo.skip :]) if echo else ("", [])
         elif ev.kind == "done":
             self.stop_rule = ev.stop_rule
@@ -190,8 +191,16 @@ class Choice:
         }
 
 
-def usage(choices: list[Choice], n: int) -> dict[str, int]:
-    """Token counts; the prompt of each prompt counts once, not once per choice."""
-    prompt = sum(c.prompt_tokens for c in choices if c.index % n == 0)
+def usage(choices: list[Choice], n: int) -> dict[str, Any]:
+    """Token counts; the prompt of each prompt counts once, not once per choice. Prompt
+    tokens whose keys and values were reused from earlier requests are `cached_tokens`
+    under `prompt_tokens_details`, as OpenAI's API and vLLM report them."""
+    firsts = [c for c in choices if c.index % n == 0]
+    prompt, cached = sum(c.prompt_tokens for c in firsts), sum(c.cached_tokens for c in firsts)
     done = sum(c.completion_tokens for c in choices)
-    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": done,
+        "total_tokens": prompt + done,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }

@@ -1,0 +1,113 @@
+"""Speculative decoding without a second model: prompt-lookup drafts, verified in one pass.
+
+Code repeats its own names, arguments and lines. `Lookup` drafts the next few tokens of a
+row by finding the most recent earlier occurrence of its last n-gram (in the prompt or in
+what it generated) and proposing the tokens that followed it (Saxena's prompt-lookup
+decoding; llama.cpp's and vLLM's n-gram speculation). The engine feeds the row's last
+token and the draft in one forward pass, which on a CPU bound by memory bandwidth costs
+little more than one token, and `verify` keeps the longest run of drafts the model agrees
+with, plus one token of its own:
+- greedy: a draft is kept while it is the model's argmax, so the output is the plain
+  greedy output, token for token (up to float rounding between the batched and the
+  one-token forward);
+- sampling: the standard rule for a draft distribution q (Leviathan et al. 2023, Chen et al.
+  2023). A drafted token is a point mass q(d) = 1, so it is kept with probability p(d);
+  after a rejection the token is drawn from p with d removed, renormalised, the residual
+  max(0, p - q). Each kept or drawn token is distributed exactly as plain sampling would
+  draw it: the output distribution is unchanged. The random stream differs, so a seeded
+  run gives other (equally likely) samples than without speculation.
+p is the distribution plain sampling uses at that position: the repetition penalty applied
+with every token before it generated (the drafts before it included), then temperature,
+top-k and top-p.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from codelm.generate.sampling import SamplingConfig, filter_logits, penalize
+
+# Tokens drafted per row and step. Held-out completions of the demo's 5-minute model
+# (fp32, 30 functions of pygments, greedy, 64 new tokens): 1.40 tokens per step at 2,
+# 1.46 at 4, 1.47 at 6; tokens/s 935, 971, 948 against 854 without drafts.
+DRAFT = 4
+
+
+class Lookup:
+    """Drafts for one growing token sequence (a row's prompt, then its tokens)."""
+
+    def __init__(self, ids: Sequence[int], ngram: int = 3, min_ngram: int = 2):
+        self.ngram, self.min_ngram = ngram, min_ngram
+        self.seq: list[int] = []
+        # n -> n-gram -> the position after its latest occurrence that is not the sequence's end
+        self._after: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(min_ngram, ngram + 1)}
+        self.extend(ids)
+
+    def extend(self, ids: Sequence[int]) -> None:
+        for t in ids:
+            end = len(self.seq)  # the n-grams ending here become "earlier" once t follows them
+            for n, index in self._after.items():
+                if end >= n:
+                    index[tuple(self.seq[end - n : end])] = end
+            self.seq.append(t)
+
+    def draft(self, k: int) -> list[int]:
+        """Up to k tokens that followed the latest earlier occurrence of the longest n-gram
+        ending the sequence; [] when none occurred before."""
+        if k <= 0:
+            return []
+        for n in range(self.ngram, self.min_ngram - 1, -1):
+            if len(self.seq) < n:
+                continue
+            at = self._after[n].get(tuple(self.seq[-n:]))
+            if at is not None:
+                return self.seq[at : at + k]
+        return []
+
+
+def verify(
+    logits: torch.Tensor,
+    drafts: list[list[int]],
+    cfg: SamplingConfig,
+    gen: torch.Generator | None,
+    seen: torch.Tensor | None,
+) -> list[list[int]]:
+    """The tokens each row emits: its kept drafts, then one token of the model's own.
+
+    logits (R, T, V): position i of row r follows the row's last token and drafts[r][:i];
+    `seen` (R, V): tokens each row generated before this pass (for the repetition penalty;
+    None without one). Rows draft at most T - 1 tokens each.
+    """
+    R, T, V = logits.shape
+    width = torch.zeros(R, T - 1, dtype=torch.long, device=logits.device)  # drafts, padded
+    has = torch.zeros(R, T - 1, dtype=torch.bool, device=logits.device)
+    for r, d in enumerate(drafts):
+        width[r, : len(d)] = torch.tensor(d, dtype=torch.long)
+        has[r, : len(d)] = True
+    if seen is not None and cfg.repetition_penalty != 1.0:
+        # position i has also seen drafts 0..i-1: a cumulative one-hot over positions
+        marks = torch.zeros(R, T, V, dtype=torch.int32, device=logits.device)
+        marks[:, 1:].scatter_(2, width[..., None], has[..., None].int())
+        seen_at = seen[:, None, :] | (marks.cumsum(1) > 0)
+        logits = penalize(logits, seen_at, cfg.repetition_penalty)
+    if cfg.temperature == 0:
+        own = logits.argmax(-1)  # (R, T)
+        agree = (own[:, :-1] == width) & has
+        kept = agree.int().cumprod(1).sum(1).tolist()
+        return [d[:m] + [int(own[r, m])] for r, (d, m) in enumerate(zip(drafts, kept, strict=True))]
+    probs = filter_logits(logits.reshape(R * T, V), cfg).softmax(-1).view(R, T, V)
+    p_draft = probs[:, :-1].gather(2, width[..., None])[..., 0]  # (R, T - 1)
+    u = torch.rand(R, T - 1, generator=gen, device=logits.device)
+    kept = ((u < p_draft) & has).int().cumprod(1).sum(1).tolist()
+    out = []
+    for r, (d, m) in enumerate(zip(drafts, kept, strict=True)):
+        p = probs[r, m]
+        if m < len(d):  # rejected d[m]: draw from what is left of p without it
+            p = p.clone()
+            p[d[m]] = 0.0
+            if p.sum() <= 0:  # p was all on d[m] and u fell on its rounding: keep it after all
+                p[d[m]] = 1.0
+        out.append(d[:m] + [int(torch.multinomial(p, 1, generator=gen))])
+    return out
