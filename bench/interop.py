@@ -18,7 +18,9 @@ is then smaller than in the real model). Every context is 1024 tokens.
 
 llama-cpp-python is not a dependency of codelm: the bench installs it into the running
 environment on first use (`pip install llama-cpp-python`, a build from source of a few
-minutes; `CMAKE_ARGS=-DGGML_NATIVE=ON` so it uses this CPU's vector ISA). Decode tokens/s
+minutes; `CMAKE_ARGS=-DGGML_NATIVE=ON` so it uses this CPU's vector ISA). Under
+`CODELM_CPU=avx2` (with torch's AVX2 variables, as bench/generate.py describes) it builds
+and uses a second copy limited to AVX2, so both engines are held to the same instructions. Decode tokens/s
 is 1 / the median interval between new tokens, time to first token covers the prompt;
 engines alternate within each repetition, and the table gives medians over repetitions.
 """
@@ -64,16 +66,36 @@ SHAPES = {
 
 
 def llama_cpp():
-    """The llama_cpp module, built and installed on first use."""
+    """The llama_cpp module, built and installed on first use. With CODELM_CPU=avx2 (AVX2
+    emulated on a larger CPU) it is a build limited to AVX2, kept apart from the native one
+    in ~/.cache/codelm/llama-cpp-avx2 (installed with pip --target)."""
+    if os.environ.get("CODELM_CPU") == "avx2":
+        target = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "codelm" / "llama-cpp-avx2"
+        if not (target / "llama_cpp").is_dir():
+            print("installing llama-cpp-python for AVX2 (a build from source, a few minutes)...", flush=True)
+            env = {**os.environ, "CMAKE_ARGS": AVX2_ARGS}
+            # --no-cache-dir: pip's wheel cache is keyed by the source, not CMAKE_ARGS, and
+            # would hand back the native build
+            pip = [sys.executable, "-m", "pip", "install", "-q", "--no-cache-dir", "--no-deps"]
+            pip += ["--target", str(target)]
+            subprocess.run([*pip, "llama-cpp-python"], check=True, env=env)
+        sys.path.insert(0, str(target))
+        import llama_cpp
+
+        return llama_cpp
     try:
         import llama_cpp
     except ImportError:
         print("installing llama-cpp-python (a build from source, a few minutes)...", flush=True)
         env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", cmake_args())}
-        pip = [sys.executable, "-m", "pip", "install", "-q", "llama-cpp-python"]
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-cache-dir", "llama-cpp-python"]
         subprocess.run(pip, check=True, env=env)
         import llama_cpp
     return llama_cpp
+
+
+# What an AVX2 laptop's llama.cpp uses: AVX2 with FMA, F16C and BMI2; no AVX-512, no AMX.
+AVX2_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
 
 
 def cmake_args() -> str:
@@ -105,10 +127,10 @@ def corpus_tokenizer(vocab: int, cache: Path):
     return tok
 
 
-def make_run(shape: str, tok, run: Path) -> Transformer:
+def make_run(shape: str, tok, run: Path, block: int = 1024) -> Transformer:
     """A random model of `shape` saved as a codelm run directory."""
     torch.manual_seed(0)
-    cfg = ModelConfig(**{**SHAPES[shape], "vocab_size": tok.vocab_size, "block_size": 1024})
+    cfg = ModelConfig(**{**SHAPES[shape], "vocab_size": tok.vocab_size, "block_size": block})
     model = Transformer(cfg).eval()
     with torch.no_grad():  # biases start at 0: give them values, so that they are read
         for name, p in model.named_parameters():

@@ -371,6 +371,11 @@ def test_prompt_layouts_match_training(tokenizer):
     trained, _ = assemble(layout, [tokenizer.encode(p) for p in (pre, mid, suf)], tokenizer)
     fim = encode_prompt(tokenizer, Prompt(pre, suffix=suf), 60).ids
     assert fim == [eot, *trained[: trained.index(s[FIM_MIDDLE]) + 1]]
+    spm = [("special", FIM_SUFFIX, 1), ("piece", 2, 1), ("special", FIM_PREFIX, 1), ("piece", 0, 1)]
+    layout = Layout([pre, mid, suf], spm + layout.parts[4:])  # training's other order
+    trained, _ = assemble(layout, [tokenizer.encode(p) for p in (pre, mid, suf)], tokenizer)
+    fim = encode_prompt(tokenizer, Prompt(pre, suffix=suf, fim_order="spm"), 60).ids
+    assert fim == [eot, *trained[: trained.index(s[FIM_MIDDLE]) + 1]]
     row = {"kind": "pair", "text": "t", "prompt": "Add two numbers.", "completion": "def add(a, b):"}
     trained, _ = assemble(document_layout(row, np.random.default_rng(0), 0.0), [
         tokenizer.encode(row["prompt"]), tokenizer.encode(row["completion"])], tokenizer)  # fmt: skip

@@ -37,6 +37,12 @@ def _same(a: Row, b: Row) -> None:
         torch.testing.assert_close(torch.tensor([v for _, v in x]), torch.tensor([v for _, v in y]))
 
 
+def _common(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of a and b."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
 def test_logits_after_reuse_equal_a_fresh_prefill():
     model = _model()
     cache = PrefixCache(1 << 24)
@@ -130,3 +136,23 @@ def test_typing_along_through_complete_equals_fresh_completions(tokenizer):
         assert (got.text, got.tokens, got.healed) == (want.text, want.tokens, want.healed)
         reused += got.cached_tokens
     assert reused > 0
+
+
+def test_spm_prompts_change_only_at_their_end_as_the_user_types(tokenizer):
+    """In SPM order a keystroke at the cursor leaves every token before the prefix's last
+    few alone, so the prefix cache reuses them; PSM's suffix follows the edit."""
+    from codelm.generate.prompts import Prompt, plan
+
+    before, after = "def area(w, h):\n    ", "\n\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n"
+    shared = {"psm": [], "spm": []}
+    for order in shared:
+        last = None
+        for typed in ("re", "ret", "retu", "return", "return w"):
+            ids = plan(tokenizer, Prompt(before + typed, after, fim_order=order), 256, 16).ids
+            if last is not None:
+                same = _common(ids, last)
+                shared[order].append(len(ids) - same)  # tokens to prefill after the reused ones
+            last = ids
+    suffix_tokens = len(tokenizer.encode(after))
+    assert max(shared["spm"]) <= 4
+    assert min(shared["psm"]) > suffix_tokens

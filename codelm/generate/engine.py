@@ -111,6 +111,7 @@ class Engine:
         self.model, self.special = model, special
         self.vocab = vocab if vocab is not None and vocab < model.cfg.vocab_size else None
         self.prefixes, self.draft = prefixes, draft
+        self.drafted = self.kept = 0  # draft tokens proposed and kept, over the engine's life
         self.cache = model.new_cache(rows, max_len)
         self.active: list[Row] = []  # active[i] lives in cache row i
         self._next: torch.Tensor | None = None  # (n, 1) the last tokens, while no row came or went
@@ -282,6 +283,7 @@ class Engine:
                     break
             # keys kept: the last token's, then the drafts taken (never the row's own last token)
             view.lens[i] = before[i] + 1 + min(taken, len(toks) - 1)
+            self.drafted, self.kept = self.drafted + len(drafts[i]), self.kept + min(taken, len(toks) - 1)
         for r in ended:
             self.remove(r)
         self._next = None

@@ -7,7 +7,11 @@ training document follows one; `<s>` and the like for Llama-style models:
 - plain completion: `<bos> code`;
 - fill-in-the-middle, PSM order: `<bos> <|fim_prefix|> prefix <|fim_suffix|>
   suffix <|fim_middle|>`, in the tokenizer's own FIM spellings; the model writes the
-  middle and ends it with an end token. A tokenizer without FIM tokens refuses it;
+  middle and ends it with an end token. A tokenizer without FIM tokens refuses it.
+  `fim_order="spm"` gives training's other order, `<bos> <|fim_suffix|> suffix
+  <|fim_prefix|> prefix <|fim_middle|>`: there a keystroke at the cursor changes only
+  the prompt's end, so the engine's prefix cache reuses all before it (bench/latency.py);
+  in PSM the whole suffix after the prefix is prefilled again;
 - instruction to code: `<bos> <|instruction|> text <|code|> code-start`. A tokenizer
   without instruction tokens (a pretrained base model) gets what base code models
   understand instead: `<bos> # text (one comment line per line) \n code-start`
@@ -37,8 +41,11 @@ class Prompt:
     text: str = ""  # plain: the code to continue; FIM: the prefix; instruction: the code's start
     suffix: str | None = None  # set: fill in the middle between `text` and `suffix`
     instruction: str | None = None  # set: write code for this request
+    fim_order: str = "psm"  # "psm" | "spm": the order of prefix and suffix (both trained)
 
     def __post_init__(self) -> None:
+        if self.fim_order not in ("psm", "spm"):
+            raise CodelmError(f"fim order must be psm or spm, got {self.fim_order!r}")
         if self.suffix is not None and self.instruction is not None:
             raise CodelmError("choose fill-in-the-middle (suffix) or an instruction, not both")
         if self.instruction is not None and not self.instruction.strip():
@@ -89,6 +96,8 @@ def encode_prompt(tok: CodeTokenizer, prompt: Prompt, room: int) -> Encoded:
             raise CodelmError("this model's tokenizer has no fill-in-the-middle tokens")
         head, first, second = [tok.bos_id, s[FIM_PREFIX]], prompt.text, prompt.suffix or ""
         mid, tail = [s[FIM_SUFFIX]], [s[FIM_MIDDLE]]
+        if prompt.fim_order == "spm":
+            head, mid = [tok.bos_id, s[FIM_SUFFIX]], [s[FIM_PREFIX]]
     elif tok.has(INSTRUCTION):
         head, first, second = [tok.bos_id, s[INSTRUCTION]], prompt.instruction or "", prompt.text
         mid, tail = [s[CODE]], []
@@ -103,6 +112,8 @@ def encode_prompt(tok: CodeTokenizer, prompt: Prompt, room: int) -> Encoded:
     # FIM keeps the suffix's start (next to the hole); an instruction keeps the code's end.
     a_kept = a[len(a) - ka :]
     b_kept = b[:kb] if prompt.mode == "fim" else b[len(b) - kb :]
+    if prompt.fim_order == "spm" and prompt.mode == "fim":
+        a_kept, b_kept = b_kept, a_kept  # the suffix first; each part keeps what it keeps in PSM
     return Encoded(head + a_kept + mid + b_kept + tail, len(a) - ka + len(b) - kb)
 
 

@@ -195,7 +195,7 @@ class Service:
             return [self.tok.bos_id], "", Echo("", 1) if req.echo else None, None
         exact = req.echo or req.logprobs is not None  # scored prompts keep their own tokens
         try:
-            prompt = Prompt(p, req.suffix, req.instruction)
+            prompt = Prompt(p, req.suffix, req.instruction, req.fim_order or "psm")
             planned = plan(self.tok, prompt, self.block, max_tokens, healing=not exact)
         except CodelmError as e:
             raise BadRequest(str(e)) from None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,6 +69,7 @@ class CompletionRequest(BaseModel):
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
     instruction: str | None = None
+    fim_order: Literal["psm", "spm"] | None = None  # with suffix; spm: typing appends (default psm)
     stop_at_block_end: bool | None = None
     stop_on_repetition: bool | None = None
 
