@@ -1,6 +1,6 @@
-"""codelm's CPU kernel core (codelm/model/kernels_core.h, kernels_linear.h) on every instruction
-set it is written for, without torch: tests/kernels_check.cpp compares each kernel with a
-scalar reference.
+"""codelm's CPU kernel core (codelm/model/kernels_core.h, kernels_linear.h, kernels_block.h) on
+every instruction set it is written for, without torch: tests/kernels_check.cpp compares each
+kernel with a scalar reference.
 
 The torch ops themselves are tested in test_model.py on this machine's ISA (and again with the
 AVX2 build on an AVX-512 CPU). Here the same loops are checked for each branch of the vector
@@ -30,7 +30,8 @@ CHECK = ROOT / "tests" / "kernels_check.cpp"
 CXX = shutil.which(cbuild.compiler())
 CROSS = shutil.which("aarch64-linux-gnu-g++")
 QEMU = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
-KERNELS = ("vexp_nonpositive", "int8_linear", "bf16_linear", "attend_one")
+KERNELS = ("vexp_nonpositive", "int8_linear", "bf16_linear", "fp32_linear", "attend_one")
+KERNELS += ("rmsnorm", "layernorm", "swiglu", "gelu_tanh", "rope", "bf16_round", "add_into")  # a block's
 
 
 def _build(compiler: str, flags: list[str], out: Path) -> Path:

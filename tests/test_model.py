@@ -503,4 +503,7 @@ def test_native_bf16_linear_rejects_what_it_cannot_read():
 KERNEL_TESTS += [
     "tests/test_model.py::test_native_bf16_linear_is_the_fp32_product_with_the_bf16_weights",
     "tests/test_generate.py::test_bf16_weights_decode_through_the_kernel_as_fp32_on_the_same_weights",
+    "tests/test_fused.py::test_fused_step_equals_the_python_blocks",
+    "tests/test_fused.py::test_fused_step_with_rows_at_different_positions",
+    "tests/test_fused.py::test_decode_block_rejects_what_it_cannot_read",
 ]

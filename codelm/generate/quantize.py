@@ -18,6 +18,12 @@ bandwidth (bench/generate.py prints that bound): fewer bytes per weight give mor
   take aten's bf16 GEMM where bf16 is native, else the weights converted to fp32.
 - "auto": int8 on CPU for models with at least AUTO_MIN_PARAMS weights in linear layers
   (smaller ones fit in cache, where fp32 is exact and about as fast), bf16 on CUDA.
+Decoding one token per row then runs each transformer block in one call of codelm's
+decode_block kernel (`FusedStep`, as `Transformer.fast_step`) wherever those kernels read
+every linear layer: native int8 and bf16 layers, and fp32 ones ("fp32" keeps the model
+itself, its step added). Through Python a block's ~40 small torch ops cost more than its
+weights: `small` decodes 1,109 int8 tokens/s instead of 525, `base` 207 instead of 105
+(bench/generate.py; AVX-512, 2 cores).
 Only `nn.Linear` layers change, and the KV cache, which becomes bf16 on CPU where
 codelm's attention kernel reads it (torch's bf16 attention at batch 1 runs several times
 slower than fp32 on these CPUs, measured). Norms, embeddings, RoPE and the attention
@@ -36,7 +42,8 @@ import torch.nn.functional as F
 
 from codelm import hardware
 from codelm.errors import CodelmError
-from codelm.model import native
+from codelm.model import Transformer, native
+from codelm.model.kv_cache import KVCache, Where
 
 WEIGHTS = ("auto", "fp32", "bf16", "int8")
 KERNEL_MAX_ROWS = 16  # above this aten's int8 GEMV kernel loses to dequantize + GEMM (measured)
@@ -161,9 +168,11 @@ def resolve_weights(weights: str, model: nn.Module) -> str:
 
 
 def prepare_model(model: nn.Module, weights: str = "auto") -> nn.Module:
-    """`model` for generation with its linear layers in `weights` format (a copy unless fp32)."""
+    """`model` for generation with its linear layers in `weights` format (a copy unless fp32),
+    decoding through codelm's fused step where its kernels take every block (`fused_step`)."""
     kind = resolve_weights(weights, model)
     if kind == "fp32":
+        model.fast_step = fused_step(model)
         return model
     out = copy.deepcopy(model).float()
     for parent in list(out.modules()):
@@ -175,7 +184,60 @@ def prepare_model(model: nn.Module, weights: str = "auto") -> nn.Module:
         # weights for `base` at 576 positions): codelm's attention reads bf16 in 54 us per
         # layer against 95 for fp32. Only with that kernel: torch's read bf16 slower.
         out.kv_dtype = torch.bfloat16
+    out.fast_step = fused_step(out)
     return out.eval().requires_grad_(False)
+
+
+class FusedStep:
+    """A decode step's blocks (one new token per row) through codelm's decode_block kernel
+    (model/native.py), one call a block: `Transformer.fast_step`."""
+
+    def __init__(self, model: Transformer, blocks: list[list[torch.Tensor | None]]):
+        cfg = model.cfg
+        self.blocks = blocks  # each block's tensors, as decode_block reads them
+        self.cos, self.sin = (model.rope_cos, model.rope_sin) if cfg.pos == "rope" else (None, None)
+        self.n_head, self.eps = cfg.n_head, model.blocks[0].norm1.eps
+        self.layernorm, self.gelu = cfg.norm == "layernorm", cfg.mlp == "gelu"
+        self.half_rope = cfg.rope_layout == "half"
+
+    def __call__(self, x: torch.Tensor, cache: KVCache, where: Where) -> torch.Tensor:
+        for layer, params in enumerate(self.blocks):
+            x = torch.ops.codelm.decode_block(
+                x, params, cache.k, cache.v, layer, where.pos, self.cos, self.sin, self.n_head,
+                self.layernorm, self.eps, self.gelu, self.half_rope,
+            )  # fmt: skip
+        return x
+
+
+def _fused_linear(m: nn.Module) -> list[torch.Tensor | None] | None:
+    """A linear layer's weight, scale and bias as decode_block reads them, or None where it
+    cannot: a format without codelm's kernel, fp32 weights whose width is not a multiple of 32."""
+    if isinstance(m, Int8Linear):
+        return [m.q, m.scale, m.bias] if m.native else None
+    if isinstance(m, BF16Linear):
+        return [m.w, None, m.bias] if m.native else None
+    if type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.in_features % 32 == 0:
+        return [m.weight, None, m.bias]
+    return None
+
+
+def fused_step(model: Transformer) -> FusedStep | None:
+    """The fused decode step of `model` where codelm's kernels take every block (on CPU, every
+    linear layer in a format they read, head widths a multiple of 16), else None."""
+    cfg = model.cfg
+    p = model.norm_f.weight
+    fits = cfg.head_dim % 16 == 0 and cfg.n_embd % 16 == 0 and cfg.mlp_hidden % 16 == 0
+    if not fits or p.device.type != "cpu" or p.dtype != torch.float32 or not native.available():
+        return None
+    blocks = []
+    for block in model.blocks:
+        attn, mlp = block.attn, block.mlp
+        layers = [_fused_linear(m) for m in (attn.qkv, attn.proj, mlp.up, mlp.down)]
+        if any(layer is None for layer in layers):
+            return None
+        norms = [[n.weight, getattr(n, "bias", None)] for n in (block.norm1, block.norm2)]
+        blocks.append(norms[0] + layers[0] + layers[1] + norms[1] + layers[2] + layers[3])
+    return FusedStep(model, blocks)
 
 
 def _swap(linear: nn.Linear, kind: str) -> nn.Module:

@@ -1,6 +1,7 @@
 // The torch-free core of codelm's CPU decode kernels (kernels.cpp registers them as torch ops):
 // a 16-float vector type V for each instruction set, a vectorized exp and the one-token
-// attention loops; the weight loops (int8, bf16) are in kernels_linear.h, on the same V. Kept
+// attention loops; the weight loops (int8, bf16, fp32) are in kernels_linear.h and a block's
+// elementwise loops (norms, RoPE, activations) in kernels_block.h, on the same V. Kept
 // apart from torch so that tests/kernels_check.cpp can compile the same loops on their own,
 // natively and cross-compiled for aarch64 (run under qemu), and compare them with a scalar
 // reference: the loops are written once, and only V differs between x86 and ARM.
@@ -9,7 +10,7 @@
 // NEON ones on aarch64 (-march picks). Where none applies, CODELM_KERNELS stays undefined
 // and this header defines nothing else: kernels.cpp then registers no op.
 //
-// Threads are the caller's: int8_tiles, bf16_tiles and attend_tasks each do one slice of the
+// Threads are the caller's: int8_tiles, dense_tiles and attend_tasks each do one slice of the
 // work (tiles b0..b1, tasks i0..i1); kernels.cpp hands the slices to at::parallel_for, the
 // check program calls them directly.
 #pragma once
@@ -61,7 +62,7 @@ inline V vload(const int8_t* p) {
 // 32 bf16 (one 64-byte line) as floats: the even-indexed ones p[0], p[2] .. p[30] and the odd
 // ones. Each 32-bit word holds a pair; a bf16 is a float's high half, so shifting the word left
 // 16 bits gives the even one, masking off its low half the odd one: two instructions for 32
-// weights, where widening 16 at a time (vload above) takes four (see bf16_tile).
+// weights, where widening 16 at a time (vload above) takes four (see dense_tile).
 inline void vload_pairs(const bf16* p, V& even, V& odd) {
   __m512i w = _mm512_loadu_si512(p);
   even = {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
@@ -71,6 +72,8 @@ inline void vstore(float* p, V x) { _mm512_storeu_ps(p, x.a); }
 inline V vfma(V a, V b, V c) { return {_mm512_fmadd_ps(a.a, b.a, c.a)}; }
 inline V vmul(V a, V b) { return {_mm512_mul_ps(a.a, b.a)}; }
 inline V vadd(V a, V b) { return {_mm512_add_ps(a.a, b.a)}; }
+inline V vdiv(V a, V b) { return {_mm512_div_ps(a.a, b.a)}; }
+inline V vmin(V a, V b) { return {_mm512_min_ps(a.a, b.a)}; }
 inline float vsum(V x) { return _mm512_reduce_add_ps(x.a); }
 inline V vexp_nonpositive(V v) {
   __m512 x = _mm512_max_ps(v.a, _mm512_set1_ps(EXP_FLOOR));
@@ -115,6 +118,8 @@ inline void vstore(float* p, V x) {
 inline V vfma(V a, V b, V c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
 inline V vmul(V a, V b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
 inline V vadd(V a, V b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+inline V vdiv(V a, V b) { return {_mm256_div_ps(a.lo, b.lo), _mm256_div_ps(a.hi, b.hi)}; }
+inline V vmin(V a, V b) { return {_mm256_min_ps(a.lo, b.lo), _mm256_min_ps(a.hi, b.hi)}; }
 inline float vsum(V x) {
   __m256 s = _mm256_add_ps(x.lo, x.hi);
   __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
@@ -179,6 +184,8 @@ inline V vfma(V a, V b, V c) {  // vfmaq_f32(c, a, b) = c + a * b, fused
 }
 inline V vmul(V a, V b) { return {vmulq_f32(a.a, b.a), vmulq_f32(a.b, b.b), vmulq_f32(a.c, b.c), vmulq_f32(a.d, b.d)}; }
 inline V vadd(V a, V b) { return {vaddq_f32(a.a, b.a), vaddq_f32(a.b, b.b), vaddq_f32(a.c, b.c), vaddq_f32(a.d, b.d)}; }
+inline V vdiv(V a, V b) { return {vdivq_f32(a.a, b.a), vdivq_f32(a.b, b.b), vdivq_f32(a.c, b.c), vdivq_f32(a.d, b.d)}; }
+inline V vmin(V a, V b) { return {vminq_f32(a.a, b.a), vminq_f32(a.b, b.b), vminq_f32(a.c, b.c), vminq_f32(a.d, b.d)}; }
 inline float vsum(V x) { return vaddvq_f32(vaddq_f32(vaddq_f32(x.a, x.b), vaddq_f32(x.c, x.d))); }
 inline float32x4_t exp4(float32x4_t x) {  // 2^n built in the exponent bits, as on AVX2
   x = vmaxq_f32(x, vdupq_n_f32(EXP_FLOOR));

@@ -3,12 +3,13 @@
 `available()` compiles kernels.cpp (with the loops it includes from HEADERS) once
 per machine, source and torch version into ~/.cache/codelm (or $XDG_CACHE_HOME/codelm;
 about 10 s; see `codelm.cbuild`), loads it, and registers `torch.ops.codelm.int8_linear`,
-`bf16_linear` and `attend_one`. It builds on Linux, on x86-64 (AVX-512, or AVX2 with FMA)
-and on aarch64 (NEON, which every aarch64 CPU has). It returns False, with the reason in
-`reason()`, where that cannot work: another OS or architecture (macOS among them: the build line
-assumes g++ with OpenMP and Linux's shared libraries, and it has not been tried there), an
-x86 CPU without AVX2, no compiler, a failed build, or CODELM_NATIVE=0 in the environment.
-Callers then use aten's kernels.
+`bf16_linear`, `attend_one` and `decode_block`, every transformer block of a decode step in
+one call (`codelm.generate.quantize.FusedStep` calls it as `Transformer.fast_step`). It
+builds on Linux, on x86-64 (AVX-512, or AVX2 with FMA) and on aarch64 (NEON, which every
+aarch64 CPU has). It returns False, with the reason in `reason()`, where that cannot work:
+another OS or architecture (macOS among them: the build line assumes g++ with OpenMP and
+Linux's shared libraries, and it has not been tried there), an x86 CPU without AVX2, no
+compiler, a failed build, or CODELM_NATIVE=0 in the environment. Callers then use aten's kernels.
 
 The library is built with -march=native for the CPU it runs on, so the cache key
 includes the CPU's flags (x86's `flags`, aarch64's `Features`): a home directory shared
@@ -32,7 +33,9 @@ import torch
 from codelm import cbuild, hardware
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-HEADERS = tuple(Path(__file__).with_name(h) for h in ("kernels_core.h", "kernels_linear.h"))  # included
+HEADERS = tuple(  # what kernels.cpp includes
+    Path(__file__).with_name(h) for h in ("kernels_core.h", "kernels_linear.h", "kernels_block.h")
+)
 TILE = 4  # rows per tile: R in kernels_linear.h
 BF16_COLUMNS = 32  # bf16_linear's weights per row step: a 64-byte line
 

@@ -13,6 +13,12 @@ query seeing the keys of its own row up to its own position (`Where`, kv_cache.p
 caller decodes through this one forward: `codelm.generate`'s engine, and through
 it the CLI, evaluation and the server.
 
+A decode step (one new token per row, with a cache, no gradients) runs the blocks through
+`fast_step` where generation set one (generate/quantize.py): each block in one call of
+codelm's kernels (native.py's decode_block), the same arithmetic in C++. In Python a block
+is ~40 small torch ops whose dispatch costs more than their work at batch 1: `small` with
+int8 weights took 1.86 ms a step, 0.91 through `fast_step` (kernels.cpp has the numbers).
+
 With `n_kv_head` < `n_head` (grouped-query attention) query head h reads key/value
 head h // (n_head / n_kv_head), as torch's `enable_gqa` and HF's checkpoints have it;
 the cache holds only the n_kv_head heads.
@@ -21,6 +27,7 @@ the cache holds only the n_kv_head heads.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -197,6 +204,10 @@ class Transformer(nn.Module):
         # dtype of the KV caches that new_cache makes; None: the parameters'. Generation sets
         # bf16 on CPU (generate/quantize.py): half the bytes to read per decoded token.
         self.kv_dtype: torch.dtype | None = None
+        # The blocks of a decode step (one new token per row) through codelm's kernels, a call
+        # a block (native.py's decode_block): (x (B, 1, C), cache, where) -> x after them. Set
+        # by generation (generate/quantize.py) where the kernels read every layer; None: Python.
+        self.fast_step: Callable[[torch.Tensor, KVCache, Where], torch.Tensor] | None = None
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
@@ -252,26 +263,41 @@ class Transformer(nn.Module):
         if last >= self.cfg.block_size:
             raise ValueError(f"position {last} is past the context of {self.cfg.block_size} tokens")
         x = self.wte(idx)  # (B, T, C)
-        cos = sin = None
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(T, device=idx.device) if pos is None else pos)
-        elif pos is None or where is not None and where.first is not None:  # shared: a slice
-            first = where.first if where else 0
-            cos, sin = self.rope_cos[first : first + T], self.rope_sin[first : first + T]  # (T, D)
-        elif pos.dim() == 1:
-            cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D)
-        else:  # per-row positions: (B, 1, T, D) broadcasts over heads
-            cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, cos, sin, cache, where)
-            if hidden is not None:
-                hidden.append(x)
+        fused = self.fast_step is not None and where is not None and T == 1 and hidden is None
+        if fused and not torch.is_grad_enabled():  # one token per row; the kernels have no backward
+            x = self.fast_step(x, cache, where)
+        else:
+            cos, sin = self._rope_rows(pos, where, T)
+            for block in self.blocks:
+                x = block(x, cos, sin, cache, where)
+                if hidden is not None:
+                    hidden.append(x)
         if cache is not None:
             cache.advance(where)
         if at is not None:
             x = x[torch.arange(B, device=x.device), at.to(x.device)][:, None]  # (B, 1, C)
         return self.head(self.norm_f(x))  # (B, T, vocab)
+
+    def _rope_rows(
+        self, pos: torch.Tensor | None, where: Where | None, T: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """RoPE's cos and sin rows at the tokens' positions: (T, D) shared by every row, or
+        (B, 1, T, D) per row (broadcast over heads); None for learned positions."""
+        if self.wpe is not None:
+            return None, None
+        if pos is None or where is not None and where.first is not None:  # shared: a slice
+            first = where.first if where else 0
+            return self.rope_cos[first : first + T], self.rope_sin[first : first + T]
+        if pos.dim() == 1:
+            return self.rope_cos[pos], self.rope_sin[pos]
+        return self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)
+
+    def _apply(self, fn, recurse=True):
+        self.fast_step = None  # moved or converted (.to, .float): the fused step holds the old tensors
+        return super()._apply(fn, recurse)
 
     def new_cache(self, rows: int, max_len: int | None = None) -> KVCache:
         """An empty cache of `rows` sequences of up to `max_len` tokens (the context)."""
