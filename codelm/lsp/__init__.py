@@ -1,0 +1,1 @@
+"""Editor integration (`codelm lsp`): a language server that shows the model's completions inline."""
