@@ -10,6 +10,7 @@ import torch
 from codelm.generate.quantize import fused_step, prepare_model
 from codelm.model import ModelConfig, Transformer, native
 from codelm.model.kv_cache import Where
+from codelm.model.transformer import FUSED_MAX_ROWS
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.reason()}")
 
@@ -32,19 +33,21 @@ def _model(variant: str, **overrides) -> Transformer:
     return model
 
 
-def _decode(model: Transformer, prompts: torch.Tensor, steps: torch.Tensor, lens: list[int] | None = None):
-    """Logits of each step after a prefill of `prompts` (B, P), rows cut to `lens` first (rows
-    of different lengths: per-row positions), and the cache they leave."""
+def _decode(
+    model: Transformer, prompts: torch.Tensor, steps: torch.Tensor, lens: list[int] | None = None, T: int = 1
+):
+    """Logits of each step, T tokens a forward, after a prefill of `prompts` (B, P), rows cut to
+    `lens` first (rows of different lengths: per-row positions), and the cache they leave."""
     cache = model.new_cache(prompts.size(0))
     with torch.inference_mode():
         model(prompts, cache)
         if lens is not None:
             cache.set_lengths(lens)
-        logits = [model(steps[:, t : t + 1], cache) for t in range(steps.size(1))]
+        logits = [model(steps[:, t : t + T], cache) for t in range(0, steps.size(1), T)]
     return torch.cat(logits, 1), cache
 
 
-def _fused_and_python(model: Transformer, lens: list[int] | None = None, rows: int = 2):
+def _fused_and_python(model: Transformer, lens: list[int] | None = None, rows: int = 2, T: int = 1):
     """The same decode through the fused step (checked to run) and through the Python blocks."""
     torch.manual_seed(1)
     prompts, steps = torch.randint(0, 96, (rows, 12)), torch.randint(0, 96, (rows, 6))
@@ -52,13 +55,13 @@ def _fused_and_python(model: Transformer, lens: list[int] | None = None, rows: i
     assert fast is not None
     model.fast_step = lambda *a: calls.append(1) or fast(*a)
     try:
-        got = _decode(model, prompts, steps, lens)
+        got = _decode(model, prompts, steps, lens, T)
     finally:
         model.fast_step = fast
-    assert len(calls) == steps.size(1)  # every step, and only the steps, took the kernels
+    assert len(calls) == steps.size(1) // T  # every step, and only the steps, took the kernels
     model.fast_step = None
     try:
-        want = _decode(model, prompts, steps, lens)
+        want = _decode(model, prompts, steps, lens, T)
     finally:
         model.fast_step = fast
     return got, want
@@ -98,6 +101,39 @@ def test_fused_step_with_rows_at_different_positions(variant, weights, kv):
 
 
 @needs_native
+@pytest.mark.parametrize("variant", list(VARIANTS))  # GQA, both RoPE layouts, learned positions
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("kv", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lens", [None, [12, 5]], ids=["shared", "per-row"])
+def test_tokens_at_once_equal_one_at_a_time(variant, weights, kv, lens):
+    """T tokens per row in one fused step (speculation's drafts to verify) give the blocks'
+    outputs, the cache and the logits of feeding them one at a time, bit for bit: each token's
+    row takes the same operations whatever the call's rows. So speculative greedy decoding is
+    plain greedy decoding. (Heads: int8's kernel is exact per row at any row count up to 32,
+    bf16's up to 8, above which aten's bf16 matmul rounds x to bf16; aten's fp32 GEMM is not,
+    so fp32 logits agree to float rounding.)"""
+    model = prepare_model(_model(variant), weights)
+    model.kv_dtype = kv
+    torch.manual_seed(1)
+    prompts, steps = torch.randint(0, 96, (2, 12)), torch.randint(0, 96, (2, 6))
+    fast, got = model.fast_step, {}
+    for T in (1, 3, 6):
+        blocks = []
+        model.fast_step = lambda *a, out=blocks: out.append(fast(*a)) or out[-1]
+        logits, cache = _decode(model, prompts, steps, lens, T)
+        got[T] = logits, torch.cat(blocks, 1), cache.k, cache.v
+    model.fast_step = fast
+    for T in (3, 6):
+        for mine, theirs in zip(got[T][1:], got[1][1:], strict=True):
+            assert torch.equal(mine, theirs)
+        if weights == "int8" or weights == "bf16" and T * 2 <= 8:
+            assert torch.equal(got[T][0], got[1][0])
+        elif weights == "fp32":  # aten's GEMM sums in another order for another row count
+            torch.testing.assert_close(got[T][0], got[1][0], atol=1e-6, rtol=1e-6)
+    _assert_same(*_fused_and_python(model, lens, T=3), kv)  # and the Python blocks' numbers
+
+
+@needs_native
 def test_fused_step_runs_only_where_it_can():
     model = prepare_model(_model("codelm"), "int8")
     assert fused_step(model) is not None
@@ -112,13 +148,17 @@ def test_fused_step_runs_only_where_it_can():
     assert fp32.fast_step is None
     fp32.float()
     called = []
-    fp32.fast_step = lambda *a: called.append(1)
+    fp32.fast_step = lambda x, *a: called.append(1) or x
     cache = fp32.new_cache(1)
     fp32(torch.tensor([[1, 2]]), cache)  # a prefill: the Python blocks
     fp32(torch.tensor([[3]]), cache)  # grad enabled (training): the Python blocks, which have a backward
     with torch.no_grad():
         fp32(torch.tensor([[4]]), cache, hidden=[])  # the logit lens reads every block's output
-    assert not called
+        fp32(torch.tensor([[5, 6]]), fp32.new_cache(1))  # a fresh prompt: one causal pass
+        fp32(torch.zeros(1, FUSED_MAX_ROWS + 1, dtype=torch.long), cache)  # a long chunk: the GEMMs
+        assert not called
+        fp32(torch.tensor([[7, 8, 9]]), cache)  # a few tokens after cached ones (speculation)
+    assert called
 
 
 def test_without_native_kernels_there_is_no_fused_step(monkeypatch):

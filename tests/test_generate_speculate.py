@@ -9,8 +9,9 @@ import torch
 
 from codelm.generate import SamplingConfig, StopConfig, generate_batch
 from codelm.generate.engine import Engine, Row, Sampler
+from codelm.generate.quantize import prepare_model
 from codelm.generate.speculate import Lookup, verify
-from codelm.model import ModelConfig, Transformer
+from codelm.model import ModelConfig, Transformer, native
 
 
 def test_lookup_drafts_what_followed_the_latest_earlier_ngram():
@@ -111,3 +112,21 @@ def test_seeded_speculative_sampling_is_reproducible():
     a = [r.tokens for r in _decode(model, prompts, cfg, 4)[0]]
     b = [r.tokens for r in _decode(model, prompts, cfg, 4)[0]]
     assert a == b
+
+
+@pytest.mark.skipif(not native.available(), reason="no native kernels")
+def test_speculation_through_the_fused_kernels_is_exact():
+    """int8 weights decode through the fused step (a draft's T tokens in one call), whose
+    per-token arithmetic does not depend on T: the output is plain greedy's, bit for bit."""
+    torch.manual_seed(0)
+    model = prepare_model(
+        Transformer(ModelConfig(vocab_size=96, n_layer=2, n_head=2, n_embd=32, block_size=160)), "int8"
+    )
+    assert model.fast_step is not None
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(1, 96, (n,), generator=gen).tolist() for n in (6, 30)] + [[5, 6, 7, 8] * 6]
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=60, repetition_penalty=1.1)
+    plain = [r.tokens for r in _decode(model, prompts, cfg, 0)[0]]
+    rows, steps = _decode(model, prompts, cfg, 4)
+    assert [r.tokens for r in rows] == plain
+    assert steps < max(len(t) for t in plain) - 1

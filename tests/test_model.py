@@ -506,4 +506,6 @@ KERNEL_TESTS += [
     "tests/test_fused.py::test_fused_step_equals_the_python_blocks",
     "tests/test_fused.py::test_fused_step_with_rows_at_different_positions",
     "tests/test_fused.py::test_decode_block_rejects_what_it_cannot_read",
+    "tests/test_fused.py::test_tokens_at_once_equal_one_at_a_time",
+    "tests/test_generate_speculate.py::test_speculation_through_the_fused_kernels_is_exact",
 ]

@@ -18,7 +18,8 @@ bandwidth (bench/generate.py prints that bound): fewer bytes per weight give mor
   take aten's bf16 GEMM where bf16 is native, else the weights converted to fp32.
 - "auto": int8 on CPU for models with at least AUTO_MIN_PARAMS weights in linear layers
   (smaller ones fit in cache, where fp32 is exact and about as fast), bf16 on CUDA.
-Decoding one token per row then runs each transformer block in one call of codelm's
+Decoding one token per row (or a few to verify speculation's drafts) then runs each
+transformer block in one call of codelm's
 decode_block kernel (`FusedStep`, as `Transformer.fast_step`) wherever those kernels read
 every linear layer: native int8 and bf16 layers, and fp32 ones ("fp32" keeps the model
 itself, its step added). Through Python a block's ~40 small torch ops cost more than its
@@ -189,8 +190,9 @@ def prepare_model(model: nn.Module, weights: str = "auto") -> nn.Module:
 
 
 class FusedStep:
-    """A decode step's blocks (one new token per row) through codelm's decode_block kernel
-    (model/native.py), one call a block: `Transformer.fast_step`."""
+    """A decode step's blocks (T new tokens per row, at `where.pos`: (T,) shared or (B, T))
+    through codelm's decode_block kernel (model/native.py), one call a block:
+    `Transformer.fast_step`."""
 
     def __init__(self, model: Transformer, blocks: list[list[torch.Tensor | None]]):
         cfg = model.cfg

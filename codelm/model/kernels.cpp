@@ -4,7 +4,8 @@
 //   bf16_linear: y (M, N) = x (M, K) @ w^T (+ bias) with bf16 w, float x, in float;
 //   attend_one:  softmax(q k^T / sqrt(D)) v for one query per row and head over a KV cache,
 //                whose heads may be shared by groups of query heads (grouped-query attention);
-//   decode_block: a whole transformer block for one new token per row, on the loops above.
+//   decode_block: a whole transformer block for T new tokens per row (T = 1: a decode step; T > 1:
+//                speculation's drafts to verify), on the loops above (kernels_step.h).
 //
 // Decoding at batch 1 reads every weight and the whole cache once per token, so its speed
 // is the speed at which these loops stream memory. aten's kernels for CPU do not reach it
@@ -40,6 +41,12 @@
 //   86 -> 207. One op per block or one over all blocks timed the same (434 against 427-437 us
 //   for `small`'s six). The elementwise loops stay on one thread (a few us a block); the GEMVs
 //   take both even at `tiny`'s width of 256 (its blocks: 179 us against 257 on one thread).
+//   With T > 1 every linear runs on all B * T rows at once (the weights read once), each token
+//   at its own position attending to its row's keys up to it, every row's arithmetic the same
+//   whatever B and T: a token's outputs are the bits of a T = 1 call (tests/test_fused.py).
+//   `small` / `base` int8 at 200 positions, T = 1, 2, 3, 5, 8, in ms, 1 thread (a busy host):
+//   through Python for T > 1, 1.01 2.99 3.46 4.65 5.95 / 9.15 15.0 16.0 22.3 30.1; fused, 0.97
+//   1.33 1.78 3.03 4.30 / 8.81 9.35 10.8 16.8 24.4. Many rows make the int8 loop compute-bound.
 // (Timings on x86, AVX-512; the NEON branch is checked for correctness under qemu only.)
 // The loops themselves live in kernels_core.h (attention), kernels_linear.h (weights) and
 // kernels_block.h (norms, RoPE, activations), written once against a 16-float vector type,
@@ -54,16 +61,13 @@
 #include <cstdint>
 #include <optional>
 
-#include "kernels_block.h"
-#include "kernels_linear.h"  // and kernels_core.h
+#include "kernels_step.h"  // and kernels_block.h, kernels_linear.h, kernels_core.h
 
 #ifdef CODELM_KERNELS
 namespace codelm {
 namespace {
 
 static_assert(sizeof(bf16) == sizeof(at::BFloat16), "a cache's or weight's bf16 is read as the core's bf16");
-
-constexpr int64_t TILE_GRAIN = 8;  // tiles per task of at::parallel_for
 
 // y (M, N) = x (M, K) @ (q * scale)^T; x contiguous float, q in tiles (see the top).
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale) {
@@ -105,17 +109,6 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
   return y;
 }
 
-// Query heads are grouped into tasks by heads_per_task (kernels_core.h): whole groups that
-// share a kv head where that leaves every thread a task.
-template <typename T>
-void attend_rows(const float* qp, const T* kp, const T* vp, const int64_t* lens, int64_t B, int64_t H, int64_t G,
-                 int64_t S, int64_t D, int64_t sb, int64_t sh, float* op) {
-  int64_t n = heads_per_task(G, B * H, at::get_num_threads());
-  at::parallel_for(0, B * H / n, 1, [&](int64_t i0, int64_t i1) {
-    attend_tasks(i0, i1, n, qp, kp, vp, lens, H, G, S, D, sb, sh, op);
-  });
-}
-
 // q (B, H, 1, D) float; k, v (B, Hkv, S, D) float or bf16, Hkv dividing H, rows of D
 // contiguous values (slices of the cache). With `lens` (B), row b attends to its first
 // lens[b] positions only (the server's rows, each at its own length).
@@ -147,200 +140,11 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   return out;
 }
 
-// --- decode_block: a transformer block for one new token per row -------------------------------
-
-// A block's tensors in decode_block's `params`, in this order (quantize.py's fused_step lists
-// them): norm1's weight and bias, qkv's weight, scale and bias, proj's three, norm2's two, up's
-// three, down's three; biases and non-int8 scales may be None.
-constexpr int64_t PER_BLOCK = 16;
-using Params = c10::List<std::optional<at::Tensor>>;
-
-// A linear layer as generation stores it (codelm/generate/quantize.py): int8 tiles (N/R, K/16,
-// R, 16) with float scales (N), or (N, K) row-major bf16 or float; a float bias (N) or none.
-struct Linear {
-  at::ScalarType type;
-  const void* w;
-  const float* scale;
-  const float* bias;
-  int64_t N, K;
-};
-
-struct Norm {
-  const float* w;
-  const float* b;  // LayerNorm's bias, or null
-};
-
-struct Block {
-  Norm norm1;
-  Linear qkv, proj;
-  Norm norm2;
-  Linear up, down;
-};
-
-// params[i]: null when None, else its n contiguous floats.
-const float* floats(const Params& params, int64_t i, int64_t n) {
-  std::optional<at::Tensor> t = params.get(i);
-  if (!t) return nullptr;
-  TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == n && t->device().is_cpu(),
-              "decode_block: parameter ", i, " must be ", n, " contiguous floats");
-  return t->data_ptr<float>();
-}
-
-// The linear layer at params[i .. i+2] (weight, scale, bias), whose input is K wide.
-Linear linear_at(const Params& params, int64_t i, int64_t K) {
-  std::optional<at::Tensor> w = params.get(i);
-  TORCH_CHECK(w && w->is_contiguous() && w->device().is_cpu(), "decode_block: parameter ", i, " must be a weight");
-  Linear l{w->scalar_type(), w->data_ptr(), nullptr, nullptr, 0, K};
-  if (l.type == at::kChar) {
-    TORCH_CHECK(w->dim() == 4 && w->size(1) * 16 == K && w->size(2) == R && w->size(3) == 16,
-                "decode_block: parameter ", i, " is not int8 tiles for an input of ", K);
-    l.N = w->size(0) * R;
-    l.scale = floats(params, i + 1, l.N);
-    TORCH_CHECK(l.scale, "decode_block: int8 weights need their scales");
-  } else {
-    TORCH_CHECK((l.type == at::kBFloat16 || l.type == at::kFloat) && w->dim() == 2 && w->size(1) == K && K % 32 == 0,
-                "decode_block: parameter ", i, " must be int8 tiles or (N, ", K, ") bf16 or float, K a multiple of 32");
-    l.N = w->size(0);
-  }
-  l.bias = floats(params, i + 2, l.N);
-  return l;
-}
-
-// y (M, N) = x (M, K) @ w^T (+ bias), threads taking tiles of R outputs as in the ops above;
-// `paired` has room for x, in bf16's column order.
-void linear(const Linear& l, const float* x, int64_t M, float* paired, float* y) {
-  auto tiles = [&](auto slice) { at::parallel_for(0, (l.N + R - 1) / R, TILE_GRAIN, slice); };
-  if (l.type == at::kChar) {
-    auto q = static_cast<const int8_t*>(l.w);
-    tiles([&](int64_t b0, int64_t b1) { int8_tiles(x, M, l.K, l.N, q, l.scale, l.bias, b0, b1, y); });
-  } else if (l.type == at::kBFloat16) {
-    pair_columns(x, M, l.K, paired);
-    auto w = static_cast<const bf16*>(l.w);
-    tiles([&](int64_t b0, int64_t b1) { dense_tiles(paired, M, l.K, l.N, w, l.bias, b0, b1, y); });
-  } else {
-    auto w = static_cast<const float*>(l.w);
-    tiles([&](int64_t b0, int64_t b1) { dense_tiles(x, M, l.K, l.N, w, l.bias, b0, b1, y); });
-  }
-}
-
-// A block's step: the shapes, the norm and MLP kinds, RoPE's tables (null for learned
-// positions) and each row's position; scratch rows for the activations.
-struct Step {
-  int64_t B, C, H, Hkv, D;
-  float eps;
-  bool layernorm, gelu, half_rope;
-  const float* cos;
-  const float* sin;
-  std::vector<int64_t> pos, lens;  // row b's new token sits at pos[b] and sees lens[b] = pos[b] + 1 keys
-  int64_t S;                       // the most keys a row sees
-  float *h, *qkv, *q, *att, *up, *act, *y, *paired, *swapped, *rotated;
-};
-
-void normalize(const Step& s, const Norm& n, const float* x, float* out) {
-  for (int64_t b = 0; b < s.B; ++b) {
-    if (s.layernorm)
-      layernorm(x + b * s.C, s.C, n.w, n.b, s.eps, out + b * s.C);
-    else
-      rmsnorm(x + b * s.C, s.C, n.w, s.eps, out + b * s.C);
-  }
-}
-
-// One head of row b at `x` into `out`, rotated by RoPE at the row's position if the model has it.
-void rotate(const Step& s, int64_t b, const float* x, float* out) {
-  if (s.cos)
-    rope(x, s.D, s.cos + s.pos[b] * s.D, s.sin + s.pos[b] * s.D, s.half_rope, s.swapped, out);
-  else
-    std::memcpy(out, x, s.D * sizeof(float));
-}
-
-// Row b's query heads into s.q (B, H, D), rotated; its key (rotated) and value heads into the
-// cache slot of its position, k and v (Hkv, ..., D) at head stride sh.
-template <typename T>
-void place_heads(const Step& s, int64_t b, T* k, T* v, int64_t sh) {
-  const float* row = s.qkv + b * (s.H + 2 * s.Hkv) * s.D;  // q heads, then k heads, then v heads
-  for (int64_t h = 0; h < s.H; ++h) rotate(s, b, row + h * s.D, s.q + (b * s.H + h) * s.D);
-  for (int64_t h = 0; h < s.Hkv; ++h) {
-    rotate(s, b, row + (s.H + h) * s.D, s.rotated);
-    store_row(s.rotated, s.D, k + h * sh);
-    store_row(row + (s.H + s.Hkv + h) * s.D, s.D, v + h * sh);
-  }
-}
-
-// x (B, C) <- one block of transformer.py's Block.forward, its layer's cache k, v (B, Hkv, max_len,
-// D) at row stride sb and head stride sh.
-template <typename T>
-void block_step(const Step& s, const Block& blk, T* k, T* v, int64_t sb, int64_t sh, float* x) {
-  int64_t B = s.B, F = blk.down.K;
-  normalize(s, blk.norm1, x, s.h);
-  linear(blk.qkv, s.h, B, s.paired, s.qkv);
-  for (int64_t b = 0; b < B; ++b) place_heads(s, b, k + b * sb + s.pos[b] * s.D, v + b * sb + s.pos[b] * s.D, sh);
-  attend_rows(s.q, k, v, s.lens.data(), B, s.H, s.H / s.Hkv, s.S, s.D, sb, sh, s.att);
-  linear(blk.proj, s.att, B, s.paired, s.y);
-  add_into(x, s.y, B * s.C);
-  normalize(s, blk.norm2, x, s.h);
-  linear(blk.up, s.h, B, s.paired, s.up);
-  for (int64_t b = 0; b < B; ++b) {
-    if (s.gelu)
-      gelu_tanh(s.up + b * F, F);
-    else
-      swiglu(s.up + b * 2 * F, F, s.act + b * F);
-  }
-  linear(blk.down, s.gelu ? s.up : s.act, B, s.paired, s.y);
-  add_into(x, s.y, B * s.C);
-}
-
-// The block's tensors from params, checked against the step's shapes.
-Block block_of(const Step& s, const Params& params) {
-  int64_t C = s.C;
-  Norm norm1{floats(params, 0, C), floats(params, 1, C)}, norm2{floats(params, 8, C), floats(params, 9, C)};
-  TORCH_CHECK(norm1.w && norm2.w, "decode_block: a norm needs its weight");
-  Linear up = linear_at(params, 10, C);
-  int64_t F = s.gelu ? up.N : up.N / 2;  // SwiGLU's up is [gate, up], each F wide
-  Block blk{norm1, linear_at(params, 2, C), linear_at(params, 5, C), norm2, up, linear_at(params, 13, F)};
-  TORCH_CHECK(blk.qkv.N == (s.H + 2 * s.Hkv) * s.D && blk.proj.N == C && blk.down.N == C && F % 16 == 0 &&
-                  (s.gelu || up.N == 2 * F),
-              "decode_block: the block's layers do not match the model's shapes");
-  return blk;
-}
-
-// Each row's position, pos (1) shared or (B) one per row, and the keys each row sees after it.
-void read_positions(Step& s, const at::Tensor& pos, int64_t max_len, int64_t table_rows) {
-  TORCH_CHECK(pos.scalar_type() == at::kLong && pos.device().is_cpu() && (pos.numel() == 1 || pos.numel() == s.B),
-              "decode_block: pos must hold one position, or one per row");
-  at::Tensor p = pos.contiguous();
-  const int64_t* pp = p.data_ptr<int64_t>();
-  s.pos.resize(s.B);
-  s.lens.resize(s.B);
-  s.S = 0;
-  for (int64_t b = 0; b < s.B; ++b) {
-    s.pos[b] = pp[pos.numel() == 1 ? 0 : b];
-    TORCH_CHECK(s.pos[b] >= 0 && s.pos[b] < max_len && s.pos[b] < table_rows, "decode_block: position ", s.pos[b],
-                " is out of range");
-    s.lens[b] = s.pos[b] + 1;
-    s.S = std::max(s.S, s.lens[b]);
-  }
-}
-
-// Scratch for the block's activations, carved out of one float tensor.
-at::Tensor scratch(Step& s, const Block& blk) {
-  int64_t B = s.B, W = (s.H + 2 * s.Hkv) * s.D, F = blk.up.N, K = std::max(s.C, blk.down.K);
-  int64_t sizes[] = {B * s.C, B * W, B * s.C, B * s.C, B * F, B * F, B * s.C, B * K, s.D, s.D};
-  float** parts[] = {&s.h, &s.qkv, &s.q, &s.att, &s.up, &s.act, &s.y, &s.paired, &s.swapped, &s.rotated};
-  int64_t total = 0;
-  for (int64_t n : sizes) total += n;
-  at::Tensor buf = at::empty({total}, at::kFloat);
-  float* p = buf.data_ptr<float>();
-  for (int i = 0; i < 10; ++i) {
-    *parts[i] = p;
-    p += sizes[i];
-  }
-  return buf;
-}
-
-// x (..., C) float: the residual stream of B = x.numel() / C rows, one new token each, after
-// one transformer block (transformer.py's Block) whose tensors `params` lists (see PER_BLOCK),
-// writing its keys and values into layer `layer` of k, v (L, B, Hkv, max_len, D), float or
-// bf16: the KVCache, or a view of its rows. pos (1) or (B): each row's position. cos, sin
+// x (B, T, C) float: the residual stream of B rows, T new tokens each, after one transformer
+// block (transformer.py's Block) whose tensors `params` lists (see PER_BLOCK), writing its keys
+// and values into layer `layer` of k, v (L, B, Hkv, max_len, D), float or bf16: the KVCache, or
+// a view of its rows. pos (T) shared or (B, T) per row: each token's position, a row's tokens at
+// consecutive ones (each token sees its row's keys up to its own position). cos, sin
 // (rows, D): transformer.py's rope_tables, or None (learned positions). The norm is RMSNorm or
 // LayerNorm (eps), the MLP SwiGLU or GELU's tanh form.
 at::Tensor decode_block(const at::Tensor& x, const Params& params, const at::Tensor& k, const at::Tensor& v,
@@ -352,11 +156,12 @@ at::Tensor decode_block(const at::Tensor& x, const Params& params, const at::Ten
                   k.scalar_type() == v.scalar_type() && k.device().is_cpu() &&
                   (k.scalar_type() == at::kFloat || k.scalar_type() == at::kBFloat16),
               "decode_block: k, v must be alike (L, B, Hkv, max_len, D) float or bf16 caches");
-  int64_t C = x.size(-1), B = x.numel() / C, D = k.size(4), Hkv = k.size(2);
-  TORCH_CHECK(k.stride(4) == 1 && k.stride(3) == D && k.size(1) == B && layer >= 0 && layer < k.size(0) &&
+  int64_t B = k.size(1), C = x.size(-1), D = k.size(4), Hkv = k.size(2);
+  TORCH_CHECK(x.dim() == 3 && x.size(0) == B && x.size(1) >= 1, "decode_block: x must be (B, T, C), B cache rows");
+  TORCH_CHECK(k.stride(4) == 1 && k.stride(3) == D && layer >= 0 && layer < k.size(0) &&
                   params.size() == PER_BLOCK && n_head * D == C && n_head % Hkv == 0 && D % 16 == 0,
               "decode_block: the cache, params and x do not match");
-  Step s{B, C, n_head, Hkv, D, static_cast<float>(eps), layernorm, gelu, half_rope};
+  Step s{B * x.size(1), x.size(1), C, n_head, Hkv, D, static_cast<float>(eps), layernorm, gelu, half_rope};
   int64_t table_rows = k.size(3);
   if (cos || sin) {
     TORCH_CHECK(cos && sin && cos->sizes() == sin->sizes() && cos->dim() == 2 && cos->size(1) == D &&

@@ -344,16 +344,19 @@ inline int64_t heads_per_task(int64_t G, int64_t BH, int64_t threads) {
 }
 
 // Tasks i0..i1 of one-token attention, task i being query heads i * n to i * n + n - 1 (n
-// dividing G) of the B * H: query head h of row b reads kv head h / G at k + b * sb + h / G * sh
-// (rows of D contiguous values), over its first lens[b] positions (all S without `lens`).
+// dividing G) of the B * H: query head h of row b reads kv head h / G at k + c * sb + h / G * sh,
+// c = b / per_row its cache row (rows of D contiguous values; per_row > 1: the tokens of one
+// cache row, each a query row), over its first lens[b] positions (all S without `lens`).
 // q and out (B, H, D) contiguous.
 template <typename T>
 void attend_tasks(int64_t i0, int64_t i1, int64_t n, const float* qp, const T* kp, const T* vp, const int64_t* lens,
-                  int64_t H, int64_t G, int64_t S, int64_t D, int64_t sb, int64_t sh, float* op) {
+                  int64_t H, int64_t G, int64_t S, int64_t D, int64_t sb, int64_t sh, float* op,
+                  int64_t per_row = 1) {
   float scale = 1.0f / std::sqrt(static_cast<float>(D));
   std::vector<float> scores(n * (S + 16) + n);
   for (int64_t i = i0; i < i1; ++i) {
-    int64_t first = i * n, b = first / H, h = first % H, off = b * sb + h / G * sh, len = lens ? lens[b] : S;
+    int64_t first = i * n, b = first / H, h = first % H, len = lens ? lens[b] : S;
+    int64_t off = b / per_row * sb + h / G * sh;
     if (n == 1)
       attend_head(qp + first * D, kp + off, vp + off, len, D, scale, scores.data(), op + first * D);
     else

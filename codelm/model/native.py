@@ -3,8 +3,8 @@
 `available()` compiles kernels.cpp (with the loops it includes from HEADERS) once
 per machine, source and torch version into ~/.cache/codelm (or $XDG_CACHE_HOME/codelm;
 about 10 s; see `codelm.cbuild`), loads it, and registers `torch.ops.codelm.int8_linear`,
-`bf16_linear`, `attend_one` and `decode_block`, every transformer block of a decode step in
-one call (`codelm.generate.quantize.FusedStep` calls it as `Transformer.fast_step`). It
+`bf16_linear`, `attend_one` and `decode_block`, every transformer block of a decode step (T
+new tokens per row) in one call (`codelm.generate.quantize.FusedStep` calls it as `Transformer.fast_step`). It
 builds on Linux, on x86-64 (AVX-512, or AVX2 with FMA) and on aarch64 (NEON, which every
 aarch64 CPU has). It returns False, with the reason in `reason()`, where that cannot work:
 another OS or architecture (macOS among them: the build line assumes g++ with OpenMP and
@@ -34,8 +34,13 @@ from codelm import cbuild, hardware
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 HEADERS = tuple(  # what kernels.cpp includes
-    Path(__file__).with_name(h) for h in ("kernels_core.h", "kernels_linear.h", "kernels_block.h")
+    Path(__file__).with_name(h)
+    for h in ("kernels_core.h", "kernels_linear.h", "kernels_block.h", "kernels_step.h")
 )
+# -ffp-contract=off: no fused multiply-adds but the loops' own. GCC's default (fast) fused the
+# int8 kernel's `sum * scale + bias` in some code paths and not others, so a row's output
+# changed in its last bit with the number of rows in the call (decode_block's T > 1).
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 TILE = 4  # rows per tile: R in kernels_linear.h
 BF16_COLUMNS = 32  # bf16_linear's weights per row step: a 64-byte line
 
@@ -65,7 +70,7 @@ def _command(out: Path) -> list[str]:
 
     lib = Path(torch.__file__).parent / "lib"
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    cmd = [cbuild.compiler(), "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+    cmd = [cbuild.compiler(), *FLAGS]
     if isa() == "avx2":
         cmd.append("-mno-avx512f")  # kernels.cpp then takes its AVX2 branch
     cmd += [f"-D_GLIBCXX_USE_CXX11_ABI={abi}"] + [f"-I{p}" for p in include_paths()]
@@ -75,7 +80,8 @@ def _command(out: Path) -> list[str]:
 def _key() -> tuple[str, ...]:
     """What the build depends on besides its source: the headers it includes, and the CPU
     (-march=native makes the build the CPU's)."""
-    return (*(h.read_text() for h in HEADERS), torch.__version__, sys.version, _cpu_flags(), str(isa()))
+    headers = (h.read_text() for h in HEADERS)
+    return (*headers, *FLAGS, torch.__version__, sys.version, _cpu_flags(), str(isa()))
 
 
 def _library() -> Path:
