@@ -15,14 +15,32 @@ from codelm.model import ModelConfig, Transformer, native
 
 
 def test_lookup_drafts_what_followed_the_latest_earlier_ngram():
-    look = Lookup([1, 2, 3, 4, 9, 2, 3, 5, 6, 1, 2, 3], ngram=3, min_ngram=2)
+    look = Lookup([1, 2, 3, 4, 9, 2, 3, 5, 6, 1, 2, 3], ngram=3, min_ngram=2, most=4)
+    look.k = 4
     assert look.draft(3) == [4, 9, 2]  # the longest n-gram wins: "1 2 3" at the start, not "2 3" later
     look = Lookup([7, 8, 1, 2, 3, 4, 5, 1, 2], ngram=3, min_ngram=2)
     assert look.draft(2) == [3, 4]  # the longest n-gram that occurred: "1 2"
     look.extend([3])
+    look.k = 4
     assert look.draft(4) == [4, 5, 1, 2]
     assert Lookup([1, 2, 3, 4]).draft(3) == []  # nothing repeats
     assert Lookup([5, 5, 5]).draft(4) == [5]  # the draft may run into the sequence's end
+
+
+def test_the_draft_length_follows_what_is_kept():
+    look = Lookup([1, 2, 1, 2, 1, 2, 1, 2], most=4)
+    assert look.k == 2 and look.draft(8) == [1, 2]
+    look.feedback(2, 2)
+    look.feedback(3, 3)
+    look.feedback(4, 4)
+    assert look.k == 4  # never past `most`
+    look.feedback(4, 1)
+    assert look.k == 4  # partly kept: unchanged
+    look.feedback(4, 0)
+    look.feedback(3, 0)
+    look.feedback(2, 0)
+    look.feedback(1, 0)
+    assert look.k == 1 and look.draft(8) == [1]  # never below one
 
 
 def _model() -> Transformer:

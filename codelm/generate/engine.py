@@ -26,9 +26,9 @@ Two things make it faster without changing what it produces:
   store theirs. A prompt whose every token is scored (the API's echo) or traced through
   the logit lens is prefilled whole.
 - `draft` (speculate.py): each step drafts up to `draft` tokens per row by prompt lookup
-  and verifies them in the same forward pass; a row keeps the drafts the model agrees
-  with and one token of its own. Steps draw no drafts while a row records alternatives
-  or a trace (those are per position), or samples with a healing mask still pending.
+  (fewer while a row's drafts are rejected) and verifies them in the same forward pass;
+  a row keeps the drafts the model agrees with and one token of its own. Steps draw no
+  drafts while a row records alternatives or a trace (those are per position).
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ class Engine:
         drafts = []
         for r in self.active:
             if r.lookup is None:
-                r.lookup = Lookup(r.prompt + r.tokens)
+                r.lookup = Lookup(r.prompt + r.tokens, most=self.draft)
             drafts.append(r.lookup.draft(min(k, r.max_new_tokens - len(r.tokens) - 1)))
         return drafts if any(drafts) else None
 
@@ -283,7 +283,10 @@ class Engine:
                     break
             # keys kept: the last token's, then the drafts taken (never the row's own last token)
             view.lens[i] = before[i] + 1 + min(taken, len(toks) - 1)
-            self.drafted, self.kept = self.drafted + len(drafts[i]), self.kept + min(taken, len(toks) - 1)
+            kept = min(taken, len(toks) - 1)
+            self.drafted, self.kept = self.drafted + len(drafts[i]), self.kept + kept
+            if drafts[i] and r.lookup is not None:
+                r.lookup.feedback(len(drafts[i]), kept)
         for r in ended:
             self.remove(r)
         self._next = None
