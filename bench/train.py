@@ -10,7 +10,9 @@ codelm with its default optimizer (Muon), transformers with AdamW. By
 default the sequences are the preset's context (`small`: 512), as `codelm train` cuts
 its windows, and the batch holds 2,048 tokens (4 x 512 for `small`); `--batch 8 --seq
 256` is a common reference shape for 2-core CPU figures.
-Steps alternate between the engines so that noise from other processes hits both.
+Steps alternate between the engines so that noise from other processes hits both; the
+ratio is also given as the median of each repetition's own ratio. Each engine's line ends
+with its optimizer step's median time (the `opt.step()` inside its step).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -41,6 +44,13 @@ def hf_llama(cfg: ModelConfig):
 def flops_per_token(cfg: ModelConfig, n_params: int, seq: int) -> float:
     """6N for the matmuls of forward+backward, plus attention scores (PaLM appendix B)."""
     return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * seq
+
+
+def record_steps(opt: torch.optim.Optimizer, into: list[float]) -> None:
+    """Append the wall-clock seconds of each `opt.step()` to `into`: the optimizer's share."""
+    start: list[float] = []
+    opt.register_step_pre_hook(lambda *_: start.append(time.perf_counter()))
+    opt.register_step_post_hook(lambda *_: into.append(time.perf_counter() - start.pop()))
 
 
 def main() -> None:
@@ -92,11 +102,14 @@ def main() -> None:
         name: (lambda m=m, o=o: train_step(m, o, [(x, y)], 1.0, amp)) for name, (m, o) in engines.items()
     }
     steps["transformers"] = hf_step
+    opt_times: dict[str, list[float]] = {name: [] for name in steps}
+    for name, opt in [*((k, o) for k, (_, o) in engines.items()), ("transformers", hf_opt)]:
+        record_steps(opt, opt_times[name])
     for fn in steps.values():  # warm up (and compile)
         fn(), fn()
+    for v in opt_times.values():
+        v.clear()
     times: dict[str, list[float]] = {k: [] for k in steps}
-    import time
-
     for _ in range(a.reps):
         for name, fn in steps.items():
             t = time.perf_counter()
@@ -112,10 +125,17 @@ def main() -> None:
     tps = {k: [tokens / t for t in v] for k, v in times.items()}
     for name, v in tps.items():
         mfu = statistics.median(v) * fpt / 1e9 / peak
-        print(f"  {name:16s} tokens/s {summary(v)}   MFU {100 * mfu:.0f}% of peak")
+        opt = f"optimizer {1000 * statistics.median(opt_times[name]):.0f} ms"
+        print(f"  {name:16s} tokens/s {summary(v)}   MFU {100 * mfu:.0f}% of peak   {opt}")
     hf_med = statistics.median(tps["transformers"])
     for name in engines:
-        print(f"  ratio {name} / transformers: {statistics.median(tps[name]) / hf_med:.2f}x")
+        # Also the median of each repetition's own ratio: its two steps ran a second apart, so
+        # a burst of load from another process weighs on both.
+        paired = statistics.median(h / t for h, t in zip(times["transformers"], times[name], strict=True))
+        print(
+            f"  ratio {name} / transformers: {statistics.median(tps[name]) / hf_med:.2f}x "
+            f"(median of the repetitions' own ratios: {paired:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

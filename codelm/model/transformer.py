@@ -77,6 +77,13 @@ def apply_rope(
     the same float results as slicing out the pairs, in half the time for training steps
     (3.8 -> 2.7 ms fwd+bwd per call at (8, 6, 256, 64) in bf16).
     """
+    if layout == "interleaved" and x.dtype == torch.float32:
+        # Each pair as one complex number times cos + i sin: one op forward and one backward
+        # instead of mul, flip, mul, add (fp32 only: torch has no bf16 complex type). The same
+        # bits; q and k's RoPE forward and backward in a `tiny` training step on emulated AVX2
+        # took 0.7 ms a layer instead of 3.9 (the whole step 0.90x -> 0.92-0.93x transformers).
+        rot = torch.complex(cos[..., 0::2], sin[..., 1::2])
+        return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * rot).flatten(-2)
     if layout == "half":
         half = x.size(-1) // 2
         swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)  # (x2, x1) in each pair

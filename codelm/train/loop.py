@@ -75,7 +75,9 @@ def make_optimizer(model: Transformer, cfg: TrainConfig, device: torch.device) -
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=device.type == "cuda")
+    # Fused on a CPU too: one pass over each tensor instead of torch's default loop of ops.
+    # `tiny`'s step took 3 ms instead of 10 (bench/train.py --optimizer adamw, emulated AVX2).
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=device.type in ("cpu", "cuda"))
 
 
 def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
@@ -111,9 +113,7 @@ def train_step(
         ctx = model.no_sync() if not sync else torch.enable_grad()
         with ctx, torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = model(x)  # (B, T, V)
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum"
-            )
+            loss = _SummedCrossEntropy.apply(logits.float().flatten(0, 1), y.flatten())
             (loss * (dist.world / count)).backward()  # DDP averages over ranks; undo that
         total += loss.item()
     if grad_clip > 0:
@@ -122,6 +122,30 @@ def train_step(
     opt.zero_grad(set_to_none=True)
     (total,) = distributed.all_sum(dist, [total], device)
     return total / count
+
+
+class _SummedCrossEntropy(torch.autograd.Function):
+    """F.cross_entropy(logits (N, V), targets (N,), ignore_index=IGNORE, reduction="sum"),
+    whose backward turns the saved log-probabilities into the gradient in place, softmax
+    minus one-hot, instead of filling a one-hot gradient and reading both back. Forward and
+    backward of `tiny` at batch 8 x 256 (4,096 logits per token, fp32, emulated AVX2, 2
+    cores) took 4-6 ms less than with F.cross_entropy, of about 400, alternating in one
+    process. Its backward runs once: it overwrites what it saved."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=-1)
+        keep = targets != IGNORE
+        picked = targets.clamp_min(0).unsqueeze(1)
+        ctx.save_for_backward(logp, picked, keep)
+        return -torch.where(keep, logp.gather(1, picked).squeeze(1), 0.0).sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logp, picked, keep = ctx.saved_tensors
+        weight = (grad * keep).unsqueeze(1).to(logp.dtype)  # (N, 1): 0 on ignored targets
+        out = logp.exp_().mul_(weight)  # the log-probabilities are not needed again
+        return out.scatter_add_(1, picked, -weight), None
 
 
 @torch.no_grad()
