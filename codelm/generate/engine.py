@@ -44,6 +44,7 @@ from codelm.generate.speculate import Lookup, verify
 from codelm.generate.text import TextState
 from codelm.generate.trace import TraceStep, logit_lens, top_candidates
 from codelm.model import Transformer
+from codelm.model.kv_cache import KVCache
 
 Alternatives = list[tuple[int, float]]  # (token, log-probability), most likely first
 
@@ -230,7 +231,7 @@ class Engine:
         rest = torch.tensor([prompt[m:]], device=self.cache.device)
         return self.model(rest, view, at=torch.tensor([len(prompt) - m - 1], device=self.cache.device))
 
-    def _view(self):
+    def _view(self) -> KVCache:
         """The cache rows of the active rows, 0..n-1."""
         n = len(self.active)
         return self.cache if n == len(self.cache.lens) else self.cache.rows(0, n)
@@ -281,9 +282,8 @@ class Engine:
                 if r.done:
                     ended.append(r)
                     break
-            # keys kept: the last token's, then the drafts taken (never the row's own last token)
-            view.lens[i] = before[i] + 1 + min(taken, len(toks) - 1)
-            kept = min(taken, len(toks) - 1)
+            kept = min(taken, len(toks) - 1)  # drafts taken (the row's own last token is never fed)
+            view.lens[i] = before[i] + 1 + kept  # keys kept: the last token's, then those drafts'
             self.drafted, self.kept = self.drafted + len(drafts[i]), self.kept + kept
             if drafts[i] and r.lookup is not None:
                 r.lookup.feedback(len(drafts[i]), kept)
