@@ -195,7 +195,7 @@ def speculation(run: str, texts: list[str], work: Path, count: int, reps: int, u
                 steps += 1
             seconds += time.perf_counter() - t0
             new += len(row.tokens) - 1
-        stats[f"codelm, draft {draft}"] = (new, steps, engine.kept)
+        stats[f"codelm, draft {draft}"] = (new, steps, engine.kept, engine.drafted)
         return new / seconds
 
     engines = {"codelm, draft 0": lambda: ours(0), "codelm, draft 4": lambda: ours(4)}
@@ -229,9 +229,10 @@ def speculation(run: str, texts: list[str], work: Path, count: int, reps: int, u
     print(f"\n3. speculation: {len(prompts)} held-out functions, greedy, up to 64 new tokens; {run}")
     print(f"   {describe(model)}")
     report("   decode tokens/s", alternate(engines, reps), "tok/s", "codelm, draft 0")
-    for k, (new, steps, kept) in stats.items():
-        per = new / max(steps, 1)
-        print(f"   {k}: {new} tokens in {steps} steps, {per:.2f} per step, {kept} drafts kept")
+    for k, (new, steps, kept, drafted) in stats.items():
+        per, share = new / max(steps, 1), kept / max(drafted, 1)
+        kept_of = f"{kept} of {drafted} drafted tokens kept ({share:.0%})"
+        print(f"   {k}: {new} tokens in {steps} steps, {per:.2f} per step, {kept_of}")
 
 
 def fim_quality(run: str, texts: list[str], count: int) -> None:
