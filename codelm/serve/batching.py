@@ -128,8 +128,8 @@ class Scheduler:
     ):
         self.model, self.tok = model, tok
         self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
-        self.prefixes = PrefixCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
-        self.engine = Engine(model, max_batch, tok.stop_ids, None, tok.vocab_size, self.prefixes, draft)
+        prefixes = PrefixCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
+        self.engine = Engine(model, max_batch, tok.stop_ids, None, tok.vocab_size, prefixes, draft)
         self.bytes_of = tok.token_bytes
         self._waiting: collections.deque[Job] = collections.deque()
         self._rows: dict[Row, _Live] = {}  # the engine's active rows
