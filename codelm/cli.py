@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import MISSING, fields
 from typing import Any
@@ -69,8 +70,6 @@ def data_config(a: argparse.Namespace) -> Any:
 
 def serve_config(a: argparse.Namespace) -> Any:
     """`codelm serve`'s ServeConfig; the API key comes from --api-key, else CODELM_API_KEY."""
-    import os
-
     cfg = given(a, "serve")
     key = cfg.pop("api_key", None) or os.environ.get("CODELM_API_KEY")  # an empty flag counts as unset
     return config_class("serve")(**cfg, **({"api_key": key} if key else {}))
@@ -216,6 +215,20 @@ def _serve(a: argparse.Namespace) -> None:
     from codelm.serve import serve
 
     serve(a.run, serve_config(a), device=a.device, weights=a.weights)
+
+
+def _lsp(a: argparse.Namespace) -> None:
+    from codelm.lsp.server import run_local, run_remote
+
+    if (a.run is None) == (a.server is None):
+        raise CodelmError("give a RUN directory or --server URL (one of them)")
+    if a.tcp is not None and not 0 < a.tcp < 65536:
+        raise CodelmError(f"--tcp must be a port in [1, 65535], got {a.tcp}")
+    if a.server is not None:
+        key = a.api_key or os.environ.get("CODELM_API_KEY")
+        run_remote(a.server, key, a.model, a.tcp)
+    else:
+        run_local(a.run, a.tcp, a.weights, a.device)
 
 
 def _import(a: argparse.Namespace) -> None:
@@ -401,6 +414,18 @@ def _serve_parser(sub) -> None:
     sv.set_defaults(func=_serve)
 
 
+def _lsp_parser(sub) -> None:
+    ls = sub.add_parser("lsp", help="language server: completions as ghost text in your editor")
+    ls.add_argument("run", nargs="?", help="RUN directory (or give --server)")
+    ls.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of stdio")
+    ls.add_argument("--server", metavar="URL", help="complete through an OpenAI-style completions server")
+    ls.add_argument("--api-key", help="the server's Bearer key (or set CODELM_API_KEY)")
+    ls.add_argument("--model", help="the server's model id (default: its first)")
+    ls.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    ls.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES, help="as in generate")
+    ls.set_defaults(func=_lsp)
+
+
 def _interop_parsers(sub) -> None:
     im = sub.add_parser("import", help="a local Hugging Face model folder -> a RUN")
     im.add_argument("src", metavar="HF_DIR", help="config.json, *.safetensors, tokenizer.json")
@@ -418,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="codelm", description="Train code models on your own code.")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_demo_parser, _data_parser, _tokenizer_parser, _train_parser, _eval_parser,
-                _generate_parser, _serve_parser, _interop_parsers):  # fmt: skip
+                _generate_parser, _serve_parser, _lsp_parser, _interop_parsers):  # fmt: skip
         add(sub)
     return p
 

@@ -24,12 +24,12 @@ from codelm.generate.generator import complete, generate_ids, load_run
 from codelm.generate.healing import heal
 from codelm.generate.prompts import Prompt, encode_prompt, prompt_room
 from codelm.generate.sampling import SamplingConfig
+from codelm.generate.scheduler import Event, Job, Scheduler
 from codelm.generate.stopping import StopConfig, StopStrings
 from codelm.generate.text import TextState
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import save_weights
 from codelm.serve import BackgroundServer, ServeConfig, create_app
-from codelm.serve.batching import Event, Job, Scheduler
 from tests.conftest import TINY_MODEL, corpus_texts
 
 BLOCK = 256

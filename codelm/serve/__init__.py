@@ -2,7 +2,7 @@
 
 `create_app(model, tok, ServeConfig(...))` builds the ASGI app; `serve(RUN, cfg)`
 runs it under uvicorn (what `codelm serve` calls). See api.py for the routes,
-batching.py for the scheduler, guard.py for what the API key protects.
+the scheduler is codelm/generate/scheduler.py, guard.py for what the API key protects.
 """
 
 from codelm.serve.api import ServeConfig, create_app

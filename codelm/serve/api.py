@@ -7,7 +7,7 @@ Routes:
 - `GET /health`: whether the model is loaded and serving, and the queue depth;
 - `GET /`: the playground page, served from codelm/serve/static (no CDN).
 
-Every request becomes one `Job` per choice for the `Scheduler` (batching.py),
+Every request becomes one `Job` per choice for the `Scheduler` (codelm/generate/scheduler.py),
 which batches all running requests on the model step by step. A client that
 disconnects cancels its jobs; each request has a deadline (`timeout`); past
 `max_queue` waiting rows the answer is 503 with Retry-After. Bad input gets 400
@@ -41,10 +41,10 @@ from codelm.errors import CodelmError
 from codelm.generate.healing import Healing
 from codelm.generate.prompts import Prompt, plan, prompt_room
 from codelm.generate.sampling import SamplingConfig
+from codelm.generate.scheduler import Event, Job, QueueFull, Scheduler
 from codelm.generate.speculate import DRAFT
 from codelm.generate.stopping import StopConfig, build_rules
 from codelm.model import Transformer
-from codelm.serve.batching import Event, Job, QueueFull, Scheduler
 from codelm.serve.guard import Guard, is_loopback
 from codelm.serve.schemas import (
     BadRequest,

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from codelm.serve.batching import Event, TokenInfo
+from codelm.generate.scheduler import Event, TokenInfo
 from codelm.tokenizer import CodeTokenizer
 
 LENGTH_RULES = ("length", "context_full", "timeout")  # finish_reason "length"; every other rule: "stop"

@@ -1,4 +1,5 @@
-"""The server's step-level scheduler: continuous (dynamic) batching of completions.
+"""A step-level scheduler over the engine: continuous (dynamic) batching of completions
+for the callers that serve many requests at once (`codelm serve`, `codelm lsp`).
 
 One thread owns the model. Each turn of its loop it
 1. drops rows whose client went away (`Job.cancel()`) or whose deadline passed,
@@ -63,7 +64,7 @@ class Event:
     text: str = ""  # new completion text (delta, done)
     tokens: list[TokenInfo] = field(default_factory=list)  # the tokens `text` completes
     # done: a stop rule's name (end_of_text, stop_string, block_end, repetition, ...),
-    # length, context_full or timeout
+    # length, context_full, timeout, or cancelled (sent when a cancelled row left the engine)
     stop_rule: str = ""
     prompt_tokens: int = 0
     cached_tokens: int = 0  # of prompt_tokens, those whose keys and values were reused
@@ -223,6 +224,7 @@ class Scheduler:
             job = self._waiting.popleft()
             if job.cancelled:
                 self.stats["cancelled"] += 1
+                self._emit(job, Event("done", job.index, stop_rule="cancelled"))
             elif now > job.deadline:
                 self.stats["timed_out"] += 1
                 self._emit(job, Event("done", job.index, stop_rule="timeout"))
@@ -291,8 +293,11 @@ class Scheduler:
         job, row = live.job, live.row
         del self._rows[row]
         self.stats["tokens"] += len(row.tokens)
-        if why == "cancelled":
+        if why == "cancelled":  # told, so a caller can see when its generation stopped
             self.stats["cancelled"] += 1
+            self._emit(
+                job, Event("done", job.index, stop_rule="cancelled", completion_tokens=len(row.tokens))
+            )
             return
         self.stats["timed_out" if why == "timeout" else "completed"] += 1
         self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.monotonic() - live.started)

@@ -1,0 +1,709 @@
+"""Keystroke to ghost text through `codelm lsp`: held-out files retyped character by character.
+
+    .venv/bin/python bench/lsp.py [--run runs/spec-small] [--files DIR] [--n-files 6] [--sites 2]
+        [--lines 2] [--cps 6] [--fast 1] [--peer-url URL [--peer-model NAME]] [--quick] [--verbose]
+
+(--quick: one trace of one line, about 30 s; the defaults: 12 traces, about 10 minutes.
+A peer's API key comes from $CODELM_PEER_API_KEY, never the command line, which is printed.)
+
+A trace opens a held-out Python file (default: the `rich` package, which no corpus here
+reads) with `--lines` consecutive lines of a function body removed (one line holding their
+indentation stays), then types them back a character at a time over stdio, as an editor
+would: each keystroke an incremental `textDocument/didChange` and an automatic
+`textDocument/inlineCompletion`, a still pending request cancelled (`$/cancelRequest`, as
+VS Code does) when the next keystroke comes, Enter inserting the next line's indentation
+(auto-indent). Pauses are real sleeps drawn from a typing model (`--cps` characters per
+second on average, log-normal jitter, `--line-pause` more at a line's end; `--fast` divides
+them), since debounce and cancellation are part of what is measured. The workspace is the
+files' folder, indexed by the server for repository context.
+
+Reported per setup: time from keystroke to ghost text (p50, p95) over the completions
+shown, i.e. non-empty answers that arrived before the next keystroke; the share of
+keystrokes that got one; the accept rate, the share of shown completions whose first line
+is the file's real text up to the end of the line (or, for one that starts with a newline
+at a line's end, whose next line is the real next line); the same with repository context
+off (`workspace/didChangeConfiguration`, same traces, same server) and the gain; the share
+of shown completions that duplicate the suffix; from the server's `codelm/stats`: the
+share of requests cancelled, how fast cancelled generations stopped, and answers from
+the suggestion cache (the same cursor again, or typing along a suggestion shown).
+Setups, side by side in one run: `codelm lsp RUN` (the model in the server's process);
+`codelm lsp --server URL` against a `codelm serve RUN` this bench starts (the HTTP path);
+with --peer-url, the same against any OpenAI-compatible /v1/completions server.
+Goals on 2 CPU cores with `small` int8: p50 <= 150 ms, p95 <= 400 ms, duplication <= 1%,
+retrieval raises the accept rate. Shown completions are never accepted into the document,
+so every setup types the same traces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import json
+import math
+import os
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve import pct, start_server  # noqa: E402  (bench/serve.py)
+
+CLOSERS, OPENERS = ")]}", "([{"
+CANCELLED = -32800  # LSP's RequestCancelled
+
+
+# ---------- pure functions: documents, traces, measures ----------
+
+
+def utf16_len(s: str) -> int:
+    return len(s.encode("utf-16-le")) // 2
+
+
+def from_utf16(line: str, units: int) -> int:
+    """The code-point column of a UTF-16 column on `line`."""
+    n = 0
+    for i, ch in enumerate(line):
+        if n >= units:
+            return i
+        n += 2 if ord(ch) > 0xFFFF else 1
+    return len(line)
+
+
+def offset(text: str, line: int, col: int) -> int:
+    """The index in `text` of (line, column), both 0-based code points."""
+    i = 0
+    for _ in range(line):
+        i = text.index("\n", i) + 1
+    return i + col
+
+
+def apply_edit(text: str, start: tuple[int, int], end: tuple[int, int], new: str) -> str:
+    return text[: offset(text, *start)] + new + text[offset(text, *end) :]
+
+
+def after_insert(start: tuple[int, int], new: str) -> tuple[int, int]:
+    """The (line, column) right after `new` inserted at `start`."""
+    parts = new.split("\n")
+    if len(parts) == 1:
+        return start[0], start[1] + len(new)
+    return start[0] + len(parts) - 1, len(parts[-1])
+
+
+def typing_sites(text: str, lines: int) -> list[int]:
+    """Lines where a statement and `lines` consecutive code lines of a function body start:
+    no blank or comment line among them, none inside a docstring or a multi-line string."""
+    from codelm.evaluate.line_completion import body_lines
+
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    strings: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.end_lineno:
+            strings.update(range(node.lineno - 1, node.end_lineno) if node.end_lineno > node.lineno else ())
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant | ast.JoinedStr):
+            strings.update(range(node.lineno - 1, (node.end_lineno or node.lineno)))
+    src = text.split("\n")
+    ok = {n for n in body_lines(text) if n not in strings and 4 <= len(src[n].strip()) <= 100}
+    starts = {node.lineno - 1 for node in ast.walk(tree) if isinstance(node, ast.stmt)}
+    return [n for n in sorted(ok & starts) if all(n + i in ok for i in range(lines))]
+
+
+@dataclass(frozen=True)
+class Key:
+    text: str  # inserted at the cursor: one character, or "\n" and the next line's indentation
+    pause: float  # seconds until the next keystroke
+    rest: str  # the file's real text from the cursor (after this key) to the end of its line
+    next_line: str | None  # the real line after the cursor's, still untyped; None: none is
+
+
+@dataclass(frozen=True)
+class Trace:
+    path: str
+    line: int  # 0-based line where typing starts
+    start: str  # the document as opened
+    keys: tuple[Key, ...]
+
+    @property
+    def cursor(self) -> tuple[int, int]:
+        line = self.start.split("\n")[self.line]
+        return self.line, len(line)
+
+
+def pauses(
+    n_keys: int, line_ends: set[int], rng: random.Random, cps: float, line_pause: float
+) -> list[float]:
+    """Seconds after each keystroke: log-normal around 1/cps (mean 1/cps), within [0.03, 2],
+    and `line_pause` (x0.5-1.5) more after a line's last character."""
+    sigma = 0.5
+    mu = math.log(1 / cps) - sigma**2 / 2
+    out = [min(2.0, max(0.03, rng.lognormvariate(mu, sigma))) for _ in range(n_keys)]
+    for i in line_ends:
+        out[i] += line_pause * rng.uniform(0.5, 1.5)
+    return out
+
+
+def make_trace(
+    path: str, text: str, site: int, lines: int, rng: random.Random, cps: float, line_pause: float
+) -> Trace:
+    """Retyping lines [site, site+lines) of `text`: the document opens without them (the
+    first one's indentation left), keys type each line's code, Enter brings the next indent."""
+    src = text.split("\n")
+    typed = [line.rstrip() for line in src[site : site + lines]]
+    indents = [line[: len(line) - len(line.lstrip())] for line in typed]
+    start = "\n".join(src[:site] + [indents[0]] + src[site + lines :])
+    texts, rests, nexts, ends = [], [], [], set()
+    for j, line in enumerate(typed):
+        body = line[len(indents[j]) :]
+        following = typed[j + 1] if j + 1 < len(typed) else None
+        if j:
+            texts.append("\n" + indents[j])
+            rests.append(body)
+            nexts.append(following)
+        for i, ch in enumerate(body):
+            texts.append(ch)
+            rests.append(body[i + 1 :])
+            nexts.append(following)
+        ends.add(len(texts) - 1)
+    waits = pauses(len(texts), ends, rng, cps, line_pause)
+    keys = tuple(Key(*k) for k in zip(texts, waits, rests, nexts, strict=True))
+    return Trace(path, site, start, keys)
+
+
+def accepted(ghost: str, rest: str, next_line: str | None) -> bool:
+    """Whether the editor's user would take the ghost text's first line: the real rest of the
+    cursor's line (rstripped, non-empty); a ghost starting with a newline, at a line's end,
+    must bring the real next line."""
+    if ghost.startswith("\n"):
+        if rest.strip() or next_line is None or not next_line.strip():
+            return False
+        return ghost.split("\n")[1].rstrip() == next_line.rstrip()
+    first = ghost.split("\n")[0].rstrip()
+    return bool(first.strip()) and first == rest.rstrip()
+
+
+def min_depth(s: str) -> int:
+    """The lowest bracket depth reached along `s` (0 at its start), strings and comments skipped."""
+    depth = low = 0
+    quote = ""
+    for i, ch in enumerate(s):
+        if quote:
+            if ch == quote and s[i - 1] != "\\" or ch == "\n":
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            quote = "\n"
+        elif ch in OPENERS:
+            depth += 1
+        elif ch in CLOSERS:
+            depth -= 1
+            low = min(low, depth)
+    return low
+
+
+def duplicates_suffix(text: str, start: tuple[int, int], end: tuple[int, int], insert: str) -> bool:
+    """Whether `insert` over [start, end) of `text` repeats what follows it: the line after the
+    one where the insert ends equals that line (stripped, non-empty); or the insert ends with
+    closing brackets, the text after the range starts with one, and the line then closes
+    more brackets than it did (`foo(x|)` + `y)` does, `foo(|)` + `bar()` does not)."""
+    new = apply_edit(text, start, end, insert)
+    last, col = after_insert(start, insert)
+    lines = new.split("\n")
+    line = lines[last]
+    following = lines[last + 1].strip() if last + 1 < len(lines) else None
+    if insert.split("\n")[-1].strip() and line.strip() and following == line.strip():
+        return True
+    after = line[col:]
+    if not (insert and after and insert[-1] in CLOSERS and after[0] in CLOSERS):
+        return False
+    head = text.split("\n")[start[0]][: start[1]]
+    old = text[offset(text, *start) : offset(text, *end)]
+    return min_depth(head + insert + after) < min_depth(head + old + after)
+
+
+def ghost_of(line: str, start_col: int, cursor_col: int, insert: str) -> str | None:
+    """What an item shows after the cursor: its insertText less the typed text its range
+    starts with (VS Code's rule); None when it does not start with that text."""
+    typed = line[start_col:cursor_col]
+    return insert[len(typed) :] if insert.startswith(typed) else None
+
+
+# ---------- choosing held-out files ----------
+
+
+def choose_traces(root: Path, args: argparse.Namespace) -> list[Trace]:
+    """`--n-files` files under `root` with typing sites, `--sites` traces each, seeded."""
+    rng = random.Random(args.seed)
+    files = sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+    rng.shuffle(files)
+    out: list[Trace] = []
+    used = 0
+    for path in files:
+        if used == args.n_files:
+            break
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        sites = typing_sites(text, args.lines)
+        picks: list[int] = []
+        for n in rng.sample(sites, len(sites)):  # far enough apart that traces do not overlap
+            if all(abs(n - m) > args.lines + 2 for m in picks):
+                picks.append(n)
+            if len(picks) == args.sites:
+                break
+        if not picks:
+            continue
+        used += 1
+        for n in sorted(picks):
+            out.append(make_trace(str(path.resolve()), text, n, args.lines, rng, args.cps, args.line_pause))
+    if not out:
+        raise SystemExit(f"no Python file under {root} has function bodies to type")
+    return out
+
+
+# ---------- the LSP client ----------
+
+
+class Rpc:
+    """JSON-RPC 2.0 over a server's stdio with LSP's Content-Length framing. A response
+    resolves its request's future to (perf_counter at arrival, message); requests from the
+    server get null, workspace/configuration the `settings` of the sections asked."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, settings: dict):
+        self.proc, self.settings = proc, settings
+        self.next_id = 0
+        self.pending: dict[int, asyncio.Future] = {}
+        self.reader = asyncio.create_task(self._read())
+
+    def _send(self, msg: dict) -> None:
+        body = json.dumps({"jsonrpc": "2.0", **msg}).encode()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def notify(self, method: str, params: object = None) -> None:
+        self._send({"method": method, "params": params})
+
+    def request(self, method: str, params: object = None) -> tuple[int, asyncio.Future]:
+        if self.reader.done():
+            raise RuntimeError("the server closed its output")
+        self.next_id += 1
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[self.next_id] = fut
+        self._send({"id": self.next_id, "method": method, "params": params})
+        return self.next_id, fut
+
+    async def call(self, method: str, params: object = None, timeout: float = 60) -> object:
+        _, fut = self.request(method, params)
+        _, msg = await asyncio.wait_for(fut, timeout)
+        if "error" in msg:
+            raise RuntimeError(f"{method}: {msg['error']}")
+        return msg.get("result")
+
+    def _answer(self, msg: dict) -> object:
+        if msg["method"] == "workspace/configuration":
+            return [self.settings if i.get("section") == "codelm" else None for i in msg["params"]["items"]]
+        return None
+
+    async def _read(self) -> None:
+        out = self.proc.stdout
+        assert out is not None
+        try:
+            while True:
+                size = None
+                while line := (await out.readline()).strip():
+                    key, _, value = line.decode().partition(":")
+                    if key.strip().lower() == "content-length":
+                        size = int(value)
+                if size is None:
+                    raise EOFError("the server closed its output")
+                msg = json.loads(await out.readexactly(size))
+                arrived = time.perf_counter()
+                if "method" in msg:
+                    if "id" in msg:
+                        self._send({"id": msg["id"], "result": self._answer(msg)})
+                    continue
+                fut = self.pending.pop(msg.get("id"), None)
+                if fut is not None and not fut.done():
+                    fut.set_result((arrived, msg))
+        except (EOFError, asyncio.IncompleteReadError, ValueError) as e:
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(RuntimeError(f"server gone: {e}"))
+
+
+# ---------- replaying traces ----------
+
+
+@dataclass
+class Tally:
+    """What one pass over the traces saw from the client's side, and the server's counters."""
+
+    context: bool
+    keys: int = 0
+    shown: int = 0
+    accepted: int = 0
+    duplicated: int = 0
+    empty: int = 0  # answered with no item before the next keystroke
+    late: int = 0  # no answer before the next keystroke
+    ends: int = 0  # keystrokes at a line's end, where the typist pauses
+    ends_shown: int = 0
+    cancels: int = 0  # $/cancelRequest sent
+    cancel_acks: int = 0  # requests answered with RequestCancelled
+    latency: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+
+def item_edit(item: dict, lines: list[str], cursor: tuple[int, int]) -> tuple[str, tuple, tuple]:
+    """An inline completion item's text and range in code points (the cursor when it has none)."""
+    insert = item.get("insertText", "")
+    insert = insert.get("value", "") if isinstance(insert, dict) else insert
+    rng = item.get("range")
+    if not rng:
+        return insert, cursor, cursor
+    pos = [rng["start"], rng["end"]]
+    start, end = ((p["line"], from_utf16(lines[p["line"]], p["character"])) for p in pos)
+    return insert, start, end
+
+
+def score(
+    t: Tally, fut: asyncio.Future, t0: float, text: str, cursor: tuple[int, int], key: Key, verbose: bool
+) -> None:
+    """Count the answer to the request a keystroke sent, as seen when the next one comes."""
+    if not fut.done():
+        t.late += 1
+        return
+    if fut.exception() is not None:
+        t.errors.append(str(fut.exception()))
+        return
+    arrived, msg = fut.result()
+    if "error" in msg:
+        t.errors.append(str(msg["error"]))
+        return
+    result = msg.get("result") or []
+    items = result.get("items", []) if isinstance(result, dict) else result
+    if not items:
+        t.empty += 1
+        return
+    lines = text.split("\n")
+    insert, start, end = item_edit(items[0], lines, cursor)
+    ghost = None
+    if start[0] == cursor[0] and start[1] <= cursor[1]:
+        ghost = ghost_of(lines[cursor[0]], start[1], cursor[1], insert)
+    ok = ghost is not None and accepted(ghost, key.rest, key.next_line)
+    dup = duplicates_suffix(text, start, end, insert)
+    t.shown += 1
+    t.ends_shown += not key.rest
+    t.accepted += ok
+    t.duplicated += dup
+    t.latency.append(arrived - t0)
+    if verbose:
+        flags = ("accept " if ok else "") + ("DUP" if dup else "")
+        print(f"    {1e3 * (arrived - t0):6.0f} ms {insert!r:50.50} real {key.rest!r:30.30} {flags}")
+
+
+async def settle(sent: list[tuple[int, asyncio.Future]], t: Tally) -> None:
+    """Wait for every request's answer; count RequestCancelled and other errors."""
+    futs = [f for _, f in sent]
+    await asyncio.wait(futs, timeout=60)
+    for f in futs:
+        if not f.done():
+            t.errors.append("no answer within 60 s of the trace's end")
+            f.cancel()
+        elif f.exception() is None and "error" in f.result()[1]:
+            err = f.result()[1]["error"]
+            if err.get("code") == CANCELLED:
+                t.cancel_acks += 1
+            elif str(err) not in t.errors:
+                t.errors.append(str(err))
+
+
+async def replay(rpc: Rpc, trace: Trace, t: Tally, fast: float, verbose: bool) -> None:
+    """Type one trace: per key, cancel the pending request, send the change, ask, wait the pause."""
+    uri = Path(trace.path).as_uri()
+    text, cursor = trace.start, trace.cursor
+    doc = {"uri": uri, "languageId": "python", "version": 0, "text": text}
+    rpc.notify("textDocument/didOpen", {"textDocument": doc})
+    sent: list[tuple[int, asyncio.Future]] = []
+    for version, key in enumerate(trace.keys, 1):
+        if sent and not sent[-1][1].done():
+            rpc.notify("$/cancelRequest", {"id": sent[-1][0]})
+            t.cancels += 1
+        t0 = time.perf_counter()
+        at = {"line": cursor[0], "character": utf16_len(text.split("\n")[cursor[0]][: cursor[1]])}
+        text = apply_edit(text, cursor, cursor, key.text)
+        cursor = after_insert(cursor, key.text)
+        change = {"range": {"start": at, "end": at}, "text": key.text}
+        rpc.notify(
+            "textDocument/didChange",
+            {"textDocument": {"uri": uri, "version": version}, "contentChanges": [change]},
+        )
+        here = {"line": cursor[0], "character": utf16_len(text.split("\n")[cursor[0]][: cursor[1]])}
+        params = {"textDocument": {"uri": uri}, "position": here, "context": {"triggerKind": 2}}
+        sent.append(rpc.request("textDocument/inlineCompletion", params))
+        t.keys += 1
+        t.ends += not key.rest
+        await asyncio.sleep(max(0.0, t0 + key.pause / fast - time.perf_counter()))
+        score(t, sent[-1][1], t0, text, cursor, key, verbose)
+    if not sent[-1][1].done():  # the user moves on
+        rpc.notify("$/cancelRequest", {"id": sent[-1][0]})
+        t.cancels += 1
+    rpc.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+    await settle(sent, t)
+
+
+# ---------- one server: start, warm up, two passes, stop ----------
+
+COUNTERS = ("requests", "cache_hits", "cancelled", "superseded", "shown", "accepted")
+WARM_UP = "import os\n\n\ndef read_lines(path):\n    with open(path) as f:\n        "
+
+
+def initialize_params(root: Path, settings: dict) -> dict:
+    caps = {
+        "general": {"positionEncodings": ["utf-16"]},
+        "textDocument": {"synchronization": {"didSave": False}, "inlineCompletion": {}},
+        "workspace": {"configuration": True, "didChangeConfiguration": {}, "workspaceFolders": True},
+    }
+    return {
+        "processId": os.getpid(),
+        "clientInfo": {"name": "codelm-bench"},
+        "rootUri": root.as_uri(),
+        "workspaceFolders": [{"uri": root.as_uri(), "name": root.name}],
+        "capabilities": caps,
+        "initializationOptions": {"codelm": settings},
+    }
+
+
+async def warm_up(rpc: Rpc, root: Path) -> None:
+    """Two completions in a scratch document: the model loaded, its kernels run once."""
+    uri = (root / "_codelm_bench_warm_up.py").as_uri()
+    doc = {"uri": uri, "languageId": "python", "version": 0, "text": WARM_UP}
+    rpc.notify("textDocument/didOpen", {"textDocument": doc})
+    end = {"line": WARM_UP.count("\n"), "character": len(WARM_UP.rsplit("\n", 1)[-1])}
+    for kind in (1, 2):
+        params = {"textDocument": {"uri": uri}, "position": end, "context": {"triggerKind": kind}}
+        await rpc.call("textDocument/inlineCompletion", params, timeout=600)
+    rpc.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+
+
+async def wait_index(rpc: Rpc, limit: float = 300) -> tuple[dict, float]:
+    """The server's index once its size held still for 1.5 s (or after `limit` seconds)."""
+    t0, seen = time.perf_counter(), []
+    while time.perf_counter() - t0 < limit:
+        stats = await rpc.call("codelm/stats")
+        seen.append(json.dumps(stats.get("index", {}), sort_keys=True))
+        if len(seen) >= 4 and len(set(seen[-4:])) == 1:
+            break
+        await asyncio.sleep(0.5)
+    return stats.get("index", {}), time.perf_counter() - t0
+
+
+async def stop(rpc: Rpc, proc: asyncio.subprocess.Process) -> None:
+    try:
+        await rpc.call("shutdown", None, timeout=10)
+        rpc.notify("exit")
+        await asyncio.wait_for(proc.wait(), 10)
+    except (TimeoutError, RuntimeError, ConnectionError):
+        pass
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    rpc.reader.cancel()
+
+
+async def session(cmd: list[str], traces: list[Trace], args: argparse.Namespace, log, env: dict) -> dict:
+    """One server: warm up, index, then every trace with repository context on, then off."""
+    env = {k: v for k, v in os.environ.items() if k != "CODELM_API_KEY"} | env
+    pipe = asyncio.subprocess.PIPE
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=pipe, stdout=pipe, stderr=log, env=env, limit=1 << 24
+    )
+    settings = dict(args.settings)
+    rpc = Rpc(proc, settings)
+    try:
+        await rpc.call("initialize", initialize_params(args.root, settings), timeout=600)
+        rpc.notify("initialized", {})
+        await warm_up(rpc, args.root)
+        index, waited = await wait_index(rpc)
+        passes = []
+        for context in (True, False):
+            rpc.settings = {**settings, "context": context}
+            rpc.notify("workspace/didChangeConfiguration", {"settings": {"codelm": rpc.settings}})
+            before = await rpc.call("codelm/stats")
+            t = Tally(context)
+            for trace in traces:
+                if args.verbose:
+                    print(f"  {Path(trace.path).name}:{trace.line + 1} context {'on' if context else 'off'}")
+                await replay(rpc, trace, t, args.fast, args.verbose)
+            after = await rpc.call("codelm/stats")
+            t.stats = {**after, **{k: after.get(k, 0) - before.get(k, 0) for k in COUNTERS}}
+            passes.append(t)
+        return {"passes": passes, "index": index, "index_s": waited}
+    finally:
+        await stop(rpc, proc)
+
+
+# ---------- setups side by side, the table ----------
+
+
+def run_setup(name: str, cmd: list[str], traces: list[Trace], args: argparse.Namespace, env: dict) -> dict:
+    print(f"\n{name}: {shlex.join(cmd)}", flush=True)
+    with tempfile.NamedTemporaryFile("w+", prefix="codelm-bench-lsp-", suffix=".log") as log:
+        try:
+            out = asyncio.run(session(cmd, traces, args, log, env))
+        except Exception as e:
+            log.seek(0)
+            tail = "\n".join(log.read().splitlines()[-20:])
+            raise SystemExit(f"{name} failed: {type(e).__name__}: {e}\nserver stderr:\n{tail}") from e
+        log.seek(0)
+        for line in log.read().splitlines():
+            if line.startswith("codelm lsp:"):  # the server names its model and weights
+                print(f"  {line}")
+    index = out["index"]
+    print(
+        f"  index: {index.get('files', '?')} files, {index.get('chunks', '?')} chunks, {out['index_s']:.1f} s"
+    )
+    for t in out["passes"]:
+        s = t.stats
+        lat = s.get("latency_ms", {})
+        print(
+            f"  context {'on ' if t.context else 'off'}: {t.keys} keystrokes, {t.shown} shown,"
+            f" {t.empty} empty, {t.late} late; {t.cancels} cancels sent,"
+            f" {t.cancel_acks} answered RequestCancelled;"
+            f" server: {s.get('requests')} requests, {s.get('superseded')} superseded,"
+            f" {s.get('cancelled')} cancelled, {s.get('cache_hits')} cache hits,"
+            f" latency p50 {lat.get('p50')} p95 {lat.get('p95')} ms"
+        )
+        for e in t.errors[:3]:
+            print(f"  error: {e}")
+    return out
+
+
+def figures(r: dict) -> dict:
+    """One setup's numbers: from the context-on pass, but the accept rate also without context."""
+    on, off = r["passes"]
+    s, stop = on.stats, on.stats.get("cancel_stop_ms") or {}
+    rate = lambda t: t.accepted / t.shown if t.shown else float("nan")  # noqa: E731
+    requests = max(s.get("requests", 0), 1)
+    return {
+        "p50 ms": 1e3 * pct(on.latency, 50),
+        "p95 ms": 1e3 * pct(on.latency, 95),
+        "shown": on.shown / max(on.keys, 1),
+        "at ends": on.ends_shown / max(on.ends, 1),
+        "accept": rate(on),
+        "no ctx": rate(off),
+        "gain": rate(on) - rate(off),
+        "dup": on.duplicated / max(on.shown, 1),
+        "cancelled": s.get("cancelled", 0) / requests,
+        "stop ms": f"{stop['p50']:.0f}/{stop['p95']:.0f}" if stop.get("n") else "-",
+        "cache hits": s.get("cache_hits", 0) / requests,
+    }
+
+
+def table(results: dict[str, dict]) -> None:
+    rows = {name: figures(r) for name, r in results.items()}
+    cols = list(next(iter(rows.values())))
+    width = max(map(len, rows)) + 2
+    print("\n" + "setup".ljust(width) + "".join(f"{c:>11}" for c in cols))
+    for name, f in rows.items():
+        cells = [f"{v:.0f}" if c.endswith("ms") and isinstance(v, float) else v for c, v in f.items()]
+        cells = [f"{100 * v:+.1f} pt" if c == "gain" else v for c, v in zip(cols, cells, strict=True)]
+        cells = [f"{v:.1%}" if isinstance(v, float) else v for v in cells]
+        print(name.ljust(width) + "".join(f"{c:>11}" for c in cells))
+    print(
+        "p50/p95: keystroke to ghost text, over shown completions; shown: of keystrokes (at ends: of"
+        " those at a line's end); accept: of shown, context on (no ctx: off); dup: suffix duplicated,"
+        " of shown; cancelled, cache hits: of the server's requests; stop ms: p50/p95 from a cancel to"
+        " the generation's end (the server's, warm-up included)"
+    )
+    first, f = next(iter(rows.items()))
+    gain = round(100 * f["gain"], 1)
+    checks = [
+        f"p50 {f['p50 ms']:.0f} <= 150 ms {'met' if f['p50 ms'] <= 150 else 'NOT met'}",
+        f"p95 {f['p95 ms']:.0f} <= 400 ms {'met' if f['p95 ms'] <= 400 else 'NOT met'}",
+        f"duplication {f['dup']:.1%} <= 1% {'met' if f['dup'] <= 0.01 else 'NOT met'}",
+        f"retrieval gain {gain:+.1f} pt > 0 {'met' if gain > 0 else 'NOT met'}",
+    ]
+    print(f"goals ({first}): " + "; ".join(checks))
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", default="runs/spec-small", help="a trained run (default: runs/spec-small)")
+    ap.add_argument("--weights", default="auto", choices=["auto", "fp32", "bf16", "int8"])
+    ap.add_argument("--files", default=None, help="held-out code, the workspace root (default: rich)")
+    ap.add_argument("--n-files", type=int, default=6)
+    ap.add_argument("--sites", type=int, default=2, help="traces per file")
+    ap.add_argument("--lines", type=int, default=2, help="lines typed per trace")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cps", type=float, default=6.0, help="typing speed, characters per second, mean")
+    ap.add_argument("--line-pause", type=float, default=1.0, help="extra seconds at a line's end, mean")
+    ap.add_argument("--fast", type=float, default=1.0, help="divide every pause by this")
+    ap.add_argument("--settings", type=json.loads, default={}, help='codelm settings, JSON: {"maxLines": 1}')
+    ap.add_argument("--no-http", action="store_true", help="leave out `codelm serve` + `codelm lsp --server`")
+    ap.add_argument("--peer-url", default=None, help="another OpenAI-compatible server, e.g. llama.cpp's")
+    ap.add_argument("--peer-model", default=None, help="its model id (its key: $CODELM_PEER_API_KEY)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: one file, one trace of one line")
+    ap.add_argument("--verbose", action="store_true", help="print every shown completion")
+    args = ap.parse_args()
+    if args.quick:
+        args.n_files, args.sites, args.lines = 1, 1, 1
+    return args
+
+
+def setups(args: argparse.Namespace, traces: list[Trace]) -> dict[str, dict]:
+    """Each setup's results, one after the other: the model in `codelm lsp`, then through
+    `codelm serve`, then the peer."""
+    lsp = [sys.executable, "-m", "codelm", "lsp"]
+    name = f"lsp {args.run}"
+    results = {name: run_setup(name, [*lsp, args.run, "--weights", args.weights], traces, args, {})}
+    if not args.no_http:
+        proc, url = start_server(Path(args.run), 4, 4, args.weights)
+        try:
+            name = "lsp --server, codelm serve"
+            results[name] = run_setup(name, [*lsp, "--server", url], traces, args, {})
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if args.peer_url:
+        cmd = [*lsp, "--server", args.peer_url, *(["--model", args.peer_model] if args.peer_model else [])]
+        key = os.environ.get("CODELM_PEER_API_KEY")
+        name = f"lsp --server {args.peer_url}"
+        results[name] = run_setup(name, cmd, traces, args, {"CODELM_API_KEY": key} if key else {})
+    return results
+
+
+def main() -> None:
+    from common import machine
+
+    from codelm.data.sources import site_packages_root
+
+    args = parse_args()
+    print(machine())
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    root = args.root = Path(args.files or site_packages_root() / "rich").resolve()
+    traces = choose_traces(root, args)
+    keys = sum(len(t.keys) for t in traces)
+    secs = sum(k.pause for t in traces for k in t.keys) / args.fast
+    print(
+        f"{len(traces)} traces in {len({t.path for t in traces})} files of {root}, {keys} keystrokes,"
+        f" {secs:.0f} s of typing per pass; {args.cps} chars/s, line pause {args.line_pause} s,"
+        f" fast x{args.fast}"
+    )
+    table(setups(args, traces))
+
+
+if __name__ == "__main__":
+    main()
