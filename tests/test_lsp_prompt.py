@@ -119,3 +119,22 @@ def test_telemetry_counts_each_acceptance_once_and_gives_percentiles():
     assert snap["accepted"] == 1 and snap["accept_rate"] == 0.5 and snap["index"] == {"files": 1}
     assert snap["latency_ms"] == {"p50": 50.0, "p95": 95.0, "n": 100}
     assert percentiles([]) == {"p50": 0.0, "p95": 0.0, "n": 0}
+
+
+def test_the_server_applies_good_settings_and_reports_the_bad_ones():
+    from codelm.lsp.completer import Completer
+    from codelm.lsp.server import _configure
+
+    class Client:
+        logged: list[str] = []
+
+        def window_log_message(self, params):
+            self.logged.append(params.message)
+
+    ls, completer = Client(), Completer(backend=None)  # type: ignore[arg-type]
+    _configure(
+        ls, completer, {"codelm": {"maxLines": 3, "colour": "red", "temperature": "hot", "context": False}}
+    )
+    assert (completer.cfg.max_lines, completer.cfg.context, completer.cfg.temperature) == (3, False, 0.0)
+    [message] = ls.logged
+    assert "unknown setting 'colour'" in message and "'temperature' must be a float" in message

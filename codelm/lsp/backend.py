@@ -25,7 +25,7 @@ from typing import Any
 from codelm.errors import CodelmError
 from codelm.generate.prompts import Prompt, plan
 from codelm.generate.sampling import SamplingConfig
-from codelm.generate.scheduler import Event, Job, Scheduler
+from codelm.generate.scheduler import Event, Job, QueueFull, Scheduler
 from codelm.generate.stopping import StopConfig, build_rules
 from codelm.model import Transformer
 from codelm.tokenizer import CodeTokenizer
@@ -104,7 +104,10 @@ class LocalBackend:
 
         jobs = self._jobs(ask, sink)
         texts, used, left = [""] * len(jobs), [0, 0, 0], len(jobs)
-        self.sched.submit(jobs)
+        try:
+            self.sched.submit(jobs)
+        except QueueFull as e:
+            raise CodelmError(f"busy: {e}") from None
         try:
             while left:
                 ev = await queue.get()

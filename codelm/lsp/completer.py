@@ -69,7 +69,7 @@ class Completer:
         self.index = index
         self.recent = RecentFiles()
         self.cache = SuggestionCache()
-        self._pending: dict[str, _Ticket] = {}
+        self._pending: dict[tuple[str, str], _Ticket] = {}  # (uri, kind) -> the request running
         self._contexts: OrderedDict[tuple, str] = OrderedDict()
         self._seed = 0
 
@@ -79,15 +79,15 @@ class Completer:
         self._contexts.clear()
 
     async def edits(
-        self, uri: str, text: str, offset: int, language: str, automatic: bool = True
+        self, uri: str, text: str, offset: int, language: str, automatic: bool = True, kind: str = "inline"
     ) -> list[InlineEdit]:
         """The edits for a cursor at `offset` of `text`. Cancelling the awaiting task stops the
-        generation; a newer request for `uri` makes this one answer []."""
+        generation; a newer request of the same `kind` for `uri` makes this one answer []."""
         tele, start = self.telemetry, time.perf_counter()
         tele.add("requests")
         tele.add("automatic" if automatic else "invoked")
         prefix, suffix = text[:offset], text[offset:]
-        ticket = self._supersede(uri)
+        ticket = self._supersede((uri, kind))
         try:
             edits = self.cache.get(uri, prefix, suffix) if automatic else None
             if edits is not None:
@@ -116,16 +116,16 @@ class Completer:
             tele.add("errors")
             raise
         finally:
-            if self._pending.get(uri) is ticket:
-                del self._pending[uri]
+            if self._pending.get((uri, kind)) is ticket:
+                del self._pending[(uri, kind)]
 
-    def _supersede(self, uri: str) -> _Ticket:
-        old = self._pending.get(uri)
+    def _supersede(self, key: tuple[str, str]) -> _Ticket:
+        old = self._pending.get(key)
         if old is not None and old.task is not None and not old.task.done():
             old.superseded = True
             old.task.cancel()
         ticket = _Ticket(task=asyncio.current_task())
-        self._pending[uri] = ticket
+        self._pending[key] = ticket
         return ticket
 
     async def _generate(

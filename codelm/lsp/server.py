@@ -4,7 +4,8 @@
   suggestion, invoked ones (1) up to `invoked_n`; each item has its range and the
   command `codelm.acceptCompletion` that the client runs when the user takes it;
 - `textDocument/completion`: for clients without inline completion, one item whose
-  label is the suggestion's first line;
+  label is the suggestion's first line (a client that has inline completion gets an
+  empty list: it shows the ghost text, and a menu item would cost a second generation);
 - full and incremental document sync; the workspace is indexed in the background for
   repository context (context.py), and a saved file is indexed again;
 - settings from `initializationOptions` or `workspace/didChangeConfiguration`, under
@@ -111,7 +112,10 @@ def build_server(completer: Completer) -> LanguageServer:
     @ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
     async def completion(params: types.CompletionParams) -> types.CompletionList:
         doc, offset = _locate(ls, params.text_document.uri, params.position)
-        edits = await _edits(completer, doc, offset, automatic=True)
+        if ls.client_capabilities.text_document and ls.client_capabilities.text_document.inline_completion:
+            # The client shows ghost text: a menu item too would cost a second generation per keystroke.
+            return types.CompletionList(is_incomplete=True, items=[])
+        edits = await _edits(completer, doc, offset, automatic=True, kind="completion")
         items = [_completion_item(doc, offset, e, tele.issue()) for e in edits[:1]]
         return types.CompletionList(is_incomplete=True, items=items)
 
@@ -136,22 +140,33 @@ def build_server(completer: Completer) -> LanguageServer:
     return ls
 
 
-async def _edits(completer: Completer, doc: TextDocument, offset: int, automatic: bool) -> list[InlineEdit]:
+async def _edits(
+    completer: Completer, doc: TextDocument, offset: int, automatic: bool, kind: str = "inline"
+) -> list[InlineEdit]:
     language = language_of(doc.language_id, doc.uri)
     try:
-        return await completer.edits(doc.uri, doc.source, offset, language, automatic)
+        return await completer.edits(doc.uri, doc.source, offset, language, automatic, kind)
     except CodelmError as e:
         raise JsonRpcInternalError(f"codelm: {e}") from None
 
 
 def _configure(ls: LanguageServer, completer: Completer, settings: Any) -> None:
-    """Apply a client's settings; bad ones are reported to the client and left out."""
-    if settings is None:
+    """Apply a client's settings one by one: a bad or unknown one is reported in the client's
+    log and left out, the others apply."""
+    settings = _plain(settings)
+    if isinstance(settings, dict) and isinstance(settings.get("codelm"), dict):
+        settings = settings["codelm"]
+    if not isinstance(settings, dict) or not settings:
         return
-    try:
-        completer.configure(completer.cfg.updated(_plain(settings)))
-    except CodelmError as e:
-        message = f"codelm: settings not applied: {e}"
+    cfg, problems = completer.cfg, []
+    for key, value in settings.items():
+        try:
+            cfg = cfg.updated({key: value})
+        except CodelmError as e:
+            problems.append(str(e))
+    completer.configure(cfg)
+    if problems:
+        message = "codelm: settings left out: " + "; ".join(problems)
         ls.window_log_message(types.LogMessageParams(types.MessageType.Warning, message))
 
 
