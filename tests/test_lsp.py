@@ -314,3 +314,37 @@ async def test_cancel_and_supersede_close_the_stream_and_stop_the_generation(tmp
             assert s["superseded"] == 1 and s["cancelled"] == 1
         finally:
             await client.shutdown_session()
+
+
+def test_tcp_listens_on_loopback_and_speaks_the_protocol(lsp_run):
+    import socket
+    import subprocess
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codelm", "lsp", lsp_run, "--tcp", str(port)], stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the server did not listen"
+                time.sleep(0.1)
+        with conn:
+            body = json.dumps(
+                {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}
+            )
+            conn.sendall(f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+            data = b""
+            while b"inlineCompletionProvider" not in data:
+                chunk = conn.recv(65536)
+                assert chunk, data
+                data += chunk
+    finally:
+        proc.kill()
+        proc.wait()
