@@ -60,6 +60,7 @@ from lsp_traces import (  # noqa: E402  (bench/lsp_traces.py)
     duplicates_suffix,
     from_utf16,
     ghost_of,
+    similarity,
     utf16_len,
 )
 from serve import pct, start_server  # noqa: E402  (bench/serve.py)
@@ -156,6 +157,7 @@ class Tally:
     cancels: int = 0  # $/cancelRequest sent
     cancel_acks: int = 0  # requests answered with RequestCancelled
     latency: list[float] = field(default_factory=list)
+    similarity: list[float] = field(default_factory=list)  # of each shown first line to the real one
     errors: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
 
@@ -201,6 +203,7 @@ def score(
     t.shown += 1
     t.ends_shown += not key.rest
     t.accepted += ok
+    t.similarity.append(similarity(ghost, key.rest, key.next_line) if ghost is not None else 0.0)
     t.duplicated += dup
     t.latency.append(arrived - t0)
     if verbose:
@@ -399,6 +402,8 @@ def figures(r: dict) -> dict:
         "accept": rate(on),
         "no ctx": rate(off),
         "gain": rate(on) - rate(off),
+        "sim": sum(on.similarity) / max(len(on.similarity), 1),
+        "sim no ctx": sum(off.similarity) / max(len(off.similarity), 1),
         "dup": on.duplicated / max(on.shown, 1),
         "cancelled": s.get("cancelled", 0) / requests,
         "stop ms": f"{stop['p50']:.0f}/{stop['p95']:.0f}" if stop.get("n") else "-",
@@ -419,7 +424,8 @@ def table(results: dict[str, dict]) -> None:
     print(
         "p50/p95: keystroke to ghost text, over shown completions; shown: of keystrokes (at ends: of"
         " those at a line's end); accept: of shown, context on (no ctx: off); dup: suffix duplicated,"
-        " of shown; cancelled, cache hits: of the server's requests; stop ms: p50/p95 from a cancel to"
+        " of shown; sim: mean similarity of a shown first line to the real one (difflib ratio, in %);"
+        " cancelled, cache hits: of the server's requests; stop ms: p50/p95 from a cancel to"
         " the generation's end (the server's, warm-up included)"
     )
     first, f = next(iter(rows.items()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import math
 import random
 from dataclasses import dataclass
@@ -146,6 +147,18 @@ def accepted(ghost: str, rest: str, next_line: str | None) -> bool:
         return ghost.split("\n")[1].rstrip() == next_line.rstrip()
     first = ghost.split("\n")[0].rstrip()
     return bool(first.strip()) and first == rest.rstrip()
+
+
+def similarity(ghost: str, rest: str, next_line: str | None) -> float:
+    """How close the ghost's first line is to the real one (difflib's ratio, 0 to 1), compared
+    as `accepted` compares them: a finer measure than exact acceptance, for weak models."""
+    if ghost.startswith("\n"):
+        if rest.strip() or next_line is None:
+            return 0.0
+        mine, real = ghost.split("\n")[1].strip(), next_line.strip()
+    else:
+        mine, real = ghost.split("\n")[0].rstrip(), rest.rstrip()
+    return difflib.SequenceMatcher(None, mine, real, autojunk=False).ratio() if mine or real else 0.0
 
 
 def min_depth(s: str) -> int:
