@@ -42,7 +42,6 @@ import asyncio
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +62,7 @@ from lsp_traces import (  # noqa: E402  (bench/lsp_traces.py)
     similarity,
     utf16_len,
 )
-from serve import pct, start_server  # noqa: E402  (bench/serve.py)
+from serve import pct, start_server, stop_server  # noqa: E402  (bench/serve.py)
 
 CANCELLED = -32800  # LSP's RequestCancelled
 
@@ -475,11 +474,7 @@ def setups(args: argparse.Namespace, traces: list[Trace]) -> dict[str, dict]:
             name = "lsp --server, codelm serve"
             results[name] = run_setup(name, [*lsp, "--server", url], traces, args, {})
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
     if args.peer_url:
         cmd = [*lsp, "--server", args.peer_url, *(["--model", args.peer_model] if args.peer_model else [])]
         key = os.environ.get("CODELM_PEER_API_KEY")

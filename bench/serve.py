@@ -191,11 +191,16 @@ def run_mode(run: Path, max_batch: int, args: argparse.Namespace) -> dict:
     try:
         return asyncio.run(load(url, args))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Stop a server `start_server` started: politely, then for good after 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def main() -> None:
