@@ -84,6 +84,10 @@ VARIANTS: dict[str, Variant] = {
     # TrainConfig's default FIM rate (the demo trains without FIM): its cost to left-to-right.
     "fim": Variant(train=replace(_T, fim_rate=0.5)),
     "8k-6x192": Variant(vocab_size=8192, model=(("n_layer", 6), ("n_embd", 192), ("n_head", 3))),
+    # Candidates for CPUs without native bf16, where 5 minutes of fp32 fit about half the steps.
+    "batch4": Variant(train=replace(_T, batch_size=4)),
+    "4x192": Variant(model=(("n_embd", 192), ("n_head", 3))),
+    "4x192-batch4": Variant(model=(("n_embd", 192), ("n_head", 3)), train=replace(_T, batch_size=4)),
     "adamw-8k": Variant(vocab_size=8192, train=replace(_T, optimizer="adamw")),
     "stdlib-8k": Variant(sources=_STDLIB, vocab_size=8192),
     # The demo before this measure: stdlib only, AdamW, 8k.

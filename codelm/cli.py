@@ -37,6 +37,8 @@ CONFIGS = {
     "sampling": "codelm.generate.sampling:SamplingConfig",
     "stops": "codelm.generate.stopping:StopConfig",
     "serve": "codelm.serve.api:ServeConfig",
+    "testgen": "codelm.testgen.writer:TestgenConfig",
+    "testsample": "codelm.testgen.candidates:SampleConfig",
 }
 
 
@@ -231,6 +233,16 @@ def _lsp(a: argparse.Namespace) -> None:
         run_local(a.run, a.tcp, a.weights, a.device)
 
 
+def _testgen(a: argparse.Namespace) -> None:
+    from codelm.testgen import write_tests
+
+    top = given(a, "testgen")
+    top["functions"] = tuple(top.get("functions", ()))
+    cfg = config_class("testgen")(**top, sample=make_config(a, "testsample"))
+    done = write_tests(a.module, a.run, a.candidates, a.out, a.json, cfg)
+    print(f"kept {done.summary.kept} of {done.summary.candidates} tests -> {done.out}")
+
+
 def _import(a: argparse.Namespace) -> None:
     from codelm.interop.hf import import_hf
 
@@ -333,6 +345,8 @@ def _train_parser(sub) -> None:
     _opt(tr, "train", "--lr", type=float, help="AdamW's peak rate; Muon's is 10x this")
     _opt(tr, "train", "--optimizer", choices=["muon", "adamw"], help="muon: Muon + AdamW")
     _opt(tr, "train", "--fim-rate", type=float, help="share of files made FIM examples")
+    repo_help = "repository documents per file (a stretch after snippets of its repo); 0: none"
+    _opt(tr, "train", "--repo-rate", type=float, help=repo_help)
     _opt(tr, "train", "--eval-every", type=int, help="steps; 0: only the evaluations spread over the budget")
     _opt(tr, "train", "--early-stop", "early_stop_patience", type=int, help="patience in evaluations; 0: off")
     _opt(tr, "train", "--checkpoint-every", type=int, help="steps; 0: at each evaluation")
@@ -426,6 +440,24 @@ def _lsp_parser(sub) -> None:
     ls.set_defaults(func=_lsp)
 
 
+def _testgen_parser(sub) -> None:
+    tg = sub.add_parser("testgen", help="unit tests for a module, kept if they pass and catch a mutant")
+    tg.add_argument("module", help="the Python file to test")
+    tg.add_argument("--run", default=None, help="RUN directory whose model writes the candidates")
+    tg.add_argument("--candidates", default=None, help="filter the test_* functions of this file, no model")
+    _opt(tg, "testgen", "--function", "functions", action="append", metavar="NAME", help="f or Cls.meth")
+    _opt(tg, "testsample", "--n", type=int, help="candidates per target, in one batch")
+    _opt(tg, "testsample", "--temperature", type=float, help="of the samples after the first (greedy)")
+    _opt(tg, "testsample", "--seed", type=int, help="of the samples")
+    _opt(tg, "testgen", "--max-mutants", type=int, help="mutants per target")
+    _opt(tg, "testgen", "--test-timeout", "test_timeout_s", type=float, help="seconds per test run")
+    _opt(tg, "testgen", "--workers", type=int, help="sandboxes at a time; 0: one per core")
+    tg.add_argument("--out", default=None, help="test file to write (default: beside the import root)")
+    tg.add_argument("--json", default=None, help="also write the report, every candidate's fate, here")
+    _switch(tg, "testgen", "--force", "force", True, "overwrite an existing --out")
+    tg.set_defaults(func=_testgen)
+
+
 def _interop_parsers(sub) -> None:
     im = sub.add_parser("import", help="a local Hugging Face model folder -> a RUN")
     im.add_argument("src", metavar="HF_DIR", help="config.json, *.safetensors, tokenizer.json")
@@ -443,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="codelm", description="Train code models on your own code.")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_demo_parser, _data_parser, _tokenizer_parser, _train_parser, _eval_parser,
-                _generate_parser, _serve_parser, _lsp_parser, _interop_parsers):  # fmt: skip
+                _generate_parser, _serve_parser, _lsp_parser, _testgen_parser,
+                _interop_parsers):  # fmt: skip
         add(sub)
     return p
 

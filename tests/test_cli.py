@@ -25,6 +25,7 @@ from codelm.generate.sampling import SamplingConfig
 from codelm.generate.stopping import StopConfig
 from codelm.model.config import ModelConfig
 from codelm.serve.api import ServeConfig
+from codelm.testgen import SampleConfig, TestgenConfig
 from codelm.train.config import TrainConfig
 
 
@@ -70,6 +71,8 @@ def test_configs_resolve_to_the_dataclasses():
         "sampling": SamplingConfig,
         "stops": StopConfig,
         "serve": ServeConfig,
+        "testgen": TestgenConfig,
+        "testsample": SampleConfig,
     }
     assert {name: cli.config_class(name) for name in cli.CONFIGS} == expected
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from codelm.lsp.chunks import Hit, Snippet, chunk_file, terms
-from codelm.lsp.context import RecentFiles, RepoIndex, comment_prefix, layout, query_text, repo_context
+from codelm.data.chunks import Hit, Snippet, chunk_file, comment_prefix, terms
+from codelm.lsp.context import RecentFiles, RepoIndex, layout, query_text, repo_context
 
 GEOMETRY = textwrap.dedent(
     """\

@@ -1,6 +1,6 @@
 """Repository context for a completion prompt: workspace snippets most like the code at the cursor.
 
-- Retrieval: BM25 (chunks.py) over identifiers, the query being the prefix's last lines;
+- Retrieval: BM25 (codelm/data/chunks.py) over identifiers, the query being the prefix's last lines;
   same-file snippets overlapping the cursor's region are left out, as the prompt holds
   that code already.
 - `RepoIndex`: built from a folder (dot-files and folders, virtualenvs and
@@ -9,8 +9,9 @@
   a background thread build it while queries run.
 - `RecentFiles`: an LRU of the open documents' (uri, text) the server feeds; their
   snippets are searched from that fresher text instead of the saved copy, boosted.
-- `layout`: snippets most relevant first under a comment header naming the path
-  (`#`, `//` or `--` by extension), within a token budget the caller counts.
+- The layout (`layout` in data/chunks.py): snippets most relevant first under a comment
+  header naming the path (`#`, `//` or `--` by extension), within a token budget the
+  caller counts; training's repository documents (train/repo.py) use the same.
 This is the repository context of Continue's and Tabby's completion prompts; the code
 is our own. Not done: embeddings, .gitignore rules.
 """
@@ -24,18 +25,14 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
+from codelm.data.chunks import MAX_CHUNK_LINES, WINDOW, Bm25, Hit, Snippet, chunk_file, layout, terms
 from codelm.data.sources import SKIP_DIRS, VENV_MARKERS
-from codelm.lsp.chunks import MAX_CHUNK_LINES, WINDOW, Bm25, Hit, Snippet, chunk_file, terms
 
 QUERY_LINES = 20  # lines of the prefix a query is made of
 MAX_FILE_BYTES = 1_000_000
 MAX_TOTAL_BYTES = 50_000_000
 MAX_CHUNKS = 200_000
 MAX_LINE_AVERAGE = 200  # characters per line above which a file is minified or data, not code
-
-_HASH = {".py", ".pyi", ".sh", ".bash", ".rb", ".pl", ".r", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".mk"}
-_DASHES = {".sql", ".lua", ".hs", ".elm", ".ada"}
-_HASH_NAMES = {"Makefile", "Dockerfile", "CMakeLists.txt"}
 
 
 class RecentFiles:
@@ -252,35 +249,6 @@ def _junk_path(root: Path, key: str) -> bool:
 
 def _minified(text: str) -> bool:
     return len(text) > 2000 and len(text) / (text.count("\n") + 1) > MAX_LINE_AVERAGE
-
-
-def comment_prefix(path: str) -> str:
-    """The line-comment marker of a file's language, by extension: '#', '--' or '//'."""
-    p = PurePosixPath(path)
-    if p.suffix.lower() in _HASH or p.name in _HASH_NAMES:
-        return "#"
-    return "--" if p.suffix.lower() in _DASHES else "//"
-
-
-def render(snippet: Snippet) -> str:
-    return f"{comment_prefix(snippet.path)} {snippet.path}\n{snippet.text}\n\n"
-
-
-def layout(hits: list[Hit], budget: int, count_tokens: Callable[[str], int]) -> str:
-    """Rendered snippets, most relevant first, that fit in `budget` tokens together; one that
-    does not fit is skipped so that a smaller, less relevant one may still come in."""
-    parts: list[str] = []
-    used = 0
-    for hit in hits:
-        block = render(hit.snippet)
-        n = count_tokens(block)
-        if used + n <= budget:
-            parts.append(block)
-            used += n
-    # Tokens of the joined text may differ from the sum at the seams: check the whole.
-    while parts and count_tokens("".join(parts)) > budget:
-        parts.pop()
-    return "".join(parts)
 
 
 def query_text(prefix: str, lines: int = QUERY_LINES) -> str:

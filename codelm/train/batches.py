@@ -40,6 +40,7 @@ from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_bytes
 from codelm.tokenizer import CodeTokenizer
 from codelm.tokenizer.roles import CODE, EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, INSTRUCTION, comment_block
+from codelm.train.repo import RepoDoc, repo_documents
 
 ENCODE_BATCH = 256  # documents per encode_batch call
 IGNORE = -100  # target value that carries no loss (F.cross_entropy's ignore_index)
@@ -68,6 +69,20 @@ def fim_layout(text: str, rng: np.random.Generator, spm_rate: float = 0.5) -> La
         order = [("special", FIM_PREFIX, 1), ("piece", 0, 1), ("special", FIM_SUFFIX, 1), ("piece", 2, 1)]
     tail = [("special", FIM_MIDDLE, 1), ("piece", 1, 1), ("special", EOT, 1)]
     return Layout([prefix, middle, suffix], order + tail)
+
+
+def repo_layout(doc: RepoDoc, rng: np.random.Generator, fim_rate: float) -> Layout:
+    """A repository document (train/repo.py): its snippets, with no loss, then its stretch of
+    code; with FIM, the snippets open the prefix part, where the editor's prompt has them."""
+    if not (fim_rate > 0 and rng.random() < fim_rate):
+        return Layout([doc.context, doc.text], [("piece", 0, 0), ("piece", 1, 1), ("special", EOT, 1)])
+    fim = fim_layout(doc.text, rng)
+    parts = []
+    for kind, what, flag in fim.parts:
+        if kind == "piece" and what == 0:  # the prefix: the snippets go just before it
+            parts.append(("piece", 3, 0))
+        parts.append((kind, what, flag))
+    return Layout([*fim.pieces, doc.context], parts)
 
 
 def document_layout(
@@ -111,9 +126,12 @@ def tokenize_split(
     out: str | Path,
     fim_rate: float = 0.0,
     seed: int = 0,
+    repo_rate: float = 0.0,
+    window: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tokenize a split into `out` (.bin tokens, .mask flags; atomic) and memory-map them.
-    A tokenizer without FIM tokens gets no FIM, whatever `fim_rate` says."""
+    A tokenizer without FIM tokens gets no FIM, whatever `fim_rate` says. With `repo_rate`,
+    repository documents (train/repo.py) for `window`-token windows follow the files."""
     out = Path(out)
     fim_rate = fim_rate if tok.has(FIM_PREFIX) else 0.0
     instruction_tokens = tok.has(INSTRUCTION)
@@ -137,6 +155,13 @@ def tokenize_split(
         layouts.append(document_layout(row, np.random.default_rng([seed, i]), fim_rate, instruction_tokens))
         if len(layouts) >= ENCODE_BATCH:
             flush()
+    if repo_rate > 0:
+        rows = iter_rows(data_dir, split, ["text", "kind", "path", "source"])
+        docs = repo_documents(rows, repo_rate, window, lambda s: len(tok.encode(s)), seed)
+        for j, doc in enumerate(docs):
+            layouts.append(repo_layout(doc, np.random.default_rng([seed, 1, j]), fim_rate))
+            if len(layouts) >= ENCODE_BATCH:
+                flush()
     flush()
     ids = np.concatenate(id_chunks) if id_chunks else np.zeros(0, dtype)
     mask = np.concatenate(mask_chunks) if mask_chunks else np.zeros(0, np.uint8)

@@ -41,6 +41,10 @@ class TrainConfig:
     # Fill-in-the-middle: share of files turned into PSM/SPM infilling examples.
     # 0.5 costs little left-to-right quality at scale (Bavarian et al. 2022).
     fim_rate: float = 0.5
+    # Repository documents (train/repo.py) per file that has neighbours: a stretch of the file
+    # after BM25 snippets of its repository, laid out as the editor's prompt lays out context.
+    # 0.5: every other file; 3: three stretches of each.
+    repo_rate: float = 0.0
     compile: bool = False  # torch.compile the model: faster steps after a ~30 s first step
     seed: int = 1337
     dtype: str = "auto"  # auto (bf16 where the device supports it) | bf16 | fp32
@@ -73,6 +77,7 @@ class TrainConfig:
             ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
             ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
             ("fim_rate", 0 <= self.fim_rate <= 1, "in [0, 1]"),
+            ("repo_rate", 0 <= self.repo_rate <= 100, "in [0, 100]"),
         ):
             if not ok:
                 raise CodelmError(f"{name} must be {rule}, got {getattr(self, name)}")

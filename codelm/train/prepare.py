@@ -78,25 +78,37 @@ def _fresh(data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dis
     return tok, model_cfg, init_weights
 
 
-def _token_key(data_dir: Path, split: str, tok: CodeTokenizer, cfg: TrainConfig) -> str:
+def _token_key(data_dir: Path, split: str, tok: CodeTokenizer, cfg: TrainConfig, window: int) -> str:
     parquet = split_path(require_data_dir(data_dir, (split,)), split)
     st = parquet.stat()
     fim = cfg.fim_rate if split == "train" else 0.0  # validation stays plain left-to-right
     what = [str(parquet.resolve()), st.st_size, st.st_mtime_ns, tok.tok.to_str(), fim, cfg.seed]
+    if split == "train" and cfg.repo_rate:  # keys of runs without repository documents stay as they were
+        what += [cfg.repo_rate, window]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
-def _tokens(data_dir: Path, run_dir: Path, split: str, tok: CodeTokenizer, cfg: TrainConfig, dist, console):
+def _tokens(
+    data_dir: Path,
+    run_dir: Path,
+    split: str,
+    tok: CodeTokenizer,
+    cfg: TrainConfig,
+    window: int,
+    dist,
+    console,
+):
     out = run_dir / "tokens" / f"{split}.bin"
     meta = out.with_suffix(".json")
-    key = _token_key(data_dir, split, tok, cfg)
+    key = _token_key(data_dir, split, tok, cfg, window)
     cached = meta.is_file() and json.loads(meta.read_text()).get("key") == key
     if dist.main and not cached:
         console.print(f"tokenizing the {split} split")
         fim = cfg.fim_rate if split == "train" else 0.0
         if fim and not tok.has(FIM_PREFIX):
             console.print("this tokenizer has no fill-in-the-middle tokens: training without FIM")
-        tokenize_split(data_dir, split, tok, out, fim_rate=fim, seed=cfg.seed)
+        repo = cfg.repo_rate if split == "train" else 0.0
+        tokenize_split(data_dir, split, tok, out, fim_rate=fim, seed=cfg.seed, repo_rate=repo, window=window)
         atomic_write_json(meta, {"key": key})
     distributed.barrier(dist)
     return open_tokens(out, tok.vocab_size)
@@ -134,8 +146,8 @@ def prepare(
     seq_len = cfg.seq_len or min(model_cfg.block_size, MAX_DEFAULT_SEQ)
     if seq_len > model_cfg.block_size:
         raise CodelmError(f"seq_len {seq_len} exceeds the model's block_size {model_cfg.block_size}")
-    train = PackedWindows(*_tokens(data_dir, run_dir, "train", tok, cfg, dist, console), seq_len)
-    val = PackedWindows(*_tokens(data_dir, run_dir, "val", tok, cfg, dist, console), seq_len)
+    train = PackedWindows(*_tokens(data_dir, run_dir, "train", tok, cfg, seq_len, dist, console), seq_len)
+    val = PackedWindows(*_tokens(data_dir, run_dir, "val", tok, cfg, seq_len, dist, console), seq_len)
     if len(train) == 0:
         raise CodelmError(f"the train split has fewer than {seq_len + 1} tokens: add more code")
     if len(val) == 0:

@@ -10,7 +10,10 @@
   rank-bm25 installs, but rebuilds its corpus on any change, scores every document per
   query term, and its Okapi idf gives 0 to a term in half the documents of a small
   workspace (dorianbrown/rank_bm25 issues 39, 43).
-context.py builds the index over a workspace and lays out what a query finds.
+- `render` / `layout`: snippets under a comment naming their path, as prompts hold them,
+  within a token budget.
+The editor's index (lsp/context.py) and training's repository documents
+(train/repo.py) both build on this module, so both lay out context alike.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import ast
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -33,6 +37,9 @@ from as with try except finally pass break continue lambda yield raise assert de
 await const let var function int void char bool public private protected static new this struct null
 nil fn pub mut use func package the"""
 _STOP = frozenset(_STOP_WORDS.split())
+_HASH = {".py", ".pyi", ".sh", ".bash", ".rb", ".pl", ".r", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".mk"}
+_DASHES = {".sql", ".lua", ".hs", ".elm", ".ada"}
+_HASH_NAMES = {"Makefile", "Dockerfile", "CMakeLists.txt"}
 
 
 @dataclass(frozen=True)
@@ -164,3 +171,34 @@ class Bm25:
             for doc, n in self.postings.get(term, {}).items():
                 out[doc] = out.get(doc, 0.0) + self.weight(idf, n, self.lengths[doc])
         return out
+
+
+def comment_prefix(path: str) -> str:
+    """The line-comment marker of a file's language, by extension: '#', '--' or '//'."""
+    p = PurePosixPath(path)
+    if p.suffix.lower() in _HASH or p.name in _HASH_NAMES:
+        return "#"
+    return "--" if p.suffix.lower() in _DASHES else "//"
+
+
+def render(snippet: Snippet) -> str:
+    """A snippet as a prompt holds it: its path in a comment, its code, a blank line. The
+    editor's repository context and training's repository documents both use this."""
+    return f"{comment_prefix(snippet.path)} {snippet.path}\n{snippet.text}\n\n"
+
+
+def layout(hits: list[Hit], budget: int, count_tokens: Callable[[str], int]) -> str:
+    """Rendered snippets, most relevant first, that fit in `budget` tokens together; one that
+    does not fit is skipped so that a smaller, less relevant one may still come in."""
+    parts: list[str] = []
+    used = 0
+    for hit in hits:
+        block = render(hit.snippet)
+        n = count_tokens(block)
+        if used + n <= budget:
+            parts.append(block)
+            used += n
+    # Tokens of the joined text may differ from the sum at the seams: check the whole.
+    while parts and count_tokens("".join(parts)) > budget:
+        parts.pop()
+    return "".join(parts)

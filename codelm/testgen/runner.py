@@ -1,0 +1,167 @@
+"""Runs candidate tests under pytest inside codelm's sandbox, never in this process.
+
+A `Job` is one pytest session: the module (or a mutant of it), the shared test
+header, and some test functions in a given order. `run_jobs` runs jobs as
+separate sandboxed programs, `workers` at a time (`evaluate/sandbox.py`: its own
+processes, rlimits, a read-only filesystem where namespaces work, no network),
+and returns each test's outcome. The sandbox gets codelm's site-packages on
+`sys.path` read-only: pytest, coverage.py and whatever the module imports.
+
+A test that ends its process or hangs past the sandbox's clock is blamed alone:
+the driver reports each test's start as it happens, so the runner marks the test
+that was running as failed and runs the tests after it again in a new sandbox.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sysconfig
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from codelm.errors import CodelmError
+from codelm.evaluate.sandbox import SandboxConfig, SandboxResult, run_many
+from codelm.testgen.targets import Module
+
+PREFIX = "@@codelm-testgen@@ "
+TEST_FILE = "test_codelm_candidates.py"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    passed: bool
+    error: str = ""  # the first line of why it failed
+
+
+@dataclass(frozen=True)
+class Job:
+    tests: tuple[tuple[str, str], ...]  # (name, source) in the order pytest runs them
+    module_source: str | None = None  # a mutant's text; None: the module as it is
+    coverage: bool = False
+
+
+@dataclass
+class Result:
+    outcomes: dict[str, Outcome]
+    coverage: dict | None = None  # the driver's coverage event: statements, branches, per-test lines/arcs
+    hash_value: int | None = None  # hash("codelm") in that interpreter: differs between hash seeds
+    error: str = ""  # why pytest could not collect the test file (e.g. an import failed)
+
+
+@functools.cache
+def _driver_source() -> str:
+    return Path(__file__).with_name("_pytest_driver.py").read_text(encoding="utf-8")
+
+
+def site_dirs() -> list[str]:
+    """Where this interpreter finds pytest, coverage.py and the module's own imports."""
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys(p for p in (paths["purelib"], paths["platlib"]) if Path(p).is_dir()))
+
+
+@dataclass(frozen=True)
+class Runner:
+    module: Module
+    header: str  # imports and helpers shared by every test
+    sandbox: SandboxConfig = SandboxConfig(timeout_s=120, cpu_s=120, memory_mb=2048, output_bytes=4 << 20)
+    test_timeout_s: float = 5.0  # one test's clock; a loop that runs past it fails
+    workers: int = 0  # sandboxes at a time; 0: one per core
+
+    def program(self, job: Job) -> str:
+        files = dict(self.module.files)
+        if job.module_source is not None:
+            files[self.module.relpath] = job.module_source
+        tests = "\n\n".join(src.rstrip() for _, src in job.tests)
+        files[TEST_FILE] = f"{self.header.rstrip()}\n\n\n{tests}\n"
+        payload = {
+            "files": files,
+            "site": site_dirs(),
+            "module": self.module.name,
+            "test_file": TEST_FILE,
+            "tests": [name for name, _ in job.tests],
+            "coverage": self.module.relpath if job.coverage else None,
+            "test_timeout_s": self.test_timeout_s,
+        }
+        return _driver_source() + f"\n\nmain(json.loads({json.dumps(payload)!r}))\n"
+
+    def _config(self, tests: int) -> SandboxConfig:
+        # Each test has its own clock; the sandbox's covers them all, plus start-up.
+        clock = min(self.sandbox.timeout_s, 20 + tests * (self.test_timeout_s + 1))
+        return replace(self.sandbox, timeout_s=clock)
+
+    def run_jobs(self, jobs: list[Job]) -> list[Result]:
+        """Each job's outcomes; a test that took its sandbox down fails alone, the rest re-run."""
+        if not jobs:
+            return []
+        results = [Result({}) for _ in jobs]
+        pending, todo, cut = list(range(len(jobs))), list(jobs), set()
+        while pending:
+            sandboxed = run_many(
+                [self.program(todo[i]) for i in pending],
+                self._config(max(len(todo[i].tests) for i in pending)),
+                workers=self.workers or None,
+            )
+            again = []
+            for i, res in zip(pending, sandboxed, strict=True):
+                left = _merge(results[i], todo[i], res)
+                if left:
+                    todo[i] = replace(todo[i], tests=left)
+                    again.append(i)
+                    cut.add(i)
+            pending = again
+        # A session that was cut short never reported its coverage: measure the tests that
+        # passed again, in one session.
+        redo = {i: tuple(t for t in jobs[i].tests if results[i].outcomes[t[0]].passed) for i in sorted(cut)}
+        redo = {i: tests for i, tests in redo.items() if tests and jobs[i].coverage}
+        again = self.run_jobs([Job(tests, jobs[i].module_source, True) for i, tests in redo.items()])
+        for i, res in zip(redo, again, strict=True):
+            results[i].coverage = res.coverage
+        return results
+
+
+def events(res: SandboxResult) -> list[dict]:
+    """The driver's reports in a sandbox run's output: start, outcome, coverage, exit."""
+    out = []
+    for line in res.stdout.splitlines():
+        if line.startswith(PREFIX):
+            out.append(json.loads(line[len(PREFIX) :]))
+    return out
+
+
+def _merge(result: Result, job: Job, res: SandboxResult) -> tuple[tuple[str, str], ...]:
+    """Fold one sandbox run into `result`; the tests still to run, if the run was cut short."""
+    if res.status == "error":
+        raise CodelmError(f"the sandbox failed: {res.error or 'no reason given'}")
+    names = [name for name, _ in job.tests]
+    started, exited = None, False
+    for ev in events(res):
+        kind = ev.pop("event")
+        if kind == "start":
+            started = ev["test"]
+        elif kind == "outcome":
+            result.outcomes[ev["test"]] = Outcome(ev["outcome"] == "passed", ev["error"])
+            started = None
+        elif kind == "collect_error":
+            result.error = result.error or ev["error"]
+            for name in names:
+                result.outcomes.setdefault(name, Outcome(False, f"collection failed: {ev['error']}"))
+        elif kind == "coverage":
+            result.coverage = ev
+        elif kind == "hash":
+            result.hash_value = ev["value"]
+        elif kind == "exit":
+            exited = True
+    if exited:
+        for name in names:  # pytest ended without running it (e.g. an error at collection)
+            result.outcomes.setdefault(name, Outcome(False, "not run"))
+        return ()
+    why = "the sandbox's clock ran out"
+    if res.status != "timeout":
+        why = f"the process ended (status {res.returncode})"
+    if started is None:  # it died outside any test: nothing to blame but the session
+        for name in names:
+            result.outcomes.setdefault(name, Outcome(False, f"the session died: {why}"))
+        return ()
+    result.outcomes[started] = Outcome(False, why)
+    return tuple((n, s) for n, s in job.tests if n not in result.outcomes)
