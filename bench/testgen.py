@@ -1,6 +1,6 @@
 """The test writer on modules no training split holds, against the modules' own test suites.
 
-For each standard-library module named (default: ntpath, pipes, plistlib, which the
+For each standard-library module named (default: pipes, plistlib, optparse, which the
 "stdlib+site-packages" corpus put in its test split, so no model trained on that
 corpus saw them) and each RUN given, `codelm testgen` writes tests for the module's
 first public functions. Printed per run and module: candidates, kept, the share
@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sysconfig
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -46,19 +48,43 @@ def split_of(data: Path, name: str) -> str:
     return "none"
 
 
-def suite_scores(module, targets, suite: Path, cfg: TestgenConfig) -> dict:
-    """The module's own test suite: its coverage of the targets, and the mutants it kills."""
+def suite_files(stdlib: Path, suite: Path) -> dict[str, str]:
+    """The suite and the `test` package parts it needs: the sandbox's interpreter may come
+    without the standard library's tests (Debian's python3 does)."""
+    files = {}
+    wanted = [stdlib / "test" / "__init__.py", *sorted((stdlib / "test" / "support").rglob("*.py"))]
+    wanted += [
+        stdlib / "test" / f"{m}.py" for m in re.findall(r"from test import (test_\w+)", suite.read_text())
+    ]
+    for f in wanted:
+        files[f.relative_to(stdlib).as_posix()] = f.read_text(encoding="utf-8")
+    return files
+
+
+def _outcomes(res) -> dict[str, bool] | None:
+    """Each test's pass/fail in a suite run; None if the run did not finish."""
+    evs = events(res)
+    if not any(e["event"] == "exit" for e in evs):
+        return None
+    return {e["id"]: e["outcome"] == "passed" for e in evs if e["event"] == "outcome"}
+
+
+def suite_scores(module, targets, stdlib: Path, cfg: TestgenConfig) -> dict:
+    """The module's own test suite: its coverage of the targets, and the mutants it kills.
+    A mutant is killed when a test that passes on the module fails on it, or the run dies."""
+    suite = stdlib / "test" / f"test_{module.name}.py"
+    module = replace(module, files={**module.files, **suite_files(stdlib, suite)})
     runner = Runner(module, suite.read_text(encoding="utf-8"), test_timeout_s=30.0)
-    (base,) = runner.run_jobs([Job((), coverage=True)])
-    if base.coverage is None:
+    (base,) = run_many([runner.program(Job((), coverage=True))], runner.sandbox)
+    passing = {name for name, ok in (_outcomes(base) or {}).items() if ok}
+    cov = next((e for e in events(base) if e["event"] == "coverage"), None)
+    if cov is None or not passing:
         raise SystemExit(f"{suite} did not run in the sandbox: {base.error}")
-    ran = base.coverage["tests"][""]
+    ran = cov["tests"][""]
     lines = branches = total_lines = total_branches = 0
-    statements = set(base.coverage["statements"])
     for t in targets:
-        mine = t.body_lines & statements
-        span = range(t.lineno, t.end_lineno + 1)
-        possible = {tuple(b) for b in base.coverage["branches"] if b[0] in span}
+        mine = t.body_lines & set(cov["statements"])
+        possible = {tuple(b) for b in cov["branches"] if t.lineno <= b[0] <= t.end_lineno}
         lines += len(mine & set(ran["lines"]))
         branches += len(possible & {tuple(a) for a in ran["arcs"]})
         total_lines, total_branches = total_lines + len(mine), total_branches + len(possible)
@@ -66,14 +92,13 @@ def suite_scores(module, targets, suite: Path, cfg: TestgenConfig) -> dict:
     results = run_many([runner.program(Job((), module_source=m.source)) for m in ms], runner.sandbox)
     killed = 0
     for res in results:
-        evs = events(res)
-        failed = any(e["event"] == "outcome" and e["outcome"] == "failed" for e in evs)
-        cut = not any(e["event"] == "exit" for e in evs)  # the mutant took the suite down
-        killed += failed or cut
+        got = _outcomes(res)
+        killed += got is None or any(not got.get(name, False) for name in passing)
     return {
         "lines": (lines, total_lines),
         "branches": (branches, total_branches),
         "mutants": (killed, len(ms)),
+        "suite_tests": len(passing),
     }
 
 
@@ -85,7 +110,7 @@ def pct(pair) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", nargs="+", required=True, help="RUN directories to write tests with")
-    ap.add_argument("--modules", nargs="+", default=["ntpath", "pipes", "plistlib"])
+    ap.add_argument("--modules", nargs="+", default=["pipes", "plistlib", "optparse"])
     ap.add_argument("--data", default=None, help="the runs' DATA: check the modules are in no training split")
     ap.add_argument("--max-targets", type=int, default=6, help="the module's first N public functions")
     ap.add_argument("--n", type=int, default=8, help="candidates per target")
@@ -109,7 +134,7 @@ def main() -> None:
             max_mutants=a.max_mutants,
         )
         t0 = time.perf_counter()
-        suite = suite_scores(module, targets, stdlib / "test" / f"test_{name}.py", cfg)
+        suite = suite_scores(module, targets, stdlib, cfg)
         took = time.perf_counter() - t0
         rows.append({"module": name, "writer": f"test/test_{name}.py", **suite, "seconds": took})
         for run in a.runs:

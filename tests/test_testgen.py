@@ -143,7 +143,7 @@ def test_the_chain_keeps_only_the_good_test_and_says_why_it_drops_each_other(cal
     tree = ast.parse(text)
     assert [n.name for n in tree.body if isinstance(n, ast.FunctionDef)] == ["test_clamp_good"]
     assert "Kept 1 of 9" in text and "Mutation score" in text
-    assert "import os" in text and "from pkg.calc import clamp\n" in text  # Stack is not used
+    assert "import random\n\nfrom pkg.calc import clamp\n" in text  # os and Stack: unused
     data = json.loads(report.read_text())
     assert data["summary"]["kept"] == 1 and data["summary"]["candidates"] == 9
     assert sum(data["summary"]["dropped"].values()) + 1 == 9
@@ -271,6 +271,13 @@ def test_bad_input_is_a_one_line_error(calc, tmp_path, capsys):
         capsys, ["testgen", str(missing), "--candidates", str(cands), "--out", str(tmp_path / "o.py")]
     )
     assert "cannot be imported in the sandbox" in err and "not_a_module_codelm" in err
+    frozen = tmp_path / "ntpath.py"  # frozen into Python 3.11: a copy never shadows it
+    frozen.write_text("def splitext(p):\n    return p\n")
+    cands.write_text("from ntpath import splitext\n\n\ndef test_f():\n    assert splitext('a.b')\n")
+    err = _cli_error(
+        capsys, ["testgen", str(frozen), "--candidates", str(cands), "--out", str(tmp_path / "o.py")]
+    )
+    assert "frozen or built into the interpreter" in err
     existing = tmp_path / "exists.py"
     existing.write_text("")
     err = _cli_error(capsys, ["testgen", str(calc), "--candidates", str(cands), "--out", str(existing)])

@@ -66,7 +66,8 @@ class Reporter:
             self.failed[name] = crash.message.splitlines()[0] if crash and crash.message else report.when
         if report.when == "teardown":
             outcome = "failed" if name in self.failed else "passed"
-            self.emit(event="outcome", test=name, outcome=outcome, error=self.failed.get(name, ""))
+            error = self.failed.get(name, "")
+            self.emit(event="outcome", test=name, id=report.nodeid, outcome=outcome, error=error)
 
     def pytest_collectreport(self, report):
         if report.failed:
@@ -77,7 +78,10 @@ def _coverage_of(cov, path, names):
     cov.stop()
     data = cov.get_data()
     report = os.path.join(os.getcwd(), "_coverage.json")
-    cov.json_report(outfile=report)  # the file's statements and branches, for totals
+    try:
+        cov.json_report(outfile=report)  # the file's statements and branches, for totals
+    except Exception:  # coverage.py's NoDataError: the file never ran (it was not imported)
+        return {"statements": [], "branches": [], "tests": {}}
     with open(report, encoding="utf-8") as f:
         files = json.load(f)["files"]
     summary = next(iter(files.values()), {})
@@ -107,9 +111,6 @@ def main(payload):
     reporter.emit(event="hash", value=hash("codelm"))  # differs per run: a fresh hash seed
     import pytest
 
-    for name in list(sys.modules):  # the module under test is ours, even if pytest loaded one
-        if name == payload["module"] or name.startswith(payload["module"] + "."):
-            del sys.modules[name]
     cov = None
     if payload["coverage"]:
         import coverage
@@ -118,8 +119,17 @@ def main(payload):
         cov = coverage.Coverage(data_file=None, branch=True, include=[target], config_file=False)
         cov.start()
         reporter.cov = cov
+    # The module under test is ours, even if pytest or coverage loaded one of that name
+    # (a standard-library module such as textwrap): imported again, now, from the copy.
+    for name in list(sys.modules):
+        if name == payload["module"] or name.startswith(payload["module"] + "."):
+            del sys.modules[name]
     args = [payload["test_file"], "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--rootdir", workdir]
     code = pytest.main(args, plugins=[reporter])
+    loaded = sys.modules.get(payload["module"])
+    origin = getattr(getattr(loaded, "__spec__", None), "origin", None) or ""
+    # A frozen or built-in module (ntpath, os) is imported before any copy on sys.path.
+    reporter.emit(event="module", ours=loaded is None or origin.startswith(workdir))
     if cov is not None:
         reporter.emit(event="coverage", **_coverage_of(cov, target, payload["tests"]))
     reporter.emit(event="exit", code=int(code))

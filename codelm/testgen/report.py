@@ -9,6 +9,7 @@ header's, less the names no kept test uses.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections import Counter
 from dataclasses import dataclass
 
@@ -64,36 +65,37 @@ def summary_lines(s: Summary, targets: int) -> list[str]:
 
 
 def _used_header(header: str, tests: str) -> str:
-    """The header without `import pytest` or imported names that no kept test uses."""
+    """The header without the imports that no kept test uses (a linter would flag them)."""
     out = []
     for line in header.splitlines():
-        m = re.fullmatch(r"from (\S+) import (.+)", line)
-        if line == "import pytest" and "pytest." not in tests:
-            continue
-        if m and not line.startswith("from __future__"):
-            names = [n.strip() for n in m.group(2).split(",")]
-            used = [n for n in names if re.search(rf"\b{re.escape(n)}\b", tests)]
+        frm = re.fullmatch(r"from (\S+) import (.+)", line)
+        imp = re.fullmatch(r"import ([\w., ]+)", line)
+        if (frm or imp) and not line.startswith("from __future__"):
+            names = [n.strip() for n in (frm or imp).group(2 if frm else 1).split(",")]
+            # `import a.b as c` binds c; `import a.b` binds a.
+            bound = {n: n.split(" as ")[-1].split(".")[0] for n in names}
+            used = [n for n in names if re.search(rf"\b{re.escape(bound[n])}\b", tests)]
             if not used:
                 continue
-            line = f"from {m.group(1)} import {', '.join(used)}"
+            line = f"from {frm.group(1)} import {', '.join(used)}" if frm else f"import {', '.join(used)}"
         out.append(line)
-    return "\n".join(out).strip() + "\n"
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()  # a group emptied leaves no gap
+    return text + "\n"
 
 
 def render_file(module: Module, header: str, cands: list[Candidate], s: Summary, targets: int) -> str:
     kept = [c for c in cands if c.fate == "kept"]
-    tests = "\n\n".join(c.source.rstrip() for c in kept)
-    doc = "\n".join(
-        [
-            f'"""Tests of {module.name}, written by `codelm testgen`.',
-            "",
-            *summary_lines(s, targets),
-            "Each test passed 4 times (fresh hash seeds, other orders), added coverage of its",
-            'target and failed on at least one mutant of it (a bug it catches)."""',
-        ]
-    )
-    body = f"\n\n\n{tests}\n" if kept else "\n"
-    return doc + "\n\n" + _used_header(header, tests) + body
+    tests = "\n\n\n".join(c.source.rstrip() for c in kept)
+    why = [
+        "Each test passed 4 times (fresh hash seeds, other orders), added coverage of its",
+        "target and failed on at least one mutant of it (a bug it catches).",
+    ]
+    wrapped = [w for line in summary_lines(s, targets) for w in textwrap.wrap(line, 86)]
+    lines = [f"Tests of {module.name}, written by `codelm testgen`.", "", *wrapped]
+    doc = '"""' + "\n".join(lines + (why if kept else [])) + '\n"""\n'
+    if not kept:
+        return doc
+    return f"{doc}\n{_used_header(header, tests)}\n\n{tests}\n"
 
 
 def to_json(module: Module, cands: list[Candidate], s: Summary, totals: dict[str, TargetTotals]) -> dict:

@@ -47,6 +47,7 @@ class Result:
     coverage: dict | None = None  # the driver's coverage event: statements, branches, per-test lines/arcs
     hash_value: int | None = None  # hash("codelm") in that interpreter: differs between hash seeds
     error: str = ""  # why pytest could not collect the test file (e.g. an import failed)
+    module_ours: bool = True  # the tests imported the sandbox's copy (mutants reach them)
 
 
 @functools.cache
@@ -148,6 +149,8 @@ def _merge(result: Result, job: Job, res: SandboxResult) -> tuple[tuple[str, str
                 result.outcomes.setdefault(name, Outcome(False, f"collection failed: {ev['error']}"))
         elif kind == "coverage":
             result.coverage = ev
+        elif kind == "module":
+            result.module_ours = ev["ours"]
         elif kind == "hash":
             result.hash_value = ev["value"]
         elif kind == "exit":

@@ -144,12 +144,15 @@ def split_candidates(source: str) -> tuple[str, list[str]]:
     the source of each top-level `test_*` function, decorators included)."""
     tree = ast.parse(source)
     lines = source.splitlines(keepends=True)
-    header, tests = [], []
+    header, tests, last = [], [], 0
     for node in tree.body:
         first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
         text = "".join(lines[first - 1 : node.end_lineno])
         if isinstance(node, ast.FunctionDef) and node.name.startswith("test"):
             tests.append(text)
-        else:
-            header.append(text)
+            continue
+        if header and first > last + 1:  # the blank lines between groups, as written
+            header.append("\n" * min(first - last - 1, 2))
+        header.append(text if text.endswith("\n") else text + "\n")
+        last = node.end_lineno or first
     return "".join(header), tests

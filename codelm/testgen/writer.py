@@ -63,7 +63,12 @@ def _imports(module: Module) -> list[str]:
 def _preflight(runner: Runner, module: Module) -> dict:
     """Import the module (through the header) in the sandbox; its statements and branches."""
     res = runner.run_jobs([Job((), coverage=True)])[0]
-    if res.error or res.coverage is None:
+    if not res.module_ours:
+        raise CodelmError(
+            f"{module.name} is frozen or built into the interpreter: the tests would import that "
+            "one, and no mutant of the file would reach them"
+        )
+    if res.error or res.coverage is None or not res.coverage["statements"]:
         why = res.error or "its import did not finish"
         raise CodelmError(
             f"{module.name} cannot be imported in the sandbox: {why} "

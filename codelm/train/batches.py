@@ -13,6 +13,9 @@ ends with end-of-text, so documents pack into fixed windows with no padding.
 - A pair is `<|instruction|> prompt <|code|> completion <|endoftext|>`; its mask
   is 0 over the instruction part and 1 over the completion and the end token.
   The mask comes from the ids of each part, never from searching for a template.
+- A repository document (train/repo.py, `repo_rate`) is snippets of other code of the
+  file's repository, with mask 0, then a stretch of the file; with FIM the snippets
+  open the prefix part, as in the editor's prompt. They follow the split's files.
 
 A pretrained model's tokenizer may lack codelm's roles (codelm/tokenizer/roles.py):
 without FIM tokens there is no FIM (fim_rate 0); without instruction tokens a pair
