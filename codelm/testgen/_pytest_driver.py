@@ -103,7 +103,7 @@ def main(payload):
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     sys.path[:0] = [workdir]
-    sys.path += payload["site"]
+    sys.path += [os.path.join(workdir, p) for p in payload["site"]]  # relative: copied in
     sys.dont_write_bytecode = True
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the venv's plugins stay out
     out = os.fdopen(os.dup(1), "w", buffering=1)

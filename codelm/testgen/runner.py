@@ -5,16 +5,25 @@ header, and some test functions in a given order. `run_jobs` runs jobs as
 separate sandboxed programs, `workers` at a time (`evaluate/sandbox.py`: its own
 processes, rlimits, a read-only filesystem where namespaces work, no network),
 and returns each test's outcome. The sandbox gets codelm's site-packages on
-`sys.path` read-only: pytest, coverage.py and whatever the module imports.
+`sys.path` read-only: pytest, coverage.py and whatever the module imports. Where
+the sandbox cannot see them (a virtualenv under /tmp, which the sandbox replaces
+with its own), pytest and coverage.py are copied into its directory instead, and
+the module may import the standard library only.
 
 A test that ends its process or hangs past the sandbox's clock is blamed alone:
 the driver reports each test's start as it happens, so the runner marks the test
 that was running as failed and runs the tests after it again in a new sandbox.
+
+What it does not stop: a test runs in the same interpreter as the driver, so one
+written to deceive can forge the driver's reports (as a program can forge the
+sandbox's done marker). The chain guards against careless and broken tests, and the
+sandbox keeps every test away from the host; neither proves a test honest.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import sysconfig
 from dataclasses import dataclass, replace
@@ -61,6 +70,32 @@ def site_dirs() -> list[str]:
     return list(dict.fromkeys(p for p in (paths["purelib"], paths["platlib"]) if Path(p).is_dir()))
 
 
+# What a session needs of site-packages when the sandbox cannot see them: a venv under
+# /tmp is hidden behind the sandbox's private /tmp. Pure Python all (coverage.py runs its
+# Python tracer without its C one).
+SESSION_PACKAGES = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "coverage")
+COPIED_SITE = "_codelm_site"  # where they go in the sandbox's directory
+
+
+@functools.cache
+def _site_visible(sandbox: SandboxConfig) -> bool:
+    probe = f"import sys\nsys.path += {site_dirs()!r}\nimport pytest, coverage\n"
+    return run_many([probe], replace(sandbox, timeout_s=60))[0].passed
+
+
+@functools.cache
+def _session_files() -> dict[str, str]:
+    files = {}
+    for name in SESSION_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise CodelmError(f"codelm testgen needs {name}: pip install pytest coverage")
+        top = Path(spec.origin).parent
+        for f in sorted(top.rglob("*.py")):
+            files[f"{COPIED_SITE}/{f.relative_to(top.parent).as_posix()}"] = f.read_text(encoding="utf-8")
+    return files
+
+
 @dataclass(frozen=True)
 class Runner:
     module: Module
@@ -70,14 +105,17 @@ class Runner:
     workers: int = 0  # sandboxes at a time; 0: one per core
 
     def program(self, job: Job) -> str:
-        files = dict(self.module.files)
+        files, site = dict(self.module.files), site_dirs()
+        if not _site_visible(self.sandbox):  # copied in; the module's own imports stay out
+            files.update(_session_files())
+            site = [COPIED_SITE, *site]
         if job.module_source is not None:
             files[self.module.relpath] = job.module_source
         tests = "\n\n".join(src.rstrip() for _, src in job.tests)
         files[TEST_FILE] = f"{self.header.rstrip()}\n\n\n{tests}\n"
         payload = {
             "files": files,
-            "site": site_dirs(),
+            "site": site,
             "module": self.module.name,
             "test_file": TEST_FILE,
             "tests": [name for name, _ in job.tests],
