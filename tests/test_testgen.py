@@ -310,3 +310,15 @@ def test_end_to_end_with_a_tiny_trained_model(calc, tmp_path, corpus_dir, tokeni
     summary = json.loads(report.read_text())["summary"]
     assert summary["candidates"] == 3
     assert summary["kept"] + sum(summary["dropped"].values()) == 3
+
+
+def test_pytest_and_coverage_are_copied_in_where_the_sandbox_cannot_see_site_packages(calc, monkeypatch):
+    from codelm.testgen import runner
+
+    monkeypatch.setattr(runner, "_site_visible", lambda sandbox: False)  # as for a venv under /tmp
+    program = Runner(load_module(calc), "").program(Job(()))
+    assert "_codelm_site/_pytest/" in program and "_codelm_site/coverage/" in program
+    job = Job((("test_high", "def test_high():\n    assert clamp(5, 0, 3) == 3\n"),), coverage=True)
+    (res,) = Runner(load_module(calc), "from pkg.calc import clamp\n").run_jobs([job])
+    assert res.outcomes["test_high"].passed
+    assert 9 in res.coverage["tests"]["test_high"]["lines"]  # `return hi`

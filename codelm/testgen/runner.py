@@ -73,7 +73,7 @@ def site_dirs() -> list[str]:
 # What a session needs of site-packages when the sandbox cannot see them: a venv under
 # /tmp is hidden behind the sandbox's private /tmp. Pure Python all (coverage.py runs its
 # Python tracer without its C one).
-SESSION_PACKAGES = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "coverage")
+SESSION_PACKAGES = ("pytest", "_pytest", "py", "pluggy", "iniconfig", "packaging", "coverage")
 COPIED_SITE = "_codelm_site"  # where they go in the sandbox's directory
 
 
@@ -90,8 +90,9 @@ def _session_files() -> dict[str, str]:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise CodelmError(f"codelm testgen needs {name}: pip install pytest coverage")
-        top = Path(spec.origin).parent
-        for f in sorted(top.rglob("*.py")):
+        origin = Path(spec.origin)
+        top = origin.parent if origin.name == "__init__.py" else origin  # a package or one file
+        for f in sorted(top.rglob("*.py")) if top.is_dir() else [top]:
             files[f"{COPIED_SITE}/{f.relative_to(top.parent).as_posix()}"] = f.read_text(encoding="utf-8")
     return files
 
