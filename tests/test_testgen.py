@@ -322,3 +322,11 @@ def test_pytest_and_coverage_are_copied_in_where_the_sandbox_cannot_see_site_pac
     (res,) = Runner(load_module(calc), "from pkg.calc import clamp\n").run_jobs([job])
     assert res.outcomes["test_high"].passed
     assert 9 in res.coverage["tests"]["test_high"]["lines"]  # `return hi`
+
+
+def test_the_sandbox_gets_the_package_without_its_tests_or_conftest(calc):
+    (calc.parent / "conftest.py").write_text("raise SystemExit('loaded')\n")
+    (calc.parent / "test_calc.py").write_text("def test_x():\n    pass\n")
+    (calc.parent / "util.py").write_text("X = 1\n")
+    module = load_module(calc)
+    assert (module.name, set(module.files)) == ("pkg.calc", {"pkg/__init__.py", "pkg/calc.py", "pkg/util.py"})

@@ -74,7 +74,10 @@ def _copied_files(path: Path, root: Path) -> dict[str, str]:
     candidates = sorted(top.rglob("*.py")) if top else sorted(root.glob("*.py"))
     files, size = {}, 0
     for f in candidates:
-        if "__pycache__" in f.parts or not f.is_file():
+        # Tests and conftest.py are not needed to import the module, and a conftest.py at
+        # the sandbox's root would be loaded into every session.
+        test_file = f.name == "conftest.py" or f.name.startswith("test_") or f.name.endswith("_test.py")
+        if "__pycache__" in f.parts or not f.is_file() or (test_file and f != path):
             continue
         size += f.stat().st_size
         if size > MAX_COPY_BYTES:
