@@ -330,3 +330,16 @@ def test_the_sandbox_gets_the_package_without_its_tests_or_conftest(calc):
     (calc.parent / "util.py").write_text("X = 1\n")
     module = load_module(calc)
     assert (module.name, set(module.files)) == ("pkg.calc", {"pkg/__init__.py", "pkg/calc.py", "pkg/util.py"})
+
+
+def test_the_file_keeps_imports_that_the_header_s_helpers_use():
+    from codelm.testgen.report import _used_header
+
+    header = (
+        "import os\nimport re\nfrom x import (\n    a,\n)\n\nfrom pkg import f, g\n\n\n"
+        "def helper():\n    return os.sep\n"
+    )
+    kept = _used_header(header, "def test_a():\n    assert f(helper())\n")
+    assert "import os\n" in kept and "import re" not in kept and "from pkg import f\n" in kept
+    assert "from x import (\n    a,\n)" in kept  # a multi-line import stays whole
+    compile(kept, "header", "exec")

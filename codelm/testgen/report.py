@@ -65,21 +65,25 @@ def summary_lines(s: Summary, targets: int) -> list[str]:
 
 
 def _used_header(header: str, tests: str) -> str:
-    """The header without the imports that no kept test uses (a linter would flag them)."""
+    """The header without the one-line imports that nothing else uses (a linter would flag
+    them): not the kept tests, not the header's own helpers."""
     out = []
-    for line in header.splitlines():
-        frm = re.fullmatch(r"from (\S+) import (.+)", line)
-        imp = re.fullmatch(r"import ([\w., ]+)", line)
+    lines = header.splitlines()
+    frms = [re.fullmatch(r"from (\S+) import ([\w., ]+)", line) for line in lines]
+    imps = [re.fullmatch(r"import ([\w., ]+)", line) for line in lines]
+    rest = "\n".join(line for line, f, i in zip(lines, frms, imps, strict=True) if not (f or i))
+    users = tests + "\n" + rest
+    for line, frm, imp in zip(lines, frms, imps, strict=True):
         if (frm or imp) and not line.startswith("from __future__"):
             names = [n.strip() for n in (frm or imp).group(2 if frm else 1).split(",")]
             # `import a.b as c` binds c; `import a.b` binds a.
             bound = {n: n.split(" as ")[-1].split(".")[0] for n in names}
-            used = [n for n in names if re.search(rf"\b{re.escape(bound[n])}\b", tests)]
+            used = [n for n in names if re.search(rf"\b{re.escape(bound[n])}\b", users)]
             if not used:
                 continue
             line = f"from {frm.group(1)} import {', '.join(used)}" if frm else f"import {', '.join(used)}"
         out.append(line)
-    text = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()  # a group emptied leaves no gap
+    text = re.sub(r"\n{4,}", "\n\n\n", "\n".join(out)).strip()  # an emptied group leaves no gap
     return text + "\n"
 
 
