@@ -95,7 +95,7 @@ def _candidates(tmp_path, victim) -> str:
 
 
         def test_never_calls_the_target():
-            assert 1 + 1 == 2
+            assert Stack().items == []
 
 
         def test_clamp_not_none():

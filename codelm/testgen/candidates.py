@@ -16,8 +16,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from codelm.errors import CodelmError
 from codelm.generate import Prompt, SamplingConfig, generate_batch
 from codelm.model import Transformer
+from codelm.model.io import read_config
 from codelm.testgen.targets import Module, Target, source_window
 from codelm.tokenizer import CodeTokenizer
 
@@ -41,9 +43,8 @@ def shared_header(module: Module, targets: list[Target]) -> str:
 def trained_on_pairs(run: str | Path) -> bool:
     """Whether the run's corpus held instruction pairs (its DATA's stats say so)."""
     try:
-        cfg = json.loads((Path(run) / "config.json").read_text())
-        stats = json.loads((Path(cfg["data"]) / "stats.json").read_text())
-    except (OSError, KeyError, TypeError, ValueError):
+        stats = json.loads((Path(read_config(run)["data"]) / "stats.json").read_text())
+    except (CodelmError, OSError, KeyError, TypeError, ValueError):
         return False  # the corpus is gone or the run was imported: no evidence of pairs
     return int(stats.get("train_pairs", 0)) > 0
 
