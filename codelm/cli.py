@@ -188,6 +188,15 @@ def _eval(a: argparse.Namespace) -> None:
         return
     if a.run is None:
         raise CodelmError("give a RUN directory, or --completions FILE to score completions made elsewhere")
+    from codelm.evaluate.passk import find_problems
+    from codelm.notebook.problems import is_notebook_file
+
+    if a.problems and is_notebook_file(find_problems(a.problems)):
+        from codelm.notebook.bench import evaluate_notebook, notebook_table
+
+        report = evaluate_notebook(a.run, find_problems(a.problems), make_config(a, "eval"), a.json)
+        Console().print(notebook_table(report))
+        return
     from codelm.evaluate.report import evaluate_run, report_table
 
     cfg = make_config(a, "eval")
@@ -307,6 +316,7 @@ def _data_parser(sub) -> None:
     )
     _opt(b, "data", "--split", "fractions", help="train,val,test fractions")
     _switch(b, "pairs", "--no-pairs", "enabled", False, "do not mine docstring->code pairs")
+    _switch(b, "pairs", "--no-doctests", "doctests", False, "do not mine docstring examples (>>>) as pairs")
     _opt(
         b,
         "data",
@@ -368,7 +378,11 @@ def _eval_parser(sub) -> None:
     ev = sub.add_parser("eval", help="metrics, line completion and pass@k of a run")
     ev.add_argument("run", nargs="?", default=None, help="RUN directory (not needed with --completions)")
     ev.add_argument("--data", default=None, help="DATA dir (its test split) or a folder of code")
-    ev.add_argument("--problems", default=None, help="HumanEval-format JSONL (default: our benchmark)")
+    ev.add_argument(
+        "--problems",
+        default=None,
+        help="HumanEval-format or notebook problems JSONL (default: our benchmark; notebook_basic: ours)",
+    )
     ev.add_argument("--completions", default=None, help="score this JSONL of completions, no model")
     _opt(ev, "eval", "--samples", type=int, help="completions per problem; 0 skips pass@k")
     _opt(ev, "eval", "--temperature", type=float, help="of the pass@k samples")

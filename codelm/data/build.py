@@ -2,7 +2,9 @@
 
 DATA's format (split files, columns, stats.json and manifest.json) is defined,
 written and read by dataset.py; this module decides what goes in. stats.json
-counts files seen, dropped and skipped per reason, and kept per split. The
+counts files seen, dropped and skipped per reason, and kept per split; its pair
+counts (`pairs_mined`, `{split}_pairs`) hold every pair, and `doctest_pairs_mined`
+and `{split}_doctest_pairs` the docstring examples among them (doctests.py). The
 build is one streaming pass: files are read lazily, worked
 on in order by `num_proc` processes (process.py), and judged here against what
 came before (exact and near duplicates: the first of a cluster is kept), then
@@ -61,9 +63,10 @@ COUNTERS = (
     "dropped_exact_duplicate",
     "dropped_near_duplicate",
     *(f"skipped_{r}" for r in SKIP_REASONS),
-    "pairs_mined",
+    "pairs_mined",  # all pairs, doctest ones included
+    "doctest_pairs_mined",
     "dropped_duplicate_pair",
-    *(f"{s}_{what}" for s in SPLITS for what in ("documents", "pairs", "bytes")),
+    *(f"{s}_{what}" for s in SPLITS for what in ("documents", "pairs", "doctest_pairs", "bytes")),
 )
 
 
@@ -150,7 +153,9 @@ class _Judge:
         st[f"{split}_documents"] += 1
         st[f"{split}_bytes"] += len(item.text.encode("utf-8", "surrogatepass"))
         for pair in item.pairs:  # a pair goes where its file went: no leak between splits
+            doctest = pair.kind == "doctest"
             st["pairs_mined"] += 1
+            st["doctest_pairs_mined"] += doctest
             key = exact_key(f"{pair.prompt}\0{pair.completion}")
             if key in self.seen_pairs:
                 st["dropped_duplicate_pair"] += 1
@@ -160,6 +165,7 @@ class _Judge:
             path = f"{file_path}::{pair.name}"
             self.writer.add(split, make_row(text, path, item.source, "pair", pair.prompt, pair.completion))
             st[f"{split}_pairs"] += 1
+            st[f"{split}_doctest_pairs"] += doctest
 
     def kept(self) -> int:
         return sum(self.stats[f"{s}_documents"] for s in SPLITS)

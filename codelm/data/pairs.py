@@ -8,11 +8,14 @@ header or commented-out code, its body is a stub (`pass`, `...`, `raise
 NotImplementedError`), or the docstring shares a line with other code (then
 removing it cleanly is not possible). The build stores pairs as `kind=pair`
 rows in the split of their file; this module does not deduplicate them.
+Docstring examples (`>>>`) are mined by doctests.py into the same `Pair`, with
+`kind="doctest"`; `iter_defs` is the walk over definitions both share.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from codelm.errors import CodelmError
@@ -29,6 +32,7 @@ _PRAGMAS = ("#!", "# -*-", "# noqa", "# type:", "# pragma", "# pylint", "# fmt:"
 class PairConfig:
     enabled: bool = True  # mine pairs at all
     min_instruction_words: int = 3  # "Return the sum." is enough; "Helper." is not
+    doctests: bool = True  # also mine docstring examples (`>>>`) as pairs: doctests.py
 
     def __post_init__(self) -> None:
         if self.min_instruction_words < 0:
@@ -40,6 +44,7 @@ class Pair:
     name: str  # qualified name within the file, e.g. "Stack.push"
     prompt: str  # the instruction, in natural language
     completion: str  # the function's code without its docstring, ending in a newline
+    kind: str = "function"  # "function" (this module) or "doctest" (a docstring example, doctests.py)
 
 
 def pair_text(prompt: str, completion: str) -> str:
@@ -122,18 +127,21 @@ def mine_pairs(text: str, tree: ast.Module, cfg: PairConfig = PairConfig()) -> l
     if not cfg.enabled or "\r" in text:  # a lone CR would shift ast's line numbers against ours
         return []
     lines = text.split("\n")
-    pairs: list[Pair] = []
+    return [
+        pair
+        for name, node in iter_defs(tree.body)
+        if isinstance(node, _FUNCS) and (pair := _pair(lines, node, name, cfg))
+    ]
 
-    def visit(body: list, prefix: str) -> None:
-        for node in body:  # statements only: a function is never inside an expression
-            if isinstance(node, _DEFS):
-                name = f"{prefix}{node.name}"
-                if isinstance(node, _FUNCS) and (pair := _pair(lines, node, name, cfg)):
-                    pairs.append(pair)
-                visit(node.body, f"{name}.")
-            elif isinstance(node, _COMPOUND):
-                for part in ("body", "handlers", "orelse", "finalbody", "cases"):  # source order
-                    visit(getattr(node, part, ()), prefix)
 
-    visit(tree.body, "")
-    return pairs
+def iter_defs(body: list[ast.stmt], prefix: str = "") -> Iterator[tuple[str, ast.stmt]]:
+    """Every function and class in `body` with its qualified name ("Stack.push"), in source order,
+    those nested in classes, functions and compound statements (`if`, `try`, ...) included."""
+    for node in body:  # statements only: a function is never inside an expression
+        if isinstance(node, _DEFS):
+            name = f"{prefix}{node.name}"
+            yield name, node
+            yield from iter_defs(node.body, f"{name}.")
+        elif isinstance(node, _COMPOUND):
+            for part in ("body", "handlers", "orelse", "finalbody", "cases"):  # source order
+                yield from iter_defs(getattr(node, part, ()), prefix)

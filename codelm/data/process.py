@@ -2,8 +2,9 @@
 
 For each raw file `FileProcessor` filters and parses it, checks it against the
 benchmark problems, computes its exact-duplicate key and MinHash signature, and
-mines its pairs. None of that depends on other files, so it runs in worker
-processes; the decisions that do (duplicates, splits) stay in the main process.
+mines its pairs (functions: pairs.py, then docstring examples: doctests.py). None
+of that depends on other files, so it runs in worker processes; the decisions
+that do (duplicates, splits) stay in the main process.
 
 `process_stream` hands out chunks of files and takes results back in input
 order, with a bounded number of chunks in flight: memory holds a few chunks,
@@ -24,6 +25,7 @@ import numpy as np
 
 from codelm.data.decontaminate import DecontamConfig, Decontaminator
 from codelm.data.dedup import DedupConfig, exact_key, signature
+from codelm.data.doctests import mine_doctests
 from codelm.data.filters import FilterConfig, check
 from codelm.data.pairs import Pair, PairConfig, mine_pairs
 from codelm.data.problems import Problem
@@ -84,6 +86,8 @@ class FileProcessor:
         r.sig = signature(r.text, cfg.dedup)
         if checked.tree is not None:
             r.pairs = mine_pairs(r.text, checked.tree, cfg.pairs)
+            if cfg.pairs.doctests:
+                r.pairs += mine_doctests(r.text, checked.tree, cfg.pairs)
         return r
 
     def run_chunk(self, chunk: list[RawFile | Skip]) -> list[Result | Skip]:

@@ -42,6 +42,18 @@ def default_problems_path() -> Path:
     return Path(str(resources.files("codelm.evaluate") / "problems" / "codelm_basic.jsonl"))
 
 
+def find_problems(name: str | Path | None) -> Path:
+    """A problems file: a path, or the name of one shipped with the package ("notebook_basic");
+    None is our own benchmark."""
+    if name is None:
+        return default_problems_path()
+    path = Path(name)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    shipped = default_problems_path().with_name(f"{path.name}.jsonl")
+    return shipped if shipped.is_file() else path
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
     if not 0 <= c <= n or not 1 <= k <= n:
@@ -147,8 +159,8 @@ def score_file(
     written to `json_out` if given) has pass@k, counts and the sandbox settings.
     """
     cfg = cfg or SandboxConfig()
-    problems_path = Path(problems_path) if problems_path else default_problems_path()
-    problems = load_problems(problems_path)
+    path = find_problems(problems_path or None)
+    problems = load_problems(path)
     completions = load_completions(completions_path, {p.task_id for p in problems})
     isolation, python = resolve(cfg)
     began = time.monotonic()
@@ -157,7 +169,7 @@ def score_file(
     atomic_write_text(results_out, "".join(json.dumps(row) + "\n" for row in rows))
     statuses = Counter(s["status"] for row in rows for s in row["samples"])
     report = {
-        "problems_file": str(problems_path),
+        "problems_file": str(path),
         "completions_file": str(completions_path),
         "results_file": str(results_out),
         "problems": len(rows),

@@ -34,7 +34,7 @@ from codelm.evaluate.line_completion import (
     score,
 )
 from codelm.evaluate.ngram import NGramModel
-from codelm.evaluate.passk import DEFAULT_KS, default_problems_path, load_problems, score_completions
+from codelm.evaluate.passk import DEFAULT_KS, find_problems, load_problems, score_completions
 from codelm.evaluate.sandbox import SandboxConfig, resolve
 from codelm.fsutil import atomic_write_json, atomic_write_text
 from codelm.generate.generator import generate_batch, load_run
@@ -143,7 +143,7 @@ def evaluate_run(
             score(ngram_predictions(ngram, tok, positions, cfg.lines), positions)
         )
     if cfg.samples > 0:
-        path = Path(problems) if problems else default_problems_path()
+        path = find_problems(problems)
         out = Path(json_out).with_suffix(".problems.jsonl") if json_out else None
         console.print(f"pass@k on {path.name}: {cfg.samples} samples per problem")
         report["pass_at_k"] = pass_at_k_report(model, tok, path, cfg, out, console)

@@ -79,6 +79,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -139,6 +140,13 @@ class SandboxResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def site_dirs() -> list[str]:
+    """Where this interpreter finds its installed packages (pytest, pandas, ...). A program
+    that needs them adds these to its `sys.path`: the sandbox's interpreter has none."""
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys(p for p in (paths["purelib"], paths["platlib"]) if Path(p).is_dir()))
 
 
 @functools.cache

@@ -25,12 +25,11 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import sysconfig
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from codelm.errors import CodelmError
-from codelm.evaluate.sandbox import SandboxConfig, SandboxResult, run_many
+from codelm.evaluate.sandbox import SandboxConfig, SandboxResult, run_many, site_dirs
 from codelm.testgen.targets import Module
 
 PREFIX = "@@codelm-testgen@@ "
@@ -62,12 +61,6 @@ class Result:
 @functools.cache
 def _driver_source() -> str:
     return Path(__file__).with_name("_pytest_driver.py").read_text(encoding="utf-8")
-
-
-def site_dirs() -> list[str]:
-    """Where this interpreter finds pytest, coverage.py and the module's own imports."""
-    paths = sysconfig.get_paths()
-    return list(dict.fromkeys(p for p in (paths["purelib"], paths["platlib"]) if Path(p).is_dir()))
 
 
 # What a session needs of site-packages when the sandbox cannot see them: a venv under
