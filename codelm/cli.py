@@ -317,6 +317,8 @@ def _data_parser(sub) -> None:
     _opt(b, "data", "--split", "fractions", help="train,val,test fractions")
     _switch(b, "pairs", "--no-pairs", "enabled", False, "do not mine docstring->code pairs")
     _switch(b, "pairs", "--no-doctests", "doctests", False, "do not mine docstring examples (>>>) as pairs")
+    _switch(b, "pairs", "--no-function-pairs", "functions", False, "do not mine function docstring pairs")
+    _switch(b, "data", "--pairs-only", "documents", False, "keep only the pairs, not the files themselves")
     _opt(
         b,
         "data",

@@ -109,10 +109,12 @@ def test_recent_cells_go_before_the_frames_and_their_imports_are_not_repeated():
         ("sales.sort_values(by='amount')", "sales has no column 'amount'"),
         ("sales = pd.DataFrame({'region': ['north'], 'amount_usd': [1.5]})", "replaces the user's DataFrame"),
         ("# nothing but a comment\n", "is empty"),
+        ("def average(df):\n    return df.mean()\n", "only defines average and does nothing with it"),
+        ("df = pd.DataFrame({'a': [1]})\ndf.sum()", "does not use sales, which the request names"),
     ],
 )
 def test_checks_reject_each_bad_candidate_with_its_reason(code, reason):
-    why = check(code, _namespace())
+    why = check(code, _namespace(), REQUEST)
     assert why is not None and why.startswith(reason), why
 
 
@@ -130,7 +132,13 @@ def test_checks_reject_each_bad_candidate_with_its_reason(code, reason):
     ],
 )
 def test_checks_pass_good_candidates(code):
-    assert check(code, _namespace()) is None
+    assert check(code, _namespace(), REQUEST) is None
+
+
+def test_a_definition_alone_answers_a_request_for_a_function():
+    code = "def total(df):\n    return df['amount_usd'].sum()\n"
+    assert check(code, _namespace(), "Write a function that sums the amounts") is None
+    assert check(code + "total(sales)\n", _namespace(), REQUEST) is None
 
 
 # --- a tiny model that learned two requests --------------------------------------
@@ -143,9 +151,9 @@ def _prompt_ids(tok, instruction_text: str) -> list[int]:
 def _new_shell(run) -> InteractiveShell:
     InteractiveShell.clear_instance()
     sh = InteractiveShell.instance()
-    sh.run_cell("%load_ext codelm.notebook")
-    sh.run_cell(SETUP)
-    sh.run_cell(f"%codelm_model {run} --weights fp32")  # int8 would blur what it learned
+    # fp32: int8 would blur what the model learned by heart
+    for cell in ("%load_ext codelm.notebook", SETUP, f"%codelm_model {run} --weights fp32"):
+        sh.run_cell(cell, store_history=True)  # as a kernel runs them: SETUP is a recent cell
     sh.rl_next_input = None
     return sh
 
@@ -188,7 +196,14 @@ def notebook_run(tmp_path_factory, tokenizer):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    save_weights(model.eval(), root / "model.safetensors")
+    model.eval()
+    with torch.no_grad():  # learned by heart: each answer's every token wins by a wide margin
+        for prompt, code in seqs:
+            logits = model(torch.tensor([prompt + code[:-1]]))[0, len(prompt) - 1 :]
+            top2 = logits.topk(2, dim=-1)
+            assert (top2.indices[:, 0] == torch.tensor(code)).all()
+            assert (top2.values[:, 0] - top2.values[:, 1]).min() > 2.0
+    save_weights(model, root / "model.safetensors")
     return root
 
 
@@ -338,3 +353,99 @@ def test_a_real_notebook_runs_the_magic_in_a_jupyter_kernel(notebook_run, tmp_pa
     assert not any(o.get("output_type") == "error" for cell in nb.cells for o in cell.outputs)
     payload = replies[3]["content"]["payload"]
     assert {"source": "set_next_input", "text": ANSWER, "replace": False} in payload
+
+
+class _Server:
+    """An OpenAI-style completions server on 127.0.0.1 that answers with canned choices and
+    keeps each request body."""
+
+    def __init__(self, owned_by: str, choices: list[dict]):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        bodies = self.bodies = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, payload: dict):
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                card = {"id": "m", "object": "model", "owned_by": owned_by, "max_model_len": 4096}
+                self._send({"object": "list", "data": [card]})
+
+            def do_POST(self):
+                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self._send({"object": "text_completion", "choices": choices})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _choice(text: str, logprobs: list[float] | None) -> dict:
+    lp = {"token_logprobs": logprobs} if logprobs is not None else None
+    return {"text": text, "index": 0, "logprobs": lp, "finish_reason": "stop"}
+
+
+@pytest.mark.parametrize("owned_by", ["codelm", "llama.cpp"])
+def test_a_completions_server_answers_through_the_same_checks(owned_by, capsys):
+    server = _Server(owned_by, [_choice("sales['amount'].sum()", [-0.1]), _choice(ANSWER, [-0.4, -0.6])])
+    InteractiveShell.clear_instance()
+    sh = InteractiveShell.instance()
+    try:
+        sh.run_cell("%load_ext codelm.notebook")
+        sh.run_cell(SETUP)
+        sh.run_cell(f"%codelm_model --server {server.url}/v1 --api-key k")
+        sh.run_cell(f"%%codelm --n 2 --temperature 0.3\n{REQUEST}")
+        assert sh.rl_next_input == ANSWER  # the likelier one reads a column `sales` lacks
+    finally:
+        InteractiveShell.clear_instance()
+        server.close()
+    assert (
+        "2 candidates, 1 passed the checks; rejected: sales has no column 'amount'" in capsys.readouterr().err
+    )
+    [body] = server.bodies
+    assert body["n"] == 2 and body["temperature"] == 0.3 and body["model"] == "m"
+    if owned_by == "codelm":  # codelm serve lays out the instruction with its own tokens
+        assert body["prompt"] == "" and body["instruction"].endswith(f"\n\n{REQUEST}")
+        assert "# sales: DataFrame, 3 rows x 2 columns" in body["instruction"]
+    else:  # any other server: the context as code, the request as comments, as base models read it
+        assert "instruction" not in body
+        assert body["prompt"].endswith(f"# {REQUEST}\n\n") and "# sales: DataFrame" in body["prompt"]
+
+
+def test_an_unreachable_server_is_one_line(capsys):
+    InteractiveShell.clear_instance()
+    sh = InteractiveShell.instance()
+    sh.run_cell("%load_ext codelm.notebook")
+    sh.run_cell("%codelm_model --server http://127.0.0.1:9")
+    InteractiveShell.clear_instance()
+    err = capsys.readouterr().err
+    assert err.startswith("codelm: cannot reach a completions server at http://127.0.0.1:9")
+    assert err.count("\n") == 1  # one line
+
+
+def test_codelm_run_names_the_model_when_none_was_set(notebook_run, monkeypatch, capsys):
+    monkeypatch.setenv("CODELM_RUN", str(notebook_run))
+    InteractiveShell.clear_instance()
+    sh = InteractiveShell.instance()
+    sh.run_cell("%load_ext codelm.notebook")
+    sh.run_cell(SETUP)
+    sh.run_cell(f"%%codelm --show-prompt\n{REQUEST}")
+    sh.run_cell("%codelm_model")
+    InteractiveShell.clear_instance()
+    out = capsys.readouterr()
+    assert "# sales: DataFrame, 3 rows x 2 columns" in out.out
+    assert f"codelm: using {notebook_run}" in out.err

@@ -80,6 +80,9 @@ class DataConfig:
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     text_field: str = "content"  # the column holding code in JSONL/Parquet sources
     near_dup: bool = True  # MinHash near-duplicate removal (exact duplicates always go)
+    # Write each kept file as a document. False keeps only its pairs: a corpus to fine-tune on
+    # instructions alone, e.g. docstring examples for the notebook (`--pairs-only --no-function-pairs`).
+    documents: bool = True
     num_proc: int = 1  # worker processes; the output does not depend on it
     # Glob patterns (fnmatch, on the path inside its source) of files to leave out, e.g.
     # "test/*" or "*/tests/*": counted as skipped_excluded.
@@ -149,9 +152,10 @@ class _Judge:
         st["kept_syntax_error"] += item.syntax_error
         split = split_of(group_key(item.source, item.path), self.cfg.fractions)
         file_path = _storable(item.path)
-        self.writer.add(split, make_row(item.text, file_path, item.source, "file"))
-        st[f"{split}_documents"] += 1
-        st[f"{split}_bytes"] += len(item.text.encode("utf-8", "surrogatepass"))
+        if self.cfg.documents:
+            self.writer.add(split, make_row(item.text, file_path, item.source, "file"))
+            st[f"{split}_documents"] += 1
+            st[f"{split}_bytes"] += len(item.text.encode("utf-8", "surrogatepass"))
         for pair in item.pairs:  # a pair goes where its file went: no leak between splits
             doctest = pair.kind == "doctest"
             st["pairs_mined"] += 1
@@ -168,7 +172,7 @@ class _Judge:
             st[f"{split}_doctest_pairs"] += doctest
 
     def kept(self) -> int:
-        return sum(self.stats[f"{s}_documents"] for s in SPLITS)
+        return sum(self.stats[f"{s}_{what}"] for s in SPLITS for what in ("documents", "pairs"))
 
     def nothing_kept_message(self, specs: list[str]) -> str:
         if self.first_skip and self.stats["files_seen"] == 1:

@@ -33,6 +33,7 @@ class PairConfig:
     enabled: bool = True  # mine pairs at all
     min_instruction_words: int = 3  # "Return the sum." is enough; "Helper." is not
     doctests: bool = True  # also mine docstring examples (`>>>`) as pairs: doctests.py
+    functions: bool = True  # mine functions' docstring/comment -> code pairs (this module)
 
     def __post_init__(self) -> None:
         if self.min_instruction_words < 0:
@@ -124,7 +125,9 @@ def _pair(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef, name: 
 
 def mine_pairs(text: str, tree: ast.Module, cfg: PairConfig = PairConfig()) -> list[Pair]:
     """Every function's (instruction, code) pair in `text`, in source order."""
-    if not cfg.enabled or "\r" in text:  # a lone CR would shift ast's line numbers against ours
+    if (
+        not (cfg.enabled and cfg.functions) or "\r" in text
+    ):  # a lone CR would shift ast's line numbers against ours
         return []
     lines = text.split("\n")
     return [

@@ -31,8 +31,10 @@ class NotebookConfig:
     # survive when the greedy one fails a check, and code wants a low temperature.
     temperature: float = 0.4
     top_p: float = 0.95
-    max_new_tokens: int = 256  # one cell
-    max_lines: int = 40
+    # A cell is a few lines: a longer budget mostly feeds runaway loops, and on a model with a
+    # 512-token context it would halve the room for the live context.
+    max_new_tokens: int = 128
+    max_lines: int = 30
     # The schema block (imports and frames): 512 tokens hold about 6 frames of 8 columns.
     schema_tokens: int = 512
     history_tokens: int = 256  # the recent cells, newest kept
@@ -103,11 +105,13 @@ def prompt_parts(
     return assemble(ctx, request, backend.count, schema, history)
 
 
-def judge(candidates: Sequence[Candidate], namespace: Mapping[str, object]) -> tuple[list, list]:
+def judge(
+    candidates: Sequence[Candidate], namespace: Mapping[str, object], request: str
+) -> tuple[list, list]:
     """(survivors, (rejected, reason)), each most likely first."""
     ranked, rejected = [], []
     for c in sorted(candidates, key=_likelihood, reverse=True):
-        reason = check(c.code, namespace)
+        reason = check(c.code, namespace, request)
         if reason is None:
             ranked.append(c)
         else:
@@ -127,13 +131,16 @@ def suggest(
         raise CodelmError("empty request: write what the code should do below %%codelm")
     context, left_out = prompt_parts(backend, ctx, request, cfg)
     candidates = backend.sample(context, request, cfg.n, cfg.sampling, cfg.max_lines)
-    ranked, rejected = judge(candidates, namespace)
+    ranked, rejected = judge(candidates, namespace, request)
     return Suggestion(context, left_out, ranked, rejected)
 
 
+REPAIR_LINES = 8  # of the failed code shown: the error's line is usually among the first
+
+
 def repair_request(request: str, code: str, error: str) -> str:
-    """The request once more, with the code that failed and the error it raised."""
-    shown = "\n".join(f"    {line}" for line in code.rstrip("\n").splitlines())
+    """The request once more, with the code that failed (its first lines) and the error it raised."""
+    shown = "\n".join(f"    {line}" for line in code.rstrip("\n").splitlines()[:REPAIR_LINES])
     return f"{request.strip()}\nThis code failed with {error}:\n{shown}\nWrite code that works."
 
 

@@ -106,7 +106,7 @@ def evaluate_notebook(
     for mode in MODES:
         for i, (p, ctx) in enumerate(zip(problems, contexts, strict=True)):
             block, _ = prompt_parts(model, ctx if mode == "context" else None, p.instruction, nb)
-            s = SamplingConfig(cfg.temperature, 0, nb.top_p, cfg.max_new_tokens, cfg.seed * 1_000_003 + i)
+            s = SamplingConfig(cfg.temperature, 0, nb.top_p, nb.max_new_tokens, cfg.seed * 1_000_003 + i)
             key = f"{mode}/{p.task_id}"
             sampled[key] = model.sample(block, p.instruction, cfg.samples, s, nb.max_lines, False)
         console.print(f"sampled {len(problems)} problems ({mode})")
@@ -120,7 +120,7 @@ def evaluate_notebook(
         rows = []
         for p, ctx in zip(problems, contexts, strict=True):
             cands = sampled[f"{mode}/{p.task_id}"]
-            ranked, _ = judge(cands, stand_in(ctx))
+            ranked, _ = judge(cands, stand_in(ctx), p.instruction)
             pick = bool(ranked) and passed[id(ranked[0])]
             c = sum(passed[id(x)] for x in cands)
             rows.append({"task_id": p.task_id, "n": len(cands), "c": c, "pick": pick})

@@ -10,7 +10,12 @@ A candidate is rejected, with the reason, when it
   (`df["new"] = ...`, `df.assign(new=...)`) count as present; a frame that the
   candidate rebinds is no longer checked;
 - replaces one of the user's DataFrames wholesale: `df = <something not made from df>`,
-  such as `df = pd.DataFrame(...)` built from the sample rows (pandas-ai #114).
+  such as `df = pd.DataFrame(...)` built from the sample rows (pandas-ai #114);
+- only defines functions or classes that it never uses, when the request does not ask for
+  a function or a class: the cell would run and do nothing (a model trained on library
+  code answers "average price by neighborhood" with a `def` more often than not);
+- never touches a DataFrame that the request names ("... in housing"): it answers with
+  data of its own (a model trained on docstring examples starts with `df = pd.DataFrame(`).
 
 What it does not do: follow data flow (a column added through a second name, a frame
 made by `merge` and then subscripted), or know which columns a method call produces.
@@ -24,7 +29,7 @@ import builtins
 from collections.abc import Mapping
 
 from codelm.generate.best import syntax_error
-from codelm.notebook.context import pandas_kind
+from codelm.notebook.context import names, pandas_kind
 
 COLUMN_METHODS = ("groupby", "sort_values", "set_index")  # first argument or `by=` names columns
 BUILTINS = set(dir(builtins)) | {"__file__", "__name__", "display", "get_ipython"}
@@ -143,8 +148,36 @@ def _replaced_frame(tree: ast.Module, namespace: Mapping[str, object]) -> tuple[
     return None, rebound
 
 
-def check(code: str, namespace: Mapping[str, object]) -> str | None:
-    """None if the candidate passes every check, else the first reason to reject it."""
+_DEFINES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)
+_ASKS_FOR_DEFS = ("function", "class", "method", "def ", "decorator", "helper")
+
+
+def _does_nothing(tree: ast.Module, request: str) -> str | None:
+    if any(word in request.lower() for word in _ASKS_FOR_DEFS):
+        return None
+    body = [s for s in tree.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    defs = [s.name for s in body if isinstance(s, _DEFINES[:3])]
+    if not defs or not all(isinstance(s, _DEFINES) for s in body):
+        return None
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    if used & set(defs):
+        return None
+    return f"only defines {', '.join(defs)} and does nothing with it"
+
+
+def _ignores_named_frame(tree: ast.Module, namespace: Mapping[str, object], request: str) -> str | None:
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    for name, obj in namespace.items():
+        frame = pandas_kind(obj) == "DataFrame" and not name.startswith("_")
+        if frame and name not in used and names(request, name):
+            return f"does not use {name}, which the request names"
+    return None
+
+
+def check(code: str, namespace: Mapping[str, object], request: str = "") -> str | None:
+    """None if the candidate passes every check, else the first reason to reject it.
+    `request` is what the user asked for: a cell that only defines a function is an answer
+    only when it asks for one."""
     err = syntax_error(code)
     if err is not None:
         return f"does not parse ({err})"
@@ -156,4 +189,10 @@ def check(code: str, namespace: Mapping[str, object]) -> str | None:
     except SyntaxError as e:
         return f"does not compile (line {e.lineno}: {e.msg})"
     why, rebound = _replaced_frame(tree, namespace)
-    return why or _undefined(tree, namespace) or _missing_column(tree, namespace, rebound)
+    return (
+        why
+        or _undefined(tree, namespace)
+        or _missing_column(tree, namespace, rebound)
+        or _does_nothing(tree, request)
+        or _ignores_named_frame(tree, namespace, request)
+    )

@@ -117,14 +117,19 @@ def words(text: str) -> set[str]:
     return {p.lower().removesuffix("s") for p in parts if len(p) > 1}
 
 
+def names(request: str, name: str) -> bool:
+    """Whether `request` names `name`: as written ("housing"), or by its words ("the sales data"
+    names `sales_data`; "prices" names `price`)."""
+    own = words(name)
+    return bool(re.search(rf"\b{re.escape(name)}\b", request)) or bool(own and own <= words(request))
+
+
 def rank(frames: list[Frame], request: str) -> list[Frame]:
     """Frames the request names first: by name (strongest), then by how many columns it names."""
     said = words(request)
     for f in frames:
-        own = words(f.name)
-        named = bool(re.search(rf"\b{re.escape(f.name)}\b", request)) or bool(own and own <= said)
         cols = sum(1 for c in f.columns if words(c[0]) and words(c[0]) <= said)
-        f.score = 100 * named + cols
+        f.score = 100 * names(request, f.name) + cols
     return sorted(frames, key=lambda f: -f.score)  # stable: namespace order among equals
 
 
