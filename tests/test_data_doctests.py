@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import ast
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from codelm import cli
 from codelm.data.build import DataConfig, build_dataset
 from codelm.data.dataset import SPLITS
 from codelm.data.doctests import SETUP_LINES, mine_doctests
 from codelm.data.pairs import PairConfig
+from codelm.errors import CodelmError
 
 PANDAS_LIKE = '''
 def total(df):
@@ -319,3 +322,25 @@ def test_build_counts_doctest_pairs_in_stats_and_writes_their_rows(tmp_path):
     off = build_dataset([str(src)], tmp_path / "off", cfg, progress=False)
     assert off["doctest_pairs_mined"] == 0 and off["pairs_mined"] == 6
     assert not any(":example" in r["path"] for r in _pair_rows(tmp_path / "off"))
+
+
+def test_pairs_only_without_function_pairs_keeps_just_the_doctest_pairs(tmp_path):
+    src = _corpus(tmp_path)
+    a = cli.build_parser().parse_args(
+        ["data", "build", str(src), "--out", "D", "--pairs-only", "--no-function-pairs"]
+    )
+    cfg = cli.data_config(a)
+    assert cfg == DataConfig(documents=False, pairs=PairConfig(functions=False))
+    stats = build_dataset([str(src)], tmp_path / "data", replace(cfg, near_dup=False), progress=False)
+    assert sum(stats[f"{s}_documents"] for s in SPLITS) == 0
+    assert stats["pairs_mined"] == stats["doctest_pairs_mined"] == 6
+    rows = [r for s in SPLITS for r in pq.read_table(tmp_path / "data" / f"{s}.parquet").to_pylist()]
+    assert len(rows) == 6 and all(r["kind"] == "pair" and ":example" in r["path"] for r in rows)
+
+
+def test_pairs_only_with_no_pairs_at_all_is_a_one_line_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "plain.py").write_text("X = 1\n")
+    with pytest.raises(CodelmError, match=r"^no usable pairs \(--pairs-only keeps nothing else\) found in"):
+        build_dataset([str(src)], tmp_path / "data", DataConfig(documents=False), progress=False)

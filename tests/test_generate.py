@@ -771,3 +771,49 @@ def test_bf16_weights_decode_through_the_kernel_as_fp32_on_the_same_weights():
         for k, m in (("fast", fast), ("exact", exact), ("aten", aten))
     }
     assert tokens["fast"] == tokens["exact"] == tokens["aten"]
+
+
+def test_dry_charges_the_token_that_would_extend_a_repeat():
+    from codelm.generate.sampling import apply_dry, dry_penalties
+
+    cfg = SamplingConfig(dry_multiplier=0.8, dry_base=2.0, dry_allowed_length=2)
+    # 7 8 9 | 5 7 8: after "7 8" again, 9 would repeat a run of 2; 5 follows nothing repeated
+    assert dry_penalties([7, 8, 9, 5, 7, 8], cfg) == {9: 0.8}
+    # a run of 4 repeated ("1 2 3 4"), then the token after it costs 0.8 * 2 ** (4 - 2)
+    assert dry_penalties([1, 2, 3, 4, 6, 1, 2, 3, 4], cfg) == {6: 3.2}
+    # shorter than the allowed length: free; off: free
+    assert dry_penalties([7, 9, 5, 7], cfg) == {}
+    assert dry_penalties([1, 2, 3, 4, 6, 1, 2, 3, 4], SamplingConfig()) == {}
+    logits = torch.zeros(2, 10)
+    out = apply_dry(logits, [[1, 2, 3, 4, 6, 1, 2, 3, 4], [5]], cfg)
+    assert out[0, 6] == -3.2 and out[0].count_nonzero() == 1 and out[1].count_nonzero() == 0
+
+
+def test_dry_breaks_a_loop_that_greedy_decoding_falls_into(tiny_model):
+    from codelm.generate.engine import Engine, Row, Sampler
+
+    def decode(cfg):
+        engine = Engine(tiny_model, 1, frozenset(), draft=0)
+        row = Row([5, 6, 7], 64, Sampler.of(cfg))
+        engine.add([row])
+        while engine.active:
+            engine.step()
+        return row.tokens
+
+    def longest_repeat(tokens):  # the longest run that occurs twice
+        return max(
+            (
+                n
+                for n in range(1, len(tokens))
+                for i in range(len(tokens) - n)
+                if tokens[i : i + n] in [tokens[j : j + n] for j in range(i + 1, len(tokens) - n + 1)]
+            ),
+            default=0,
+        )
+
+    plain = decode(SamplingConfig(temperature=0.0, repetition_penalty=1.0))
+    dry = decode(
+        SamplingConfig(temperature=0.0, repetition_penalty=1.0, dry_multiplier=2.0, dry_allowed_length=2)
+    )
+    assert longest_repeat(plain) > 8  # a random tiny model loops
+    assert longest_repeat(dry) < longest_repeat(plain) and longest_repeat(dry) <= 4

@@ -60,15 +60,15 @@ def _decode(model, prompts, cfg, draft, samplers=1):
     return rows, steps
 
 
-@pytest.mark.parametrize("penalty", [1.0, 1.3])
+@pytest.mark.parametrize(("penalty", "dry"), [(1.0, 0.0), (1.3, 0.0), (1.0, 0.8), (1.3, 0.8)])
 @pytest.mark.parametrize("samplers", [1, 3])
-def test_speculative_greedy_equals_plain_greedy(penalty, samplers):
+def test_speculative_greedy_equals_plain_greedy(penalty, dry, samplers):
     model = _model()
     gen = torch.Generator().manual_seed(1)
     # varied prompts: random, and ones that repeat themselves (so drafts exist from the start)
     prompts = [torch.randint(1, 61, (n,), generator=gen).tolist() for n in (5, 17, 40)]
     prompts += [[3, 4, 5, 6] * 6, [9, 8, 7] * 3 + [1, 2]]
-    cfg = SamplingConfig(temperature=0.0, max_new_tokens=60, repetition_penalty=penalty)
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=60, repetition_penalty=penalty, dry_multiplier=dry)
     plain = [r.tokens for r in _decode(model, prompts, cfg, 0, samplers)[0]]
     for p, want in zip(prompts, plain, strict=True):  # alone
         rows, _ = _decode(model, [p], cfg, 4)

@@ -85,6 +85,31 @@ def test_the_request_s_frames_come_first_and_a_frame_that_does_not_fit_is_left_o
     assert block.splitlines()[-1] == "# other DataFrames: wide"
 
 
+def test_the_code_layout_is_python_that_builds_the_first_rows():
+    ns = _namespace()
+    ns["sales"].loc[1, "amount_usd"] = float("nan")
+    ns["regions"] = ns["sales"]["region"]
+    frame, series = describe(ns).frames
+    ran: dict = {"pd": pd}
+    exec(render_frame(frame, "code") + "\n" + render_frame(series, "code"), ran)  # our rendering
+    head = ns["sales"].head(3)
+    assert ran["sales"]["region"].tolist() == head["region"].tolist()
+    assert ran["sales"]["amount_usd"].isna().tolist() == [False, True, False]
+    assert ran["regions"].tolist() == head["region"].tolist() and ran["regions"].name == "region"
+    assert "'amount_usd': [1.5, None, 3.5],  # float64, 1 null" in render_frame(frame, "code")
+
+
+def test_the_csv_layout_is_pandas_ai_s_head_without_dtypes():
+    [frame] = describe(_namespace()).frames
+    assert render_frame(frame, "csv").splitlines() == [
+        "# sales: 3 rows x 2 columns",
+        "# region,amount_usd",
+        "# north,1.5",
+        "# south,2.0",
+        "# north,3.5",
+    ]
+
+
 def test_recent_cells_go_before_the_frames_and_their_imports_are_not_repeated():
     ctx = describe(_namespace())
     ctx.cells = ["import pandas as pd\nx = 1", "y = 2"]

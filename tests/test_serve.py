@@ -10,6 +10,7 @@ import json
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -214,6 +215,21 @@ def test_n_seed_logprobs_and_echo(server):
     assert "".join(lp.tokens) == c.text  # the prompt's tokens, then the completion's
 
 
+def test_dry_reaches_the_sampler_as_llama_cpp_names_it(server, run_dir, tokenizer):
+    url, _ = server
+    model, tok = load_run(str(run_dir))
+    cfg = SamplingConfig(temperature=0, max_new_tokens=40, repetition_penalty=1.0)
+    dry = replace(cfg, dry_multiplier=3.0, dry_allowed_length=2)
+    stops = StopConfig(block_end=False, max_repeats=0)  # the API's defaults
+    want_plain, want_dry = (complete(model, tok, "import os\n", c, stops).text for c in (cfg, dry))
+    assert want_plain != want_dry  # the tiny model repeats itself, and DRY changes that
+    body = {"prompt": "import os\n", "max_tokens": 40, "temperature": 0}
+    with httpx.Client(base_url=url, timeout=30) as c:
+        plain = c.post("/v1/completions", json=body).json()["choices"][0]["text"]
+        got = c.post("/v1/completions", json={**body, "dry_multiplier": 3.0, "dry_allowed_length": 2})
+    assert plain == want_plain and got.json()["choices"][0]["text"] == want_dry
+
+
 def test_stop_strings_cut_the_text_and_the_stream_alike(server):
     url, _ = server
     api = client(url)
@@ -397,6 +413,7 @@ BAD = [
     (json.dumps({"prompt": [5, 99999]}).encode(), "application/json", 400, "token ids"),
     (json.dumps({"prompt": []}).encode(), "application/json", 400, "empty"),
     (json.dumps({"prompt": "x", "n": 1000}).encode(), "application/json", 422, "n:"),
+    (json.dumps({"prompt": "x", "dry_base": 0.5}).encode(), "application/json", 422, "dry_base"),
 ]
 
 

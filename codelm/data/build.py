@@ -180,7 +180,8 @@ class _Judge:
         drops = {k: v for k, v in self.stats.items() if v and k.startswith(("dropped_", "skipped_"))}
         why = ", ".join(f"{k}: {v}" for k, v in sorted(drops.items(), key=lambda kv: -kv[1])[:4])
         seen = self.stats["files_seen"]
-        return f"no usable code found in {', '.join(specs)} ({seen} files seen{'; ' + why if why else ''})"
+        what = "code" if self.cfg.documents else "pairs (--pairs-only keeps nothing else)"
+        return f"no usable {what} found in {', '.join(specs)} ({seen} files seen{'; ' + why if why else ''})"
 
 
 class _Progress:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from codelm.generate.prefix import Entry, PrefixCache
-from codelm.generate.sampling import SamplingConfig, penalize, sample
+from codelm.generate.sampling import SamplingConfig, apply_dry, penalize, sample
 from codelm.generate.speculate import Lookup, verify
 from codelm.generate.text import TextState
 from codelm.generate.trace import TraceStep, logit_lens, top_candidates
@@ -269,7 +269,8 @@ class Engine:
             seen = None
             if cfg.repetition_penalty != 1.0:
                 seen = torch.stack([_seen(rows[i], logits.size(-1), logits.device) for i in members])
-            picks = verify(logits[members], [drafts[i] for i in members], cfg, gen, seen)
+            histories = [rows[i].tokens for i in members]
+            picks = verify(logits[members], [drafts[i] for i in members], cfg, gen, seen, histories)
             for i, toks in zip(members, picks, strict=True):
                 emitted[i] = toks
         ended = []
@@ -340,8 +341,8 @@ class Engine:
             logits = logits.masked_fill(~masks.to(logits.device), -math.inf)
         if cfg.repetition_penalty != 1.0:
             seen = torch.stack([_seen(r, logits.size(-1), logits.device) for r in rows])
-            return sample(penalize(logits, seen, cfg.repetition_penalty), cfg, gen)
-        return sample(logits, cfg, gen)
+            logits = penalize(logits, seen, cfg.repetition_penalty)
+        return sample(apply_dry(logits, [r.tokens for r in rows], cfg), cfg, gen)
 
     def _accept(
         self, r: Row, token: int, logprob: float, top: Alternatives | None, step: TraceStep | None

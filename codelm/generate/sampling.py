@@ -1,4 +1,4 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition penalty.
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition penalties.
 
 The defaults suit code: a low temperature (0.2) keeps completions on the likely
 path, and top-p 0.95 cuts the long tail of junk tokens. Everything works on a
@@ -8,6 +8,7 @@ This module does not stop generation (see stopping.py) nor run the model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,13 @@ class SamplingConfig:
     # --penalties): 1.1 made 70% of single completions parse against 42% at 1.0, at equal
     # similarity to the true body (0.198 against 0.195); 1.2 parsed 65%.
     repetition_penalty: float = 1.1
+    # DRY, "don't repeat yourself" (llama.cpp's --dry-*): a token that would extend a repeat of
+    # an earlier run of n >= dry_allowed_length tokens of this completion loses
+    # dry_multiplier * dry_base ** (n - dry_allowed_length) from its logit, so a loop is broken before
+    # it forms rather than cut after. 0 turns it off.
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 4  # tokens a repeat may run before it costs anything
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -41,6 +49,8 @@ class SamplingConfig:
             raise CodelmError(f"repetition penalty must be > 0, got {self.repetition_penalty}")
         if self.max_new_tokens <= 0:
             raise CodelmError(f"max new tokens must be positive, got {self.max_new_tokens}")
+        if self.dry_multiplier < 0 or self.dry_base < 1 or self.dry_allowed_length < 1:
+            raise CodelmError("DRY needs multiplier >= 0, base >= 1 and allowed >= 1")
 
 
 def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -51,6 +61,46 @@ def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.
     logits = logits.float()
     lowered = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, lowered, logits)
+
+
+DRY_LONGEST = 32  # matches longer than this cost as much as this: the power stays finite
+
+
+def dry_penalties(tokens: Sequence[int], cfg: SamplingConfig) -> dict[int, float]:
+    """What DRY takes off each next token's logit, given the completion's tokens so far.
+
+    For every earlier position j where tokens[j] equals the last token, n is the length of
+    the run ending at j that equals the run ending at the last token; the token that followed
+    j would extend that repeat to n + 1. Each such token keeps its longest n. O(len * n).
+    """
+    if cfg.dry_multiplier == 0 or len(tokens) < cfg.dry_allowed_length:
+        return {}
+    last, end = tokens[-1], len(tokens) - 1
+    longest: dict[int, int] = {}
+    for j in range(end - 1, -1, -1):
+        if tokens[j] != last:
+            continue
+        n = 1
+        while n <= j and n < DRY_LONGEST and tokens[j - n] == tokens[end - n]:
+            n += 1
+        follower = tokens[j + 1]
+        longest[follower] = max(longest.get(follower, 0), n)
+    return {
+        t: cfg.dry_multiplier * cfg.dry_base ** (n - cfg.dry_allowed_length)
+        for t, n in longest.items()
+        if n >= cfg.dry_allowed_length
+    }
+
+
+def apply_dry(logits: torch.Tensor, histories: Sequence[Sequence[int]], cfg: SamplingConfig) -> torch.Tensor:
+    """Logits (R, V) with each row's DRY penalties (from its history of generated tokens) taken off."""
+    if cfg.dry_multiplier == 0:
+        return logits
+    logits = logits.float().clone()
+    for r, history in enumerate(histories):
+        for t, cost in dry_penalties(history, cfg).items():
+            logits[r, t] -= cost
+    return logits
 
 
 def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:

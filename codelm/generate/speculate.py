@@ -16,9 +16,9 @@ with, plus one token of its own:
   max(0, p - q). Each kept or drawn token is distributed exactly as plain sampling would
   draw it: the output distribution is unchanged. The random stream differs, so a seeded
   run gives other (equally likely) samples than without speculation.
-p is the distribution plain sampling uses at that position: the repetition penalty applied
-with every token before it generated (the drafts before it included), then temperature,
-top-k and top-p.
+p is the distribution plain sampling uses at that position: the repetition penalty and DRY
+applied with every token before it generated (the drafts before it included), then
+temperature, top-k and top-p.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from codelm.generate.sampling import SamplingConfig, filter_logits, penalize
+from codelm.generate.sampling import SamplingConfig, apply_dry, filter_logits, penalize
 
 # The most tokens drafted per row and step; each row adapts below it (`Lookup.feedback`).
 # A verify pass of T tokens through the fused step costs about one step at T = 2-3 and
@@ -86,12 +86,14 @@ def verify(
     cfg: SamplingConfig,
     gen: torch.Generator | None,
     seen: torch.Tensor | None,
+    histories: Sequence[Sequence[int]] = (),
 ) -> list[list[int]]:
     """The tokens each row emits: its kept drafts, then one token of the model's own.
 
     logits (R, T, V): position i of row r follows the row's last token and drafts[r][:i];
     `seen` (R, V): tokens each row generated before this pass (for the repetition penalty;
-    None without one). Rows draft at most T - 1 tokens each.
+    None without one); `histories`: each row's generated tokens (for DRY, which sees the
+    drafts before position i too). Rows draft at most T - 1 tokens each.
     """
     R, T, V = logits.shape
     width = torch.zeros(R, T - 1, dtype=torch.long, device=logits.device)  # drafts, padded
@@ -105,6 +107,9 @@ def verify(
         marks[:, 1:].scatter_(2, width[..., None], has[..., None].int())
         seen_at = seen[:, None, :] | (marks.cumsum(1) > 0)
         logits = penalize(logits, seen_at, cfg.repetition_penalty)
+    if cfg.dry_multiplier:
+        at = [[*h, *d[:i]] for h, d in zip(histories, drafts, strict=True) for i in range(T)]
+        logits = apply_dry(logits.reshape(R * T, V), at, cfg).view(R, T, V)
     if cfg.temperature == 0:
         own = logits.argmax(-1)  # (R, T)
         agree = (own[:, :-1] == width) & has

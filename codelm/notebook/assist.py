@@ -21,7 +21,7 @@ from codelm.errors import CodelmError
 from codelm.generate import SamplingConfig
 from codelm.notebook.backend import Candidate
 from codelm.notebook.checks import check
-from codelm.notebook.context import Context, assemble, instruction
+from codelm.notebook.context import LAYOUTS, Context, assemble, instruction
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ class NotebookConfig:
     schema_tokens: int = 512
     history_tokens: int = 256  # the recent cells, newest kept
     history_cells: int = 3
+    # How a frame is shown: "comments" (a header and one line per column: name, dtype, nulls,
+    # first values), "code" (the constructor of its first rows, dtypes and nulls in comments)
+    # or "csv" (pandas-ai's: the dimensions and head() as CSV; for comparison).
+    layout: str = "comments"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -46,6 +50,8 @@ class NotebookConfig:
             raise CodelmError("n, max_new_tokens and max_lines must be at least 1")
         if self.temperature < 0:
             raise CodelmError(f"temperature must be >= 0, got {self.temperature}")
+        if self.layout not in LAYOUTS:
+            raise CodelmError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.schema_tokens < 0 or self.history_tokens < 0 or self.history_cells < 0:
             raise CodelmError("schema_tokens, history_tokens and history_cells must be >= 0")
 
@@ -102,7 +108,7 @@ def prompt_parts(
     left = max(0, room - backend.count(request) - 16)  # 16: the layout's special tokens, with margin
     schema = min(cfg.schema_tokens, left * 2 // 3)
     history = min(cfg.history_tokens, left - schema)
-    return assemble(ctx, request, backend.count, schema, history)
+    return assemble(ctx, request, backend.count, schema, history, cfg.layout)
 
 
 def judge(

@@ -9,7 +9,8 @@ batch, all alike (no greedy first, so that pass@k's estimator holds), and each c
 is judged in the sandbox by the problem's check. Reported per prompt:
 - pass@k, the unbiased estimator over the samples;
 - pick: the share of problems where the cell the magic would insert (the most likely
-  candidate that passes the checks of checks.py) passes. The checks read a stand-in
+  candidate that passes the checks of checks.py) passes;
+- checked: the share of candidates that pass the checks (the mean over problems). The checks read a stand-in
   namespace: the problem's names, its DataFrames as empty frames with their columns.
 The sandbox must import pandas and matplotlib from this interpreter's site-packages.
 """
@@ -87,43 +88,51 @@ def _check_sandbox() -> None:
 def _score(rows: list[dict], ks: list[int]) -> dict:
     out = {f"pass@{k}": sum(pass_at_k(r["n"], r["c"], k) for r in rows) / len(rows) for k in ks}
     out["pick"] = sum(r["pick"] for r in rows) / len(rows)
+    out["checked"] = sum(r["checked"] / r["n"] for r in rows) / len(rows)
     return out
 
 
 def evaluate_notebook(
-    run: str, problems_path: str | Path, cfg: EvalConfig = EvalConfig(), json_out: str | None = None
+    run: str,
+    problems_path: str | Path,
+    cfg: EvalConfig = EvalConfig(),
+    json_out: str | None = None,
+    nb: NotebookConfig = NotebookConfig(),
+    modes: tuple[str, ...] = MODES,
 ) -> dict:
-    """Sample, judge and report both prompts; write the report to `json_out` if given."""
+    """Sample, judge and report the prompts of `modes` (both by default); write the report to
+    `json_out` if given. `nb` lays out the context as the magic would (budget and layout)."""
     console = Console(stderr=True)
     if cfg.samples < 1:
         raise CodelmError("the notebook benchmark needs --samples of at least 1")
     problems = load_notebook_problems(problems_path)
     began, workers = time.monotonic(), cfg.workers or None
     _check_sandbox()
-    model, nb = LocalModel(run, weights="fp32"), NotebookConfig()
+    model = LocalModel(run, weights="fp32")
     contexts = describe_problems(problems, workers)
     sampled: dict[str, list] = {}
-    for mode in MODES:
+    for mode in modes:
         for i, (p, ctx) in enumerate(zip(problems, contexts, strict=True)):
             block, _ = prompt_parts(model, ctx if mode == "context" else None, p.instruction, nb)
             s = SamplingConfig(cfg.temperature, 0, nb.top_p, nb.max_new_tokens, cfg.seed * 1_000_003 + i)
             key = f"{mode}/{p.task_id}"
             sampled[key] = model.sample(block, p.instruction, cfg.samples, s, nb.max_lines, False)
         console.print(f"sampled {len(problems)} problems ({mode})")
-    jobs = [(p, c) for mode in MODES for p in problems for c in sampled[f"{mode}/{p.task_id}"]]
+    jobs = [(p, c) for mode in modes for p in problems for c in sampled[f"{mode}/{p.task_id}"]]
     results = run_many([program(p, c.code, site_dirs()) for p, c in jobs], SANDBOX, workers)
     passed = {id(c): r.passed for (_, c), r in zip(jobs, results, strict=True)}
-    ks = [k for k in (1, 10) if k <= cfg.samples]
+    ks = [k for k in (1, 5, 10) if k <= cfg.samples]
     report: dict = {"run": run, "problems_file": str(problems_path), "problems": len(problems)}
     report["settings"] = {"samples": cfg.samples, "temperature": cfg.temperature, "seed": cfg.seed}
-    for mode in MODES:
+    report["settings"]["layout"] = nb.layout
+    for mode in modes:
         rows = []
         for p, ctx in zip(problems, contexts, strict=True):
             cands = sampled[f"{mode}/{p.task_id}"]
             ranked, _ = judge(cands, stand_in(ctx), p.instruction)
             pick = bool(ranked) and passed[id(ranked[0])]
             c = sum(passed[id(x)] for x in cands)
-            rows.append({"task_id": p.task_id, "n": len(cands), "c": c, "pick": pick})
+            rows.append({"task_id": p.task_id, "n": len(cands), "c": c, "pick": pick, "checked": len(ranked)})
         report[mode] = {**_score(rows, ks), "problems": rows}
     report["isolation"], _ = resolve(SANDBOX)
     report["duration_s"] = round(time.monotonic() - began, 1)
@@ -135,7 +144,7 @@ def evaluate_notebook(
 def notebook_table(report: dict) -> Table:
     t = Table(title=f"codelm eval: {report['run']} on {Path(report['problems_file']).name}")
     t.add_column("prompt")
-    keys = [k for k in report["context"] if k.startswith("pass@")] + ["pick"]
+    keys = [k for k in report["context"] if k.startswith("pass@")] + ["pick", "checked"]
     for k in keys:
         t.add_column(k, justify="right")
     for mode in MODES:

@@ -20,6 +20,7 @@ frames live, by sending this file's source there.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +37,6 @@ class Frame:
     rows: int
     columns: list[tuple[str, str, int | None]]  # (name, dtype, nulls or None: not counted)
     head: list[list[str]]  # per column, the first HEAD_ROWS values, each repr cut short
-    text: str = ""  # the rendered comment block, set by `render_frame`
     score: int = 0  # how strongly the request names it: set by `rank`
 
 
@@ -98,8 +98,57 @@ def describe(namespace: Mapping[str, object], value_chars: int = 24) -> Context:
     return ctx
 
 
-def render_frame(f: Frame) -> str:
-    """A frame as comment lines: a header, then one line per column."""
+def _literal(text: str) -> str:
+    """A shown value as Python: itself when it is a literal, None for a missing one, else quoted."""
+    if text in ("nan", "NaN", "NaT", "<NA>", "None"):
+        return "None"
+    try:
+        ast.literal_eval(text)
+        return text
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return repr(text)
+
+
+def _render_code(f: Frame, pd: str) -> str:
+    """A frame as the code that would build its first rows, each column's dtype and nulls in a
+    comment: the layout docstring examples give their frames, which the model learned from."""
+    unit = "columns" if len(f.columns) != 1 else "column"
+    head = f"# {f.name}: {f.kind}, {f.rows} rows x {len(f.columns)} {unit}; its first {HEAD_ROWS} rows:"
+
+    def note(dtype: str, nulls: int | None) -> str:
+        return dtype + ("" if nulls == 0 else ", nulls not counted" if nulls is None else f", {nulls} null")
+
+    if f.kind == "Series":
+        (col, dtype, nulls), values = f.columns[0], f.head[0]
+        body = f"{f.name} = {pd}.Series([{', '.join(map(_literal, values))}], name={col!r})"
+        return f"{head}\n{body}  # {note(dtype, nulls)}"
+    lines = [head, f"{f.name} = {pd}.DataFrame({{"]
+    for (col, dtype, nulls), values in zip(f.columns, f.head, strict=True):
+        lines.append(f"    {col!r}: [{', '.join(map(_literal, values))}],  # {note(dtype, nulls)}")
+    return "\n".join([*lines, "})"])
+
+
+def _render_csv(f: Frame) -> str:
+    """pandas-ai's layout: the dimensions, then head() as CSV (here in comments): no dtypes."""
+
+    def plain(v: str) -> str:  # CSV does not quote strings
+        return v[1:-1] if len(v) > 1 and v[0] == v[-1] and v[0] in "'\"" else v
+
+    rows = [",".join(c[0] for c in f.columns), *(",".join(map(plain, r)) for r in zip(*f.head, strict=True))]
+    return "\n".join([f"# {f.name}: {f.rows} rows x {len(f.columns)} columns", *(f"# {r}" for r in rows)])
+
+
+LAYOUTS = ("comments", "code", "csv")
+
+
+def render_frame(f: Frame, layout: str = "comments", pd: str = "pd") -> str:
+    """A frame as comment lines (a header, then one line per column), or with layout "code" as
+    the constructor of its first rows (`pd`: the name pandas is imported as), or "csv" as
+    pandas-ai lays it out (the benchmark's peer)."""
+    if layout == "code":
+        return _render_code(f, pd)
+    if layout == "csv":
+        return _render_csv(f)
     unit = "columns" if len(f.columns) != 1 else "column"
     lines = [f"# {f.name}: {f.kind}, {f.rows} rows x {len(f.columns)} {unit}"]
     width = max((len(c[0]) for c in f.columns), default=0)
@@ -151,6 +200,7 @@ def assemble(
     count: Callable[[str], int],
     schema_tokens: int = 512,
     history_tokens: int = 256,
+    layout: str = "comments",
 ) -> tuple[str, list[str]]:
     """The context block to put before `request`, and the names of frames left out.
 
@@ -163,11 +213,12 @@ def assemble(
     imports = _fit(sorted(i for i in ctx.imports if i not in shown), count, budget)
     budget -= sum(count(i) + 1 for i in imports)
     blocks, left_out = [], []
+    pd = next((i.rsplit(" ", 1)[-1] for i in ctx.imports if i.startswith("import pandas")), "pd")
     for f in rank(ctx.frames, request):
-        f.text = f.text or render_frame(f)
-        cost = count(f.text) + 1
+        text = render_frame(f, layout, pd)
+        cost = count(text) + 1
         if cost <= budget:
-            blocks.append(f.text)
+            blocks.append(text)
             budget -= cost
         else:
             left_out.append(f.name)

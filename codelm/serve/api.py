@@ -174,6 +174,9 @@ class Service:
             max_new_tokens=max(max_tokens, 1),  # the job's own limit may be 0 (echo only)
             seed=seed,
             repetition_penalty=req.repetition_penalty or 1.0,
+            dry_multiplier=req.dry_multiplier or 0.0,
+            dry_base=req.dry_base or SamplingConfig.dry_base,
+            dry_allowed_length=req.dry_allowed_length or SamplingConfig.dry_allowed_length,
         )
 
     def _encode(

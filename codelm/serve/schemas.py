@@ -7,7 +7,8 @@ never silently ignored. OpenAI's own fields that this server cannot honour
 neutral values; anything else is a 400 that names the field. `null` means
 the default, as in OpenAI's API.
 
-Extensions (codelm's own fields): `top_k`, `repetition_penalty`;
+Extensions (codelm's own fields): `top_k`, `repetition_penalty`, DRY's `dry_multiplier`,
+`dry_base` and `dry_allowed_length` (llama.cpp's names; off unless given);
 `instruction` (frame the prompt as `<|instruction|> text <|code|> prompt`);
 `stop_at_block_end` (end when a line returns to the prompt's block level) and
 `stop_on_repetition` (end when the completion loops): the rules of
@@ -68,6 +69,9 @@ class CompletionRequest(BaseModel):
     # codelm extensions
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
+    dry_multiplier: float | None = Field(None, ge=0, le=100)  # DRY, as llama.cpp's server names it
+    dry_base: float | None = Field(None, ge=1, le=10)
+    dry_allowed_length: int | None = Field(None, ge=1, le=1000)
     instruction: str | None = None
     fim_order: Literal["psm", "spm"] | None = None  # with suffix; spm: typing appends (default psm)
     stop_at_block_end: bool | None = None
