@@ -70,6 +70,14 @@ def test_long_values_are_cut_and_series_are_described():
     assert frame.head[0][0].endswith("...") and len(frame.head[0][0]) == 24
 
 
+def test_a_wide_frame_lists_its_first_64_columns_and_counts_the_rest():
+    [frame] = describe({"wide": pd.DataFrame({f"c{i}": [i] for i in range(100)})}).frames
+    assert frame.ncols == 100 and len(frame.columns) == 64
+    text = render_frame(frame)
+    assert text.splitlines()[0] == "# wide: DataFrame, 1 rows x 100 columns"
+    assert text.splitlines()[-1] == "#   ... and 36 more columns" and "c63" in text and "c64" not in text
+
+
 def test_the_request_s_frames_come_first_and_a_frame_that_does_not_fit_is_left_out():
     ns = _namespace()
     ns["weather"] = pd.DataFrame({"day": [1, 2], "temp_c": [3.0, 4.0]})
@@ -158,6 +166,12 @@ def test_checks_reject_each_bad_candidate_with_its_reason(code, reason):
 )
 def test_checks_pass_good_candidates(code):
     assert check(code, _namespace(), REQUEST) is None
+
+
+def test_multiindex_columns_are_not_checked_by_name():
+    ns = _namespace()
+    ns["wide"] = ns["sales"].pivot_table(index="region", values="amount_usd", aggfunc=["sum", "mean"])
+    assert check("wide['sum']", ns, "the sums in wide") is None
 
 
 def test_a_definition_alone_answers_a_request_for_a_function():

@@ -108,6 +108,8 @@ def _missing_column(tree: ast.Module, namespace: Mapping[str, object], rebound: 
         if pandas_kind(obj) == "DataFrame" and name not in rebound and not name.startswith("_")
     }
     for name, frame in frames.items():
+        if getattr(frame.columns, "nlevels", 1) > 1:
+            continue  # `df["a"]` selects a top level of a MultiIndex: not worth modelling here
         have = {str(c) for c in frame.columns} | _added_columns(tree, name)
         attrs = set(dir(type(frame)))
         for node in ast.walk(tree):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 MAX_COUNTED_CELLS = 5_000_000  # about 50 ms of isna().sum() on a 2-core machine
 HEAD_ROWS = 3  # values shown per column
+MAX_COLUMNS = 64  # described per frame: a wider one would not fit the schema budget anyway
 FRAME_KINDS = ("DataFrame", "Series")
 
 
@@ -35,6 +36,7 @@ class Frame:
     name: str
     kind: str  # "DataFrame" or "Series"
     rows: int
+    ncols: int  # all its columns; `columns` lists at most MAX_COLUMNS of them
     columns: list[tuple[str, str, int | None]]  # (name, dtype, nulls or None: not counted)
     head: list[list[str]]  # per column, the first HEAD_ROWS values, each repr cut short
     score: int = 0  # how strongly the request names it: set by `rank`
@@ -73,11 +75,11 @@ def _frame(name: str, obj, kind: str, width: int) -> Frame:
     head = frame.head(HEAD_ROWS)
     nulls = frame.isna().sum() if rows * max(ncols, 1) <= MAX_COUNTED_CELLS else None
     columns, values = [], []
-    for i, col in enumerate(frame.columns):
+    for i, col in enumerate(frame.columns[:MAX_COLUMNS]):
         count = int(nulls.iloc[i]) if nulls is not None else None
         columns.append((str(col), str(frame.dtypes.iloc[i]), count))
         values.append([_short(v, width) for v in head.iloc[:, i].tolist()])
-    return Frame(name, kind, rows, columns, values)
+    return Frame(name, kind, rows, ncols, columns, values)
 
 
 def describe(namespace: Mapping[str, object], value_chars: int = 24) -> Context:
@@ -112,8 +114,8 @@ def _literal(text: str) -> str:
 def _render_code(f: Frame, pd: str) -> str:
     """A frame as the code that would build its first rows, each column's dtype and nulls in a
     comment: the layout docstring examples give their frames, which the model learned from."""
-    unit = "columns" if len(f.columns) != 1 else "column"
-    head = f"# {f.name}: {f.kind}, {f.rows} rows x {len(f.columns)} {unit}; its first {HEAD_ROWS} rows:"
+    unit = "columns" if f.ncols != 1 else "column"
+    head = f"# {f.name}: {f.kind}, {f.rows} rows x {f.ncols} {unit}; its first {HEAD_ROWS} rows:"
 
     def note(dtype: str, nulls: int | None) -> str:
         return dtype + ("" if nulls == 0 else ", nulls not counted" if nulls is None else f", {nulls} null")
@@ -125,6 +127,8 @@ def _render_code(f: Frame, pd: str) -> str:
     lines = [head, f"{f.name} = {pd}.DataFrame({{"]
     for (col, dtype, nulls), values in zip(f.columns, f.head, strict=True):
         lines.append(f"    {col!r}: [{', '.join(map(_literal, values))}],  # {note(dtype, nulls)}")
+    if f.ncols > len(f.columns):
+        lines.append(f"    # ... and {f.ncols - len(f.columns)} more columns")
     return "\n".join([*lines, "})"])
 
 
@@ -135,7 +139,7 @@ def _render_csv(f: Frame) -> str:
         return v[1:-1] if len(v) > 1 and v[0] == v[-1] and v[0] in "'\"" else v
 
     rows = [",".join(c[0] for c in f.columns), *(",".join(map(plain, r)) for r in zip(*f.head, strict=True))]
-    return "\n".join([f"# {f.name}: {f.rows} rows x {len(f.columns)} columns", *(f"# {r}" for r in rows)])
+    return "\n".join([f"# {f.name}: {f.rows} rows x {f.ncols} columns", *(f"# {r}" for r in rows)])
 
 
 LAYOUTS = ("comments", "code", "csv")
@@ -149,13 +153,15 @@ def render_frame(f: Frame, layout: str = "comments", pd: str = "pd") -> str:
         return _render_code(f, pd)
     if layout == "csv":
         return _render_csv(f)
-    unit = "columns" if len(f.columns) != 1 else "column"
-    lines = [f"# {f.name}: {f.kind}, {f.rows} rows x {len(f.columns)} {unit}"]
+    unit = "columns" if f.ncols != 1 else "column"
+    lines = [f"# {f.name}: {f.kind}, {f.rows} rows x {f.ncols} {unit}"]
     width = max((len(c[0]) for c in f.columns), default=0)
     dwidth = max((len(c[1]) for c in f.columns), default=0)
     for (col, dtype, nulls), values in zip(f.columns, f.head, strict=True):
         null = "" if nulls == 0 else "  nulls not counted" if nulls is None else f"  {nulls} null"
         lines.append(f"#   {col:<{width}}  {dtype:<{dwidth}}{null}  e.g. {', '.join(values)}")
+    if f.ncols > len(f.columns):
+        lines.append(f"#   ... and {f.ncols - len(f.columns)} more columns")
     return "\n".join(lines)
 
 
