@@ -69,7 +69,7 @@ def rates(t0: float, stamps: list[float]) -> tuple[float, float]:
 def time_ours(model: Transformer, prompt: list[int], new: int) -> tuple[float, float]:
     """Time to first token and decode tokens/s of codelm's loop, greedy."""
     # Plain greedy, no repetition penalty: the same work as the peer's greedy `generate`.
-    cfg = SamplingConfig(temperature=0.0, max_new_tokens=new, repetition_penalty=1.0)
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=new, repetition_penalty=1.0, dry_multiplier=0.0)
     t0 = time.perf_counter()
     stamps = [time.perf_counter() for _ in generate_ids(model, prompt, cfg, draft=0)]  # like for like
     assert len(stamps) == new

@@ -49,7 +49,7 @@ from codelm.generate.sampling import SamplingConfig  # noqa: E402
 from codelm.generate.stopping import StopConfig  # noqa: E402
 from codelm.interop.gguf import export_gguf  # noqa: E402
 
-GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=16, repetition_penalty=1.0)
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=16, repetition_penalty=1.0, dry_multiplier=0.0)
 RAW = StopConfig(block_end=False, max_repeats=0)  # every request decodes its 16 tokens
 ONE_LINE = StopConfig(max_lines=1)
 
@@ -180,7 +180,7 @@ def typing(model, tok, llm, texts: list[str], count: int, reps: int) -> None:
 def speculation(run: str, texts: list[str], work: Path, count: int, reps: int, use_llama: bool) -> None:
     model, tok = load_run(run, weights="auto")
     prompts = [tok.encode(p) for p, _ in function_prompts(texts, count)]
-    cfg = SamplingConfig(temperature=0.0, max_new_tokens=64, repetition_penalty=1.0)
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=64, repetition_penalty=1.0, dry_multiplier=0.0)
     stats: dict[str, tuple[int, int, int]] = {}
 
     def ours(draft: int) -> float:

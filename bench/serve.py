@@ -172,10 +172,22 @@ def run_generate(run: Path, args: argparse.Namespace) -> dict:
     model, tok = load_run(run, weights=args.weights)
     stops = StopConfig(block_end=False, max_repeats=0)  # the API's defaults
     out, k = tally(), 0
-    complete(model, tok, PROMPTS[0], SamplingConfig(max_new_tokens=4, repetition_penalty=1.0), stops)  # warm
+    complete(
+        model,
+        tok,
+        PROMPTS[0],
+        SamplingConfig(max_new_tokens=4, repetition_penalty=1.0, dry_multiplier=0.0),
+        stops,
+    )  # warm
     t0 = time.monotonic()
     while time.monotonic() < t0 + args.seconds and k < args.max_requests:
-        cfg = SamplingConfig(temperature=0.2, max_new_tokens=args.max_tokens, seed=k, repetition_penalty=1.0)
+        cfg = SamplingConfig(
+            temperature=0.2,
+            max_new_tokens=args.max_tokens,
+            seed=k,
+            repetition_penalty=1.0,
+            dry_multiplier=0.0,
+        )
         t = time.perf_counter()
         done = complete(model, tok, PROMPTS[k % len(PROMPTS)], cfg, stops)
         out["latency"].append(time.perf_counter() - t)

@@ -39,7 +39,7 @@ def test_block_end_keeps_at_most_the_final_newline_of_blank_lines():
 
 
 def test_greedy_decoding_is_deterministic(tiny_model):
-    cfg = SamplingConfig(temperature=0.0, max_new_tokens=20, repetition_penalty=1.0)
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=20, repetition_penalty=1.0, dry_multiplier=0.0)
     a = [s.token for s in generate_ids(tiny_model, [1, 2, 3], cfg)]
     b = [s.token for s in generate_ids(tiny_model, [1, 2, 3], cfg)]
     assert a == b and len(a) == 20
@@ -461,7 +461,8 @@ def test_trace_lists_top_candidates_and_a_logit_lens(tokenizer):
     from codelm.generate import format_trace
 
     model = _model(tokenizer)
-    cfg = SamplingConfig(temperature=0, max_new_tokens=6)
+    # no penalties: greedy then picks the model's own top candidate, which the trace lists
+    cfg = SamplingConfig(temperature=0, max_new_tokens=6, repetition_penalty=1.0, dry_multiplier=0.0)
     out = complete(model, tokenizer, "def f():", cfg, trace="lens")
     assert out.trace is not None and len(out.trace) == len(out.tokens)
     for step, tok_id, lp in zip(out.trace, out.tokens, out.logprobs, strict=True):
@@ -765,7 +766,7 @@ def test_bf16_weights_decode_through_the_kernel_as_fp32_on_the_same_weights():
     torch.testing.assert_close(logits["fast"], logits["exact"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logits["aten"], logits["fast"], atol=0.05, rtol=0.05)
     assert (logits["aten"] - logits["exact"]).abs().max() > 1e-4  # so "fast" did not take aten's path
-    greedy = SamplingConfig(temperature=0.0, max_new_tokens=20, repetition_penalty=1.0)
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=20, repetition_penalty=1.0, dry_multiplier=0.0)
     tokens = {
         k: [s.token for s in generate_ids(m, [5, 6, 7], greedy)]
         for k, m in (("fast", fast), ("exact", exact), ("aten", aten))
@@ -783,7 +784,8 @@ def test_dry_charges_the_token_that_would_extend_a_repeat():
     assert dry_penalties([1, 2, 3, 4, 6, 1, 2, 3, 4], cfg) == {6: 3.2}
     # shorter than the allowed length: free; off: free
     assert dry_penalties([7, 9, 5, 7], cfg) == {}
-    assert dry_penalties([1, 2, 3, 4, 6, 1, 2, 3, 4], SamplingConfig()) == {}
+    assert dry_penalties([1, 2, 3, 4, 6, 1, 2, 3, 4], SamplingConfig(dry_multiplier=0.0)) == {}
+    assert dry_penalties([1, 2, 3, 4, 6, 1, 2, 3, 4], SamplingConfig()) == {6: 0.8}  # the default: 4 free
     logits = torch.zeros(2, 10)
     out = apply_dry(logits, [[1, 2, 3, 4, 6, 1, 2, 3, 4], [5]], cfg)
     assert out[0, 6] == -3.2 and out[0].count_nonzero() == 1 and out[1].count_nonzero() == 0
@@ -811,7 +813,7 @@ def test_dry_breaks_a_loop_that_greedy_decoding_falls_into(tiny_model):
             default=0,
         )
 
-    plain = decode(SamplingConfig(temperature=0.0, repetition_penalty=1.0))
+    plain = decode(SamplingConfig(temperature=0.0, repetition_penalty=1.0, dry_multiplier=0.0))
     dry = decode(
         SamplingConfig(temperature=0.0, repetition_penalty=1.0, dry_multiplier=2.0, dry_allowed_length=2)
     )

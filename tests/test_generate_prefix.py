@@ -11,7 +11,7 @@ from codelm.generate.engine import Engine, Row, Sampler
 from codelm.generate.prefix import PrefixCache
 from codelm.model import ModelConfig, Transformer
 
-GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12, repetition_penalty=1.0)
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12, repetition_penalty=1.0, dry_multiplier=0.0)
 
 
 def _model(vocab: int = 97, **kw) -> Transformer:

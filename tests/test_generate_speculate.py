@@ -94,7 +94,7 @@ def test_speculation_stops_at_the_same_text_rules(tokenizer):
 
 
 @pytest.mark.parametrize("cfg", [
-    SamplingConfig(temperature=1.0, top_p=1.0, repetition_penalty=1.0),
+    SamplingConfig(temperature=1.0, top_p=1.0, repetition_penalty=1.0, dry_multiplier=0.0),
     SamplingConfig(temperature=0.7, top_p=0.9, top_k=4, repetition_penalty=1.2),
 ])  # fmt: skip
 def test_the_acceptance_rule_keeps_the_sampling_distribution(cfg):

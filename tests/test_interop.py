@@ -123,7 +123,9 @@ def test_greedy_tokens_match_transformers_in_a_batch_of_prompts(family, tmp_path
     import_hf(tmp_path / "hf", tmp_path / "run")
     model = load_model(tmp_path / "run")
     prompts = [tokens(n, 1)[0].tolist() for n in (3, 11, 7)]
-    greedy = Sampler(SamplingConfig(temperature=0, repetition_penalty=1.0))  # transformers' greedy
+    greedy = Sampler(
+        SamplingConfig(temperature=0, repetition_penalty=1.0, dry_multiplier=0.0)
+    )  # transformers' greedy
     rows = [Row(p, 32, greedy) for p in prompts]
     engine = Engine(model, len(rows), frozenset())
     engine.add(rows)

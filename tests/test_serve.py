@@ -83,7 +83,7 @@ def reference(run, prompt: Prompt, max_tokens: int) -> str:
         model,
         tok,
         prompt,
-        SamplingConfig(temperature=0, max_new_tokens=max_tokens, repetition_penalty=1.0),
+        SamplingConfig(temperature=0, max_new_tokens=max_tokens, repetition_penalty=1.0, dry_multiplier=0.0),
         RAW,
     ).text
 
@@ -107,7 +107,7 @@ def test_engine_rows_match_single_runs_as_rows_join_and_leave(pos, kv):
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=97, **{**TINY_MODEL, "pos": pos})).eval()
     model.kv_dtype = kv  # bf16: the cache generation uses on CPU (quantize.py)
-    greedy = SamplingConfig(temperature=0, max_new_tokens=12, repetition_penalty=1.0)
+    greedy = SamplingConfig(temperature=0, max_new_tokens=12, repetition_penalty=1.0, dry_multiplier=0.0)
     seqs = [torch.randint(0, 97, (n,)).tolist() for n in (5, 9, 3, 7)]
     alone = [[s.token for s in generate_ids(model, seq, greedy)] for seq in seqs]
     engine = Engine(model, 3, frozenset())
@@ -218,7 +218,7 @@ def test_n_seed_logprobs_and_echo(server):
 def test_dry_reaches_the_sampler_as_llama_cpp_names_it(server, run_dir, tokenizer):
     url, _ = server
     model, tok = load_run(str(run_dir))
-    cfg = SamplingConfig(temperature=0, max_new_tokens=40, repetition_penalty=1.0)
+    cfg = SamplingConfig(temperature=0, max_new_tokens=40, repetition_penalty=1.0, dry_multiplier=0.0)
     dry = replace(cfg, dry_multiplier=3.0, dry_allowed_length=2)
     stops = StopConfig(block_end=False, max_repeats=0)  # the API's defaults
     want_plain, want_dry = (complete(model, tok, "import os\n", c, stops).text for c in (cfg, dry))
@@ -261,7 +261,7 @@ def test_instruction_mode_and_stop_rules_match_the_generator(server, run_dir, to
             model,
             tok,
             Prompt(prompt_text),
-            SamplingConfig(temperature=0, max_new_tokens=40, repetition_penalty=1.0),
+            SamplingConfig(temperature=0, max_new_tokens=40, repetition_penalty=1.0, dry_multiplier=0.0),
             stops,
         )
         assert r.json()["choices"][0]["text"] == ref.text
@@ -350,7 +350,10 @@ def test_a_request_arriving_mid_batch_joins_at_the_next_step(run_dir, monkeypatc
     def job(name: str, prompt: str, n: int) -> Job:  # as the API plans one (with healing)
         ids, healing = heal(tok, encode_prompt(tok, Prompt(prompt), BLOCK).ids)
         out = Job(
-            ids, n, SamplingConfig(temperature=0, repetition_penalty=1.0), lambda e: events.append((name, e))
+            ids,
+            n,
+            SamplingConfig(temperature=0, repetition_penalty=1.0, dry_multiplier=0.0),
+            lambda e: events.append((name, e)),
         )
         out.healing = healing
         return out
@@ -371,7 +374,7 @@ def test_a_request_arriving_mid_batch_joins_at_the_next_step(run_dir, monkeypatc
         model,
         tok,
         Prompt("class Stack:"),
-        SamplingConfig(temperature=0, max_new_tokens=5, repetition_penalty=1.0),
+        SamplingConfig(temperature=0, max_new_tokens=5, repetition_penalty=1.0, dry_multiplier=0.0),
         RAW,
     )
     assert text_b == alone.text
@@ -627,7 +630,7 @@ def test_the_scheduler_can_run_in_the_calling_thread(run_dir):
         if ev.kind == "done":
             sched.stop()
 
-    cfg = SamplingConfig(temperature=0, max_new_tokens=4, repetition_penalty=1.0)
+    cfg = SamplingConfig(temperature=0, max_new_tokens=4, repetition_penalty=1.0, dry_multiplier=0.0)
     job = Job(tok.encode("def f(x):"), 4, cfg, sink)
     assert not sched.alive
     sched.run(on_start=lambda: sched.submit([job]))  # returns once the sink stops it

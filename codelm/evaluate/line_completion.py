@@ -103,7 +103,9 @@ def model_predictions(
     model: Transformer, tok: CodeTokenizer, positions: list[Position], cfg: LineConfig
 ) -> list[str]:
     # Plain greedy, as CodeXGLUE scores it: no repetition penalty inside a line.
-    sampling = SamplingConfig(temperature=0.0, max_new_tokens=cfg.max_line_tokens, repetition_penalty=1.0)
+    sampling = SamplingConfig(
+        temperature=0.0, max_new_tokens=cfg.max_line_tokens, repetition_penalty=1.0, dry_multiplier=0.0
+    )
     limit = model.cfg.block_size - cfg.max_line_tokens
     preds = []
     for pos in positions:

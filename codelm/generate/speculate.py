@@ -86,14 +86,14 @@ def verify(
     cfg: SamplingConfig,
     gen: torch.Generator | None,
     seen: torch.Tensor | None,
-    histories: Sequence[Sequence[int]] = (),
+    histories: Sequence[Sequence[int]] | None = None,
 ) -> list[list[int]]:
     """The tokens each row emits: its kept drafts, then one token of the model's own.
 
     logits (R, T, V): position i of row r follows the row's last token and drafts[r][:i];
     `seen` (R, V): tokens each row generated before this pass (for the repetition penalty;
     None without one); `histories`: each row's generated tokens (for DRY, which sees the
-    drafts before position i too). Rows draft at most T - 1 tokens each.
+    drafts before position i too; None: none yet). Rows draft at most T - 1 tokens each.
     """
     R, T, V = logits.shape
     width = torch.zeros(R, T - 1, dtype=torch.long, device=logits.device)  # drafts, padded
@@ -108,6 +108,7 @@ def verify(
         seen_at = seen[:, None, :] | (marks.cumsum(1) > 0)
         logits = penalize(logits, seen_at, cfg.repetition_penalty)
     if cfg.dry_multiplier:
+        histories = histories if histories is not None else [[] for _ in drafts]
         at = [[*h, *d[:i]] for h, d in zip(histories, drafts, strict=True) for i in range(T)]
         logits = apply_dry(logits.reshape(R * T, V), at, cfg).view(R, T, V)
     if cfg.temperature == 0:
