@@ -35,8 +35,8 @@ class SamplingConfig:
     # dry_multiplier * dry_base ** (n - dry_allowed_length) from its logit, so a loop is broken
     # before it forms rather than cut after; 0 turns it off. On 60 held-out functions
     # (bench/repetition.py), with the penalty above, the repetition rule cut none of the
-    # completions at temperature 0, against 7% (the demo's 5-minute model) and 40% (`small`,
-    # 25 minutes); parse rates held or rose (0.52 -> 0.52, 0.45 -> 0.57); similarity to the
+    # completions at temperature 0, against 7% (the demo's recipe, 5 minutes on AVX2) and 40%
+    # (`small`, 25 minutes); parse rates held or rose (0.52 -> 0.52, 0.45 -> 0.57); similarity to the
     # true body held on the demo's model (0.141 -> 0.144) and fell on `small` (0.222 -> 0.187).
     # llama.cpp lets repeats of 2 tokens run free; code repeats short runs (`self.`, `)\n`), 4.
     dry_multiplier: float = 0.8
