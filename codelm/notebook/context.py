@@ -6,12 +6,15 @@ dtype, null counts, its first 3 values per column, cut short) and every module w
 the name it is bound to (`pd`, `np`, `plt`, `sns`). It only reads attributes and
 calls `head`, `isna().sum()` and `repr` on a few values: nothing of the user's runs.
 Null counts are skipped for frames over `MAX_COUNTED_CELLS` cells, where counting
-would take longer than the user waits for a completion.
+would take longer than the user waits for a completion, and at most `MAX_COLUMNS`
+columns are described per frame.
 
 `assemble` lays the descriptions out as Python before the request: imports first,
 then the recent cells, then the frames the request names (by the frame's name or
 its columns' words) and after them the others, each frame whole or not at all,
 while the schema block's token budget lasts; frames left out are named in one line.
+A frame is rendered in one of `LAYOUTS`: comment lines (the default), the code that
+builds its first rows, or pandas-ai's head() as CSV (for the benchmark's comparison).
 
 This module imports nothing outside the standard library and nothing of codelm:
 the benchmark (bench.py) runs `describe` inside the sandbox, where the problems'
