@@ -488,3 +488,21 @@ def test_codelm_run_names_the_model_when_none_was_set(notebook_run, monkeypatch,
     out = capsys.readouterr()
     assert "# sales: DataFrame, 3 rows x 2 columns" in out.out
     assert f"codelm: using {notebook_run}" in out.err
+
+
+def test_a_repair_is_checked_against_what_the_user_asked_not_the_failed_code():
+    class Canned:
+        name, context_tokens = "canned", 1024
+
+        def count(self, text):
+            return _count(text)
+
+        def sample(self, context, request, n, cfg, max_lines):
+            return [Candidate("len(other)\n", -0.1, "end_of_text")]
+
+    ns = _namespace()
+    ns["other"] = pd.DataFrame({"x": [1, 2]})
+    asked = "Count the rows of other"
+    repair = repair_request(asked, "len(sales) + int('x')\n", "ValueError: invalid literal")
+    assert suggest(Canned(), ns, describe(ns), repair).best is None  # `sales` is in the failed code
+    assert suggest(Canned(), ns, describe(ns), repair, asked=asked).best.code == "len(other)\n"

@@ -131,13 +131,16 @@ def suggest(
     ctx: Context | None,
     request: str,
     cfg: NotebookConfig = NotebookConfig(),
+    asked: str | None = None,
 ) -> Suggestion:
-    """The best of `cfg.n` candidates for `request`, checked against `namespace`."""
+    """The best of `cfg.n` candidates for `request`, checked against `namespace` and against
+    what the user `asked` (default: the request; a repair's request also holds the failed code,
+    whose names the user did not ask for)."""
     if not request.strip():
         raise CodelmError("empty request: write what the code should do below %%codelm")
     context, left_out = prompt_parts(backend, ctx, request, cfg)
     candidates = backend.sample(context, request, cfg.n, cfg.sampling, cfg.max_lines)
-    ranked, rejected = judge(candidates, namespace, request)
+    ranked, rejected = judge(candidates, namespace, request if asked is None else asked)
     return Suggestion(context, left_out, ranked, rejected)
 
 

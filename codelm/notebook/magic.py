@@ -148,7 +148,7 @@ class CodelmMagics(Magics):
         if error is None:
             return
         _say(f"it raised {error}; asking once more with the error")
-        again = suggest(backend, ns, ctx, repair_request(request, s.best.code, error), cfg)
+        again = suggest(backend, ns, ctx, repair_request(request, s.best.code, error), cfg, asked=request)
         if self._offer(again) and (error := self._execute(again.best.code)) is not None:
             _say(f"the repaired code raised {error} too")
 
