@@ -99,11 +99,12 @@ def dry_penalties(tokens: Sequence[int], cfg: SamplingConfig) -> dict[int, float
 
 def apply_dry(logits: torch.Tensor, histories: Sequence[Sequence[int]], cfg: SamplingConfig) -> torch.Tensor:
     """Logits (R, V) with each row's DRY penalties (from its history of generated tokens) taken off."""
-    if cfg.dry_multiplier == 0:
+    costs = [dry_penalties(h, cfg) for h in histories]
+    if not any(costs):  # the usual step: no repeat under way, no copy of the logits
         return logits
     logits = logits.float().clone()
-    for r, history in enumerate(histories):
-        for t, cost in dry_penalties(history, cfg).items():
+    for r, row in enumerate(costs):
+        for t, cost in row.items():
             logits[r, t] -= cost
     return logits
 
