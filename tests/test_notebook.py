@@ -459,9 +459,10 @@ def test_a_completions_server_answers_through_the_same_checks(owned_by, capsys):
     assert body["n"] == 2 and body["temperature"] == 0.3 and body["model"] == "m"
     if owned_by == "codelm":  # codelm serve lays out the instruction with its own tokens
         assert body["prompt"] == "" and body["instruction"].endswith(f"\n\n{REQUEST}")
+        assert body["repetition_penalty"] == 1.1 and body["dry_multiplier"] == 0.8
         assert "# sales: DataFrame, 3 rows x 2 columns" in body["instruction"]
     else:  # any other server: the context as code, the request as comments, as base models read it
-        assert "instruction" not in body
+        assert "instruction" not in body and "dry_multiplier" not in body
         assert body["prompt"].endswith(f"# {REQUEST}\n\n") and "# sales: DataFrame" in body["prompt"]
 
 

@@ -7,9 +7,11 @@ cells with their mean token log-probability, which ranks the survivors of the ch
   A cell has no enclosing block, so the block-end rule is off: the model's end-of-text,
   a line limit and the repetition rule end it.
 - `RemoteModel`: `/v1/completions` of `codelm serve`, llama.cpp's server or vLLM. `codelm
-  serve` (its `/v1/models` says `owned_by: codelm`) takes the instruction as such; any
-  other server gets it as base code models read it: the context, then the request as
-  `#` comments. Its tokens are counted as characters / 2.5, on the safe side.
+  serve` (its `/v1/models` says `owned_by: codelm`) takes the instruction as such, and
+  the repetition penalty and DRY that a local run decodes with; any other server gets
+  the request as base code models read it (the context, then the request as `#`
+  comments) and keeps its own sampling defaults. A remote model's tokens are counted
+  as characters / 2.5, on the safe side.
 """
 
 from __future__ import annotations
@@ -91,8 +93,10 @@ class RemoteModel:
     ) -> list[Candidate]:
         body: dict = {"model": self.model, "n": n, "temperature": cfg.temperature, "top_p": cfg.top_p}
         body.update(max_tokens=cfg.max_new_tokens, logprobs=1, seed=cfg.seed)
-        if self.ours:
+        if self.ours:  # codelm serve: the instruction, and the penalties the local model decodes with
             body.update(prompt="", instruction=instruction(context, request))
+            body.update(repetition_penalty=cfg.repetition_penalty, dry_multiplier=cfg.dry_multiplier)
+            body.update(dry_base=cfg.dry_base, dry_allowed_length=cfg.dry_allowed_length)
         else:
             body["prompt"] = (context + "\n" if context else "") + comment_block(request)
         try:
