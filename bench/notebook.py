@@ -7,11 +7,12 @@ the live context (codelm.notebook.context.LAYOUTS):
 - "code": the constructor of each frame's first rows, dtypes and nulls in comments;
 - "csv": pandas-ai's prompt, the dimensions and head() as CSV (no dtypes);
 and the request alone, which is what jupyter-ai's `%%ai` sends. Printed: pass@1,
-pass@k and "pick" (the share of problems whose cell, as the magic would choose it,
-passes) per run and prompt. The samples of the request alone do not depend on the
+pass@k, "pick" (the share of problems whose cell, as the magic would choose it,
+passes) and "checked" (the share of candidates that pass the magic's checks) per run
+and prompt. The samples of the request alone do not depend on the
 layout, so they are drawn once per run.
 
-    .venv/bin/python bench/notebook.py runs/nb-small runs/lsp-small --samples 5
+    .venv/bin/python bench/notebook.py runs/nb-small-dt runs/lsp-small --samples 5
 """
 
 from __future__ import annotations
