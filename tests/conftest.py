@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import textwrap
 
 import pytest
@@ -90,13 +89,3 @@ def corpus_dir(tmp_path):
         sub.mkdir(parents=True, exist_ok=True)
         (sub / f"mod_{k}.py").write_text(text)
     return root
-
-
-@functools.cache
-def sandbox_has_pandas() -> bool:
-    """Whether sandboxed programs can import pandas and matplotlib from this venv: not where
-    the venv lies in a folder the sandbox's unprivileged user cannot read (a clone under /tmp)."""
-    from codelm.evaluate.sandbox import run_many, site_dirs
-
-    probe = f"import sys\nsys.path += {site_dirs()!r}\nimport pandas, matplotlib\n"
-    return run_many([probe])[0].passed

@@ -19,10 +19,10 @@ from codelm.model import ModelConfig, Transformer  # noqa: E402
 from codelm.model.io import save_weights  # noqa: E402
 from codelm.notebook.assist import NotebookConfig, prompt_parts, repair_request, suggest  # noqa: E402
 from codelm.notebook.backend import Candidate  # noqa: E402
+from codelm.notebook.bench import sandbox_sees_pandas  # noqa: E402
 from codelm.notebook.checks import check  # noqa: E402
 from codelm.notebook.context import assemble, describe, instruction, rank, render_frame  # noqa: E402
 from codelm.tokenizer.roles import CODE, INSTRUCTION  # noqa: E402
-from tests.conftest import sandbox_has_pandas  # noqa: E402
 
 SETUP = (
     "import pandas as pd\n"
@@ -278,22 +278,26 @@ def test_run_repairs_once_with_the_error_in_the_request(shell, capsys):
     assert out.out.rstrip().endswith("3")  # len(sales), from the repaired cell
 
 
+class Canned:
+    """A backend that answers every request with the same cells, likeliest first."""
+
+    name, context_tokens = "canned", 1024
+
+    def __init__(self, *cells: str):
+        self.cells = cells
+
+    def count(self, text):
+        return _count(text)
+
+    def sample(self, context, request, n, cfg, max_lines):
+        return [Candidate(c, -0.1 - 0.4 * i, "end_of_text") for i, c in enumerate(self.cells)]
+
+
 def test_suggest_keeps_the_most_likely_survivor_and_reports_the_rejected():
-    class Canned:
-        name, context_tokens = "canned", 1024
-
-        def count(self, text):
-            return _count(text)
-
-        def sample(self, context, request, n, cfg, max_lines):
-            return [
-                Candidate("sales['amount'].sum()\n", -0.1, "end_of_text"),
-                Candidate("sales['amount_usd'].sum()\n", -0.5, "end_of_text"),
-                Candidate("sales['amount_usd'].mean()\n", -0.9, "end_of_text"),
-            ]
+    canned = Canned("sales['amount'].sum()\n", "sales['amount_usd'].sum()\n", "sales['amount_usd'].mean()\n")
 
     ns = _namespace()
-    s = suggest(Canned(), ns, describe(ns), REQUEST)
+    s = suggest(canned, ns, describe(ns), REQUEST)
     assert s.best.code == "sales['amount_usd'].sum()\n"
     assert s.rejected[0][1] == "sales has no column 'amount'"
     assert s.summary() == "3 candidates, 2 passed the checks; rejected: sales has no column 'amount'"
@@ -343,7 +347,7 @@ def test_no_model_is_one_line(monkeypatch, capsys):
     assert "codelm: no model: %codelm_model RUN, or set CODELM_RUN" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not sandbox_has_pandas(), reason="the sandbox cannot see this venv's site-packages")
+@pytest.mark.skipif(not sandbox_sees_pandas(), reason="the sandbox cannot see this venv's site-packages")
 def test_the_benchmark_scores_both_prompts_and_the_context_wins(notebook_run, tmp_path):
     problem = {
         "task_id": "nb/0",
@@ -492,18 +496,10 @@ def test_codelm_run_names_the_model_when_none_was_set(notebook_run, monkeypatch,
 
 
 def test_a_repair_is_checked_against_what_the_user_asked_not_the_failed_code():
-    class Canned:
-        name, context_tokens = "canned", 1024
-
-        def count(self, text):
-            return _count(text)
-
-        def sample(self, context, request, n, cfg, max_lines):
-            return [Candidate("len(other)\n", -0.1, "end_of_text")]
-
+    canned = Canned("len(other)\n")
     ns = _namespace()
     ns["other"] = pd.DataFrame({"x": [1, 2]})
     asked = "Count the rows of other"
     repair = repair_request(asked, "len(sales) + int('x')\n", "ValueError: invalid literal")
-    assert suggest(Canned(), ns, describe(ns), repair).best is None  # `sales` is in the failed code
-    assert suggest(Canned(), ns, describe(ns), repair, asked=asked).best.code == "len(other)\n"
+    assert suggest(canned, ns, describe(ns), repair).best is None  # `sales` is in the failed code
+    assert suggest(canned, ns, describe(ns), repair, asked=asked).best.code == "len(other)\n"

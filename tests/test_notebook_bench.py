@@ -15,6 +15,7 @@ pytest.importorskip("pandas", reason="the notebook extra (pandas) is not install
 from codelm.errors import CodelmError  # noqa: E402
 from codelm.evaluate.passk import default_problems_path, find_problems  # noqa: E402
 from codelm.evaluate.sandbox import site_dirs  # noqa: E402
+from codelm.notebook.bench import sandbox_sees_pandas  # noqa: E402
 from codelm.notebook.context import describe  # noqa: E402
 from codelm.notebook.problems import (  # noqa: E402
     NotebookProblem,
@@ -22,7 +23,6 @@ from codelm.notebook.problems import (  # noqa: E402
     load_notebook_problems,
     program,
 )
-from tests.conftest import sandbox_has_pandas  # noqa: E402
 
 SHIPPED = find_problems("notebook_basic")
 
@@ -102,7 +102,7 @@ def test_duplicate_task_ids_are_refused(tmp_path):
         load_notebook_problems(path)
 
 
-@pytest.mark.skipif(not sandbox_has_pandas(), reason="the sandbox cannot see this venv's site-packages")
+@pytest.mark.skipif(not sandbox_sees_pandas(), reason="the sandbox cannot see this venv's site-packages")
 def test_the_sandbox_reads_the_same_context_as_the_kernel_would():
     from codelm.notebook.bench import describe_problems, stand_in
 

@@ -17,6 +17,7 @@ The sandbox must import pandas and matplotlib from this interpreter's site-packa
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -78,11 +79,13 @@ def stand_in(ctx: Context) -> dict:
     return ns
 
 
-def _check_sandbox() -> None:
+@functools.cache
+def sandbox_sees_pandas() -> bool:
+    """Whether sandboxed programs can import pandas and matplotlib from this interpreter's
+    site-packages: not where they lie in a folder the sandbox's user cannot read (a venv
+    under /tmp, hidden behind the sandbox's private /tmp)."""
     probe = f"import sys\nsys.path += {site_dirs()!r}\nimport pandas, matplotlib\n"
-    r = run_many([probe], SANDBOX)[0]
-    if not r.passed:
-        raise CodelmError(f"the sandbox cannot import pandas and matplotlib from {site_dirs()}: {r.error}")
+    return run_many([probe], SANDBOX)[0].passed
 
 
 def _score(rows: list[dict], ks: list[int]) -> dict:
@@ -107,8 +110,10 @@ def evaluate_notebook(
         raise CodelmError("the notebook benchmark needs --samples of at least 1")
     problems = load_notebook_problems(problems_path)
     began, workers = time.monotonic(), cfg.workers or None
-    _check_sandbox()
+    if not sandbox_sees_pandas():
+        raise CodelmError(f"the sandbox cannot import pandas and matplotlib from {site_dirs()}")
     model = LocalModel(run, weights="fp32")
+    console.print(f"reading the frames of {len(problems)} problems' setups in the sandbox")
     contexts = describe_problems(problems, workers)
     sampled: dict[str, list] = {}
     for mode in modes:
@@ -119,17 +124,26 @@ def evaluate_notebook(
             sampled[key] = model.sample(block, p.instruction, cfg.samples, s, nb.max_lines, False)
         console.print(f"sampled {len(problems)} problems ({mode})")
     jobs = [(p, c) for mode in modes for p in problems for c in sampled[f"{mode}/{p.task_id}"]]
-    results = run_many([program(p, c.code, site_dirs()) for p, c in jobs], SANDBOX, workers)
+    console.print(f"judging {len(jobs)} cells in the sandbox")
+    done = [0]
+
+    def progress(_: int, __) -> None:
+        done[0] += 1
+        if done[0] % 50 == 0 or done[0] == len(jobs):
+            console.print(f"judged {done[0]}/{len(jobs)}")
+
+    results = run_many([program(p, c.code, site_dirs()) for p, c in jobs], SANDBOX, workers, progress)
     passed = {id(c): r.passed for (_, c), r in zip(jobs, results, strict=True)}
     ks = [k for k in (1, 5, 10) if k <= cfg.samples]
     report: dict = {"run": run, "problems_file": str(problems_path), "problems": len(problems)}
     report["settings"] = {"samples": cfg.samples, "temperature": cfg.temperature, "seed": cfg.seed}
     report["settings"]["layout"] = nb.layout
+    namespaces = [stand_in(ctx) for ctx in contexts]
     for mode in modes:
         rows = []
-        for p, ctx in zip(problems, contexts, strict=True):
+        for p, ns in zip(problems, namespaces, strict=True):
             cands = sampled[f"{mode}/{p.task_id}"]
-            ranked, _ = judge(cands, stand_in(ctx), p.instruction)
+            ranked, _ = judge(cands, ns, p.instruction)
             pick = bool(ranked) and passed[id(ranked[0])]
             c = sum(passed[id(x)] for x in cands)
             rows.append({"task_id": p.task_id, "n": len(cands), "c": c, "pick": pick, "checked": len(ranked)})

@@ -77,10 +77,10 @@ def _frame(name: str, obj, kind: str, width: int) -> Frame:
     rows, ncols = frame.shape
     head = frame.head(HEAD_ROWS)
     nulls = frame.isna().sum() if rows * max(ncols, 1) <= MAX_COUNTED_CELLS else None
-    columns, values = [], []
+    columns, values, dtypes = [], [], frame.dtypes  # `.dtypes` builds a Series on each read
     for i, col in enumerate(frame.columns[:MAX_COLUMNS]):
         count = int(nulls.iloc[i]) if nulls is not None else None
-        columns.append((str(col), str(frame.dtypes.iloc[i]), count))
+        columns.append((str(col), str(dtypes.iloc[i]), count))
         values.append([_short(v, width) for v in head.iloc[:, i].tolist()])
     return Frame(name, kind, rows, ncols, columns, values)
 
