@@ -251,12 +251,13 @@ def test_instruction_mode_and_stop_rules_match_the_generator(server, run_dir, to
     assert r["usage"]["prompt_tokens"] == len(encode_prompt(tokenizer, prompt, prompt_room(BLOCK, 12)).ids)
     assert r["choices"][0]["text"] == reference(run_dir, prompt, 12)
     model, tok = load_run(str(run_dir))
-    for prompt_text in ("def add(a, b):\n", "class Stack:\n    def pop(self):\n"):
-        body = {"prompt": prompt_text, "max_tokens": 40, "temperature": 0}
+    cases = [(p, trim) for p in ("def add(a, b):\n", "class Stack:\n    def pop(self):\n") for trim in (False, True)]
+    for prompt_text, trim in cases:
+        body = {"prompt": prompt_text, "max_tokens": 40, "temperature": 0, "trim_to_parse": trim}
         r = httpx.post(
             f"{url}/v1/completions", json={**body, "stop_at_block_end": True, "stop_on_repetition": True}
         )
-        stops = StopConfig(block_end=True, max_repeats=3)
+        stops = StopConfig(block_end=True, max_repeats=3, trim=trim)
         ref = complete(
             model,
             tok,
@@ -264,8 +265,11 @@ def test_instruction_mode_and_stop_rules_match_the_generator(server, run_dir, to
             SamplingConfig(temperature=0, max_new_tokens=40, repetition_penalty=1.0, dry_multiplier=0.0),
             stops,
         )
-        assert r.json()["choices"][0]["text"] == ref.text
-        assert r.json()["choices"][0]["stop_rule"] == ref.stop_reason
+        choice = r.json()["choices"][0]
+        assert choice["text"] == ref.text
+        assert choice["stop_rule"] == ref.stop_reason
+        assert choice["syntax"] == (ref.syntax or None)
+        assert trim == (choice["syntax"] is not None) or choice["stop_rule"] == "block_end"
         assert ref.healed == "\n"  # healed on both sides; usage counts the prompt as sent
         room = prompt_room(BLOCK, 40)
         assert r.json()["usage"]["prompt_tokens"] == len(encode_prompt(tok, Prompt(prompt_text), room).ids)

@@ -8,7 +8,7 @@ inference weights (bf16 / int8).
     print(complete(model, tok, Prompt("def add(a, b):"), SamplingConfig(temperature=0)).text)
 """
 
-from codelm.generate.best import BestOfReport, best_of, parses, syntax_error
+from codelm.generate.best import BestOfReport, best_of
 from codelm.generate.engine import Engine, Row, Sampler
 from codelm.generate.generator import (
     Completion,
@@ -23,6 +23,7 @@ from codelm.generate.prompts import Prompt
 from codelm.generate.sampling import SamplingConfig
 from codelm.generate.stopping import StopConfig
 from codelm.generate.trace import TraceStep, format_trace
+from codelm.generate.whole import parses, syntax_error
 
 __all__ = [
     "BestOfReport",

@@ -11,33 +11,15 @@ returned, and the report says so. This module does not run the code it ranks.
 
 from __future__ import annotations
 
-import ast
-import warnings
 from dataclasses import dataclass, replace
 
 from codelm.generate.generator import Completion, generate_batch
 from codelm.generate.prompts import Prompt
 from codelm.generate.sampling import SamplingConfig
 from codelm.generate.stopping import DEFAULT_STOPS, StopConfig
+from codelm.generate.whole import parses, syntax_error
 from codelm.model import Transformer
 from codelm.tokenizer import CodeTokenizer
-
-
-def syntax_error(code: str) -> str | None:
-    """None if `code` parses as Python, else why not (line and message)."""
-    try:
-        with warnings.catch_warnings():  # invalid escape sequences and the like are not errors
-            warnings.simplefilter("ignore")
-            ast.parse(code)
-    except SyntaxError as e:
-        return f"line {e.lineno}: {e.msg}"
-    except ValueError as e:  # null bytes
-        return str(e)
-    return None
-
-
-def parses(code: str) -> bool:
-    return syntax_error(code) is None
 
 
 def trim_to_parse(c: Completion, tok: CodeTokenizer) -> Completion | None:

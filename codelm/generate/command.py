@@ -85,7 +85,8 @@ def _show(
         out.write("\n")
     if c.trace:
         out.write(format_trace(c.trace, tok))
-    print(f"[stop: {c.stop_reason}, {len(c.tokens)} tokens]", file=err)
+    syntax = {"trimmed": ", trimmed back to code that parses", "unparsed": ", does not parse"}
+    print(f"[stop: {c.stop_reason}{syntax.get(c.syntax, '')}, {len(c.tokens)} tokens]", file=err)
 
 
 def _note_truncated(dropped: int, err: TextIO) -> None:

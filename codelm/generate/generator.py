@@ -53,6 +53,9 @@ class Completion:
     trace: list[TraceStep] | None = None
     healed: str = ""  # the prompt's end that tokens[0] re-spells (healing.py); not in `text`
     cached_tokens: int = 0  # prompt tokens whose keys and values came from `prefixes`
+    # After a stop that cuts anywhere (repetition, max lines, length, context): parses |
+    # trimmed (cut back to whole code) | unparsed (nothing parses); "" otherwise (whole.py).
+    syntax: str = ""
 
     @property
     def truncated(self) -> bool:
@@ -78,7 +81,7 @@ def text_row(
     **kw,
 ) -> Row:
     """An engine row for `prompt` as `plan` laid it out, with its text and stop rules."""
-    rules = build_rules(stops, prompt.text, tok.decode, fim=prompt.mode == "fim")
+    rules = build_rules(stops, prompt.text, tok.decode, fim=prompt.mode == "fim", after=prompt.suffix or "")
     skip = planned.healing.size if planned.healing else 0
     text = TextState(tok.token_bytes, rules, skip=skip)
     allowed = planned.healing.allowed if planned.healing else None
@@ -114,6 +117,7 @@ def _result(row: Row, prompt: Prompt, planned: Planned) -> Completion:
         row.steps if row.trace else None,
         planned.healed,
         row.cached,
+        row.text.syntax,
     )
 
 

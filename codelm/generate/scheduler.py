@@ -71,6 +71,7 @@ class Event:
     completion_tokens: int = 0
     prompt_info: list[TokenInfo] | None = None  # start, when the job asked for prompt logprobs
     error: str = ""
+    syntax: str = ""  # done, after a stop that cuts anywhere: parses | trimmed | unparsed (whole.py)
 
 
 @dataclass(eq=False)
@@ -303,10 +304,10 @@ class Scheduler:
         self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.monotonic() - live.started)
         assert row.text is not None
         if row.reason is None:  # timed out mid-generation: flush a character left incomplete
-            row.text.finish()
+            row.text.finish("timeout")
         text, n = row.text.take(final=True)
         infos, used = self._infos(live, n), (job.prompt_tokens, row.cached, len(row.tokens))
-        self._emit(job, Event("done", job.index, text, infos, why, *used))
+        self._emit(job, Event("done", job.index, text, infos, why, *used, syntax=row.text.syntax))
 
     def _fail(self, jobs: list[Job], message: str) -> None:
         self.stats["errors"] += len(jobs)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from codelm.errors import CodelmError
+from codelm.generate.whole import Whole, scan_open
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class StopConfig:
     # A line cycle or short token cycle seen more often than this in a row ends the
     # completion (issue 9: weak models loop on `"""` or `self.name = name`); 0: off.
     max_repeats: int = 3
+    # A completion that repetition, max lines, length or the context cut mid-construct is
+    # trimmed back to whole code, and streams hold back what that could cut (whole.py).
+    trim: bool = True
 
     def __post_init__(self) -> None:
         # A tuple whatever was given (a list from argparse, one string), so the config stays hashable.
@@ -84,36 +88,6 @@ def indent_of(line: str) -> int:
         else:
             break
     return width
-
-
-def scan_open(code: str, state: tuple[int, str, bool] = (0, "", False)) -> tuple[int, str, bool]:
-    """(bracket depth, open string quote or "", inside a comment) after reading `code`,
-    starting from `state`. A lexer just good enough to tell whether code is complete."""
-    depth, quote, comment = state
-    i, n = 0, len(code)
-    while i < n:
-        ch = code[i]
-        if comment:
-            comment = ch != "\n"
-        elif quote:
-            if ch == "\\":
-                i += 1  # the escaped character never closes the string
-            elif code.startswith(quote, i):
-                i += len(quote) - 1
-                quote = ""
-            elif ch == "\n" and len(quote) == 1:
-                quote = ""  # an unterminated one-line string ends with its line
-        elif ch == "#":
-            comment = True
-        elif ch in "\"'":
-            quote = ch * 3 if code.startswith(ch * 3, i) else ch
-            i += len(quote) - 1
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth = max(depth - 1, 0)
-        i += 1
-    return depth, quote, comment
 
 
 class BlockEnd:
@@ -277,8 +251,10 @@ def build_rules(
     context: str,
     decode: Callable[[Sequence[int]], str],
     fim: bool = False,
+    after: str = "",
 ) -> list[StopRule]:
-    """The layered rules for one completion; `context` is the code just before it."""
+    """The layered rules for one completion; `context` is the code just before it and
+    `after` the code after it (FIM's suffix)."""
     rules: list[StopRule] = [StopStrings(cfg.stop)] if cfg.stop else []
     if cfg.block_end or (cfg.block_end is None and not fim):
         rules.append(BlockEnd(context))
@@ -286,6 +262,8 @@ def build_rules(
         rules.append(MaxLines(cfg.max_lines, context))
     if cfg.max_repeats:
         rules.append(Repetition(decode, cfg.max_repeats))
+    if cfg.trim:
+        rules.append(Whole(context, after))
     return rules
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from codelm.generate.stopping import StopRule, first_stop, safe_length
+from codelm.generate.whole import TRIMMED_RULES, LineScan, Whole
 
 
 @dataclass
@@ -32,9 +33,14 @@ class TextState:
     offsets: list[int] = field(default_factory=list)  # char offset where each token's text starts
     emitted: int = 0  # characters already handed out
     skip: int = 0  # leading bytes of the first token that the prompt already holds (healing)
+    syntax: str = ""  # after a cutting stop: parses | trimmed | unparsed (whole.py)
     _utf8: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
+
+    def __post_init__(self) -> None:
+        self.whole = next((r for r in self.rules if isinstance(r, Whole)), None)
+        self.lines: LineScan | None = self.whole.scan() if self.whole else None
 
     def add(self, token: int) -> str | None:
         """Append a token; return the name of the rule that fired (the text is cut), or None."""
@@ -48,17 +54,30 @@ class TextState:
         if hit is None:
             return None
         self.text = self.text[: hit[1]]
+        self.settle(hit[0])
         return hit[0]
 
-    def finish(self) -> None:
-        """The completion ended without a cut: flush a character left incomplete."""
+    def finish(self, reason: str) -> None:
+        """The completion ended without a rule's cut, for `reason`: flush a character left
+        incomplete, then settle."""
         self.text += self._utf8.decode(b"", final=True)
+        self.settle(reason)
+
+    def settle(self, reason: str) -> None:
+        """Trim a completion that `reason` cut mid-construct back to whole code (whole.py)."""
+        if self.whole is None or self.lines is None or reason not in TRIMMED_RULES:
+            return
+        keep, self.syntax = self.whole.settle(self.text, self.lines, self.emitted)
+        self.text = self.text[:keep]
 
     def take(self, final: bool) -> tuple[str, int]:
         """New text safe to stream (all of it when `final`) and how many tokens it completes."""
         end = len(self.text)
         if not final:
             end = min(end, safe_length(self.rules, self.text, self.tokens))
+            if self.lines is not None:  # hold back what a trim could still cut
+                self.lines.feed(self.text)
+                end = min(end, self.lines.ends[-1] if self.lines.ends else 0)
         end = max(end, self.emitted)
         out = self.text[self.emitted : end]
         self.emitted = end

@@ -133,7 +133,7 @@ class LocalBackend:
             max_lines=ask.max_lines if ask.multiline else 0,
             max_repeats=MAX_REPEATS,
         )
-        rules = build_rules(stops, ask.code_before, self.tok.decode, fim=True)
+        rules = build_rules(stops, ask.code_before, self.tok.decode, fim=True, after=ask.suffix)
         jobs = []
         for i, t in enumerate(ask.temperatures):
             sampling = SamplingConfig(t, max_new_tokens=ask.max_tokens, seed=ask.seed + i)
@@ -198,7 +198,9 @@ class RemoteBackend:
         if not ask.multiline:
             body["stop"] = ["\n"]
         if self.codelm:
-            body.update(fim_order="spm", stop_at_block_end=ask.multiline, stop_on_repetition=True)
+            body.update(
+                fim_order="spm", stop_at_block_end=ask.multiline, stop_on_repetition=True, trim_to_parse=True
+            )
         texts = [""] * len(ask.temperatures)
         if self._client is None:
             self._client = self._http()

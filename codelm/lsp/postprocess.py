@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from codelm.generate.stopping import scan_open
+from codelm.generate.whole import scan_open
 
 OPENERS, CLOSERS = "([{", ")]}"
 COLON_BLOCKS = frozenset({"python"})  # languages whose blocks open with a trailing ':'

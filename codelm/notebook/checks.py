@@ -28,7 +28,7 @@ import ast
 import builtins
 from collections.abc import Mapping
 
-from codelm.generate.best import syntax_error
+from codelm.generate.whole import syntax_error
 from codelm.notebook.context import names, pandas_kind
 
 COLUMN_METHODS = ("groupby", "sort_values", "set_index")  # first argument or `by=` names columns

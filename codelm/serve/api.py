@@ -148,6 +148,7 @@ class Service:
             stop=req.stops(),
             block_end=bool(req.stop_at_block_end),
             max_repeats=3 if req.stop_on_repetition else 0,
+            trim=bool(req.trim_to_parse),
         )
         deadline = time.monotonic() + cfg.timeout
         jobs: list[Job] = []
@@ -155,7 +156,8 @@ class Service:
         for p in prompts:
             ids, context, echo, healing = self._encode(p, req, max_tokens)
             echoes.append(echo)
-            rules = build_rules(stops, context, self.tok.decode, fim=req.suffix is not None)
+            fim = req.suffix is not None
+            rules = build_rules(stops, context, self.tok.decode, fim, after=req.suffix or "")
             for i in range(n):
                 sampling = self._sampling(req, max_tokens, None if req.seed is None else req.seed + i)
                 # The engine ends a row at max_tokens, or with context_full where the context ends first.

@@ -13,9 +13,13 @@ Extensions (codelm's own fields): `top_k`, `repetition_penalty`, DRY's `dry_mult
 `stop_at_block_end` (end when a line returns to the prompt's block level) and
 `stop_on_repetition` (end when the completion loops): the rules of
 `codelm.generate.stopping`, off unless asked for, as OpenAI clients expect raw
-completions. Each choice also carries `stop_rule`, the stop that fired:
+completions; `trim_to_parse` (a completion that repetition, length, the context or
+the timeout cut mid-construct is trimmed back to code that parses, and a stream
+releases only whole lines: `codelm.generate.whole`), off unless asked for too.
+Each choice also carries `stop_rule`, the stop that fired:
 end_of_text | stop_string | block_end | repetition (finish_reason "stop"),
-length | context_full | timeout (finish_reason "length").
+length | context_full | timeout (finish_reason "length"), and with `trim_to_parse`
+`syntax`: parses | trimmed | unparsed after a stop that cuts anywhere, else null.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class CompletionRequest(BaseModel):
     fim_order: Literal["psm", "spm"] | None = None  # with suffix; spm: typing appends (default psm)
     stop_at_block_end: bool | None = None
     stop_on_repetition: bool | None = None
+    trim_to_parse: bool | None = None
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -167,6 +172,7 @@ class Choice:
     logprobs: LogprobBuilder | None
     text: str = ""
     stop_rule: str | None = None
+    syntax: str | None = None
     started: bool = False
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -180,6 +186,7 @@ class Choice:
             text, infos = (echo.text, (ev.prompt_info or [])[echo.skip :]) if echo else ("", [])
         elif ev.kind == "done":
             self.stop_rule = ev.stop_rule
+            self.syntax = ev.syntax or None
             self.prompt_tokens = ev.prompt_tokens or self.prompt_tokens
             self.completion_tokens = ev.completion_tokens
         self.text += text
@@ -193,6 +200,7 @@ class Choice:
             "logprobs": self.logprobs.d if self.logprobs is not None else None,
             "finish_reason": finish_reason(self.stop_rule),
             "stop_rule": self.stop_rule,
+            "syntax": self.syntax,
         }
 
 

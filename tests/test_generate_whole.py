@@ -1,0 +1,166 @@
+"""A completion that a rule cuts mid-construct is trimmed back to whole code (generate/whole.py),
+the same in a batch, a stream, the server and the CLI."""
+
+import random
+
+import pytest
+import torch
+
+from codelm.generate import SamplingConfig, StopConfig, complete, generate, generate_batch, parses
+from codelm.generate.stopping import build_rules
+from codelm.generate.text import TextState
+from codelm.generate.whole import Whole
+from codelm.model import ModelConfig, Transformer
+from tests.conftest import TINY_MODEL
+
+ADD = "def add(a, b):\n"
+BODY = "    total = a + b\n    return total\n"
+
+
+def _settle(before: str, text: str, after: str = "", floor: int = 0) -> tuple[str, str]:
+    whole = Whole(before, after)
+    keep, verdict = whole.settle(text, whole.scan(), floor)
+    return text[:keep], verdict
+
+
+def test_whole_code_is_kept_as_it_is():
+    assert _settle(ADD, BODY) == (BODY, "parses")
+    assert _settle(ADD, "    return a + b") == ("    return a + b", "parses")  # no final newline needed
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        '    """Return a list of the',  # an open docstring (the demo model's loop)
+        "    x = g(a,\n          b",  # an open bracket over two lines
+        "    if total:\n",  # a block header without its body
+        "    return total +",  # a line cut in the middle
+    ],
+)
+def test_a_cut_mid_construct_is_trimmed_back_to_the_last_line_that_parses(tail):
+    kept, verdict = _settle(ADD, BODY + tail)
+    assert (kept, verdict) == (BODY, "trimmed")
+    assert parses(ADD + kept)
+
+
+def test_where_nothing_parses_the_text_is_kept_and_says_so():
+    text = '\n    """Return a list of the'  # the prompt's header line, then an open docstring
+    assert _settle("def add(a, b):", text) == (text, "unparsed")
+
+
+def test_a_fragment_that_never_parses_is_cut_where_its_brackets_close():
+    before = "        return x\n"  # an editor's window: indented, never parses on its own
+    text = "        y = [1,\n             2]\n        z = (3,\n"
+    assert _settle(before, text) == ("        y = [1,\n             2]\n", "unparsed")
+    closed = "        y = 1\n"
+    assert _settle(before, closed) == (closed, "unparsed")  # nothing open: kept whole
+
+
+def test_fill_in_the_middle_parses_with_the_suffix():
+    before, after = "def f(a):\n", "\n\nprint(f(1))\n"
+    middle = "    out = [a,\n           1]\n    return out\n    x = ("
+    assert _settle(before, middle, after) == ("    out = [a,\n           1]\n    return out\n", "trimmed")
+
+
+def test_a_trim_never_cuts_below_what_a_stream_released():
+    text = BODY + "    y = [\n"
+    assert _settle(ADD, text, floor=len(BODY) + 2)[1] == "unparsed"
+    assert len(_settle(ADD, text, floor=len(BODY) + 2)[0]) >= len(BODY) + 2
+
+
+def test_line_ends_only_grow_as_the_text_grows():
+    whole = Whole(ADD)
+    rng = random.Random(0)
+    text = BODY + "    y = g(a,\n          b)\n    s = '''x\n(\n'''\n    return s\n"
+    scan, ends_seen = whole.scan(), []
+    pos = 0
+    while pos < len(text):
+        pos = min(len(text), pos + rng.randint(1, 7))
+        scan.feed(text[:pos])
+        assert scan.ends[: len(ends_seen)] == ends_seen  # released text is never taken back
+        ends_seen = list(scan.ends)
+    fresh = whole.scan()
+    fresh.feed(text)
+    assert fresh.ends == ends_seen
+    assert all(parses(ADD + text[:e]) for e in ends_seen if text[:e].strip())
+
+
+def _state(tokenizer, prompt: str, **stops) -> TextState:
+    rules = build_rules(StopConfig(**stops), prompt, tokenizer.decode)
+    return TextState(tokenizer.token_bytes, rules)
+
+
+def test_a_length_cut_is_trimmed_and_a_stream_never_showed_the_cut_part(tokenizer):
+    state, streamed = _state(tokenizer, ADD), ""
+    for token in tokenizer.encode(BODY + "    x = g(a,\n          b"):
+        assert state.add(token) is None
+        streamed += state.take(final=False)[0]
+    assert streamed == BODY  # the open call was held back
+    state.finish("length")
+    streamed += state.take(final=True)[0]
+    assert (state.text, state.syntax, streamed) == (BODY, "trimmed", BODY)
+
+
+def test_stops_that_end_code_themselves_are_not_trimmed(tokenizer):
+    state = _state(tokenizer, ADD)
+    for token in tokenizer.encode(BODY + "    x = ("):
+        state.add(token)
+    state.finish("end_of_text")
+    assert (state.text, state.syntax) == (BODY + "    x = (", "")
+    off = _state(tokenizer, ADD, trim=False)
+    for token in tokenizer.encode(BODY + "    x = ("):
+        off.add(token)
+    off.finish("length")
+    assert (off.text, off.syntax) == (BODY + "    x = (", "")
+
+
+MEMORIZED = "    total = a + b\n    x = g(total,\n          b, a)\n    return x\n"
+
+
+@pytest.fixture(scope="module")
+def memorized(tokenizer):
+    """A tiny model that writes MEMORIZED after ADD, learned by heart."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=64, block_size=128)
+    model = Transformer(cfg)
+    ids = torch.tensor([[tokenizer.bos_id, *tokenizer.encode(ADD + MEMORIZED), tokenizer.eot_id]])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0], ids[0, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_the_engine_trims_a_length_cut_in_a_batch_and_a_stream_alike(memorized, tokenizer):
+    whole = complete(memorized, tokenizer, ADD, SamplingConfig(0.0, max_new_tokens=64))
+    assert whole.text == MEMORIZED and whole.stop_reason in ("end_of_text", "block_end")
+    # a limit that ends inside the open call of the second statement
+    inside = next(n for n in range(1, 64) if "g(total," in tokenizer.decode(whole.tokens[:n]))
+    cfg = SamplingConfig(0.0, max_new_tokens=inside)
+    [[cut]] = generate_batch(memorized, tokenizer, [ADD], cfg)
+    assert (cut.text, cut.stop_reason, cut.syntax) == ("    total = a + b\n", "length", "trimmed")
+    assert tokenizer.decode(cut.tokens).startswith(cut.healed + cut.text + "    x = g(")  # tokens stay
+    stream = generate(memorized, tokenizer, ADD, cfg)
+    assert "".join(stream) == "    total = a + b\n"  # the open call was never shown
+    assert stream.completion.syntax == "trimmed"
+    raw = complete(memorized, tokenizer, ADD, cfg, StopConfig(trim=False))
+    assert raw.text.startswith("    total = a + b\n    x = g(") and raw.syntax == ""
+
+
+@pytest.mark.parametrize("prompt", ["def add(a, b):\n", "class Stack:\n    def push(self, x):\n", "x = ["])
+def test_random_completions_are_whole_or_say_so_and_stream_the_same(tokenizer, prompt):
+    torch.manual_seed(1)
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, **TINY_MODEL)).eval()
+    cfg = SamplingConfig(temperature=0.8, max_new_tokens=24, seed=3)
+    for c in generate_batch(model, tokenizer, [prompt], cfg, n=8)[0]:
+        assert tokenizer.decode(c.tokens).startswith(c.healed + c.text)  # a start of what was generated
+        if c.stop_reason in ("length", "context_full", "repetition", "max_lines"):
+            assert c.syntax in ("parses", "trimmed", "unparsed")
+            assert c.syntax == "unparsed" or parses(c.code)
+        else:
+            assert c.syntax == ""
+    stream = generate(model, tokenizer, prompt, cfg)
+    pieces = list(stream)
+    assert "".join(pieces) == stream.completion.text == complete(model, tokenizer, prompt, cfg).text
