@@ -23,6 +23,8 @@ from codelm.errors import CodelmError
 # The formats of codelm.generate.quantize.WEIGHTS (a test checks they agree), written out so
 # that parsing arguments does not import torch.
 WEIGHT_CHOICES = ["auto", "fp32", "bf16", "int8"]
+# codelm.generate.rerank.RANKS, its default first (a test checks they agree).
+RANK_CHOICES = ["likelihood", "coder-reviewer", "n-coder-reviewer"]
 
 # The dataclass behind each config prefix, by import path: building a config or printing
 # --help imports it, parsing arguments does not (for the same reason as WEIGHT_CHOICES).
@@ -219,7 +221,9 @@ def _generate(a: argparse.Namespace) -> None:
 
         print(f"codelm: {describe(model)}", file=sys.stderr)
     trace = "lens" if a.trace_layers else "top" if a.trace else ""
-    run_generate(model, tok, prompt, cfg, stops, n=a.n, best=a.best, stream=a.stream, trace=trace)
+    run_generate(
+        model, tok, prompt, cfg, stops, n=a.n, best=a.best, stream=a.stream, trace=trace, rank=a.rank
+    )
 
 
 def _serve(a: argparse.Namespace) -> None:
@@ -412,8 +416,12 @@ def _generate_parser(sub) -> None:
     _opt(g, "stops", "--max-repeats", type=int, help="stop when a line loops more (0: off)")
     _opt(g, "stops", "--stop", action="append", metavar="S", help="stop string (repeatable)")
     _switch(g, "stops", "--no-block-end", "block_end", False, "do not stop at the end of the block")
+    _switch(g, "stops", "--no-trim", "trim", False, "keep a completion cut mid-construct as it is")
     g.add_argument("--n", type=int, default=1, help="samples to draw (in one batch)")
-    g.add_argument("--best", action="store_true", help="print the most likely sample that parses")
+    g.add_argument("--best", action="store_true", help="print the best sample that parses (see --rank)")
+    g.add_argument(
+        "--rank", choices=RANK_CHOICES, default=RANK_CHOICES[0], help="how --best ranks: generate/rerank.py"
+    )
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     g.add_argument("--trace", action="store_true", help="print the top 5 candidates per token")
     g.add_argument("--trace-layers", action="store_true", help="with --trace: add the logit lens")

@@ -50,7 +50,6 @@ def test_pipeline_end_to_end(tmp_path, corpus_dir, capsys):
         "context_full",
         "repetition",
         "max_lines",
-        "parse_trim",
     }
 
     capsys.readouterr()

@@ -594,23 +594,6 @@ def test_cli_bad_input(run_dir, capsys):
     assert "left out" in capsys.readouterr().err
 
 
-def test_trim_to_parse_keeps_the_longest_parsing_line_prefix(tokenizer):
-    from codelm.generate.best import trim_to_parse
-    from codelm.generate.generator import Completion
-    from codelm.generate.prompts import Prompt
-
-    text = "\n    return a + b\n    x = foo(1,\n"
-    ids = tokenizer.encode(text)
-    c = Completion(text, "length", ids, [-1.0] * len(ids), prompt=Prompt("def add(a, b):"))
-    t = trim_to_parse(c, tokenizer)
-    assert t is not None and t.text == "\n    return a + b\n" and t.stop_reason == "parse_trim"
-    assert tokenizer.decode(t.tokens).startswith(t.text) and len(t.logprobs) == len(t.tokens) < len(ids)
-    bad = Completion("\n    return (a\n", "length", [], [], prompt=Prompt("def add(a, b):"))
-    assert trim_to_parse(bad, tokenizer) is None  # no body line parses
-    fim = Completion("x\n", "length", [], [], prompt=Prompt("a = ", suffix="\n"))
-    assert trim_to_parse(fim, tokenizer) is None  # a middle must meet its suffix
-
-
 @pytest.mark.parametrize("fake, want", [("avx2", torch.float32), ("amx", torch.bfloat16)])
 def test_the_prompt_pass_computes_in_the_policys_dtype(monkeypatch, fake, want):
     """A prompt's many rows dequantize int8 (or widen bf16) weights to what the precision

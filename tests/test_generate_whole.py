@@ -96,22 +96,20 @@ def test_a_length_cut_is_trimmed_and_a_stream_never_showed_the_cut_part(tokenize
         assert state.add(token) is None
         streamed += state.take(final=False)[0]
     assert streamed == BODY  # the open call was held back
-    state.finish("length")
+    state.finish()  # the length limit
     streamed += state.take(final=True)[0]
     assert (state.text, state.syntax, streamed) == (BODY, "trimmed", BODY)
 
 
-def test_stops_that_end_code_themselves_are_not_trimmed(tokenizer):
-    state = _state(tokenizer, ADD)
-    for token in tokenizer.encode(BODY + "    x = ("):
-        state.add(token)
-    state.finish("end_of_text")
-    assert (state.text, state.syntax) == (BODY + "    x = (", "")
-    off = _state(tokenizer, ADD, trim=False)
-    for token in tokenizer.encode(BODY + "    x = ("):
-        off.add(token)
-    off.finish("length")
-    assert (off.text, off.syntax) == (BODY + "    x = (", "")
+def test_a_block_that_ends_after_a_broken_line_is_trimmed_unless_trimming_is_off(tokenizer):
+    broken = BODY + "    x = '<', '</a='</a>',\n"  # the demo model's `class Stack:`, then block end
+    for trim, want in ((True, (BODY, "trimmed")), (False, (broken, ""))):
+        state, fired = _state(tokenizer, ADD, trim=trim), None
+        for token in tokenizer.encode(broken + "x = 1\n"):
+            if (fired := state.add(token)) is not None:
+                break
+        assert fired == "block_end"  # on the dedented line
+        assert (state.text, state.syntax) == want
 
 
 MEMORIZED = "    total = a + b\n    x = g(total,\n          b, a)\n    return x\n"
@@ -156,11 +154,8 @@ def test_random_completions_are_whole_or_say_so_and_stream_the_same(tokenizer, p
     cfg = SamplingConfig(temperature=0.8, max_new_tokens=24, seed=3)
     for c in generate_batch(model, tokenizer, [prompt], cfg, n=8)[0]:
         assert tokenizer.decode(c.tokens).startswith(c.healed + c.text)  # a start of what was generated
-        if c.stop_reason in ("length", "context_full", "repetition", "max_lines"):
-            assert c.syntax in ("parses", "trimmed", "unparsed")
-            assert c.syntax == "unparsed" or parses(c.code)
-        else:
-            assert c.syntax == ""
+        assert c.syntax in ("parses", "trimmed", "unparsed")
+        assert c.syntax == "unparsed" or parses(c.code)
     stream = generate(model, tokenizer, prompt, cfg)
     pieces = list(stream)
     assert "".join(pieces) == stream.completion.text == complete(model, tokenizer, prompt, cfg).text

@@ -251,7 +251,11 @@ def test_instruction_mode_and_stop_rules_match_the_generator(server, run_dir, to
     assert r["usage"]["prompt_tokens"] == len(encode_prompt(tokenizer, prompt, prompt_room(BLOCK, 12)).ids)
     assert r["choices"][0]["text"] == reference(run_dir, prompt, 12)
     model, tok = load_run(str(run_dir))
-    cases = [(p, trim) for p in ("def add(a, b):\n", "class Stack:\n    def pop(self):\n") for trim in (False, True)]
+    cases = [
+        (p, trim)
+        for p in ("def add(a, b):\n", "class Stack:\n    def pop(self):\n")
+        for trim in (False, True)
+    ]
     for prompt_text, trim in cases:
         body = {"prompt": prompt_text, "max_tokens": 40, "temperature": 0, "trim_to_parse": trim}
         r = httpx.post(

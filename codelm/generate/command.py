@@ -14,6 +14,7 @@ from codelm.errors import CodelmError
 from codelm.generate.best import best_of
 from codelm.generate.generator import Completion, generate, generate_batch
 from codelm.generate.prompts import Prompt
+from codelm.generate.rerank import DEFAULT_RANK
 from codelm.generate.sampling import SamplingConfig
 from codelm.generate.stopping import StopConfig
 from codelm.generate.trace import format_trace
@@ -36,6 +37,7 @@ def run_generate(
     best: bool = False,
     stream: bool = False,
     trace: str = "",
+    rank: str = DEFAULT_RANK,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> list[Completion]:
@@ -47,7 +49,7 @@ def run_generate(
     if stream and n > 1 and not best:
         raise CodelmError("--stream shows one sample: drop --n, or add --best")
     if n > 1 and best:
-        chosen, report = best_of(model, tok, prompt, n, cfg, stops, trace)
+        chosen, report = best_of(model, tok, prompt, n, cfg, stops, trace, rank)
         _show(chosen, tok, out, err)
         print(f"[{report.summary()}]", file=err)
         return [chosen]

@@ -366,7 +366,7 @@ class Engine:
         elif len(r.prompt) + len(r.tokens) > min(self.model.cfg.block_size, self.cache.max_len):
             r.reason = "context_full"
         if r.done and r.text is not None:
-            r.text.finish(r.reason)  # flush a character left incomplete; trim a cut (whole.py)
+            r.text.finish()  # flush a character left incomplete; trim to whole code (whole.py)
 
 
 def _seen(r: Row, vocab: int, device: torch.device) -> torch.Tensor:

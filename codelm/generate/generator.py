@@ -44,7 +44,6 @@ class Step:
 class Completion:
     text: str
     # end_of_text | stop_string | block_end | max_lines | repetition | length | context_full
-    # | parse_trim (best_of cut it back to the longest whole-line start that parses)
     stop_reason: str
     tokens: list[int]  # every generated id, an end token included; `text` may stop inside them
     logprobs: list[float]  # of each token in `tokens`, under the model (temperature 1)
@@ -53,8 +52,8 @@ class Completion:
     trace: list[TraceStep] | None = None
     healed: str = ""  # the prompt's end that tokens[0] re-spells (healing.py); not in `text`
     cached_tokens: int = 0  # prompt tokens whose keys and values came from `prefixes`
-    # After a stop that cuts anywhere (repetition, max lines, length, context): parses |
-    # trimmed (cut back to whole code) | unparsed (nothing parses); "" otherwise (whole.py).
+    # parses | trimmed (cut back to whole code) | unparsed (nothing parses), whole.py;
+    # "" where trimming is off (StopConfig.trim).
     syntax: str = ""
 
     @property

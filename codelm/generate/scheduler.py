@@ -304,7 +304,7 @@ class Scheduler:
         self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.monotonic() - live.started)
         assert row.text is not None
         if row.reason is None:  # timed out mid-generation: flush a character left incomplete
-            row.text.finish("timeout")
+            row.text.finish()
         text, n = row.text.take(final=True)
         infos, used = self._infos(live, n), (job.prompt_tokens, row.cached, len(row.tokens))
         self._emit(job, Event("done", job.index, text, infos, why, *used, syntax=row.text.syntax))

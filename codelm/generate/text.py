@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from codelm.generate.stopping import StopRule, first_stop, safe_length
-from codelm.generate.whole import TRIMMED_RULES, LineScan, Whole
+from codelm.generate.whole import LineScan, Whole
 
 
 @dataclass
@@ -54,18 +54,18 @@ class TextState:
         if hit is None:
             return None
         self.text = self.text[: hit[1]]
-        self.settle(hit[0])
+        self.settle()
         return hit[0]
 
-    def finish(self, reason: str) -> None:
-        """The completion ended without a rule's cut, for `reason`: flush a character left
-        incomplete, then settle."""
+    def finish(self) -> None:
+        """The completion ended without a rule's cut: flush a character left incomplete,
+        then settle."""
         self.text += self._utf8.decode(b"", final=True)
-        self.settle(reason)
+        self.settle()
 
-    def settle(self, reason: str) -> None:
-        """Trim a completion that `reason` cut mid-construct back to whole code (whole.py)."""
-        if self.whole is None or self.lines is None or reason not in TRIMMED_RULES:
+    def settle(self) -> None:
+        """Trim a completion that ended mid-construct back to whole code (whole.py)."""
+        if self.whole is None or self.lines is None:
             return
         keep, self.syntax = self.whole.settle(self.text, self.lines, self.emitted)
         self.text = self.text[:keep]

@@ -1,22 +1,22 @@
-"""Whole code at a stop: a completion that a rule cut mid-construct is trimmed back to code.
+"""Whole code at a stop: a completion that ends mid-construct is trimmed back to code.
 
 A rule that cuts a completion wherever it happens to be (repetition, max lines,
 `length`, `context_full`, a server's timeout) can leave it inside an open string,
-bracket or block header (`def add(a, b):` and a docstring never closed). `settle`
+bracket or block header (`def add(a, b):` and a docstring never closed), and a weak
+model can end a block (or its text) after a line that does not parse. `settle`
 trims such a completion back to the longest start that ends a line and with which
 the whole code (prompt + completion, or prefix + middle + suffix) parses. The
 verdict is reported beside the stop reason (`Completion.syntax`):
-- `parses`: the cut completion was whole code already; nothing trimmed;
+- `parses`: the completion was whole code already; nothing trimmed;
 - `trimmed`: it was cut back to code that parses;
 - `unparsed`: no start parses (an editor's window of a file often does not parse
   as a whole). The text is cut at the last line where every bracket and string
   the completion opened is closed and no block header waits for its body, and
-  kept whole where there is none.
-Stops that end code by themselves (end of text, block end, a stop string) are not
-trimmed; best.py's `trim_to_parse` also cuts those back when ranking candidates.
+  kept whole where there is none (or in FIM, where the suffix may close it).
+Every stop settles, the user's stop strings too: the text before one can still be broken.
 
 Streaming never takes text back, so a stream holds back what a trim could cut:
-text is released only up to the last such closed line end (`closed_ends`), and a
+text is released only up to the last such closed line end (`LineScan.ends`), and a
 trim never cuts below what was released. A stream therefore shows whole lines,
 and nothing of an open multi-line bracket or string until it closes.
 This module does not run the code it checks: it parses it (`ast.parse`).
@@ -29,7 +29,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-TRIMMED_RULES = ("repetition", "max_lines", "length", "context_full", "timeout")
 MAX_PARSES = 32  # line ends tried per trim, longest first: each parses the whole code (~1 ms per 8 KB)
 
 
@@ -112,7 +111,7 @@ class Whole:
         for end in reversed(ends[-MAX_PARSES:]):
             if parses(self.before + text[:end] + self.after):
                 return end, "trimmed"
-        if ends and not scan.closed_at_end(text):
+        if ends and not self.after and not scan.closed_at_end(text):  # FIM: the suffix may close it
             return ends[-1], "unparsed"
         return len(text), "unparsed"
 

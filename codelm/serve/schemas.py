@@ -13,13 +13,13 @@ Extensions (codelm's own fields): `top_k`, `repetition_penalty`, DRY's `dry_mult
 `stop_at_block_end` (end when a line returns to the prompt's block level) and
 `stop_on_repetition` (end when the completion loops): the rules of
 `codelm.generate.stopping`, off unless asked for, as OpenAI clients expect raw
-completions; `trim_to_parse` (a completion that repetition, length, the context or
-the timeout cut mid-construct is trimmed back to code that parses, and a stream
-releases only whole lines: `codelm.generate.whole`), off unless asked for too.
+completions; `trim_to_parse` (a completion that ends mid-construct, cut by a rule
+or broken by the model, is trimmed back to code that parses, and a stream releases
+only whole lines: `codelm.generate.whole`), off unless asked for too.
 Each choice also carries `stop_rule`, the stop that fired:
 end_of_text | stop_string | block_end | repetition (finish_reason "stop"),
 length | context_full | timeout (finish_reason "length"), and with `trim_to_parse`
-`syntax`: parses | trimmed | unparsed after a stop that cuts anywhere, else null.
+`syntax`: parses | trimmed | unparsed, else null.
 """
 
 from __future__ import annotations
