@@ -159,3 +159,28 @@ def test_random_completions_are_whole_or_say_so_and_stream_the_same(tokenizer, p
     stream = generate(model, tokenizer, prompt, cfg)
     pieces = list(stream)
     assert "".join(pieces) == stream.completion.text == complete(model, tokenizer, prompt, cfg).text
+
+
+def _stream(tokenizer, before: str, text: str, **stops) -> tuple[str, TextState]:
+    state, streamed = _state(tokenizer, before, **stops), ""
+    for token in tokenizer.encode(text):
+        state.add(token)
+        streamed += state.take(final=False)[0]
+    return streamed, state
+
+
+def test_a_stream_holds_back_a_line_that_breaks_the_code_though_its_quotes_close(tokenizer):
+    broken = "    x = '<', '</a='</a>',\n"  # lexically closed at its end, yet no parse
+    streamed, state = _stream(tokenizer, ADD, BODY + broken + "    y = 1\n")
+    assert streamed == BODY
+    state.finish()
+    assert (streamed + state.take(final=True)[0], state.syntax) == (BODY, "trimmed")
+
+
+def test_a_window_that_never_parses_streams_at_closed_lines_after_three(tokenizer):
+    before = "        return x\n"  # an editor's window: indented, never parses
+    lines = ["        a = 1\n", "        b = [2,\n             3]\n", "        c = 4\n", "        d = (5,\n"]
+    streamed, state = _stream(tokenizer, before, "".join(lines), block_end=False)
+    assert streamed == "".join(lines[:3])  # released once three closed line ends failed to parse
+    state.finish()
+    assert (state.text, state.syntax) == ("".join(lines[:3]), "unparsed")

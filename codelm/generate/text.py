@@ -75,9 +75,8 @@ class TextState:
         end = len(self.text)
         if not final:
             end = min(end, safe_length(self.rules, self.text, self.tokens))
-            if self.lines is not None:  # hold back what a trim could still cut
-                self.lines.feed(self.text)
-                end = min(end, self.lines.ends[-1] if self.lines.ends else 0)
+            if self.lines is not None and self.whole is not None:  # hold back what a trim could cut
+                end = min(end, self.lines.release(self.text, self.whole))
         end = max(end, self.emitted)
         out = self.text[self.emitted : end]
         self.emitted = end

@@ -16,7 +16,9 @@ verdict is reported beside the stop reason (`Completion.syntax`):
 Every stop settles, the user's stop strings too: the text before one can still be broken.
 
 Streaming never takes text back, so a stream holds back what a trim could cut:
-text is released only up to the last such closed line end (`LineScan.ends`), and a
+text is released only up to the last line end where the whole code parses
+(`LineScan.release`; where the first 3 such ends all fail, the code around is
+taken for a window that never parses and lexically closed line ends do), and a
 trim never cuts below what was released. A stream therefore shows whole lines,
 and nothing of an open multi-line bracket or string until it closes.
 This module does not run the code it checks: it parses it (`ast.parse`).
@@ -30,6 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 MAX_PARSES = 32  # line ends tried per trim, longest first: each parses the whole code (~1 ms per 8 KB)
+# A stream whose first line ends all fail to parse is taken for a window of a file that
+# never parses (an editor's prefix cut to its budget): it falls back to lexical line ends.
+FRAGMENT_LINES = 3
 
 
 def scan_open(code: str, state: tuple[int, str, bool] = (0, "", False)) -> tuple[int, str, bool]:
@@ -99,17 +104,20 @@ class Whole:
     def scan(self) -> LineScan:
         return LineScan(scan_open(self.before), _last_line(self.before))
 
+    def parses_with(self, text: str) -> bool:
+        return parses(self.before + text + self.after)
+
     def settle(self, text: str, scan: LineScan, floor: int) -> tuple[int, str]:
         """(length to keep, verdict) for a completion a rule cut; never below `floor`,
         the text a stream already released."""
-        if parses(self.before + text + self.after):
+        if self.parses_with(text):
             return len(text), "parses"
         if scan.pos > len(text):  # a rule cut the text inside lines already scanned
             scan = self.scan()
         scan.feed(text)
         ends = [e for e in scan.ends if floor <= e <= len(text) and text[:e].strip()]
         for end in reversed(ends[-MAX_PARSES:]):
-            if parses(self.before + text[:end] + self.after):
+            if self.parses_with(text[:end]):
                 return end, "trimmed"
         if ends and not self.after and not scan.closed_at_end(text):  # FIM: the suffix may close it
             return ends[-1], "unparsed"
@@ -128,6 +136,24 @@ class LineScan:
     ends: list[int] = field(default_factory=list)
     pos: int = 0  # text before this offset has been scanned
     state: tuple[int, str, bool] | None = None
+    released: int = 0  # the longest start a stream may show (`release`)
+    checked: int = 0  # ends already parsed for `release`
+    misses: int = 0  # ends that did not parse before any did
+    lexical: bool = False  # a window that never parses: release at lexical ends
+
+    def release(self, text: str, whole: Whole) -> int:
+        """How much of `text` a stream may show: up to the last line end where the whole
+        code parses, so a later trim never needs to take shown text back."""
+        self.feed(text)
+        for end in self.ends[self.checked :]:
+            self.checked += 1
+            if self.lexical or whole.parses_with(text[:end]):
+                self.released = end
+            elif not self.released:
+                self.misses += 1
+                self.lexical = self.misses >= FRAGMENT_LINES
+                self.released = end if self.lexical else 0
+        return self.released
 
     def feed(self, text: str) -> None:
         """Scan the complete lines of `text` not yet seen."""
