@@ -45,7 +45,9 @@ class Completion:
     text: str
     # end_of_text | stop_string | block_end | max_lines | repetition | length | context_full
     stop_reason: str
-    tokens: list[int]  # every generated id, an end token included; `text` may stop inside them
+    # The generated ids that make `text`, an end token included; where a rule or a trim cut
+    # the text, those past the cut are left out (the last one may reach past it).
+    tokens: list[int]
     logprobs: list[float]  # of each token in `tokens`, under the model (temperature 1)
     prompt: Prompt | None = None
     dropped_tokens: int = 0  # prompt tokens left out to fit the context
@@ -106,11 +108,12 @@ def _engine(
 
 def _result(row: Row, prompt: Prompt, planned: Planned) -> Completion:
     assert row.text is not None
+    kept = row.text.kept()
     return Completion(
         row.text.text,
         row.reason or "length",
-        row.tokens,
-        row.logprobs,
+        row.tokens[:kept],
+        row.logprobs[:kept],
         prompt,
         planned.dropped,
         row.steps if row.trace else None,

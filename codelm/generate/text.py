@@ -33,7 +33,8 @@ class TextState:
     offsets: list[int] = field(default_factory=list)  # char offset where each token's text starts
     emitted: int = 0  # characters already handed out
     skip: int = 0  # leading bytes of the first token that the prompt already holds (healing)
-    syntax: str = ""  # after a cutting stop: parses | trimmed | unparsed (whole.py)
+    syntax: str = ""  # parses | trimmed | unparsed (whole.py), once settled
+    shortened: bool = False  # a rule or a trim cut the text: tokens past it are not the result's
     _utf8: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
     )
@@ -53,7 +54,7 @@ class TextState:
         hit = first_stop(self.rules, self.text, self.tokens)
         if hit is None:
             return None
-        self.text = self.text[: hit[1]]
+        self.text, self.shortened = self.text[: hit[1]], True
         self.settle()
         return hit[0]
 
@@ -68,7 +69,7 @@ class TextState:
         if self.whole is None or self.lines is None:
             return
         keep, self.syntax = self.whole.settle(self.text, self.lines, self.emitted)
-        self.text = self.text[:keep]
+        self.text, self.shortened = self.text[:keep], self.shortened or keep < len(self.text)
 
     def take(self, final: bool) -> tuple[str, int]:
         """New text safe to stream (all of it when `final`) and how many tokens it completes."""
@@ -81,6 +82,11 @@ class TextState:
         out = self.text[self.emitted : end]
         self.emitted = end
         return out, self.tokens_within(end)
+
+    def kept(self) -> int:
+        """How many tokens the result keeps: all (an end token too) unless the text was cut,
+        else those whose text starts inside it."""
+        return self.tokens_within(len(self.text)) if self.shortened else len(self.tokens)
 
     def tokens_within(self, end: int) -> int:
         """Tokens whose text starts before character `end`."""
