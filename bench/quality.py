@@ -9,7 +9,9 @@ every model on the same held-out text: the Python files of HELD_OUT_PACKAGES,
 third-party packages of this environment that the `stdlib` and `site-packages`
 sources never read. Reported: bits per byte (tokenizer-independent, so it
 compares with xz), top-1/top-5 next-token accuracy, and line-completion exact
-match and edit similarity (greedy, CodeXGLUE-style).
+match and edit similarity (greedy, CodeXGLUE-style). With `--writes`, also what each
+codelm model writes: pass@1 and pass@10 on codelm_basic, and the share of greedy
+completions of held-out functions that parse and that loop.
 
     .venv/bin/python bench/quality.py --budgets 5 30 --variants baseline demo
 
@@ -42,6 +44,8 @@ from codelm.data.sources import HELD_OUT_PACKAGES, open_source, site_packages_ro
 from codelm.demo import TEST_SUITES, DemoConfig, demo_train_config
 from codelm.evaluate.intrinsic import IntrinsicConfig, intrinsic_metrics
 from codelm.evaluate.line_completion import LineConfig, model_predictions, sample_positions, score, similarity
+from codelm.evaluate.passk import find_problems
+from codelm.evaluate.report import EvalConfig, pass_at_k_report
 from codelm.generate import complete, load_run, parses
 from codelm.generate.sampling import SamplingConfig
 from codelm.model import ModelConfig, Transformer
@@ -299,6 +303,43 @@ def sampling_check(model, tok, texts: list[str], penalties: list[float], count: 
     return rows
 
 
+def writes(model, tok, texts: list[str], count: int) -> dict:
+    """What the model writes: pass@1 (10 samples at temperature 0.2, Codex's setting) and
+    pass@10 (10 at 0.8) on codelm_basic, run in the sandbox; and greedy completions of
+    `count` held-out functions: the share that parses and the share the repetition rule cut."""
+    from rich.console import Console as Quiet
+
+    problems = find_problems("codelm_basic")
+    quiet = Quiet(quiet=True)
+    out = {}
+    for k, t in ((1, 0.2), (10, 0.8)):
+        report = pass_at_k_report(
+            model, tok, problems, EvalConfig(temperature=t, max_new_tokens=128), None, quiet
+        )
+        out[f"pass@{k}"] = report[f"pass@{k}"]
+    prompts = function_prompts(texts, count)
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=128)
+    done = [complete(model, tok, p, cfg) for p, _ in prompts]
+    n = max(len(done), 1)
+    out["greedy_parse"] = sum(parses(c.code) for c in done) / n
+    out["greedy_loop"] = sum(c.stop_reason == "repetition" for c in done) / n
+    return out
+
+
+def writes_table(results: list[dict]) -> str:
+    rows = [
+        "| budget | recipe | pass@1 | pass@10 | greedy parse | greedy loop |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "pass@1" in r:
+            rows.append(
+                f"| {r['minutes']:.3g} min | {r['variant']} | {r['pass@1']:.3f} | {r['pass@10']:.3f} | "
+                f"{r['greedy_parse']:.2f} | {r['greedy_loop']:.2f} |"
+            )
+    return "\n".join(rows)
+
+
 def table(results: list[dict], compressors: dict[str, float]) -> str:
     head = "| budget | recipe | params | steps | tokens | bits/byte | top-1 | top-5 | line EM | edit sim |"
     rows = [head, "|---" * (head.count("|") - 1) + "|"]
@@ -332,6 +373,11 @@ def main() -> None:
     ap.add_argument("--functions", type=int, default=40, help="held-out functions completed per penalty")
     ap.add_argument("--reuse", action="store_true", help="score finished runs under --work again")
     ap.add_argument(
+        "--writes",
+        action="store_true",
+        help="also what each codelm model writes: pass@k on codelm_basic, greedy parse and loop rates",
+    )
+    ap.add_argument(
         "--also-at",
         type=float,
         nargs="*",
@@ -362,6 +408,7 @@ def main() -> None:
             "variant": str(run),
             **info,
             **measure(model, tok, texts, LineConfig(a.lines)),
+            **(writes(model, tok, texts, a.functions) if a.writes else {}),
         }
         results.append(r)
         console.print(json.dumps(r))
@@ -381,11 +428,16 @@ def main() -> None:
                         scored.insert(-1, (m, f"{name} (at {m:g} of {minutes:g} min)", *part))
             for m, label, net, info in scored:
                 r = {"minutes": m, "variant": label, **info, **measure(net, tok, texts, LineConfig(a.lines))}
+                if a.writes and name != "baseline":  # the plain tokenizer has no prompt layouts
+                    r.update(writes(net, tok, texts, a.functions))
                 results.append(r)
                 console.print(json.dumps(r))
                 with open(work / "results.jsonl", "a") as f:
                     f.write(json.dumps(r) + "\n")
     print(table(results, compressors))
+    if a.writes:
+        print("\nWhat each model writes (pass@k on codelm_basic, greedy on held-out functions):")
+        print(writes_table(results))
     if a.penalties and results[-1]["variant"] != "baseline":  # the plain tokenizer has no prompt layouts
         last = results[-1]
         print(f"\nSampling (temperature 0.2, top-p 0.95), {last['variant']} {last['minutes']:g} min:")

@@ -8,8 +8,10 @@ completed at temperature 0 and 0.2 under each sampling variant. Printed per vari
   than 3 times in a row: generate/stopping.py);
 - sim: edit similarity of the completion to the true body;
 then the greedy completions of the demo's prompts under today's default and the best variant.
+With `--trim`, only today's default with trimming to whole code (generate/whole.py) off
+and on, and the share it trimmed.
 
-    .venv/bin/python bench/repetition.py runs/demo/run --functions 60
+    .venv/bin/python bench/repetition.py runs/demo/run --functions 60 [--trim]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from codelm.demo import PROMPTS  # noqa: E402
 from codelm.evaluate.line_completion import similarity  # noqa: E402
 from codelm.generate import complete, load_run, parses  # noqa: E402
 from codelm.generate.sampling import SamplingConfig  # noqa: E402
+from codelm.generate.stopping import DEFAULT_STOPS, StopConfig  # noqa: E402
 
 VARIANTS = {
     "no penalty": SamplingConfig(repetition_penalty=1.0),
@@ -36,15 +39,31 @@ VARIANTS = {
 }
 
 
-def score(model, tok, prompts: list[tuple[str, str]], cfg: SamplingConfig) -> dict:
-    done = [complete(model, tok, p, cfg) for p, _ in prompts]
+def score(
+    model, tok, prompts: list[tuple[str, str]], cfg: SamplingConfig, stops: StopConfig = DEFAULT_STOPS
+) -> dict:
+    done = [complete(model, tok, p, cfg, stops) for p, _ in prompts]
     n = max(len(done), 1)
     return {
         "parse": sum(parses(p + c.text) for (p, _), c in zip(prompts, done, strict=True)) / n,
         "loop": sum(c.stop_reason == "repetition" for c in done) / n,
+        "trimmed": sum(c.syntax == "trimmed" for c in done) / n,
         "sim": sum(similarity(c.text.strip(), b.strip()) for (_, b), c in zip(prompts, done, strict=True))
         / n,
     }
+
+
+def trim_table(model, tok, prompts: list[tuple[str, str]], max_new_tokens: int) -> None:
+    """The default sampling with trimming to whole code (generate/whole.py) off and on."""
+    print("| trim | temperature | parse | trimmed | loop | sim |\n|---|---|---|---|---|---|")
+    for t in (0.0, 0.2):
+        cfg = SamplingConfig(temperature=t, max_new_tokens=max_new_tokens, seed=0)
+        for trim in (False, True):
+            s = score(model, tok, prompts, cfg, StopConfig(trim=trim))
+            print(
+                f"| {'on' if trim else 'off'} | {t:g} | {s['parse']:.2f} | {s['trimmed']:.2f} | "
+                f"{s['loop']:.2f} | {s['sim']:.3f} |"
+            )
 
 
 def main() -> None:
@@ -56,12 +75,16 @@ def main() -> None:
     ap.add_argument("--functions", type=int, default=60)
     ap.add_argument("--held-out-bytes", type=int, default=2_000_000)
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--trim", action="store_true", help="only compare trimming to whole code on and off")
     a = ap.parse_args()
     print(machine())
     prompts = function_prompts(held_out(a.held_out_bytes), a.functions)
     for run in a.runs:
         model, tok = load_run(run)
         print(f"\n{run}: {len(prompts)} held-out functions, up to {a.max_new_tokens} new tokens")
+        if a.trim:
+            trim_table(model, tok, prompts, a.max_new_tokens)
+            continue
         print("| variant | temperature | parse | loop | sim |\n|---|---|---|---|---|")
         best, best_score = None, -1.0
         for name, variant in VARIANTS.items():

@@ -24,7 +24,7 @@ from codelm.errors import CodelmError
 # that parsing arguments does not import torch.
 WEIGHT_CHOICES = ["auto", "fp32", "bf16", "int8"]
 # codelm.generate.rerank.RANKS, its default first (a test checks they agree).
-RANK_CHOICES = ["likelihood", "coder-reviewer", "n-coder-reviewer"]
+RANK_CHOICES = ["coder-reviewer", "likelihood", "n-coder-reviewer"]
 
 # The dataclass behind each config prefix, by import path: building a config or printing
 # --help imports it, parsing arguments does not (for the same reason as WEIGHT_CHOICES).

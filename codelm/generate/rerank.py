@@ -13,8 +13,10 @@ string after the body would not be.
 
 Rankings (`RANKS`):
 - `likelihood`: mean log p(code | prompt), the Coder alone (length-normalised);
-- `coder-reviewer`: log p(code | prompt) + log p(description | code), both summed over
-  tokens, the paper's Coder–Reviewer;
+- `coder-reviewer` (the default): log p(code | prompt) + log p(description | code), both
+  summed over tokens, the paper's Coder–Reviewer. On held-out functions it chose bodies
+  closer to the true ones than likelihood did (edit similarity 0.184 against 0.149 with the
+  demo's model, 0.203 against 0.165 with `small`; bench/rerank.py), and shorter ones;
 - `n-coder-reviewer`: both as means per token, the paper's normalised variant.
 A prompt without a docstring or an instruction has nothing to review: every ranking
 falls back to `likelihood`. This module scores text with the model (one forward per
@@ -35,7 +37,7 @@ from codelm.tokenizer import CodeTokenizer
 from codelm.tokenizer.roles import comment_block
 
 RANKS = ("likelihood", "coder-reviewer", "n-coder-reviewer")
-DEFAULT_RANK = "likelihood"
+DEFAULT_RANK = "coder-reviewer"  # measured: closer to the true bodies (docs/quality.md, "Best of n")
 
 
 def description(c: Completion) -> tuple[str, str] | None:
