@@ -4,6 +4,7 @@ the schedule warms up and decays, the trace's observations follow the numbers.""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -305,6 +306,42 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, corpus_dir, tokenizer
 
     _interrupt_then_resume(monkeypatch, tmp_path / "b", cfg, data, tokenizer=tok, model_overrides=TINY_MODEL)
     assert len(_curve(tmp_path / "a")) >= 3 and _curve(tmp_path / "a") == _curve(tmp_path / "b")
+    wa, wb = (load_file(str(tmp_path / r / "model.safetensors")) for r in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_run_resumed_from_an_epochs_last_step_equals_an_uninterrupted_one(
+    tmp_path, corpus_dir, tokenizer, monkeypatch
+):
+    """The kill comes right after the checkpoint at the end of epoch 1: the next step must
+    draw epoch 2's order (and its FIM layouts) as the uninterrupted run does."""
+    from safetensors.torch import load_file
+
+    import codelm.train.loop as loop
+
+    data, tok = _data(tmp_path, corpus_dir, tokenizer)
+    probe = TrainConfig(**{**LOOP, "max_steps": 0, "epochs": 2})
+    loop.train(data, tmp_path / "probe", probe, tokenizer=tok, model_overrides=TINY_MODEL)
+    per_epoch = _metrics(tmp_path / "probe")[-1]["step"] // 2
+    assert per_epoch >= 3
+    cfg = replace(probe, checkpoint_every=per_epoch)
+    loop.train(data, tmp_path / "a", cfg, tokenizer=tok, model_overrides=TINY_MODEL)
+    real, calls = loop.train_step, []
+
+    def killed_after_the_epoch(*args, **kw):
+        calls.append(1)
+        if len(calls) > per_epoch + 1:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loop, "train_step", killed_after_the_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(data, tmp_path / "b", cfg, tokenizer=tok, model_overrides=TINY_MODEL)
+    monkeypatch.setattr(loop, "train_step", real)
+    newest = sorted((tmp_path / "b" / "checkpoints").iterdir())[-1].name
+    assert newest == f"step-{per_epoch:08d}"  # resumed from the epoch's last step
+    loop.train(None, tmp_path / "b", cfg, resume=True)
+    assert _curve(tmp_path / "a") == _curve(tmp_path / "b")
     wa, wb = (load_file(str(tmp_path / r / "model.safetensors")) for r in "ab")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 

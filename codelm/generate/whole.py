@@ -108,7 +108,7 @@ class Whole:
         return parses(self.before + text + self.after)
 
     def settle(self, text: str, scan: LineScan, floor: int) -> tuple[int, str]:
-        """(length to keep, verdict) for a completion a rule cut; never below `floor`,
+        """(length to keep, verdict) for a completion that ended; never below `floor`,
         the text a stream already released."""
         if self.parses_with(text):
             return len(text), "parses"
