@@ -5,6 +5,8 @@ import random
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from codelm.generate import SamplingConfig, StopConfig, complete, generate, generate_batch, parses
 from codelm.generate.stopping import build_rules
@@ -186,3 +188,36 @@ def test_a_window_that_never_parses_streams_at_closed_lines_after_three(tokenize
     assert streamed == "".join(lines[:3])  # released once three closed line ends failed to parse
     state.finish()
     assert (state.text, state.syntax) == ("".join(lines[:3]), "unparsed")
+
+
+PROMPTS = [ADD, "def add(a, b):", "class Stack:\n    def push(self, x):\n", "        return x\n", "x = ["]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ids=st.lists(st.integers(min_value=0, max_value=399), max_size=60),
+    prompt=st.sampled_from(PROMPTS),
+    stop=st.sampled_from([(), ("\n\n",), ("return",)]),
+    max_lines=st.integers(min_value=0, max_value=3),
+    trim=st.booleans(),
+)
+def test_fuzz_streamed_text_equals_the_final_text_whatever_the_rules(
+    tokenizer, ids, prompt, stop, max_lines, trim
+):
+    """Any tokens (odd bytes, half characters), any stop rules: a stream never shows text
+    that a stop or a trim takes back, and what settles as whole code parses."""
+    rules = build_rules(StopConfig(stop, max_lines=max_lines, trim=trim), prompt, tokenizer.decode)
+    state, streamed, used = TextState(tokenizer.token_bytes, rules), "", []
+    for token in (t for t in ids if t not in tokenizer.stop_ids):
+        used.append(token)
+        if state.add(token) is not None:
+            break
+        streamed += state.take(final=False)[0]
+    else:
+        state.finish()
+    streamed += state.take(final=True)[0]
+    assert streamed == state.text
+    assert tokenizer.decode(used).startswith(state.text)
+    assert state.syntax in (("parses", "trimmed", "unparsed") if trim else ("",))
+    if state.syntax in ("parses", "trimmed"):
+        assert parses(prompt + state.text)
