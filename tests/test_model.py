@@ -182,6 +182,23 @@ def test_save_and_load_round_trip(tmp_path, tiny_model):
         load_model(tmp_path)
 
 
+@pytest.mark.parametrize("where", [0.5, 0.99])
+def test_a_bit_flipped_in_the_weights_is_a_one_line_error(tmp_path, tiny_model, capsys, where):
+    from codelm import cli
+
+    atomic_write_json(tmp_path / "config.json", {"model": tiny_model.cfg.to_dict()})
+    save_weights(tiny_model, tmp_path / "model.safetensors")
+    load_model(tmp_path)  # whole, it loads
+    data = bytearray((tmp_path / "model.safetensors").read_bytes())
+    data[int(len(data) * where)] ^= 0x10  # inside the tensors, past the header
+    (tmp_path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CodelmError, match="checksum mismatch"):
+        load_model(tmp_path)
+    assert cli.main(["generate", str(tmp_path), "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("codelm: error: corrupt weights") and err.count("\n") == 1
+
+
 # --- the variants of pretrained code models ----------------------------------------------------
 
 GQA = dict(vocab_size=97, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, block_size=64)

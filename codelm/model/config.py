@@ -103,7 +103,10 @@ class ModelConfig:
         since building the model without it would give another shape than was trained."""
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:  # no field was ever removed or renamed, so this is a newer codelm's run, or a typo
-            raise CodelmError(f"{source}: unknown model config key(s): {', '.join(unknown)}")
+            raise CodelmError(
+                f"{source}: unknown model config key(s): {', '.join(unknown)} "
+                "(written by a newer codelm? upgrade it to load this run)"
+            )
         return cls(**d)
 
     @classmethod

@@ -1,5 +1,10 @@
 """Save and load a model as `config.json` + `model.safetensors` in a run directory.
 
+Every tensor file written here carries, in its safetensors metadata, a sha256 of its
+tensors (names, dtypes, shapes and bytes); loading recomputes it, so a bit flipped on
+disk is a one-line error instead of a model that silently computes something else.
+Files without it (written elsewhere, or before it existed) load unchecked.
+
 The config is everything loading needs: no pickles, no code on disk. A LoRA run
 (model/lora.py) holds `adapters.safetensors` instead of a copy of its base's weights,
 and its config.json names the base run under "lora": loading builds the base, adds the
@@ -8,11 +13,13 @@ adapters and merges them, so every caller gets a plain `Transformer` either way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from codelm.errors import CodelmError
@@ -22,6 +29,7 @@ from codelm.model.transformer import Transformer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+DIGEST = "codelm.sha256"  # safetensors metadata key: `digest` of the file's tensors
 
 
 def state_for_saving(model: Transformer) -> dict[str, torch.Tensor]:
@@ -32,9 +40,19 @@ def state_for_saving(model: Transformer) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
+def digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over each tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
+    save_file(tensors, str(tmp), metadata={DIGEST: digest(tensors)})
     tmp.replace(path)
 
 
@@ -65,9 +83,14 @@ def _tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CodelmError(f"no trained {what} in {path.parent} ({path.name} missing)")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            expected = (f.metadata() or {}).get(DIGEST)
     except Exception as e:  # safetensors raises its own error types on damage
         raise CodelmError(f"corrupt {what} {path}: {e}") from None
+    if expected is not None and digest(tensors) != expected:
+        raise CodelmError(f"corrupt {what} {path}: checksum mismatch (the file changed after it was written)")
+    return tensors
 
 
 def load_model(run: str | Path, device: str | torch.device = "cpu") -> Transformer:

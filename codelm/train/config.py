@@ -118,7 +118,10 @@ class TrainConfig:
         """The config a run saved (its "train" entry); an unknown key is an error, not dropped."""
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:  # no field was ever removed or renamed, so this is a newer codelm's run, or a typo
-            raise CodelmError(f"{source}: unknown train config key(s): {', '.join(unknown)}")
+            raise CodelmError(
+                f"{source}: unknown train config key(s): {', '.join(unknown)} "
+                "(written by a newer codelm? upgrade it to load this run)"
+            )
         if "optimizer" not in d:
             # Runs saved before Muon existed (and became the default) trained with AdamW; resuming
             # one with Muon would change its optimizer and not match its saved optimizer state.
