@@ -508,11 +508,14 @@ def test_jsonl_source(tmp_path):
         "not an object",
     ]
     body = "\n".join(json.dumps(x) for x in lines) + "\n{broken json\n"
-    dump = write(tmp_path, "dump.jsonl", body)
-    stats = build([dump], tmp_path / "data")
+    dump = write(tmp_path, "dump.jsonl", body + json.dumps({"content": DISTINCT["search.py"]}) + "\n")
+    logs: list[str] = []
+    stats = build([dump], tmp_path / "data", logs=logs)
     assert stats["skipped_other_language"] == 1 and stats["skipped_bad_record"] == 3
+    # the broken line is named by its line number, and the line after it is still read
+    assert any(m.startswith(f"{dump}:6: not valid JSON") for m in logs)
     paths = sorted(r["path"] for r in all_rows(tmp_path / "data") if r["kind"] == "file")
-    assert paths == ["dump.jsonl#1", "me/tools/lib/stack.py"]
+    assert paths == ["dump.jsonl#1", "dump.jsonl#6", "me/tools/lib/stack.py"]
     gz = tmp_path / "dump2.jsonl.gz"
     gz.write_bytes(gzip.compress(json.dumps({"code": DISTINCT["search.py"], "path": "s.py"}).encode()))
     build([gz], tmp_path / "data2", DataConfig(text_field="code"))

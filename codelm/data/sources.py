@@ -225,7 +225,8 @@ def iter_jsonl(path: Path, spec: str, text_field: str) -> Iterator[RawFile | Ski
                 if first:
                     yield Skip(path.name, spec, "skipped_corrupt_jsonl", f"{path}: not JSON Lines")
                     return
-                yield Skip(f"{path.name}#{row}", spec, "skipped_bad_record")
+                why = f"{path}:{lineno}: {rec.why}; the rest of the file is read"
+                yield Skip(f"{path.name}#{row}", spec, "skipped_bad_record", why)
                 continue
             if first and isinstance(rec, dict) and text_field not in rec:
                 keys = ", ".join(sorted(rec)[:8])
