@@ -261,3 +261,25 @@ def test_loading_a_run_with_an_unknown_model_key_is_a_one_line_error(tmp_path, c
     assert cli.main(["generate", str(tmp_path), "x"]) == 2
     err = capsys.readouterr().err
     assert err == "codelm: error: config.json: unknown model config key(s): n_expert" + NEWER + "\n"
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "config.json", "model.safetensors"])
+def test_a_truncated_run_file_is_a_one_line_error(tmp_path, capsys, tokenizer, name):
+    import torch
+
+    from codelm.fsutil import atomic_write_json
+    from codelm.model import Transformer
+    from codelm.model.io import save_weights
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32))
+    atomic_write_json(tmp_path / "config.json", {"model": model.cfg.to_dict()})
+    save_weights(model, tmp_path / "model.safetensors")
+    tokenizer.save(tmp_path / "tokenizer.json")
+    assert cli.main(["generate", str(tmp_path), "x", "--max-new-tokens", "2"]) == 0
+    capsys.readouterr()
+    whole = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(whole[: len(whole) // 2])
+    assert cli.main(["generate", str(tmp_path), "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("codelm: error:") and err.count("\n") == 1 and name in err
