@@ -24,7 +24,7 @@ from codelm.tokenizer import CodeTokenizer
 
 @dataclass
 class BestOfReport:
-    ranked: list[Completion]  # the candidates that parse, most likely first
+    ranked: list[Completion]  # the candidates that parse, best first
     dropped: list[tuple[Completion, str]]  # those that do not, with the parser's complaint
 
     @property

@@ -33,7 +33,7 @@ class StopConfig:
     # A line cycle or short token cycle seen more often than this in a row ends the
     # completion (issue 9: weak models loop on `"""` or `self.name = name`); 0: off.
     max_repeats: int = 3
-    # A completion that repetition, max lines, length or the context cut mid-construct is
+    # A completion that ends mid-construct (cut by a rule, or broken by the model) is
     # trimmed back to whole code, and streams hold back what that could cut (whole.py).
     trim: bool = True
 
