@@ -134,9 +134,17 @@ class SandboxResult:
 
     @property
     def error(self) -> str:
-        """The last non-empty line of stderr, e.g. 'AssertionError' or 'MemoryError'."""
+        """The last non-empty line of stderr, e.g. 'AssertionError' or 'MemoryError'; for a
+        silent death by a signal, which one (a program that kills its runner ends so)."""
         lines = [line for line in self.stderr.splitlines() if line.strip()]
-        return lines[-1].strip() if lines else ""
+        if lines:
+            return lines[-1].strip()
+        if self.returncode is not None and self.returncode < 0 and not self.passed:
+            try:
+                return f"killed by {signal.Signals(-self.returncode).name}"
+            except ValueError:  # a real-time signal has no name
+                return f"killed by signal {-self.returncode}"
+        return ""
 
     def to_dict(self) -> dict:
         return asdict(self)
