@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from codelm.generate import Prompt, SamplingConfig, generate_batch
+from codelm.generate import Prompt, SamplingConfig
 from codelm.generate.best import best_of, choose
 from codelm.generate.generator import Completion
 from codelm.generate.rerank import RANKS, description, reviewer_text, scores_of, span_logprobs
@@ -74,15 +74,21 @@ def test_each_ranking_scores_as_documented(model, tokenizer):
 
 
 @pytest.mark.parametrize("rank", RANKS)
-def test_best_of_returns_the_top_scored_candidate_that_parses(model, tokenizer, rank):
-    cfg = SamplingConfig(temperature=1.0, max_new_tokens=12, seed=0)
-    cands = generate_batch(model, tokenizer, [PROMPT], cfg, n=6, greedy_first=True)[0]
+def test_choose_drops_what_does_not_parse_and_orders_the_rest_by_score(model, tokenizer, rank):
+    texts = ["    return a\n", "    return a * b\n", "    return (a\n", "    x = a * b\n    return x\n"]
+    cands = [_cand(t, Prompt(PROMPT), (-0.3 * (i + 1),) * (i + 1)) for i, t in enumerate(texts)]
     best, report = choose(model, tokenizer, cands, rank)
-    if report.ranked:
-        scores = scores_of(model, tokenizer, report.ranked, rank)
-        assert scores == sorted(scores, reverse=True) and best is report.ranked[0]
-    again, _ = best_of(model, tokenizer, PROMPT, 6, cfg, rank=rank)
-    assert again.text == best.text  # the same seeded batch, the same choice
+    assert [c.text for c, _ in report.dropped] == ["    return (a\n"]
+    assert len(report.ranked) == 3
+    scores = scores_of(model, tokenizer, report.ranked, rank)
+    assert scores == sorted(scores, reverse=True) and best is report.ranked[0]
+
+
+def test_best_of_is_reproducible_under_a_seed(model, tokenizer):
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=12, seed=0)
+    first, _ = best_of(model, tokenizer, PROMPT, 6, cfg)
+    again, _ = best_of(model, tokenizer, PROMPT, 6, cfg)
+    assert (again.text, again.tokens) == (first.text, first.tokens)
 
 
 def test_the_cli_offers_the_rankings_default_first():
