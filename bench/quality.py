@@ -102,8 +102,9 @@ VARIANTS: dict[str, Variant] = {
 # ---------------------------------------------------------------- held-out text
 
 
-def held_out(max_bytes: int, packages: tuple[str, ...] = HELD_OUT_PACKAGES) -> list[str]:
-    """Files of the held-out packages, interleaved by a path hash, up to `max_bytes` of UTF-8."""
+def held_out_files(max_bytes: int, packages: tuple[str, ...] = HELD_OUT_PACKAGES) -> list[tuple[str, str]]:
+    """(package/path, text) of the held-out packages' files, interleaved by a path hash, up to
+    `max_bytes` of UTF-8."""
     files = []
     for pkg in packages:
         root = site_packages_root() / pkg
@@ -112,16 +113,22 @@ def held_out(max_bytes: int, packages: tuple[str, ...] = HELD_OUT_PACKAGES) -> l
         for item in open_source(f"dir:{root}"):
             if isinstance(item, RawFile) and item.data.strip():
                 try:
-                    files.append((zlib.crc32(f"{pkg}/{item.path}".encode()), item.data.decode("utf-8")))
+                    text = item.data.decode("utf-8")
                 except UnicodeDecodeError:
                     continue
-    texts, used = [], 0
-    for _, text in sorted(files):
+                files.append((zlib.crc32(f"{pkg}/{item.path}".encode()), f"{pkg}/{item.path}", text))
+    out, used = [], 0
+    for _, path, text in sorted(files):
         if used >= max_bytes:
             break
-        texts.append(text)
+        out.append((path, text))
         used += len(text.encode("utf-8"))
-    return texts
+    return out
+
+
+def held_out(max_bytes: int, packages: tuple[str, ...] = HELD_OUT_PACKAGES) -> list[str]:
+    """The texts of `held_out_files`."""
+    return [text for _, text in held_out_files(max_bytes, packages)]
 
 
 def compressor_bpb(texts: list[str]) -> dict[str, float]:
@@ -307,15 +314,11 @@ def writes(model, tok, texts: list[str], count: int) -> dict:
     """What the model writes: pass@1 (10 samples at temperature 0.2, Codex's setting) and
     pass@10 (10 at 0.8) on codelm_basic, run in the sandbox; and greedy completions of
     `count` held-out functions: the share that parses and the share the repetition rule cut."""
-    from rich.console import Console as Quiet
-
     problems = find_problems("codelm_basic")
-    quiet = Quiet(quiet=True)
     out = {}
     for k, t in ((1, 0.2), (10, 0.8)):
-        report = pass_at_k_report(
-            model, tok, problems, EvalConfig(temperature=t, max_new_tokens=128), None, quiet
-        )
+        sampling = EvalConfig(temperature=t, max_new_tokens=128)
+        report = pass_at_k_report(model, tok, problems, sampling, None, console)  # progress on stderr
         out[f"pass@{k}"] = report[f"pass@{k}"]
     prompts = function_prompts(texts, count)
     cfg = SamplingConfig(temperature=0.0, max_new_tokens=128)

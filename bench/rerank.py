@@ -34,6 +34,7 @@ def candidates(model, tok, prompts: list[str], cfg: SamplingConfig, n: int, batc
     out = []
     for i in range(0, len(prompts), batch):
         out += generate_batch(model, tok, prompts[i : i + batch], cfg, n=n, greedy_first=True)
+        print(f"  sampled {len(out)}/{len(prompts)} prompts", file=sys.stderr, flush=True)
     return out
 
 
@@ -41,6 +42,7 @@ def on_problems(model, tok, cfg: SamplingConfig, n: int) -> dict[str, float]:
     problems = load_problems(find_problems("codelm_basic"))
     cands = candidates(model, tok, [p.prompt for p in problems], cfg, n)
     texts = {p.task_id: [c.text for c in cs] for p, cs in zip(problems, cands, strict=True)}
+    print(f"  running {sum(map(len, texts.values()))} candidates in the sandbox", file=sys.stderr, flush=True)
     rows, _ = score_completions(problems, texts)
     passed = {r["task_id"]: [s["passed"] for s in r["samples"]] for r in rows}
     out = {"random": sum(r["c"] / r["n"] for r in rows) / len(rows)}

@@ -68,15 +68,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")  # before tokenizers is 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-import zlib  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 from tokenizer_kinds import EvalSet, breakdown, train_names  # noqa: E402  (bench/, on sys.path)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
-from codelm.data.records import RawFile  # noqa: E402
-from codelm.data.sources import HELD_OUT_PACKAGES, SKIP_DIRS, open_source, site_packages_root, stdlib_root  # noqa: E402
+from codelm.data.sources import SKIP_DIRS, stdlib_root  # noqa: E402
 from codelm.data.split import split_of  # noqa: E402
 from codelm.tokenizer import SPECIAL_TOKENS, CodeTokenizer, pieces, train_tokenizer  # noqa: E402
 from codelm.tokenizer.pretokenize import CHAR_TO_BYTE  # noqa: E402
@@ -108,28 +106,11 @@ def stdlib_split() -> tuple[list[str], list[str], list[str]]:
 
 
 def package_files(max_bytes: int) -> tuple[list[str], list[str]]:
-    """(texts, paths) of HELD_OUT_PACKAGES' files: the files and order of bench/quality.py's
-    `held_out(max_bytes)` (interleaved by a path hash, up to `max_bytes` of UTF-8), with paths."""
-    files = []
-    for pkg in HELD_OUT_PACKAGES:
-        root = site_packages_root() / pkg
-        if not root.is_dir():
-            raise SystemExit(f"held-out package {pkg} is not installed at {root}")
-        for item in open_source(f"dir:{root}"):
-            if isinstance(item, RawFile) and item.data.strip():
-                try:
-                    text = item.data.decode("utf-8")
-                except UnicodeDecodeError:
-                    continue
-                files.append((zlib.crc32(f"{pkg}/{item.path}".encode()), f"{pkg}/{item.path}", text))
-    texts, paths, used = [], [], 0
-    for _, path, text in sorted(files):
-        if used >= max_bytes:
-            break
-        texts.append(text)
-        paths.append(path)
-        used += len(text.encode("utf-8"))
-    return texts, paths
+    """(texts, paths) of the held-out packages' files, as bench/quality.py's `held_out` picks them."""
+    from quality import held_out_files  # bench/, the script's own folder, is on sys.path
+
+    files = held_out_files(max_bytes)
+    return [t for _, t in files], [p for p, _ in files]
 
 
 def train_plain(texts: list[str], vocab_size: int) -> Tokenizer:

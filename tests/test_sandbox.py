@@ -471,9 +471,10 @@ def test_a_sample_that_kills_its_parent_is_one_result_not_a_crashed_evaluation(m
     """Issue: without namespaces, `os.kill(os.getppid(), SIGKILL)` kills the program's runner.
     The evaluation goes on: that sample gets its own verdict, and the others theirs."""
     hostile = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('after')\n"
-    programs = ["assert 1 + 1 == 2", hostile, "assert 2 * 2 == 4", hostile, "print('ok')"]
+    programs = ["print('a')", hostile, "print('b')", hostile, "print('c')"]
     results = run_many(programs, cfg(mode), workers=2)
-    assert [r.passed for i, r in enumerate(results) if i % 2 == 0] == [True, True, True]
+    assert [r.stdout.strip() for r in results[::2]] == ["a", "b", "c"]
+    assert all(r.passed for r in results[::2])
     # In namespaces mode the runner is the namespace's init and ignores the signal: it passes.
     assert all(r.passed == (mode == "namespaces") for r in results[1::2])
     assert all(r.error == "killed by SIGKILL" for r in results[1::2] if not r.passed)
