@@ -18,7 +18,8 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any
 
-from codelm.errors import CodelmError
+from codelm.errors import CodelmError, first_line
+from codelm.fsutil import is_disk_full
 
 # The formats of codelm.generate.quantize.WEIGHTS (a test checks they agree), written out so
 # that parsing arguments does not import torch.
@@ -521,4 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("codelm: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk where no write site named its path
+        if not is_disk_full(e):
+            raise
+        print(f"codelm: error: no space left on device ({first_line(e)})", file=sys.stderr)
+        return 2
     return 0

@@ -3,12 +3,14 @@
 A file is written to a temporary name in the same directory, flushed, fsynced
 and renamed over the target, so a reader sees the old file or the new one and
 never half of either. A directory is built under a temporary name and swapped
-in the same way.
+in the same way. A full disk while writing is a `DiskFull` error naming the final
+path (the temporary one is removed), not a library's traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -16,6 +18,37 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from codelm.errors import CodelmError
+
+# pyarrow and safetensors report a full disk in their own exception types; their text
+# still carries the C library's message or Rust's "os error 28".
+_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+class DiskFull(CodelmError):
+    """The disk filled up while writing a path; what was written before it is intact."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(e, Exception) and any(t in str(e) for t in _FULL_TEXT)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk inside the block into a one-line DiskFull naming `path`."""
+    try:
+        yield
+    except DiskFull:  # from a temporary file inside `path`: name what the user knows
+        raise DiskFull(f"no space left on device writing {path}") from None
+    except CodelmError:
+        raise
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise DiskFull(f"no space left on device writing {path}") from None
 
 
 def _umask() -> int:
@@ -26,8 +59,13 @@ def _umask() -> int:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _write_and_rename(fd, tmp, path, data)
+
+
+def _write_and_rename(fd: int, tmp: str, path: Path, data: bytes) -> None:
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as f:
@@ -51,13 +89,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `path`, on failure it is removed."""
+    """Yield a temporary directory; on success it replaces `path`, on failure it is removed.
+    A full disk anywhere in the block is a DiskFull naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~_umask())
     try:
-        yield tmp
+        with writing(path):
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from codelm.errors import CodelmError
+from codelm.fsutil import writing
 from codelm.model.config import ModelConfig
 from codelm.model.lora import ADAPTERS, LoraConfig, adapter_state, add_adapters, load_adapters, merge
 from codelm.model.transformer import Transformer
@@ -52,7 +53,12 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={DIGEST: digest(tensors)})
+    try:
+        with writing(path):
+            save_file(tensors, str(tmp), metadata={DIGEST: digest(tensors)})
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
 
 

@@ -7,7 +7,8 @@ the RNG states as tensors) and `state.json` (the loop state, the optimizer's
 hyperparameters, and a sha256 of each tensor file). It is built under a temporary name and
 renamed into place, so a crash mid-save leaves the previous checkpoints whole.
 On load, a checkpoint whose files are missing or whose hashes differ is
-reported and the one before it is used. The last `keep` are kept.
+reported and the one before it is used; the temporary folder of one that a
+kill cut off mid-save is reported and removed. The last `keep` are kept.
 """
 
 from __future__ import annotations
@@ -92,8 +93,20 @@ def verify(path: Path) -> str | None:
     return None
 
 
+def _remove_unfinished(ckpt_dir: Path, warn) -> None:
+    """Temporary folders of saves that never finished (atomic_directory names them
+    `.step-N.XXXX.tmp`): reported and removed, or each kill would leak a checkpoint's space."""
+    if not ckpt_dir.is_dir():
+        return
+    for tmp in sorted(ckpt_dir.glob(".step-*.tmp")):
+        name = tmp.name[1:].split(".", 1)[0]
+        warn(f"checkpoint {name} was cut off while being written (the run was killed): removed it")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def latest_valid(ckpt_dir: Path, warn) -> Path | None:
     """The newest checkpoint that verifies; damaged ones are reported through `warn`."""
+    _remove_unfinished(ckpt_dir, warn)
     for path in reversed(list_checkpoints(ckpt_dir)):
         problem = verify(path)
         if problem is None:

@@ -24,13 +24,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from codelm import hardware
 from codelm.errors import CodelmError
+from codelm.fsutil import DiskFull
 from codelm.model import Transformer
 from codelm.model.io import save_run_weights
 from codelm.model.lora import add_adapters
 from codelm.train import distributed
 from codelm.train.allocator import keep_freed_memory
 from codelm.train.batches import IGNORE, PackedWindows
-from codelm.train.checkpoint import latest_valid, load_checkpoint, save_checkpoint
+from codelm.train.checkpoint import latest_valid, list_checkpoints, load_checkpoint, save_checkpoint
 from codelm.train.config import TrainConfig
 from codelm.train.lora import freeze_base
 from codelm.train.muon import MuonAdamW
@@ -389,6 +390,12 @@ def train(
         )
         if resume:
             trainer.resume()
-        return trainer.run()
+        try:
+            return trainer.run()
+        except DiskFull as e:
+            again = f"`codelm train --out {run_dir} --resume` goes on from the last checkpoint"
+            if not list_checkpoints(p.run_dir / "checkpoints"):
+                again = "run the same command again (no checkpoint was written yet)"
+            raise DiskFull(f"{e}; free some space, then {again}") from None
     finally:
         distributed.shutdown(dist)

@@ -58,7 +58,13 @@ class Trace:
         self.rows = [
             r for r in (TraceRow(**json.loads(x)) for x in lines if x.strip()) if r.step <= upto_step
         ]
-        atomic_write_text(path, "".join(json.dumps(asdict(r)) + "\n" for r in self.rows))
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        # Rewritten whole, not appended: an append cut short by a full disk would leave half
+        # a line that the next --resume cannot read. A run has at most a few hundred rows.
+        text = "".join(json.dumps(asdict(r)) + "\n" for r in self.rows)
+        atomic_write_text(self.dir / "metrics.jsonl", text)
 
     def log_train(self, step: int, loss: float) -> None:
         self.train_points.append((step, loss))
@@ -66,8 +72,7 @@ class Trace:
     def add(self, row: TraceRow) -> TraceRow:
         row.observation = observe(self.rows, row)
         self.rows.append(row)
-        with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(asdict(row)) + "\n")
+        self._write_metrics()
         atomic_write_text(self.dir / "trace.md", self.markdown())
         self.plot()
         return row
