@@ -263,6 +263,39 @@ def test_loading_a_run_with_an_unknown_model_key_is_a_one_line_error(tmp_path, c
     assert err == "codelm: error: config.json: unknown model config key(s): n_expert" + NEWER + "\n"
 
 
+# A flipped bit that leaves valid JSON: a vocabulary id (two tokens now share one), and the
+# dropout (0.0 -> 0.1). Neither stops the file from loading; the weights' record catches both.
+FLIPS = {"tokenizer.json": r'"vocab":\{"[^"]*":(\d)', "config.json": r'"dropout": 0\.(0)'}
+
+
+@pytest.mark.parametrize("name", sorted(FLIPS))
+def test_a_bit_flip_that_still_parses_is_caught_by_the_weights_record(tmp_path, capsys, tokenizer, name):
+    import re
+
+    import torch
+
+    from codelm.fsutil import atomic_write_json
+    from codelm.model import Transformer
+    from codelm.model.io import save_run_weights
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32))
+    atomic_write_json(tmp_path / "config.json", {"model": model.cfg.to_dict()})
+    tokenizer.save(tmp_path / "tokenizer.json")
+    save_run_weights(model, tmp_path)  # records both files' sha256
+    assert cli.main(["generate", str(tmp_path), "x", "--max-new-tokens", "2"]) == 0
+    capsys.readouterr()
+    text = (tmp_path / name).read_text()
+    at = re.search(FLIPS[name], text).start(1)
+    flipped = text[:at] + chr(ord(text[at]) ^ 1) + text[at + 1 :]
+    json.loads(flipped)  # still valid JSON
+    (tmp_path / name).write_text(flipped)
+    assert cli.main(["generate", str(tmp_path), "x"]) == 2
+    err = capsys.readouterr().err
+    why = "it changed after model.safetensors was saved (a damaged disk, or an edit by hand)"
+    assert err == f"codelm: error: corrupt {tmp_path / name}: {why}\n"
+
+
 @pytest.mark.parametrize("name", ["tokenizer.json", "config.json", "model.safetensors"])
 def test_a_truncated_run_file_is_a_one_line_error(tmp_path, capsys, tokenizer, name):
     import torch
@@ -283,3 +316,29 @@ def test_a_truncated_run_file_is_a_one_line_error(tmp_path, capsys, tokenizer, n
     assert cli.main(["generate", str(tmp_path), "x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("codelm: error:") and err.count("\n") == 1 and name in err
+
+
+def _wrong_column(tmp_path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"code": ["def f():\n    return 1\n"]}), tmp_path / "dump.parquet")
+    return str(tmp_path / "dump.parquet")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "build", "{empty}", "--out", "{tmp}/data"], "no usable code found in {empty}"),
+        (["tokenizer", "train", "{empty}", "--out", "{tmp}/tok.json"], "no UTF-8 text to train on"),
+        (["train", "--data", "{empty}", "--out", "{tmp}/run"], "not a DATA directory"),
+        (["data", "build", "{parquet}", "--out", "{tmp}/data"], "no column 'content'"),
+    ],
+)
+def test_empty_or_wrong_inputs_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    (tmp_path / "empty").mkdir()
+    names = {"empty": str(tmp_path / "empty"), "tmp": str(tmp_path), "parquet": _wrong_column(tmp_path)}
+    assert cli.main([a.format(**names) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("codelm: error: ") and err.count("\n") == 1 and message.format(**names) in err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()

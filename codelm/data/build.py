@@ -226,18 +226,23 @@ class _Progress:
 
 
 class _Warnings:
-    """Passes the first MAX_WARNINGS skip messages on; the rest are only counted."""
+    """Passes the first MAX_WARNINGS skip messages on at the end of a build that kept
+    something; the rest are only counted. A build that kept nothing fails with one line,
+    which names the skip when the input was one bad file, so it prints no warnings first."""
 
     def __init__(self, log: Callable[[str], None] | None):
         self.log = log or (lambda m: print(f"codelm: warning: skipped {m}", file=sys.stderr))
         self.count = 0
+        self.held: list[str] = []
 
     def __call__(self, msg: str) -> None:
         self.count += 1
         if self.count <= MAX_WARNINGS:
-            self.log(msg)
+            self.held.append(msg)
 
     def finish(self) -> None:
+        for msg in self.held:
+            self.log(msg)
         if self.count > MAX_WARNINGS:
             self.log(f"... and {self.count - MAX_WARNINGS} more inputs (all counted in stats.json)")
 
@@ -304,9 +309,9 @@ def build_dataset(
                 bar.advance(getattr(item, "nbytes", 0))
         finally:
             bar.close()
-        warnings.finish()
         if judge.kept() == 0:
             raise CodelmError(judge.nothing_kept_message(specs))
+        warnings.finish()
         stats = dict(judge.stats)
         if cfg.decontaminate:
             stats["contaminated_by_problem"] = dict(sorted(judge.by_problem.items()))

@@ -3,7 +3,10 @@
 Every tensor file written here carries, in its safetensors metadata, a sha256 of its
 tensors (names, dtypes, shapes and bytes); loading recomputes it, so a bit flipped on
 disk is a one-line error instead of a model that silently computes something else.
-Files without it (written elsewhere, or before it existed) load unchecked.
+Files without it (written elsewhere, or before it existed) load unchecked. A run's
+weights also record the sha256 of the config.json and tokenizer.json beside them, so a
+bit flipped in those (a changed merge, a changed number that still parses) is caught
+too; the price is that a config.json edited by hand after training no longer loads.
 
 The config is everything loading needs: no pickles, no code on disk. A LoRA run
 (model/lora.py) holds `adapters.safetensors` instead of a copy of its base's weights,
@@ -30,7 +33,9 @@ from codelm.model.transformer import Transformer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"  # a name only: model/ never reads what is in it
 DIGEST = "codelm.sha256"  # safetensors metadata key: `digest` of the file's tensors
+COMPANIONS = "codelm.files.sha256"  # metadata key: {file name: sha256} of config.json, tokenizer.json
 
 
 def state_for_saving(model: Transformer) -> dict[str, torch.Tensor]:
@@ -51,11 +56,22 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _companions(run: Path) -> dict[str, str]:
+    return {name: _file_sha256(run / name) for name in (CONFIG, TOKENIZER) if (run / name).is_file()}
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path, companions: dict[str, str] | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
+    metadata = {DIGEST: digest(tensors)}
+    if companions:
+        metadata[COMPANIONS] = json.dumps(companions, sort_keys=True)
     try:
         with writing(path):
-            save_file(tensors, str(tmp), metadata={DIGEST: digest(tensors)})
+            save_file(tensors, str(tmp), metadata=metadata)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -71,7 +87,7 @@ def save_run_weights(model: Transformer, run: str | Path) -> Path:
     LoRA adapters, else RUN/model.safetensors. Returns the path written."""
     adapters = adapter_state(model)
     path = Path(run) / (ADAPTERS if adapters else WEIGHTS)
-    _save(adapters or state_for_saving(model), path)
+    _save(adapters or state_for_saving(model), path, _companions(Path(run)))
     return path
 
 
@@ -91,12 +107,40 @@ def _tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as f:
-            expected = (f.metadata() or {}).get(DIGEST)
+            meta = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types on damage
         raise CodelmError(f"corrupt {what} {path}: {e}") from None
+    expected = meta.get(DIGEST)
     if expected is not None and digest(tensors) != expected:
         raise CodelmError(f"corrupt {what} {path}: checksum mismatch (the file changed after it was written)")
+    check_companions(path, meta.get(COMPANIONS))
     return tensors
+
+
+def check_companions(weights: Path, recorded: str | None) -> None:
+    """The config.json and tokenizer.json beside `weights` are the ones it was saved with."""
+    try:
+        files = json.loads(recorded) if recorded else {}
+    except json.JSONDecodeError:
+        raise CodelmError(f"corrupt {weights}: unreadable {COMPANIONS} metadata") from None
+    for name, sha in files.items():
+        path = weights.parent / name
+        if path.is_file() and _file_sha256(path) != sha:
+            why = "a damaged disk, or an edit by hand"
+            raise CodelmError(f"corrupt {path}: it changed after {weights.name} was saved ({why})")
+
+
+def verify_run_files(run: str | Path) -> None:
+    """Check RUN's config.json and tokenizer.json against its weights' record, if it has one."""
+    for name in (WEIGHTS, ADAPTERS):
+        path = Path(run) / name
+        if path.is_file():
+            try:
+                with safe_open(str(path), "pt") as f:
+                    recorded = (f.metadata() or {}).get(COMPANIONS)
+            except Exception as e:
+                raise CodelmError(f"corrupt {path}: {e}") from None
+            check_companions(path, recorded)
 
 
 def load_model(run: str | Path, device: str | torch.device = "cpu") -> Transformer:

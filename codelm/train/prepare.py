@@ -25,7 +25,7 @@ from codelm.data.dataset import iter_texts, require_data_dir, split_path
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_json
 from codelm.model import ModelConfig
-from codelm.model.io import WEIGHTS, load_model, read_config
+from codelm.model.io import WEIGHTS, load_model, read_config, verify_run_files
 from codelm.model.lora import ADAPTERS
 from codelm.tokenizer import FIM_PREFIX, CodeTokenizer, train_tokenizer
 from codelm.train import distributed
@@ -123,6 +123,7 @@ def prepare(
     init_weights = None
     if resume:
         saved = read_config(run_dir)
+        verify_run_files(run_dir)  # a config.json or tokenizer.json damaged since the last save
         if "train" not in saved:  # an imported model: nothing was trained here to resume
             raise CodelmError(f"{run_dir} is not a training run to resume: train with --init-from {run_dir}")
         cfg = TrainConfig.from_dict(saved["train"])
