@@ -221,3 +221,26 @@ def test_fuzz_streamed_text_equals_the_final_text_whatever_the_rules(
     assert state.syntax in (("parses", "trimmed", "unparsed") if trim else ("",))
     if state.syntax in ("parses", "trimmed"):
         assert parses(prompt + state.text)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\ufffd"), max_size=40),
+    stop=st.sampled_from([(), ("\n",), ("é",)]),
+    trim=st.booleans(),
+)
+def test_fuzz_a_stream_fed_one_byte_per_token_never_shows_half_a_character(tokenizer, text, stop, trim):
+    """Every byte of a multi-byte character arrives as its own token: the stream holds the
+    first bytes back until the character is whole, so no piece carries a U+FFFD."""
+    byte_token = {b: i for i, b in enumerate(tokenizer.token_bytes) if len(b) == 1}
+    state, pieces = _state(tokenizer, "x = 1\n", stop=stop, trim=trim), []
+    for byte in text.encode("utf-8"):
+        cut = state.add(byte_token[bytes([byte])])
+        if cut is not None:
+            break
+        pieces.append(state.take(final=False)[0])
+    else:
+        state.finish()
+    pieces.append(state.take(final=True)[0])
+    assert "".join(pieces) == state.text and text.startswith(state.text)
+    assert not any("\ufffd" in p for p in pieces)

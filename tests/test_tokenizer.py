@@ -240,6 +240,28 @@ def test_hypothesis_round_trip_and_parity_with_hf(etok, text):
         assert pieces.cut(text) == cut
 
 
+UTF8_BITS = st.sampled_from([b"\xc3\xa9", b"\xe2\x82\xac", b"\xf0\x9f\x98\x80", b"def f():\n\t", b"\r\n"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.one_of(st.binary(max_size=200), st.lists(st.one_of(UTF8_BITS, st.binary(max_size=3))).map(b"".join))
+)
+def test_fuzz_any_bytes_as_a_file_are_read_and_round_trip_or_skipped(etok, tmp_path, data):
+    """What `codelm tokenizer train` reads: a file of any bytes is its exact text, or is
+    skipped (binary, not UTF-8, empty) with a one-line error when it was the only file."""
+    file = tmp_path / "any.py"
+    file.write_bytes(data)
+    files = TextFiles(file)
+    try:
+        texts, error = list(files), ""
+    except CodelmError as e:
+        texts, error = [], str(e)
+    assert len(texts) + files.skipped == 1 and (error == "") == (len(texts) == 1)
+    assert error == "" or error.startswith("no UTF-8 text to train on in file")
+    assert all(t.encode("utf-8") == data and etok.decode(etok.encode(t)) == t for t in texts)
+
+
 SURROGATE = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
 
 
