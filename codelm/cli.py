@@ -269,6 +269,14 @@ def _import(a: argparse.Namespace) -> None:
 def _export(a: argparse.Namespace) -> None:
     from pathlib import Path
 
+    if a.format == "safetensors":
+        from codelm.train.shard import export_weights
+
+        done = export_weights(Path(a.run), a.checkpoint, Path(a.out))
+        print(f"exported the weights of {done.name} -> {a.out}")
+        return
+    if a.checkpoint is not None:
+        raise CodelmError("--checkpoint is for --format safetensors")
     if a.format == "gguf":
         from codelm.interop.gguf import export_gguf
 
@@ -368,6 +376,7 @@ def _train_parser(sub) -> None:
     _opt(tr, "train", "--early-stop", "early_stop_patience", type=int, help="patience in evaluations; 0: off")
     _opt(tr, "train", "--checkpoint-every", type=int, help="steps; 0: at each evaluation")
     _switch(tr, "train", "--compile", "compile", True, "torch.compile the model")
+    _switch(tr, "train", "--shard", "shard", True, "under torchrun: FSDP2, each process holds 1/N of it")
     _opt(tr, "train", "--dtype", choices=["auto", "bf16", "fp32"], help="auto: bf16 where the device has it")
     tr.add_argument("--resume", action="store_true", help="continue RUN from its newest checkpoint")
     tr.add_argument("--init-from", default=None, help="fine-tune from another RUN's weights")
@@ -491,10 +500,14 @@ def _interop_parsers(sub) -> None:
     im.add_argument("src", metavar="HF_DIR", help="config.json, *.safetensors, tokenizer.json")
     im.add_argument("--out", required=True, help="RUN directory to write (replaced atomically)")
     im.set_defaults(func=_import)
-    ex = sub.add_parser("export", help="a RUN -> a Hugging Face folder (hf) or a llama.cpp file (gguf)")
+    what = "a RUN -> a Hugging Face folder (hf), a llama.cpp file (gguf), or one weights file (safetensors)"
+    ex = sub.add_parser("export", help=what)
     ex.add_argument("run")
-    ex.add_argument("--format", required=True, choices=["hf", "gguf"])
-    ex.add_argument("--out", required=True, help="hf: a folder (replaced atomically); gguf: a file")
+    ex.add_argument("--format", required=True, choices=["hf", "gguf", "safetensors"])
+    ex.add_argument("--out", required=True, help="hf: a folder (replaced atomically); else a file")
+    ex.add_argument(
+        "--checkpoint", help="safetensors: this checkpoint (step-N; default: the newest), sharded or not"
+    )
     ex.add_argument("--quant", choices=["bf16", "q8_0", "f32"], help="gguf weights (default: bf16)")
     ex.set_defaults(func=_export)
 

@@ -150,7 +150,7 @@ def test_masked_targets_carry_no_gradient():
 
 def test_the_training_loss_and_its_gradient_are_cross_entropys():
     """train_step's summed loss (its backward works in place) against F.cross_entropy."""
-    from codelm.train.loop import _SummedCrossEntropy
+    from codelm.train.step import _SummedCrossEntropy
 
     torch.manual_seed(0)
     logits = torch.randn(12, 20, dtype=torch.float64)

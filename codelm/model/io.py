@@ -38,9 +38,13 @@ DIGEST = "codelm.sha256"  # safetensors metadata key: `digest` of the file's ten
 COMPANIONS = "codelm.files.sha256"  # metadata key: {file name: sha256} of config.json, tokenizer.json
 
 
-def state_for_saving(model: Transformer) -> dict[str, torch.Tensor]:
-    """The state dict without the tied head (safetensors refuses shared storage)."""
-    sd = model.state_dict()
+Tensors = dict[str, torch.Tensor]
+
+
+def state_for_saving(model: Transformer, sd: Tensors | None = None) -> Tensors:
+    """The state dict (`sd`, or the model's own) without the tied head (safetensors refuses
+    shared storage)."""
+    sd = dict(model.state_dict() if sd is None else sd)
     if model.cfg.tie_embeddings:
         sd.pop("head.weight", None)
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
@@ -82,12 +86,14 @@ def save_weights(model: Transformer, path: str | Path) -> None:
     _save(state_for_saving(model), Path(path))
 
 
-def save_run_weights(model: Transformer, run: str | Path) -> Path:
+def save_run_weights(model: Transformer, run: str | Path, whole: Tensors | None = None) -> Path:
     """A run's trained weights: RUN/adapters.safetensors (the adapters alone) for a model with
-    LoRA adapters, else RUN/model.safetensors. Returns the path written."""
+    LoRA adapters, else RUN/model.safetensors. Returns the path written. `whole`: the
+    weights already gathered whole from a sharded model."""
     adapters = adapter_state(model)
     path = Path(run) / (ADAPTERS if adapters else WEIGHTS)
-    _save(adapters or state_for_saving(model), path, _companions(Path(run)))
+    tensors = adapters or state_for_saving(model, whole)
+    _save(tensors, path, _companions(Path(run)))
     return path
 
 

@@ -30,7 +30,7 @@ from codelm.model.lora import ADAPTERS, adapter_state, load_adapters
 OPTIMIZER = "optimizer.safetensors"
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -63,7 +63,7 @@ def save_checkpoint(
     with atomic_directory(path) as tmp:
         save_file(adapters or state_for_saving(model), str(tmp / weights))
         save_file(tensors, str(tmp / OPTIMIZER))
-        hashes = {name: _sha256(tmp / name) for name in (weights, OPTIMIZER)}
+        hashes = {name: sha256_of(tmp / name) for name in (weights, OPTIMIZER)}
         atomic_write_json(tmp / "state.json", {"loop": state, "param_groups": groups, "sha256": hashes})
     for old in list_checkpoints(ckpt_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -85,17 +85,20 @@ def verify(path: Path) -> str | None:
         return f"unreadable state.json ({e.__class__.__name__})"
     hashes = meta.get("sha256", {})
     weights = ADAPTERS if ADAPTERS in hashes else WEIGHTS
-    for name in (weights, OPTIMIZER):
+    # A sharded checkpoint (shard.py) lists every file DCP wrote; an unsharded one its two.
+    names = sorted(hashes) if meta.get("format") == "dcp" else (weights, OPTIMIZER)
+    for name in names:
         if not (path / name).is_file():
             return f"{name} is missing"
-        if _sha256(path / name) != hashes.get(name):
+        if sha256_of(path / name) != hashes.get(name):
             return f"{name} is damaged (checksum mismatch)"
     return None
 
 
 def _remove_unfinished(ckpt_dir: Path, warn) -> None:
-    """Temporary folders of saves that never finished (atomic_directory names them
-    `.step-N.XXXX.tmp`): reported and removed, or each kill would leak a checkpoint's space."""
+    """Temporary folders of saves that never finished (atomic_directory's `.step-N.XXXX.tmp`,
+    shard.py's `.step-N.sharded.tmp`): reported and removed, or each kill would leak a
+    checkpoint's space."""
     if not ckpt_dir.is_dir():
         return
     for tmp in sorted(ckpt_dir.glob(".step-*.tmp")):

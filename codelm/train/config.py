@@ -46,6 +46,10 @@ class TrainConfig:
     # 0.5: every other file; 3: three stretches of each.
     repo_rate: float = 0.0
     compile: bool = False  # torch.compile the model: faster steps after a ~30 s first step
+    # FSDP2 under torchrun (train/shard.py): each process holds 1/N of the weights, gradients
+    # and optimizer state, for a model whose optimizer state no longer fits one device.
+    # Without torchrun the run is one process, as without the flag.
+    shard: bool = False
     seed: int = 1337
     dtype: str = "auto"  # auto (bf16 where the device supports it) | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
@@ -65,6 +69,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_lora()
+        if self.shard and (self.lora_rank or self.compile):
+            # Adapters are small enough for every process to hold; compiling a sharded model is
+            # not tested here.
+            raise CodelmError("--shard trains every weight and runs eagerly: drop --lora and --compile")
         if self.epochs <= 0 and self.max_steps <= 0 and self.max_minutes <= 0 and self.max_tokens <= 0:
             raise CodelmError("give a budget: epochs, steps, tokens or minutes must be positive")
         for name, low in _AT_LEAST.items():

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -28,14 +27,14 @@ from codelm.fsutil import DiskFull
 from codelm.model import Transformer
 from codelm.model.io import save_run_weights
 from codelm.model.lora import add_adapters
-from codelm.train import distributed
+from codelm.train import distributed, shard
 from codelm.train.allocator import keep_freed_memory
-from codelm.train.batches import IGNORE, PackedWindows
 from codelm.train.checkpoint import latest_valid, list_checkpoints, load_checkpoint, save_checkpoint
 from codelm.train.config import TrainConfig
 from codelm.train.lora import freeze_base
 from codelm.train.muon import MuonAdamW
 from codelm.train.prepare import Prepared, prepare
+from codelm.train.step import evaluate, train_step
 from codelm.train.trace import Trace, TraceRow
 
 
@@ -89,88 +88,6 @@ def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def train_step(
-    model: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
-    grad_clip: float,
-    amp: torch.dtype | None,
-    dist: distributed.Dist = distributed.Dist(),
-) -> float:
-    """One optimizer step over (inputs, targets) micro-batches; returns the mean token loss.
-
-    Targets equal to IGNORE (the instruction part of a pair) carry no loss. Each
-    token counts once whatever micro-batch or rank it sits in: the summed loss is
-    divided by the global count of trained tokens, so accumulation and data
-    parallelism give the gradient of one big batch.
-    """
-    device = next(model.parameters()).device
-    local = sum(int((y != IGNORE).sum()) for _, y in micro_batches)
-    (count,) = distributed.all_sum(dist, [float(local)], device)
-    count = max(count, 1.0)
-    total = 0.0
-    for i, (x, y) in enumerate(micro_batches):
-        sync = not dist.enabled or i == len(micro_batches) - 1
-        ctx = model.no_sync() if not sync else torch.enable_grad()
-        with ctx, torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(x)  # (B, T, V)
-            loss = _SummedCrossEntropy.apply(logits.float().flatten(0, 1), y.flatten())
-            (loss * (dist.world / count)).backward()  # DDP averages over ranks; undo that
-        total += loss.item()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    (total,) = distributed.all_sum(dist, [total], device)
-    return total / count
-
-
-class _SummedCrossEntropy(torch.autograd.Function):
-    """F.cross_entropy(logits (N, V), targets (N,), ignore_index=IGNORE, reduction="sum"),
-    whose backward turns the saved log-probabilities into the gradient in place, softmax
-    minus one-hot, instead of filling a one-hot gradient and reading both back. Forward and
-    backward of `tiny` at batch 8 x 256 (4,096 logits per token, fp32, emulated AVX2, 2
-    cores) took 4-6 ms less than with F.cross_entropy, of about 400, alternating in one
-    process. Its backward runs once: it overwrites what it saved."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(logits, dim=-1)
-        keep = targets != IGNORE
-        picked = targets.clamp_min(0).unsqueeze(1)
-        ctx.save_for_backward(logp, picked, keep)
-        return -torch.where(keep, logp.gather(1, picked).squeeze(1), 0.0).sum()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        logp, picked, keep = ctx.saved_tensors
-        weight = (grad * keep).unsqueeze(1).to(logp.dtype)  # (N, 1): 0 on ignored targets
-        out = logp.exp_().mul_(weight)  # the log-probabilities are not needed again
-        return out.scatter_add_(1, picked, -weight), None
-
-
-@torch.no_grad()
-def evaluate(
-    model: Transformer, windows: PackedWindows, indices, batch_size: int, device: torch.device, amp
-) -> tuple[float, float]:
-    """Mean loss and next-token top-1 accuracy over the given windows, ignoring masked targets."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for i in range(0, len(indices), batch_size):
-        x, y = (t.to(device) for t in windows.get(indices[i : i + batch_size]))
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(x).float()
-        loss_sum += F.cross_entropy(
-            logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum"
-        ).item()
-        keep = y != IGNORE
-        correct += ((logits.argmax(-1) == y) & keep).sum().item()
-        count += keep.sum().item()
-    model.train(was_training)
-    return loss_sum / max(count, 1), correct / max(count, 1)
-
-
 @dataclass
 class LoopState:
     """Everything about the loop's position that a resumed run needs (saved as JSON)."""
@@ -213,6 +130,10 @@ class Trainer:
         if cfg.lora is not None:
             add_adapters(self.model, cfg.lora)
             freeze_base(self.model, bf16=self.amp == torch.bfloat16)
+        # Sharded only under torchrun: a resumed --shard run may go on in one process.
+        self.sharded = cfg.shard and dist.enabled
+        if self.sharded:
+            shard.apply(self.model, self.device)  # before the optimizer: it holds the shards
         self.opt = make_optimizer(self.model, cfg, self.device)
         self.net = self._wrap(torch.compile(self.model) if cfg.compile else self.model)
         self.batch = min(cfg.batch_size, len(p.train))
@@ -237,7 +158,13 @@ class Trainer:
         path = latest_valid(self.p.run_dir / "checkpoints", self.console.print)
         if path is None:
             raise CodelmError(f"nothing to resume in {self.p.run_dir}: no usable checkpoint")
-        self.state = LoopState(**load_checkpoint(path, self.model, self.opt))
+        if shard.is_dcp(path):  # resharded onto this run's processes, one or many
+            loop = shard.load(path, self.model, self.opt)
+        elif self.sharded:
+            raise CodelmError(f"{path.name} was saved without --shard: resume it with one process")
+        else:
+            loop = load_checkpoint(path, self.model, self.opt)
+        self.state = LoopState(**loop)
         self.order = self.p.train.epoch_order(self.cfg.seed, self.state.epoch)
         self.trace.restore(self.state.step)
         self.console.print(f"resuming from {path.name} (step {self.state.step})")
@@ -275,7 +202,7 @@ class Trainer:
             return train_step(self.net, self.opt, micro, self.cfg.grad_clip, self.amp, self.dist)
 
     def _wrap(self, net: torch.nn.Module) -> torch.nn.Module:
-        if not self.dist.enabled:
+        if not self.dist.enabled or self.sharded:
             return net
         ids = [self.dist.local_rank] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
@@ -318,11 +245,12 @@ class Trainer:
             st.epoch_ended = False
             stop = self.evaluate_and_log(console)
         ckpt_due = cfg.checkpoint_every > 0 and st.step % cfg.checkpoint_every == 0
-        if self.dist.main and (
-            ckpt_due or progress >= 1.0 or stop or (cfg.checkpoint_every == 0 and spread_due)
-        ):
-            state = asdict(st)
-            save_checkpoint(self.p.run_dir / "checkpoints", self.model, self.opt, state, cfg.keep_checkpoints)
+        if ckpt_due or progress >= 1.0 or stop or (cfg.checkpoint_every == 0 and spread_due):
+            where, keep = self.p.run_dir / "checkpoints", cfg.keep_checkpoints
+            if self.sharded:  # every process writes its shards
+                shard.save(where, self.model, self.opt, asdict(st), keep, self.dist)
+            elif self.dist.main:
+                save_checkpoint(where, self.model, self.opt, asdict(st), keep)
         return stop
 
     def evaluate_and_log(self, console: Console) -> bool:
@@ -334,9 +262,10 @@ class Trainer:
             st.step, epochs, st.tokens, sum(st.pending) / len(st.pending), vl, va, lr, st.elapsed_s
         )
         st.pending = []
+        whole = shard.full_state(self.model) if self.sharded else None  # every process gathers
         if self.dist.main:
             self.trace.add(row)
-            save_run_weights(self.model, self.p.run_dir)  # adapters alone for LoRA
+            save_run_weights(self.model, self.p.run_dir, whole)  # adapters alone for LoRA
             console.print(
                 f"epoch {row.epoch:.2f}  step {st.step}  train {row.train_loss:.3f}  "
                 f"val {vl:.3f}  acc {va:.3f}  {row.observation}"

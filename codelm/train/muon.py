@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from torch.distributed.tensor import DTensor, Replicate
 from torch.optim.adamw import adamw
 
 # Coefficients of the quintic iteration from the Muon write-up: they push singular values
@@ -201,6 +202,9 @@ class MuonAdamW(torch.optim.Optimizer):
         torch._foreach_mul_(bufs, self.momentum)
         torch._foreach_add_(bufs, grads)
         updates = torch._foreach_add(grads, bufs, alpha=self.momentum)  # Nesterov
+        if isinstance(params[0], DTensor):
+            self._muon_sharded(params, updates, lr, decay)
+            return
         polys = _polynomials(updates, 5, self.ns_dtype)
         done = _iterate_all(updates, 5, self.ns_dtype) if polys is None else None
         for i, (p, u) in enumerate(zip(params, updates, strict=True)):
@@ -212,6 +216,16 @@ class MuonAdamW(torch.optim.Optimizer):
                 p.mul_(decay).add_(done[i], alpha=alpha)
             else:  # decay, product and step in one pass over p, no update materialised
                 p.addmm_(*((u, polys[i]) if rows > cols else (polys[i], u)), beta=decay, alpha=alpha)
+
+    def _muon_sharded(self, params: list, updates: list, lr: float, decay: float) -> None:
+        """FSDP2's shards (train/shard.py): gather each whole update, orthogonalise it as one
+        process would, apply this process's own rows of the result."""
+        whole = orthogonalize([u.full_tensor() for u in updates], 5, self.ns_dtype)
+        for p, o in zip(params, whole, strict=True):
+            rows, cols = p.shape
+            mine = DTensor.from_local(o, p.device_mesh, [Replicate()], run_check=False)
+            mine = mine.redistribute(p.device_mesh, p.placements).to_local()  # a slice, no traffic
+            p.to_local().mul_(decay).add_(mine, alpha=-lr * max(1.0, rows / cols) ** 0.5)
 
     def _adamw(self, params: list[torch.Tensor], group: dict, lr: float) -> None:
         for p in params:
