@@ -14,6 +14,8 @@ disconnects cancels its jobs; each request has a deadline (`timeout`); past
 (malformed JSON, unsupported values), 413 (oversized body) or 422 (wrong types,
 out-of-range numbers, unknown fields), always with a one-line message in
 OpenAI's error format; an internal failure fails only its own request.
+`app.openapi()` documents the routes and the request body (schemas.request_schema);
+tests/test_serve_schema.py generates requests from it. No route serves it.
 
 Security: see guard.py for what the API key does and does not protect. The
 default bind is 127.0.0.1, so nothing off this machine can reach the server.
@@ -34,7 +36,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from codelm.errors import CodelmError
@@ -53,6 +54,8 @@ from codelm.serve.schemas import (
     Echo,
     LogprobBuilder,
     error_body,
+    parse_request,
+    request_schema,
     usage,
 )
 from codelm.tokenizer import CodeTokenizer
@@ -89,22 +92,6 @@ class ServeConfig:
 
 class ClientGone(Exception):
     pass
-
-
-def _validation_message(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = [str(x) for x in err["loc"] if not isinstance(x, int)]
-        name = loc[0] if loc else "body"
-        if name == "prompt":
-            msg = "prompt must be a string, a list of strings, token ids, or lists of token ids"
-        elif err["type"] == "extra_forbidden":
-            msg = f"unknown field {name!r}"
-        else:
-            msg = f"{name}: {err['msg']}"
-        if msg not in parts:
-            parts.append(msg)
-    return "; ".join(parts)
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -172,7 +159,9 @@ class Service:
         return SamplingConfig(
             temperature=1.0 if req.temperature is None else req.temperature,
             top_k=req.top_k or 0,
-            top_p=req.top_p or 1.0,
+            # Any top_p under 1/vocab keeps just the likeliest token, and 1e-7 does the same; a
+            # smaller one rounds to 0 in float32 and then drops every token (NaN probabilities).
+            top_p=max(req.top_p or 1.0, 1e-7),
             max_new_tokens=max(max_tokens, 1),  # the job's own limit may be 0 (echo only)
             seed=seed,
             repetition_penalty=req.repetition_penalty or 1.0,
@@ -212,10 +201,7 @@ class Service:
 
     async def completions(self, request: Request) -> Response:
         limit = 8 * self.cfg.max_prompt_chars + 65536
-        try:
-            req = CompletionRequest.model_validate(await read_json(request, limit))
-        except ValidationError as e:
-            return JSONResponse(error_body(_validation_message(e)), status_code=422)
+        req = parse_request(await read_json(request, limit))
         if not self.sched.alive:
             return _unavailable("the model is not serving (see the server log)", 5)
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
@@ -368,8 +354,9 @@ def create_app(
     name: str = "codelm",
     scheduler_thread: bool = True,
 ) -> FastAPI:
-    """The ASGI app; its scheduler thread starts and stops with the app's lifespan, unless
-    `scheduler_thread` is off: then the caller runs `app.state.service.sched.run()`."""
+    """The ASGI app; its scheduler thread starts and stops with the app's lifespan (once: a
+    stopped scheduler does not start again), unless `scheduler_thread` is off: then the
+    caller runs `app.state.service.sched.run()`."""
     svc = Service(model, tok, cfg, cfg.model_name or name)
 
     @contextlib.asynccontextmanager
@@ -382,14 +369,17 @@ def create_app(
     app = FastAPI(title="codelm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.service = svc
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_api_route("/v1/completions", svc.completions, methods=["POST"])
+    # app.openapi() documents the body too (the route reads it by hand): schema tests generate from it.
+    body = {"required": True, "content": {"application/json": {"schema": request_schema()}}}
+    extra = {"requestBody": body}
+    app.add_api_route("/v1/completions", svc.completions, methods=["POST"], openapi_extra=extra)
     app.add_api_route("/v1/models", svc.models, methods=["GET"])
     app.add_api_route("/health", svc.health, methods=["GET"])
     app.add_api_route("/", lambda: FileResponse(STATIC / "index.html", headers=PAGE_HEADERS), methods=["GET"])
 
     @app.exception_handler(BadRequest)
     async def bad_request(_: Request, e: BadRequest) -> JSONResponse:
-        return JSONResponse(error_body(str(e), param=e.param), status_code=400)
+        return JSONResponse(error_body(str(e), param=e.param), status_code=e.status)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:

@@ -5,7 +5,8 @@ not a guess) and unknown fields are refused with 422, so a misspelt option is
 never silently ignored. OpenAI's own fields that this server cannot honour
 (`best_of` above `n`, penalties, `logit_bias`) are accepted only at their
 neutral values; anything else is a 400 that names the field. `null` means
-the default, as in OpenAI's API.
+the default, as in OpenAI's API. A lone surrogate in a string (JSON's `\\ud800`,
+not Unicode) reads as U+FFFD, as the tokenizer reads it.
 
 Extensions (codelm's own fields): `top_k`, `repetition_penalty`, DRY's `dry_multiplier`,
 `dry_base` and `dry_allowed_length` (llama.cpp's names; off unless given);
@@ -28,20 +29,22 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from codelm.generate.scheduler import Event, TokenInfo
 from codelm.tokenizer import CodeTokenizer
+from codelm.tokenizer.pretokenize import replace_surrogates
 
 LENGTH_RULES = ("length", "context_full", "timeout")  # finish_reason "length"; every other rule: "stop"
 
 
 class BadRequest(Exception):
-    """A request the server understood but will not run: 400 with this message."""
+    """A request the server will not run: `status` (400: understood but unsupported; 422: a
+    body that is not a valid request) with this message, one line."""
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, status: int = 400):
         super().__init__(message)
-        self.param = param
+        self.param, self.status = param, status
 
 
 class StreamOptions(BaseModel):
@@ -64,7 +67,8 @@ class CompletionRequest(BaseModel):
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # torch's generator takes 64 bits; choice i gets seed + i (n <= 64), so an int64 stays in range.
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     best_of: int | None = Field(None, ge=1)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -72,7 +76,9 @@ class CompletionRequest(BaseModel):
     user: str | None = None
     # codelm extensions
     top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    # Seen tokens' logits are divided by it, then by the temperature (>= 1e-8): near 1e-30 they
+    # overflowed to inf in float32 (NaN probabilities, a 500); 0.01 stays far from that.
+    repetition_penalty: float | None = Field(None, ge=0.01, le=10)
     dry_multiplier: float | None = Field(None, ge=0, le=100)  # DRY, as llama.cpp's server names it
     dry_base: float | None = Field(None, ge=1, le=10)
     dry_allowed_length: int | None = Field(None, ge=1, le=1000)
@@ -81,6 +87,17 @@ class CompletionRequest(BaseModel):
     stop_at_block_end: bool | None = None
     stop_on_repetition: bool | None = None
     trim_to_parse: bool | None = None
+
+    @field_validator("model", "prompt", "suffix", "stop", "user", "instruction")
+    @classmethod
+    def _unicode(cls, v: Any) -> Any:
+        """JSON's \\u escapes can spell a lone surrogate, which has no UTF-8 form: it becomes
+        U+FFFD, as the tokenizer reads it, so an echo or a stop string cannot fail on it."""
+        if isinstance(v, str):
+            return v if v.isascii() else replace_surrogates(v)
+        if isinstance(v, list):
+            return [x if not isinstance(x, str) or x.isascii() else replace_surrogates(x) for x in v]
+        return v
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -111,6 +128,49 @@ class CompletionRequest(BaseModel):
             raise BadRequest("give suffix (fill-in-the-middle) or instruction, not both", "suffix")
         if self.echo and (self.suffix is not None or self.instruction is not None):
             raise BadRequest("echo works only with a plain prompt (no suffix or instruction)", "echo")
+
+
+def parse_request(obj: Any) -> CompletionRequest:
+    """The request in a decoded JSON body; BadRequest (422) with one line naming each bad field."""
+    try:
+        return CompletionRequest.model_validate(obj)
+    except ValidationError as e:
+        raise BadRequest(validation_message(e), status=422) from None
+
+
+def validation_message(e: ValidationError) -> str:
+    """One line for the client: each bad field once, joined by "; " (pydantic's own text
+    spans lines and repeats the input)."""
+    parts = []
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"] if not isinstance(x, int)]
+        name = loc[0] if loc else "body"
+        if name == "prompt":
+            msg = "prompt must be a string, a list of strings, token ids, or lists of token ids"
+        elif err["type"] == "extra_forbidden":
+            msg = f"unknown field {name!r}"
+        else:
+            msg = f"{name}: {err['msg']}"
+        if msg not in parts:
+            parts.append(msg)
+    return "; ".join(parts)
+
+
+def request_schema() -> dict[str, Any]:
+    """CompletionRequest as JSON Schema for the API's OpenAPI document (the route parses its
+    body by hand, to word its own errors, so FastAPI cannot see it). Its nested model is
+    inlined: pydantic's `#/$defs/...` references would not resolve inside an OpenAPI document."""
+    schema = CompletionRequest.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return inline(schema)
 
 
 def finish_reason(stop_rule: str | None) -> str | None:
