@@ -28,9 +28,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from common import machine
 
+from codelm.data.dataset import iter_rows
 from codelm.evaluate.sandbox import run_many
 from codelm.testgen import SampleConfig, TestgenConfig, write_tests
 from codelm.testgen.chain import STEPS
@@ -42,7 +42,7 @@ from codelm.testgen.targets import find_targets, load_module
 def split_of(data: Path, name: str) -> str:
     """Which split of DATA holds the module's file, or "none"."""
     for split in ("train", "val", "test"):
-        paths = pq.read_table(data / f"{split}.parquet", columns=["path"])["path"].to_pylist()
+        paths = (row["path"] for row in iter_rows(data, split, ["path"]))  # one file or shards
         if f"{name}.py" in paths:
             return split
     return "none"

@@ -341,6 +341,10 @@ def _data_parser(sub) -> None:
         help="leave out paths matching GLOB (repeatable)",
     )
     _opt(b, "data", "--num-proc", type=int, help="worker processes (output is the same)")
+    engine_help = "local: --num-proc processes here; dask: a Dask cluster (pip install 'codelm[dask]')"
+    _opt(b, "data", "--engine", choices=["local", "dask"], help=engine_help)
+    _opt(b, "data", "--scheduler", metavar="ADDRESS", help="dask: a running scheduler (tcp://HOST:8786)")
+    _opt(b, "data", "--workers", type=int, help="dask: local cluster's worker processes; 0: one per core")
     b.set_defaults(func=_data_build)
 
 

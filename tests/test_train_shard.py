@@ -80,7 +80,7 @@ def test_two_sharded_processes_equal_one(runs):
     root, _ = runs
     assert len(_curve(root / "one")) >= 3 and _close(root / "one", root / "sharded")
     names = sorted(p.name for p in (root / "sharded" / "checkpoints" / "step-00000012").iterdir())
-    assert names == [".metadata", "__0_0.distcp", "__1_0.distcp", "state.json"]  # each process wrote its shards
+    assert names == [".metadata", "__0_0.distcp", "__1_0.distcp", "state.json"]  # a shard file per process
     one, sharded = (load_file(str(root / r / "model.safetensors")) for r in ("one", "sharded"))
     assert sharded.keys() == one.keys() and all(sharded[k].shape == one[k].shape for k in one)
 

@@ -1,17 +1,20 @@
 """`codelm data build`: sources -> filtered, deduplicated, split Parquet files in DATA/.
 
 DATA's format (split files, columns, stats.json and manifest.json) is defined,
-written and read by dataset.py; this module decides what goes in. stats.json
+written and read by dataset.py; this module says what goes in. stats.json
 counts files seen, dropped and skipped per reason, and kept per split; its pair
 counts (`pairs_mined`, `{split}_pairs`) hold every pair, and `doctest_pairs_mined`
 and `{split}_doctest_pairs` the docstring examples among them (doctests.py). The
-build is one streaming pass: files are read lazily, worked
-on in order by `num_proc` processes (process.py), and judged here against what
-came before (exact and near duplicates: the first of a cluster is kept), then
-written in row groups to the split of their group key. Memory holds a few
-chunks of files, one MinHash signature and one hash per kept file, never the
-corpus. The directory is swapped in atomically, so a failed build leaves no
+local engine (the default) is one streaming pass: files are read lazily,
+worked on in order by `num_proc` processes (process.py), and judged (judge.py)
+against what came before (exact and near duplicates: the first of a cluster is
+kept), then written in row groups to the split of their group key. Memory holds
+a few chunks of files, one MinHash signature and one hash per kept file, never
+the corpus. The directory is swapped in atomically, so a failed build leaves no
 half-written DATA, and the same inputs and options give byte-identical files.
+`engine="dask"` hands the same work to a Dask cluster (dask_engine.py, imported
+only then), which writes the same rows as sharded Parquet; the options that
+choose how a build runs (RUN_ONLY) are left out of the manifest's identity.
 
 This module does not tokenize or pack; that is train/batches.py.
 """
@@ -22,7 +25,6 @@ import hashlib
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
@@ -30,44 +32,23 @@ from pathlib import Path
 
 from rich.table import Table
 
-from codelm.data.dataset import SPLITS, DataWriter, check_replaceable, make_row, write_data
+from codelm.data.dataset import check_replaceable, write_data
 from codelm.data.decontaminate import DecontamConfig
-from codelm.data.dedup import DedupConfig, NearDupIndex, exact_key
-from codelm.data.filters import REASONS, FilterConfig
-from codelm.data.pairs import PairConfig, pair_text
+from codelm.data.dedup import DedupConfig, NearDupIndex
+from codelm.data.filters import FilterConfig
+from codelm.data.judge import Judge, kept_rows
+from codelm.data.pairs import PairConfig
 from codelm.data.problems import load_problems
 from codelm.data.process import Result, WorkerConfig, process_stream
 from codelm.data.records import Skip
 from codelm.data.sources import Source, open_source
-from codelm.data.split import check_fractions, group_key, split_of
+from codelm.data.split import check_fractions
 from codelm.errors import CodelmError
 
 MAX_WARNINGS = 10  # skip messages printed; the rest are only counted
-SKIP_REASONS = (
-    "unreadable",
-    "missing",
-    "symlink_loop",
-    "corrupt_jsonl",
-    "corrupt_parquet",
-    "missing_text_field",
-    "bad_record",
-    "other_language",
-    "excluded",
-)
-COUNTERS = (
-    "files_seen",
-    "bytes_seen",
-    *(f"dropped_{r}" for r in REASONS),
-    "kept_syntax_error",
-    "dropped_contaminated",
-    "dropped_exact_duplicate",
-    "dropped_near_duplicate",
-    *(f"skipped_{r}" for r in SKIP_REASONS),
-    "pairs_mined",  # all pairs, doctest ones included
-    "doctest_pairs_mined",
-    "dropped_duplicate_pair",
-    *(f"{s}_{what}" for s in SPLITS for what in ("documents", "pairs", "doctest_pairs", "bytes")),
-)
+ENGINES = ("local", "dask")
+# Options that change how a build runs, not what it writes: left out of the manifest's identity.
+RUN_ONLY = ("num_proc", "engine", "scheduler", "workers")
 
 
 @dataclass(frozen=True)
@@ -84,6 +65,12 @@ class DataConfig:
     # instructions alone, e.g. docstring examples for the notebook (`--pairs-only --no-function-pairs`).
     documents: bool = True
     num_proc: int = 1  # worker processes; the output does not depend on it
+    # Where the per-file work runs: "local" (num_proc processes on this machine) or "dask" (a
+    # Dask distributed cluster: `pip install 'codelm[dask]'`). The rows written do not depend on
+    # it; dask writes each split as shards (dataset.py).
+    engine: str = "local"
+    scheduler: str | None = None  # dask: a running scheduler's address (tcp://HOST:8786); None: a local one
+    workers: int = 0  # dask: worker processes of the local cluster; 0: one per CPU core
     # Glob patterns (fnmatch, on the path inside its source) of files to leave out, e.g.
     # "test/*" or "*/tests/*": counted as skipped_excluded.
     exclude: tuple[str, ...] = ()
@@ -99,89 +86,14 @@ class DataConfig:
         # The nested configs (filters, dedup, pairs, decontam) check themselves when built.
         if self.num_proc < 1:
             raise CodelmError("--num-proc must be at least 1")
-
-
-def _storable(path: str) -> str:
-    """A path as valid UTF-8: a file name's undecodable bytes become U+FFFD (Parquet needs UTF-8)."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-class _Judge:
-    """Takes results in input order and decides: drop (and why), or keep in which split."""
-
-    def __init__(self, cfg: DataConfig, writer: DataWriter, near: NearDupIndex | None, warn: Callable):
-        self.cfg, self.writer, self.near, self.warn = cfg, writer, near, warn
-        self.stats: Counter = Counter(dict.fromkeys(COUNTERS, 0))
-        self.by_problem: Counter = Counter()
-        self.seen: set[bytes] = set()
-        self.seen_pairs: set[bytes] = set()
-        self.first_skip = ""
-
-    def add(self, item: Result | Skip) -> None:
-        st = self.stats
-        st["files_seen"] += 1
-        if isinstance(item, Skip):
-            st[item.reason] += 1
-            if item.message:
-                self.first_skip = self.first_skip or item.message
-                self.warn(item.message)
-            return
-        st["bytes_seen"] += item.nbytes
-        if item.reason is not None:
-            st[f"dropped_{item.reason}"] += 1
-        elif item.contaminated_by:
-            st["dropped_contaminated"] += 1
-            self.by_problem.update(item.contaminated_by)
-        elif item.key in self.seen:
-            st["dropped_exact_duplicate"] += 1
-        else:
-            self.seen.add(item.key)
-            if self._near_duplicate(item):
-                st["dropped_near_duplicate"] += 1
-            else:
-                self._keep(item)
-
-    def _near_duplicate(self, item: Result) -> bool:
-        """True when `item` joins an earlier kept file's cluster; else it starts its own."""
-        if item.sig is None or self.near is None:
-            return False
-        return self.near.match_or_add(item.sig) is not None
-
-    def _keep(self, item: Result) -> None:
-        st = self.stats
-        st["kept_syntax_error"] += item.syntax_error
-        split = split_of(group_key(item.source, item.path), self.cfg.fractions)
-        file_path = _storable(item.path)
-        if self.cfg.documents:
-            self.writer.add(split, make_row(item.text, file_path, item.source, "file"))
-            st[f"{split}_documents"] += 1
-            st[f"{split}_bytes"] += len(item.text.encode("utf-8", "surrogatepass"))
-        for pair in item.pairs:  # a pair goes where its file went: no leak between splits
-            doctest = pair.kind == "doctest"
-            st["pairs_mined"] += 1
-            st["doctest_pairs_mined"] += doctest
-            key = exact_key(f"{pair.prompt}\0{pair.completion}")
-            if key in self.seen_pairs:
-                st["dropped_duplicate_pair"] += 1
-                continue
-            self.seen_pairs.add(key)
-            text = pair_text(pair.prompt, pair.completion)
-            path = f"{file_path}::{pair.name}"
-            self.writer.add(split, make_row(text, path, item.source, "pair", pair.prompt, pair.completion))
-            st[f"{split}_pairs"] += 1
-            st[f"{split}_doctest_pairs"] += doctest
-
-    def kept(self) -> int:
-        return sum(self.stats[f"{s}_{what}"] for s in SPLITS for what in ("documents", "pairs"))
-
-    def nothing_kept_message(self, specs: list[str]) -> str:
-        if self.first_skip and self.stats["files_seen"] == 1:
-            return self.first_skip  # the whole input was one bad file: say what is wrong with it
-        drops = {k: v for k, v in self.stats.items() if v and k.startswith(("dropped_", "skipped_"))}
-        why = ", ".join(f"{k}: {v}" for k, v in sorted(drops.items(), key=lambda kv: -kv[1])[:4])
-        seen = self.stats["files_seen"]
-        what = "code" if self.cfg.documents else "pairs (--pairs-only keeps nothing else)"
-        return f"no usable {what} found in {', '.join(specs)} ({seen} files seen{'; ' + why if why else ''})"
+        if self.engine not in ENGINES:
+            raise CodelmError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.workers < 0:
+            raise CodelmError("--workers must be at least 0 (0: one per CPU core)")
+        if self.engine != "dask" and (self.scheduler or self.workers):
+            raise CodelmError("--scheduler and --workers are for --engine dask")
+        if self.scheduler and self.workers:
+            raise CodelmError("--workers starts a local cluster: give it or --scheduler, not both")
 
 
 class _Progress:
@@ -257,7 +169,8 @@ def _unless_excluded(item, patterns: tuple[str, ...]):
 def _manifest(opened: list[Source], cfg: DataConfig) -> dict:
     """What the build knows of its identity; dataset.py adds the files' rows and hashes."""
     options = asdict(cfg)
-    options.pop("num_proc")  # does not change the output, so it does not belong to its identity
+    for name in RUN_ONLY:  # they do not change the rows, so they do not belong to their identity
+        options.pop(name)
     benchmarks = [
         {"path": p, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()} for p in cfg.decontaminate
     ]
@@ -294,29 +207,54 @@ def build_dataset(
     )
     wcfg = WorkerConfig(cfg.filters, cfg.dedup, cfg.pairs, cfg.decontam, problems)
     try:
-        near = NearDupIndex(cfg.dedup) if cfg.near_dup else None
+        near = NearDupIndex(cfg.dedup) if cfg.near_dup else None  # also checks the settings
     except ValueError as e:  # datasketch cannot band this few permutations at this threshold
         raise CodelmError(f"near-duplicate settings: {e}") from None
     show = sys.stderr.isatty() if progress is None else progress
-    with write_data(out) as writer:  # swapped in whole at the end; an error leaves the old DATA
+    # Swapped in whole at the end; an error leaves the old DATA.
+    with write_data(out, sharded=cfg.engine == "dask") as writer:
         warnings = _Warnings(log)
-        judge = _Judge(cfg, writer, near, warnings)
+        make_judge = lambda near_check, sink, warn=warnings: Judge(
+            cfg.fractions, cfg.documents, near_check, sink, warn
+        )
         bar = _Progress(show)
         try:
             stream = (_unless_excluded(item, cfg.exclude) for src in opened for item in src)
-            for item in process_stream(stream, wcfg, cfg.num_proc):
-                judge.add(item)
-                bar.advance(getattr(item, "nbytes", 0))
+            if cfg.engine == "dask":
+                from codelm.data.dask_engine import build_on_dask  # imported only when asked for
+
+                judge = build_on_dask(stream, wcfg, cfg, writer, make_judge, bar.advance)
+            else:
+                judge = _build_locally(stream, wcfg, cfg, writer, make_judge, near, bar.advance)
         finally:
             bar.close()
         if judge.kept() == 0:
             raise CodelmError(judge.nothing_kept_message(specs))
         warnings.finish()
-        stats = dict(judge.stats)
-        if cfg.decontaminate:
-            stats["contaminated_by_problem"] = dict(sorted(judge.by_problem.items()))
+        stats = judge.final_stats(bool(cfg.decontaminate))
         writer.finish(stats, _manifest(opened, cfg))
     return stats
+
+
+def _build_locally(
+    stream: Iterable, wcfg: WorkerConfig, cfg: DataConfig, writer, make_judge, near, advance
+) -> Judge:
+    """`num_proc` processes here do the per-file work; the judge writes what it keeps at once."""
+
+    def write(index: int, meta, result: Result, split: str, kept_pairs: list[int]) -> None:
+        for row in kept_rows(result, kept_pairs, cfg.documents):
+            writer.add(split, row)
+
+    # The greedy index: a file is compared with the files kept before it, in input order.
+    near_check = None if near is None else lambda i, meta, r: near.match_or_add(r.sig) is not None
+    judge = make_judge(near_check, write)
+    for item in process_stream(stream, wcfg, cfg.num_proc):
+        if isinstance(item, Skip):
+            judge.add(item)
+        else:
+            judge.add(item.meta(), item)
+        advance(getattr(item, "nbytes", 0))
+    return judge
 
 
 def stats_table(stats: dict, out: str | Path) -> Table:

@@ -1,23 +1,35 @@
 """DATA: the directory `codelm data build` writes and the later stages read. Its one definition.
 
-DATA/ holds one Parquet file per split (`train.parquet`, `val.parquet`,
-`test.parquet`), one row per document with the columns of SCHEMA (`kind` is
-"file", or "pair" for a mined instruction -> code pair, which alone fills
-`prompt` and `completion`), plus `stats.json` (the build's counts) and
-`manifest.json` (inputs, options, each file's rows and sha256, a content hash).
+DATA/ holds each split (train, val, test) either as one Parquet file
+(`train.parquet`: what `--engine local` writes) or as shards
+(`train-00000-of-00003.parquet`, `train-00001-of-00003.parquet`, ...: what
+`--engine dask` writes, one per cluster partition that kept rows of the split;
+the split's rows are the shards' rows in index order). Rows have the columns of
+SCHEMA (`kind` is "file", or "pair" for a mined instruction -> code pair, which
+alone fills `prompt` and `completion`). Beside them lie `stats.json` (the
+build's counts) and `manifest.json` (inputs, options, each file's rows and
+sha256, and a content hash).
+
+The content hash is blake2b-128 over one record per row in build order (splits
+interleaved as the rows were decided): the row's own blake2b-128 digest of its
+length-prefixed fields, then its split's name. Per-row digests make it
+composable: shards written apart on a cluster give the same hash as one file
+written here, so it identifies the rows, not how they were laid out in files.
 
 This module writes it (`write_data`: row groups streamed to a temporary
 directory that replaces DATA only once complete, so a reader never sees half
 of one, and a failed write leaves the old DATA as it was), reads it back
-(`iter_rows`, `iter_texts`), and says whether a folder is DATA (`is_data_dir`,
-`require_data_dir`). It does not decide what goes in (build.py) or turn rows
-into tokens (train/batches.py).
+(`split_files`, `iter_rows`, `iter_texts`: every shard, in order, never
+concatenated), and says whether a folder is DATA (`is_data_dir`,
+`require_data_dir`). It does not decide what goes in (build.py, judge.py) or
+turn rows into tokens (train/batches.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -53,7 +65,38 @@ def split_file(split: str) -> str:
 
 
 def split_path(data_dir: str | Path, split: str) -> Path:
+    """Where a split's single file lies; a sharded split's files are `split_files`'."""
     return Path(data_dir) / split_file(split)
+
+
+def shard_file(split: str, index: int, count: int) -> str:
+    """The file name of one shard of a split: ("train", 0, 3) -> "train-00000-of-00003.parquet"."""
+    return f"{split}-{index:05d}-of-{count:05d}.parquet"
+
+
+_SHARD = re.compile(r"(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet")
+
+
+def split_files(data_dir: str | Path, split: str) -> list[Path]:
+    """The Parquet files of `split`, in row order: its single file, or all its shards by index.
+    [] when it has neither; a CodelmError when shards are missing or both forms are there."""
+    folder = Path(data_dir)
+    single = split_path(folder, split)
+    shards: dict[int, set[int]] = {}
+    with contextlib.suppress(OSError):  # no folder: no files
+        for entry in folder.iterdir():
+            m = _SHARD.fullmatch(entry.name)
+            if m and m["split"] == split:
+                shards.setdefault(int(m["index"]), set()).add(int(m["count"]))
+    if not shards:
+        return [single] if single.is_file() else []
+    if single.is_file():
+        raise CodelmError(f"{folder} holds both {single.name} and shards of {split}: keep one")
+    counts = set().union(*shards.values())
+    count = counts.pop()
+    if counts or sorted(shards) != list(range(count)):
+        raise CodelmError(f"{folder}: the shards of {split} are incomplete (expected {count} of them)")
+    return [folder / shard_file(split, i, count) for i in range(count)]
 
 
 def make_row(
@@ -85,18 +128,22 @@ def is_data_dir(path: str | Path) -> bool:
     or one made by hand (a split's Parquet file is enough). Whether it has the splits a reader
     needs is `require_data_dir`'s question."""
     path = Path(path)
-    return path.is_dir() and any((path / name).is_file() for name in (MANIFEST, *map(split_file, SPLITS)))
+    if not path.is_dir():
+        return False
+    if any((path / name).is_file() for name in (MANIFEST, *map(split_file, SPLITS))):
+        return True
+    return any(_SHARD.fullmatch(entry.name) for entry in path.iterdir())
 
 
 def require_data_dir(path: str | Path, splits: Sequence[str] = ("train",)) -> Path:
-    """`path` as a Path when it is a folder holding the Parquet file of each of `splits`;
-    otherwise a one-line CodelmError that names what is missing."""
+    """`path` as a Path when it is a folder holding the Parquet file (or shards) of each of
+    `splits`; otherwise a one-line CodelmError that names what is missing."""
     path = Path(path)
     if not path.exists():
         raise CodelmError(f"DATA directory not found: {path}")
     if not path.is_dir():
         raise CodelmError(f"not a DATA directory (a file, not a folder): {path}")
-    missing = [split_file(s) for s in splits if not split_path(path, s).is_file()]
+    missing = [split_file(s) for s in splits if not split_files(path, s)]
     if missing:
         hint = "" if is_data_dir(path) else "; build one with `codelm data build`"
         raise CodelmError(f"not a DATA directory (no {', '.join(missing)}): {path}{hint}")
@@ -120,32 +167,59 @@ def check_replaceable(out: str | Path) -> None:
 # ---------------------------------------------------------------- writing
 
 
+def row_record(row: dict, split: str) -> bytes:
+    """What a row adds to the content hash: the digest of its fields, then its split's name."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in COLUMNS:  # length-prefixed, so field boundaries cannot shift
+        value = (row[name] or "").encode("utf-8", "surrogatepass")
+        h.update(len(value).to_bytes(8, "little") + value)
+    return h.digest() + split.encode()
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 class DataWriter:
     """Streams rows into each split's Parquet file in row groups and hashes their content.
 
-    Made by `write_data`, which owns the temporary directory it writes in.
+    Made by `write_data`, which owns the temporary directory it writes in. A sharded
+    DataWriter writes no rows itself: the dask engine's tasks write each partition with a
+    DataWriter of their own (`keep_records`), and `add_shard` and `add_records` take
+    their files and their share of the content hash, in order.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, *, sharded: bool = False, keep_records: bool = False):
         self.folder = folder
-        self.writers = {s: pq.ParquetWriter(split_path(folder, s), SCHEMA) for s in SPLITS}
+        self.writers = {} if sharded else {s: pq.ParquetWriter(split_path(folder, s), SCHEMA) for s in SPLITS}
         self.buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
         self.sizes = dict.fromkeys(SPLITS, 0)
         self.rows = dict.fromkeys(SPLITS, 0)
         self.content = hashlib.blake2b(digest_size=16)
+        self.records = bytearray() if keep_records else None  # the rows' `row_record`s, in order
+        self.shards: dict[str, dict] = {}  # sharded: file name -> rows and sha256
         self.closed = self.finished = False
 
     def add(self, split: str, row: dict) -> None:
         """Append one row (see `make_row`) to `split`."""
-        for name in COLUMNS:  # length-prefixed, so field boundaries cannot shift
-            value = (row[name] or "").encode("utf-8", "surrogatepass")
-            self.content.update(len(value).to_bytes(8, "little") + value)
-        self.content.update(split.encode())
+        record = row_record(row, split)
+        self.content.update(record)
+        if self.records is not None:
+            self.records += record
         self.buffers[split].append(row)
         self.rows[split] += 1
         self.sizes[split] += len(row["text"])
         if len(self.buffers[split]) >= ROWS_PER_GROUP or self.sizes[split] >= BYTES_PER_GROUP:
             self._flush(split)
+
+    def add_shard(self, name: str, rows: int, sha256: str) -> None:
+        """Record a shard file that lies in the folder (sharded DATA), in its split's order."""
+        self.shards[name] = {"rows": rows, "sha256": sha256}
+
+    def add_records(self, records: bytes) -> None:
+        """Hash rows written elsewhere, by their `row_record`s, in build order (sharded DATA)."""
+        self.content.update(records)
 
     def _flush(self, split: str) -> None:
         if self.buffers[split]:
@@ -158,10 +232,19 @@ class DataWriter:
         if self.closed:
             return
         self.closed = True
-        for s in SPLITS:
+        for s, writer in self.writers.items():
             if flush:
                 self._flush(s)
-            self.writers[s].close()
+            writer.close()
+
+    def files(self) -> dict[str, dict]:
+        """Each file written, by name: its rows and sha256 (after `close`)."""
+        if not self.writers:
+            return dict(self.shards)
+        return {
+            split_file(s): {"rows": self.rows[s], "sha256": file_sha256(split_path(self.folder, s))}
+            for s in SPLITS
+        }
 
     def finish(self, stats: dict, manifest: dict) -> dict:
         """Close the splits and write stats.json and manifest.json; return the manifest written.
@@ -170,12 +253,7 @@ class DataWriter:
         sha256 and the content hash are added here.
         """
         self.close()
-        files = {}
-        for s in SPLITS:
-            with open(split_path(self.folder, s), "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-            files[split_file(s)] = {"rows": self.rows[s], "sha256": digest}
-        manifest = {**manifest, "files": files, "content_hash": self.content.hexdigest()}
+        manifest = {**manifest, "files": self.files(), "content_hash": self.content.hexdigest()}
         atomic_write_json(self.folder / STATS, stats)
         atomic_write_json(self.folder / MANIFEST, manifest)
         self.finished = True
@@ -183,11 +261,11 @@ class DataWriter:
 
 
 @contextlib.contextmanager
-def write_data(out: str | Path) -> Iterator[DataWriter]:
+def write_data(out: str | Path, sharded: bool = False) -> Iterator[DataWriter]:
     """A DataWriter into a temporary folder beside `out`, which replaces `out` when the block
     ends without an exception, after `finish`; on an exception the folder is removed."""
     with atomic_directory(out) as tmp:
-        writer = DataWriter(tmp)
+        writer = DataWriter(tmp, sharded=sharded)
         try:
             yield writer
         except BaseException:
@@ -203,16 +281,16 @@ def write_data(out: str | Path) -> Iterator[DataWriter]:
 
 
 def iter_rows(data_dir: str | Path, split: str, columns: Sequence[str] = COLUMNS) -> Iterator[dict]:
-    """Rows of one split, streamed in batches. A column the file lacks (a hand-made DATA may
-    have only `text`) is left out of the rows rather than failing."""
-    path = split_path(require_data_dir(data_dir, (split,)), split)
-    try:
-        pf = pq.ParquetFile(path)
-        names = set(pf.schema_arrow.names)
-        for batch in pf.iter_batches(batch_size=READ_BATCH, columns=[c for c in columns if c in names]):
-            yield from batch.to_pylist()
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise CodelmError(f"corrupt Parquet file {path}: {first_line(e)}") from None
+    """Rows of one split, streamed in batches from each of its files in order. A column a file
+    lacks (a hand-made DATA may have only `text`) is left out of the rows rather than failing."""
+    for path in split_files(require_data_dir(data_dir, (split,)), split):
+        try:
+            pf = pq.ParquetFile(path)
+            names = set(pf.schema_arrow.names)
+            for batch in pf.iter_batches(batch_size=READ_BATCH, columns=[c for c in columns if c in names]):
+                yield from batch.to_pylist()
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise CodelmError(f"corrupt Parquet file {path}: {first_line(e)}") from None
 
 
 def iter_texts(data_dir: str | Path, split: str) -> Iterator[str]:

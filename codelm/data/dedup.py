@@ -11,7 +11,9 @@ literals differ) does not. Files under `min_tokens` tokens are left to exact ded
 Signatures are computed in worker processes (`signature`); the index that
 decides (`NearDupIndex`) lives in the main process and keeps one signature per
 kept file, never the texts. The first file of a cluster, in input order, is its
-representative: later members are dropped.
+representative: later members are dropped. The dask engine takes the same
+decisions band by band on a cluster (lsh.py), from the same `lsh_bands` and
+`min_equal`.
 """
 
 from __future__ import annotations
@@ -121,6 +123,17 @@ def signature(text: str, cfg: DedupConfig) -> np.ndarray | None:
     return m.hashvalues.astype(np.uint32)
 
 
+def lsh_bands(cfg: DedupConfig) -> list[tuple[int, int]]:
+    """The signature slots of each LSH band, as datasketch chooses them for the threshold (its
+    `hashranges`): two files are candidates when all slots of some band are equal."""
+    return list(MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm).hashranges)
+
+
+def min_equal(cfg: DedupConfig) -> float:
+    """Equal signature slots a candidate needs to be a near duplicate: the estimated Jaccard."""
+    return cfg.near_dup_threshold * cfg.num_perm
+
+
 class NearDupIndex:
     """Greedy clustering: a signature matches the earliest kept one within the threshold."""
 
@@ -128,7 +141,7 @@ class NearDupIndex:
         self.cfg = cfg
         self.lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
         self.permutations = _permutations(cfg.num_perm, cfg.seed)
-        self.min_equal = cfg.near_dup_threshold * cfg.num_perm  # estimated Jaccard, in equal slots
+        self.min_equal = min_equal(cfg)
         self.sigs = np.zeros((1024, cfg.num_perm), np.uint32)
         self.size = 0
 

@@ -8,7 +8,9 @@ that do (duplicates, splits) stay in the main process.
 
 `process_stream` hands out chunks of files and takes results back in input
 order, with a bounded number of chunks in flight: memory holds a few chunks,
-never the corpus, and the output is the same whatever `num_proc` is.
+never the corpus, and the output is the same whatever `num_proc` is. The dask
+engine (dask_engine.py) runs the same `FileProcessor` on a cluster, and sends
+back only each Result's `Meta`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,42 @@ class Result:
     key: bytes = b""  # exact-duplicate key
     sig: np.ndarray | None = None  # MinHash signature; None when the text has no tokens
     pairs: list[Pair] = field(default_factory=list)
+    text_bytes: int = 0  # UTF-8 size of `text`, counted in stats.json
+    pair_keys: list[bytes] = field(default_factory=list)  # exact keys of `pairs`, to drop repeats
+
+    def meta(self) -> Meta:
+        """What the build's decisions need of this result, without its texts and signature."""
+        return Meta(
+            self.path,
+            self.source,
+            self.nbytes,
+            self.reason,
+            self.syntax_error,
+            self.contaminated_by,
+            self.key,
+            self.sig is not None,
+            self.text_bytes,
+            tuple(self.pair_keys),
+            tuple(p.kind == "doctest" for p in self.pairs),
+        )
+
+
+@dataclass(frozen=True)
+class Meta:
+    """A Result less its texts, pairs and signature: all that judge.py decides on. Small, so
+    the dask engine ships these to the client while the texts stay on the cluster."""
+
+    path: str
+    source: str
+    nbytes: int
+    reason: str | None
+    syntax_error: bool
+    contaminated_by: tuple[str, ...]
+    key: bytes
+    has_sig: bool  # a MinHash signature exists: the file takes part in near-duplicate detection
+    text_bytes: int
+    pair_keys: tuple[bytes, ...]
+    pair_doctest: tuple[bool, ...]  # per pair: a docstring example (doctests.py)
 
 
 @dataclass(frozen=True)
@@ -83,11 +121,13 @@ class FileProcessor:
                 r.text = None  # dropped: no need to ship it back
                 return r
         r.key = exact_key(r.text)
+        r.text_bytes = len(r.text.encode("utf-8", "surrogatepass"))
         r.sig = signature(r.text, cfg.dedup)
         if checked.tree is not None:
             r.pairs = mine_pairs(r.text, checked.tree, cfg.pairs)
             if cfg.pairs.doctests:
                 r.pairs += mine_doctests(r.text, checked.tree, cfg.pairs)
+            r.pair_keys = [exact_key(f"{p.prompt}\0{p.completion}") for p in r.pairs]
         return r
 
     def run_chunk(self, chunk: list[RawFile | Skip]) -> list[Result | Skip]:
@@ -107,13 +147,16 @@ def _run_chunk(chunk: list[RawFile | Skip]) -> list[Result | Skip]:
     return _worker.run_chunk(chunk)
 
 
-def _chunks(items: Iterable[RawFile | Skip]) -> Iterator[list[RawFile | Skip]]:
+def chunks(
+    items: Iterable[RawFile | Skip], max_files: int = CHUNK_FILES, max_bytes: int = CHUNK_BYTES
+) -> Iterator[list[RawFile | Skip]]:
+    """Consecutive runs of `items`, cut at `max_files` items or once they hold `max_bytes`."""
     chunk: list[RawFile | Skip] = []
     size = 0
     for item in items:
         chunk.append(item)
         size += len(item.data) if isinstance(item, RawFile) else 0
-        if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
+        if len(chunk) >= max_files or size >= max_bytes:
             yield chunk
             chunk, size = [], 0
     if chunk:
@@ -124,7 +167,7 @@ def process_stream(items: Iterable[RawFile | Skip], cfg: WorkerConfig, num_proc:
     """Result | Skip for every item, in input order, computed by `num_proc` processes."""
     if num_proc <= 1:
         worker = FileProcessor(cfg)
-        for chunk in _chunks(items):
+        for chunk in chunks(items):
             yield from worker.run_chunk(chunk)
         return
     # spawn, not fork: the caller may run threads (a progress bar), and fork copies them badly
@@ -132,7 +175,7 @@ def process_stream(items: Iterable[RawFile | Skip], cfg: WorkerConfig, num_proc:
     pool = ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_init_worker, initargs=(cfg,))
     try:
         pending: deque = deque()
-        for chunk in _chunks(items):
+        for chunk in chunks(items):
             pending.append(pool.submit(_run_chunk, chunk))
             if len(pending) >= IN_FLIGHT_PER_PROC * num_proc:
                 yield from _result(pending.popleft())

@@ -21,7 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from codelm.data.dataset import iter_texts
+from codelm.data.dataset import iter_texts, split_files
 from codelm.data.records import Skip
 from codelm.data.sources import open_source
 from codelm.errors import CodelmError
@@ -71,8 +71,8 @@ def held_out_texts(run: Path, data: str | None, split: str) -> tuple[list[str], 
     if not data:  # an imported run was trained elsewhere: Path("") would read the working folder
         raise CodelmError(f"{run} names no DATA it was trained on: give --data DATA or a folder")
     path = Path(data)
-    if (path / f"{split}.parquet").is_file():
-        return list(iter_texts(path, split)), f"{path}/{split}.parquet"
+    if split_files(path, split):  # one file or its shards
+        return list(iter_texts(path, split)), f"{path} ({split} split)"
     if path.is_dir():
         texts = []
         for item in open_source(f"dir:{path}"):  # the work tree as it is, not a git HEAD

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from codelm.data.dataset import iter_texts, require_data_dir, split_path
+from codelm.data.dataset import iter_texts, require_data_dir
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_json
 from codelm.model import ModelConfig
@@ -59,7 +59,7 @@ def _fresh(data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dis
         if tokenizer is not None:
             tok = CodeTokenizer.load(tokenizer)
         else:
-            console.print(f"training a {cfg.vocab_size}-token tokenizer on {split_path(data_dir, 'train')}")
+            console.print(f"training a {cfg.vocab_size}-token tokenizer on the train split of {data_dir}")
             tok = train_tokenizer(iter_texts(data_dir, "train"), cfg.vocab_size)
         model_cfg = ModelConfig.from_preset(cfg.preset, **{**(overrides or {}), "vocab_size": tok.vocab_size})
     saved = {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "data": str(Path(data_dir).resolve())}
@@ -79,10 +79,18 @@ def _fresh(data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dis
 
 
 def _token_key(data_dir: Path, split: str, tok: CodeTokenizer, cfg: TrainConfig, window: int) -> str:
-    parquet = split_path(require_data_dir(data_dir, (split,)), split)
-    st = parquet.stat()
+    from codelm.data.dataset import split_files
+
+    # Every file of the split (its one file, or each of its shards in order): a changed,
+    # added or removed shard makes the cached tokens stale.
+    files = [(str(f.resolve()), f.stat()) for f in split_files(require_data_dir(data_dir, (split,)), split)]
     fim = cfg.fim_rate if split == "train" else 0.0  # validation stays plain left-to-right
-    what = [str(parquet.resolve()), st.st_size, st.st_mtime_ns, tok.tok.to_str(), fim, cfg.seed]
+    if len(files) == 1:  # one file: the key of a DATA written before shards existed stays the same
+        (path, st), *_ = files
+        what = [path, st.st_size, st.st_mtime_ns, tok.tok.to_str(), fim, cfg.seed]
+    else:
+        stamps = [[path, st.st_size, st.st_mtime_ns] for path, st in files]
+        what = [stamps, tok.tok.to_str(), fim, cfg.seed]
     if split == "train" and cfg.repo_rate:  # keys of runs without repository documents stay as they were
         what += [cfg.repo_rate, window]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
