@@ -81,3 +81,11 @@ def llama_config(cfg):
         tie_word_embeddings=True,
         attn_implementation="sdpa",
     )
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory (VmRSS, KiB), read from /proc (Linux; no psutil)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")

@@ -28,9 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, summary, timed  # noqa: E402
 
+from codelm.memory import keep_freed_memory  # noqa: E402
 from codelm.model import ModelConfig, Transformer  # noqa: E402
 from codelm.model.lora import add_adapters  # noqa: E402
-from codelm.train.allocator import keep_freed_memory  # noqa: E402
 from codelm.train.config import TrainConfig  # noqa: E402
 from codelm.train.loop import autocast_dtype, make_optimizer, train_step  # noqa: E402
 from codelm.train.lora import freeze_base  # noqa: E402

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import llama_config, machine, matmul_peak, summary  # noqa: E402
 
+from codelm.memory import keep_freed_memory  # noqa: E402
 from codelm.model import ModelConfig, Transformer  # noqa: E402
-from codelm.train.allocator import keep_freed_memory  # noqa: E402
 from codelm.train.config import TrainConfig  # noqa: E402
 from codelm.train.loop import autocast_dtype, make_optimizer, train_step  # noqa: E402
 

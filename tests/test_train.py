@@ -454,7 +454,7 @@ def test_training_steps_reuse_freed_memory_without_page_faults():
     code = (
         "import resource, sys, torch\n"
         "from codelm.model import ModelConfig, Transformer\n"
-        "from codelm.train.allocator import keep_freed_memory\n"
+        "from codelm.memory import keep_freed_memory\n"
         "from codelm.train.config import TrainConfig\n"
         "from codelm.train.loop import make_optimizer, train_step\n"
         "took = keep_freed_memory() if sys.argv[1] == '1' else False\n"

@@ -45,6 +45,7 @@ from codelm.generate.sampling import SamplingConfig
 from codelm.generate.scheduler import Event, Job, QueueFull, Scheduler
 from codelm.generate.speculate import DRAFT
 from codelm.generate.stopping import StopConfig, build_rules
+from codelm.memory import heap_bytes
 from codelm.model import Transformer
 from codelm.serve.guard import Guard, is_loopback
 from codelm.serve.schemas import (
@@ -233,6 +234,7 @@ class Service:
 
     def health(self) -> JSONResponse:
         s = self.sched
+        cache = s.engine.prefixes
         body = {
             "status": "ok" if s.alive else "unavailable",
             "model_loaded": s.alive,
@@ -241,6 +243,9 @@ class Service:
             "active": s.active,
             "max_batch": s.max_batch,
             "max_queue": s.max_queue,
+            # Filled once, then recycled: a client judging memory growth waits for it to be full.
+            "prompt_cache": None if cache is None else {"bytes": cache.bytes, "max_bytes": cache.max_bytes},
+            "heap": heap_bytes(),  # glibc's in use and free bytes: a leak grows the first
             "stats": dict(s.stats),
         }
         return JSONResponse(body, status_code=200 if s.alive else 503)

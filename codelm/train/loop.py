@@ -24,11 +24,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from codelm import hardware
 from codelm.errors import CodelmError
 from codelm.fsutil import DiskFull
+from codelm.memory import keep_freed_memory
 from codelm.model import Transformer
 from codelm.model.io import save_run_weights
 from codelm.model.lora import add_adapters
 from codelm.train import distributed, shard
-from codelm.train.allocator import keep_freed_memory
 from codelm.train.checkpoint import latest_valid, list_checkpoints, load_checkpoint, save_checkpoint
 from codelm.train.config import TrainConfig
 from codelm.train.lora import freeze_base
