@@ -64,6 +64,10 @@ def all_max(d: Dist, value: float, device: torch.device) -> float:
     return float(t.item())
 
 
-def shutdown(d: Dist) -> None:
+def shutdown(d: Dist, finished: bool = True) -> None:
+    """Leave the group; after a run that `finished` on this rank, once every rank is done, so no
+    collective is in flight when it goes (after an error, other ranks may never get there)."""
     if d.enabled and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

@@ -12,6 +12,7 @@ hold everything needed to resume exactly (see checkpoint.py).
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -300,9 +301,10 @@ def train(
     """
     device = resolve_device(cfg.device)
     if device.type == "cpu":
-        keep_freed_memory()  # no page faults for each step's re-allocations (allocator.py)
+        keep_freed_memory()  # no page faults for each step's re-allocations (memory.py)
     dist = distributed.init(device.type)
     console = console or Console(stderr=True, quiet=not dist.main)
+    finished = False
     try:
         p = prepare(
             data_dir, Path(run_dir), cfg, tokenizer, console, model_overrides, resume, init_from, dist, device
@@ -320,11 +322,18 @@ def train(
         if resume:
             trainer.resume()
         try:
-            return trainer.run()
+            trace = trainer.run()
+            finished = True
+            return trace
         except DiskFull as e:
             again = f"`codelm train --out {run_dir} --resume` goes on from the last checkpoint"
             if not list_checkpoints(p.run_dir / "checkpoints"):
                 again = "run the same command again (no checkpoint was written yet)"
             raise DiskFull(f"{e}; free some space, then {again}") from None
     finally:
-        distributed.shutdown(dist)
+        # DDP's reducer holds the process group. Left to the garbage collector, it dropped the
+        # group's last reference with the GIL held, and gloo's destructor joined a thread that
+        # was waiting for the GIL: a finished run hung at exit (seen under the test suite).
+        trainer = None  # noqa: F841
+        gc.collect()
+        distributed.shutdown(dist, finished)
