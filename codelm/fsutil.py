@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -49,6 +50,12 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         if not is_disk_full(e):
             raise
         raise DiskFull(f"no space left on device writing {path}") from None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (a checkpoint may be gigabytes)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _umask() -> int:

@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 _LIMIT = 1 << 30  # bytes: above any single tensor of a CPU training step at these sizes
 
 
+@functools.cache
 def _glibc(name: str):
-    """A function of glibc's malloc, or None (macOS, musl, no libc found)."""
+    """A function of glibc's malloc, or None (macOS, musl, no libc found). Looked up once:
+    find_library runs `ldconfig -p` (2 ms), and the server asks every few seconds."""
     try:
         return getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
     except (OSError, AttributeError, TypeError):

@@ -21,7 +21,6 @@ This module does not tokenize or pack; that is train/batches.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -44,6 +43,7 @@ from codelm.data.records import Skip
 from codelm.data.sources import Source, open_source
 from codelm.data.split import check_fractions
 from codelm.errors import CodelmError
+from codelm.fsutil import file_sha256
 
 MAX_WARNINGS = 10  # skip messages printed; the rest are only counted
 ENGINES = ("local", "dask")
@@ -171,9 +171,7 @@ def _manifest(opened: list[Source], cfg: DataConfig) -> dict:
     options = asdict(cfg)
     for name in RUN_ONLY:  # they do not change the rows, so they do not belong to their identity
         options.pop(name)
-    benchmarks = [
-        {"path": p, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()} for p in cfg.decontaminate
-    ]
+    benchmarks = [{"path": p, "sha256": file_sha256(p)} for p in cfg.decontaminate]
     return {
         "inputs": [{"spec": s.spec, "kind": s.kind, **s.info} for s in opened],
         "benchmarks": benchmarks,

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from codelm.errors import CodelmError, first_line
-from codelm.fsutil import atomic_directory, atomic_write_json
+from codelm.fsutil import atomic_directory, atomic_write_json, file_sha256
 
 SPLITS = ("train", "val", "test")
 KINDS = ("file", "pair")
@@ -174,11 +174,6 @@ def row_record(row: dict, split: str) -> bytes:
         value = (row[name] or "").encode("utf-8", "surrogatepass")
         h.update(len(value).to_bytes(8, "little") + value)
     return h.digest() + split.encode()
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class DataWriter:

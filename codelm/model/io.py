@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from codelm.errors import CodelmError
-from codelm.fsutil import writing
+from codelm.fsutil import file_sha256, writing
 from codelm.model.config import ModelConfig
 from codelm.model.lora import ADAPTERS, LoraConfig, adapter_state, add_adapters, load_adapters, merge
 from codelm.model.transformer import Transformer
@@ -60,12 +60,8 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _companions(run: Path) -> dict[str, str]:
-    return {name: _file_sha256(run / name) for name in (CONFIG, TOKENIZER) if (run / name).is_file()}
+    return {name: file_sha256(run / name) for name in (CONFIG, TOKENIZER) if (run / name).is_file()}
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path, companions: dict[str, str] | None = None) -> None:
@@ -131,7 +127,7 @@ def check_companions(weights: Path, recorded: str | None) -> None:
         raise CodelmError(f"corrupt {weights}: unreadable {COMPANIONS} metadata") from None
     for name, sha in files.items():
         path = weights.parent / name
-        if path.is_file() and _file_sha256(path) != sha:
+        if path.is_file() and file_sha256(path) != sha:
             why = "a damaged disk, or an edit by hand"
             raise CodelmError(f"corrupt {path}: it changed after {weights.name} was saved ({why})")
 

@@ -13,7 +13,6 @@ kill cut off mid-save is reported and removed. The last `keep` are kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -22,20 +21,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from codelm.fsutil import atomic_directory, atomic_write_json
+from codelm.fsutil import atomic_directory, atomic_write_json, file_sha256
 from codelm.model import Transformer
 from codelm.model.io import WEIGHTS, state_for_saving
 from codelm.model.lora import ADAPTERS, adapter_state, load_adapters
 
 OPTIMIZER = "optimizer.safetensors"
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -63,7 +54,7 @@ def save_checkpoint(
     with atomic_directory(path) as tmp:
         save_file(adapters or state_for_saving(model), str(tmp / weights))
         save_file(tensors, str(tmp / OPTIMIZER))
-        hashes = {name: sha256_of(tmp / name) for name in (weights, OPTIMIZER)}
+        hashes = {name: file_sha256(tmp / name) for name in (weights, OPTIMIZER)}
         atomic_write_json(tmp / "state.json", {"loop": state, "param_groups": groups, "sha256": hashes})
     for old in list_checkpoints(ckpt_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -90,7 +81,7 @@ def verify(path: Path) -> str | None:
     for name in names:
         if not (path / name).is_file():
             return f"{name} is missing"
-        if sha256_of(path / name) != hashes.get(name):
+        if file_sha256(path / name) != hashes.get(name):
             return f"{name} is damaged (checksum mismatch)"
     return None
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from codelm.data.dataset import iter_texts, require_data_dir
+from codelm.data.dataset import iter_texts, require_data_dir, split_files
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_json
 from codelm.model import ModelConfig
@@ -79,8 +79,6 @@ def _fresh(data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dis
 
 
 def _token_key(data_dir: Path, split: str, tok: CodeTokenizer, cfg: TrainConfig, window: int) -> str:
-    from codelm.data.dataset import split_files
-
     # Every file of the split (its one file, or each of its shards in order): a changed,
     # added or removed shard makes the cached tokens stale.
     files = [(str(f.resolve()), f.stat()) for f in split_files(require_data_dir(data_dir, (split,)), split)]

@@ -39,14 +39,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from codelm.errors import CodelmError
-from codelm.fsutil import atomic_write_json, writing
+from codelm.fsutil import atomic_write_json, file_sha256, writing
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import WEIGHTS, read_config, save_weights
 from codelm.train import distributed
-from codelm.train.checkpoint import latest_valid, list_checkpoints, sha256_of, verify
+from codelm.train.checkpoint import latest_valid, list_checkpoints, verify
 
 FORMAT = "dcp"  # state.json's "format" for a sharded checkpoint
 
@@ -58,10 +58,6 @@ def apply(model: Transformer, device: torch.device) -> None:
     for block in model.blocks:
         fully_shard(block, **kw)
     fully_shard(model, **kw)
-
-
-def is_sharded(model: torch.nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
 
 
 def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -93,7 +89,7 @@ def save(
     keep: int,
     dist: distributed.Dist,
 ) -> Path:
-    """Every process writes its shards into `.step-N.tmp/`; process 0 adds state.json with the
+    """Every process writes its shards into `.step-N.sharded.tmp/`; process 0 adds state.json with the
     files' sha256 and renames the folder into place, so a kill leaves no half checkpoint."""
     path = ckpt_dir / f"step-{loop['step']:08d}"
     tmp = ckpt_dir / f".{path.name}.sharded.tmp"
@@ -105,9 +101,8 @@ def save(
         dcp.save(_state(model, opt), checkpoint_id=str(tmp))
         distributed.barrier(dist)
         if dist.main:
-            hashes = {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}
-            groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-            meta = {"format": FORMAT, "loop": loop, "param_groups": groups, "sha256": hashes}
+            hashes = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+            meta = {"format": FORMAT, "loop": loop, "sha256": hashes}  # DCP holds the param groups
             atomic_write_json(tmp / "state.json", meta)
             shutil.rmtree(path, ignore_errors=True)
             tmp.replace(path)
@@ -133,8 +128,6 @@ def load(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, opt, state["optim"])
     torch.set_rng_state(state["rng"])
-    for group, saved in zip(opt.param_groups, meta["param_groups"], strict=True):
-        group.update({k: tuple(v) if k == "betas" else v for k, v in saved.items()})
     return meta["loop"]
 
 
@@ -152,11 +145,11 @@ def export_weights(run: Path, checkpoint: str | None, out: Path) -> Path:
     if "lora" in saved:
         raise CodelmError(f"{run} is a LoRA run: its checkpoints hold adapters only")
     ckpts = run / "checkpoints"
-    path = ckpts / checkpoint if checkpoint else latest_valid(ckpts, lambda m: None)
+    path = ckpts / checkpoint if checkpoint else latest_valid(ckpts, lambda m: None)  # verified
     if path is None or not path.is_dir():
         have = ", ".join(p.name for p in list_checkpoints(ckpts)) or "none"
         raise CodelmError(f"no checkpoint {checkpoint or ''} in {ckpts} (there: {have})")
-    problem = verify(path)
+    problem = verify(path) if checkpoint else None
     if problem is not None:
         raise CodelmError(f"checkpoint {path} is unusable: {problem}")
     model = Transformer(ModelConfig.from_dict(saved["model"]))
