@@ -335,5 +335,6 @@ def train(
         # group's last reference with the GIL held, and gloo's destructor joined a thread that
         # was waiting for the GIL: a finished run hung at exit (seen under the test suite).
         trainer = None  # noqa: F841
-        gc.collect()
+        if dist.enabled:
+            gc.collect()
         distributed.shutdown(dist, finished)
