@@ -620,6 +620,26 @@ def test_the_prompt_pass_computes_in_the_policys_dtype(monkeypatch, fake, want):
     assert ("bf16 is not native here" in describe(fast)) == (want == torch.float32)
 
 
+def test_bf16_prompt_gemms_take_few_shapes_and_keep_every_row(monkeypatch):
+    """oneDNN builds and keeps a primitive per GEMM shape: prompts of every length must
+    map to a few row counts (8 per power of two), and the zero rows must change nothing."""
+    from codelm.generate import quantize
+
+    sizes = {quantize.gemm_rows(m) for m in range(1, 4097)}
+    assert len(sizes) <= 8 * 12  # 4,096 lengths, 12 powers of two
+    assert all(m <= quantize.gemm_rows(m) <= max(m + 15, m * 9 // 8) for m in range(1, 4097))
+    seen = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w: seen.append(len(x)) or linear(x, w))
+    torch.manual_seed(0)
+    w = torch.randn(48, 64).bfloat16()
+    for m in (1, 17, 40, 129, 300):
+        x = torch.randn(m, 64).bfloat16()
+        got = quantize.bf16_gemm(x, w)
+        assert got.shape == (m, 48) and seen[-1] == quantize.gemm_rows(m)
+        torch.testing.assert_close(got, linear(x, w))
+
+
 # --- pretrained models' tokenizers: document start, missing roles, stop ids ----------------------
 
 
