@@ -1,4 +1,5 @@
-"""`codelm <command>`: parses arguments, calls one stage's plain function, prints.
+"""`codelm <command>`: parses the arguments and hands them to codelm/commands.py, which
+calls one stage's plain function and prints.
 
 Results go to stdout, messages and progress to stderr. A user mistake
 (`CodelmError`) becomes a one-line error and exit status 2, never a traceback.
@@ -12,12 +13,12 @@ values itself. `--help` reads the defaults from the dataclasses.
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
 from dataclasses import MISSING, fields
 from typing import Any
 
+from codelm import commands
+from codelm.commands import config_class
 from codelm.errors import CodelmError, first_line
 from codelm.fsutil import is_disk_full
 
@@ -26,58 +27,6 @@ from codelm.fsutil import is_disk_full
 WEIGHT_CHOICES = ["auto", "fp32", "bf16", "int8"]
 # codelm.generate.rerank.RANKS, its default first (a test checks they agree).
 RANK_CHOICES = ["coder-reviewer", "likelihood", "n-coder-reviewer"]
-
-# The dataclass behind each config prefix, by import path: building a config or printing
-# --help imports it, parsing arguments does not (for the same reason as WEIGHT_CHOICES).
-CONFIGS = {
-    "demo": "codelm.demo:DemoConfig",
-    "data": "codelm.data.build:DataConfig",
-    "filters": "codelm.data.filters:FilterConfig",
-    "dedup": "codelm.data.dedup:DedupConfig",
-    "pairs": "codelm.data.pairs:PairConfig",
-    "train": "codelm.train.config:TrainConfig",
-    "eval": "codelm.evaluate.report:EvalConfig",
-    "sampling": "codelm.generate.sampling:SamplingConfig",
-    "stops": "codelm.generate.stopping:StopConfig",
-    "serve": "codelm.serve.api:ServeConfig",
-    "testgen": "codelm.testgen.writer:TestgenConfig",
-    "testsample": "codelm.testgen.candidates:SampleConfig",
-}
-
-
-def config_class(config: str) -> type:
-    """The dataclass named by CONFIGS[config], imported."""
-    module, name = CONFIGS[config].split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def given(a: argparse.Namespace, config: str) -> dict[str, Any]:
-    """The fields of `config` the user gave flags for, e.g. {"lr": 0.01} from `--lr 0.01`."""
-    prefix = f"{config}."
-    return {k.removeprefix(prefix): v for k, v in vars(a).items() if k.startswith(prefix)}
-
-
-def make_config(a: argparse.Namespace, config: str) -> Any:
-    """The `config` dataclass from the flags given; every other field keeps its default."""
-    return config_class(config)(**given(a, config))
-
-
-def data_config(a: argparse.Namespace) -> Any:
-    """`codelm data build`'s DataConfig, with its nested filter, dedup and pair configs."""
-    from codelm.data.split import parse_fractions
-
-    top = given(a, "data")
-    if "fractions" in top:  # --split 0.8,0.1,0.1
-        top["fractions"] = parse_fractions(top["fractions"])
-    parts = {name: make_config(a, name) for name in ("filters", "dedup", "pairs")}
-    return config_class("data")(**top, **parts)
-
-
-def serve_config(a: argparse.Namespace) -> Any:
-    """`codelm serve`'s ServeConfig; the API key comes from --api-key, else CODELM_API_KEY."""
-    cfg = given(a, "serve")
-    key = cfg.pop("api_key", None) or os.environ.get("CODELM_API_KEY")  # an empty flag counts as unset
-    return config_class("serve")(**cfg, **({"api_key": key} if key else {}))
 
 
 def _field_default(dest: str) -> Any:
@@ -122,181 +71,13 @@ def _switch(p: argparse.ArgumentParser, config: str, flag: str, field: str, valu
     p.add_argument(flag, dest=dest, action="store_const", const=value, default=argparse.SUPPRESS, help=help)
 
 
-def _demo(a: argparse.Namespace) -> None:
-    from codelm.demo import run_demo
-
-    run_demo(make_config(a, "demo"))
-
-
-def _data_build(a: argparse.Namespace) -> None:
-    from rich.console import Console
-
-    from codelm.data.build import build_dataset, stats_table
-
-    stats = build_dataset(a.sources, a.out, data_config(a))
-    Console().print(stats_table(stats, a.out))
-
-
-def _tokenizer_train(a: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from codelm.data.dataset import iter_texts
-    from codelm.tokenizer import TextFiles, train_tokenizer
-
-    data = Path(a.data)
-    if not data.exists():
-        raise CodelmError(f"corpus not found: {data}")
-    # DATA from `codelm data build` (its train split), else plain text files.
-    from codelm.data.dataset import is_data_dir
-
-    is_data = is_data_dir(data)
-    files = None if is_data else TextFiles(data)
-    texts = iter_texts(data, "train") if files is None else files
-    tok = train_tokenizer(texts, a.vocab_size, show_progress=sys.stderr.isatty())
-    out = Path(a.out)
-    path = out if out.suffix == ".json" else out / "tokenizer.json"
-    try:
-        tok.save(path)
-    except OSError as e:
-        raise CodelmError(f"cannot write {path}: {e.strerror or e}") from None
-    if files is not None and files.skipped:
-        print(f"skipped {files.skipped} file(s): binary, not UTF-8, empty or too big", file=sys.stderr)
-    print(f"trained a {tok.vocab_size}-token tokenizer -> {path}")
-
-
-def _train(a: argparse.Namespace) -> None:
-    from rich.console import Console
-
-    from codelm.train.loop import train
-
-    cfg = make_config(a, "train")
-    if not a.resume and a.data is None:
-        raise CodelmError("give --data DATA (or --resume an existing run)")
-    trace = train(a.data, a.out, cfg, tokenizer=a.tokenizer, resume=a.resume, init_from=a.init_from)
-    Console().print(trace.table())
-
-
-def _eval(a: argparse.Namespace) -> None:
-    from rich.console import Console
-
-    if a.completions:
-        from codelm.evaluate.passk import score_file
-
-        workers = given(a, "eval").get("workers") or None  # None: score_file's own choice
-        report = score_file(a.problems, a.completions, json_out=a.json, workers=workers)
-        keys = ["problems", "samples", "passed", *[k for k in report if k.startswith("pass@")]]
-        for k in keys:
-            print(f"{k}: {report[k]:.3f}" if isinstance(report[k], float) else f"{k}: {report[k]}")
-        print(f"results: {report['results_file']}  (sandbox: {report['sandbox']['isolation']})")
-        return
-    if a.run is None:
-        raise CodelmError("give a RUN directory, or --completions FILE to score completions made elsewhere")
-    from codelm.evaluate.passk import find_problems
-    from codelm.notebook.problems import is_notebook_file
-
-    if a.problems and is_notebook_file(find_problems(a.problems)):
-        from codelm.notebook.bench import evaluate_notebook, notebook_table
-
-        report = evaluate_notebook(a.run, find_problems(a.problems), make_config(a, "eval"), a.json)
-        Console().print(notebook_table(report))
-        return
-    from codelm.evaluate.report import evaluate_run, report_table
-
-    cfg = make_config(a, "eval")
-    report = evaluate_run(a.run, data=a.data, problems=a.problems, cfg=cfg, json_out=a.json)
-    Console().print(report_table(report))
-
-
-def _generate(a: argparse.Namespace) -> None:
-    from codelm.generate.command import read_prompt, run_generate
-    from codelm.generate.generator import load_run
-    from codelm.generate.prompts import Prompt
-
-    if a.trace_layers and not a.trace:
-        raise CodelmError("--trace-layers adds to --trace: give both")
-    prompt = Prompt(read_prompt(a.prompt), suffix=a.suffix, instruction=a.instruction)
-    cfg, stops = make_config(a, "sampling"), make_config(a, "stops")
-    model, tok = load_run(a.run, weights=a.weights)
-    if a.verbose:
-        from codelm.generate.quantize import describe
-
-        print(f"codelm: {describe(model)}", file=sys.stderr)
-    trace = "lens" if a.trace_layers else "top" if a.trace else ""
-    run_generate(
-        model, tok, prompt, cfg, stops, n=a.n, best=a.best, stream=a.stream, trace=trace, rank=a.rank
-    )
-
-
-def _serve(a: argparse.Namespace) -> None:
-    from codelm.serve import serve
-
-    serve(a.run, serve_config(a), device=a.device, weights=a.weights)
-
-
-def _lsp(a: argparse.Namespace) -> None:
-    from codelm.lsp.server import run_local, run_remote
-
-    if (a.run is None) == (a.server is None):
-        raise CodelmError("give a RUN directory or --server URL (one of them)")
-    if a.tcp is not None and not 0 < a.tcp < 65536:
-        raise CodelmError(f"--tcp must be a port in [1, 65535], got {a.tcp}")
-    if a.server is not None:
-        key = a.api_key or os.environ.get("CODELM_API_KEY")
-        run_remote(a.server, key, a.model, a.tcp)
-    else:
-        run_local(a.run, a.tcp, a.weights, a.device)
-
-
-def _testgen(a: argparse.Namespace) -> None:
-    from codelm.testgen import write_tests
-
-    top = given(a, "testgen")
-    top["functions"] = tuple(top.get("functions", ()))
-    cfg = config_class("testgen")(**top, sample=make_config(a, "testsample"))
-    done = write_tests(a.module, a.run, a.candidates, a.out, a.json, cfg)
-    print(f"kept {done.summary.kept} of {done.summary.candidates} tests -> {done.out}")
-
-
-def _import(a: argparse.Namespace) -> None:
-    from codelm.interop.hf import import_hf
-
-    done = import_hf(a.src, a.out)
-    for note in done.notes:
-        print(f"codelm: {note}", file=sys.stderr)
-    print(f"imported {done.model_type}: {done.params:,} parameters ({done.dtype}) -> {a.out}")
-
-
-def _export(a: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    if a.format == "safetensors":
-        from codelm.train.shard import export_weights
-
-        done = export_weights(Path(a.run), a.checkpoint, Path(a.out))
-        print(f"exported the weights of {done.name} -> {a.out}")
-        return
-    if a.checkpoint is not None:
-        raise CodelmError("--checkpoint is for --format safetensors")
-    if a.format == "gguf":
-        from codelm.interop.gguf import export_gguf
-
-        export_gguf(Path(a.run), Path(a.out), a.quant or "bf16")
-        print(f"exported GGUF ({a.quant or 'bf16'}) -> {a.out}")
-        return
-    if a.quant is not None:
-        raise CodelmError("--quant is for --format gguf")
-    from codelm.interop.hf import export_hf
-
-    print(f"exported {export_hf(a.run, a.out)} -> {a.out}")
-
-
 def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="stdlib -> tokenizer -> tiny model -> trace -> samples")
     _opt(d, "demo", "--out", help="directory for data, tokenizer and run")
     _opt(d, "demo", "--max-minutes", type=float, help="training budget (minutes)")
     _opt(d, "demo", "--seed", type=int, help="seed of every random choice")
     _switch(d, "demo", "--no-compile", "compile", False, "train eagerly (skip torch.compile)")
-    d.set_defaults(func=_demo)
+    d.set_defaults(func=commands.cmd_demo)
 
 
 def _data_parser(sub) -> None:
@@ -345,7 +126,7 @@ def _data_parser(sub) -> None:
     _opt(b, "data", "--engine", choices=["local", "dask"], help=engine_help)
     _opt(b, "data", "--scheduler", metavar="ADDRESS", help="dask: a running scheduler (tcp://HOST:8786)")
     _opt(b, "data", "--workers", type=int, help="dask: local cluster's worker processes; 0: one per core")
-    b.set_defaults(func=_data_build)
+    b.set_defaults(func=commands.cmd_data_build)
 
 
 def _tokenizer_parser(sub) -> None:
@@ -354,7 +135,7 @@ def _tokenizer_parser(sub) -> None:
     t.add_argument("data", help="DATA dir from `codelm data build`, or a text file or a directory of them")
     t.add_argument("--out", required=True, help="TOK directory (gets tokenizer.json), or a path ending .json")
     t.add_argument("--vocab-size", type=int, default=8192, help="all tokens: specials and 256 bytes included")
-    t.set_defaults(func=_tokenizer_train)
+    t.set_defaults(func=commands.cmd_tokenizer_train)
 
 
 def _train_parser(sub) -> None:
@@ -391,7 +172,7 @@ def _train_parser(sub) -> None:
     _opt(tr, "train", "--lora-dropout", type=float, metavar="P", help="dropout on the adapters' input")
     _opt(tr, "train", "--seed", type=int, help="seed of every random choice")
     _opt(tr, "train", "--device", choices=["auto", "cpu", "cuda"], help="auto: cuda if there is one")
-    tr.set_defaults(func=_train)
+    tr.set_defaults(func=commands.cmd_train)
 
 
 def _eval_parser(sub) -> None:
@@ -409,7 +190,7 @@ def _eval_parser(sub) -> None:
     _opt(ev, "eval", "--workers", type=int, help="sandbox processes; 0: one per core")
     ev.add_argument("--json", default=None, help="write the full report here")
     _opt(ev, "eval", "--seed", type=int, help="seed of the pass@k samples")
-    ev.set_defaults(func=_eval)
+    ev.set_defaults(func=commands.cmd_eval)
 
 
 def _generate_parser(sub) -> None:
@@ -447,7 +228,7 @@ def _generate_parser(sub) -> None:
         choices=WEIGHT_CHOICES,
         help="inference weights; auto: int8 on CPU for models over 1M parameters (default: auto)",
     )
-    g.set_defaults(func=_generate)
+    g.set_defaults(func=commands.cmd_generate)
 
 
 def _serve_parser(sub) -> None:
@@ -466,7 +247,7 @@ def _serve_parser(sub) -> None:
     _opt(sv, "serve", "--draft", type=int, help="tokens drafted per step by prompt lookup; 0: none")
     sv.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     sv.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES, help="as in generate")
-    sv.set_defaults(func=_serve)
+    sv.set_defaults(func=commands.cmd_serve)
 
 
 def _lsp_parser(sub) -> None:
@@ -478,7 +259,7 @@ def _lsp_parser(sub) -> None:
     ls.add_argument("--model", help="the server's model id (default: its first)")
     ls.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     ls.add_argument("--weights", default="auto", choices=WEIGHT_CHOICES, help="as in generate")
-    ls.set_defaults(func=_lsp)
+    ls.set_defaults(func=commands.cmd_lsp)
 
 
 def _testgen_parser(sub) -> None:
@@ -496,14 +277,14 @@ def _testgen_parser(sub) -> None:
     tg.add_argument("--out", default=None, help="test file to write (default: beside the import root)")
     tg.add_argument("--json", default=None, help="also write the report, every candidate's fate, here")
     _switch(tg, "testgen", "--force", "force", True, "overwrite an existing --out")
-    tg.set_defaults(func=_testgen)
+    tg.set_defaults(func=commands.cmd_testgen)
 
 
 def _interop_parsers(sub) -> None:
     im = sub.add_parser("import", help="a local Hugging Face model folder -> a RUN")
     im.add_argument("src", metavar="HF_DIR", help="config.json, *.safetensors, tokenizer.json")
     im.add_argument("--out", required=True, help="RUN directory to write (replaced atomically)")
-    im.set_defaults(func=_import)
+    im.set_defaults(func=commands.cmd_import)
     what = "a RUN -> a Hugging Face folder (hf), a llama.cpp file (gguf), or one weights file (safetensors)"
     ex = sub.add_parser("export", help=what)
     ex.add_argument("run")
@@ -513,7 +294,7 @@ def _interop_parsers(sub) -> None:
         "--checkpoint", help="safetensors: this checkpoint (step-N; default: the newest), sharded or not"
     )
     ex.add_argument("--quant", choices=["bf16", "q8_0", "f32"], help="gguf weights (default: bf16)")
-    ex.set_defaults(func=_export)
+    ex.set_defaults(func=commands.cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from dataclasses import fields
 
 import pytest
 
-from codelm import cli
+from codelm import cli, commands
 from codelm.data.build import DataConfig
 from codelm.data.decontaminate import DecontamConfig
 from codelm.data.dedup import DedupConfig
@@ -54,7 +54,7 @@ def test_config_flags_name_fields_of_their_dataclass_and_store_nothing_by_defaul
     assert len(actions) >= 45  # every command's config flags went through _opt / _switch
     for action in actions:
         config, name = action.dest.split(".")
-        assert name in {f.name for f in fields(cli.config_class(config))}, action.option_strings
+        assert name in {f.name for f in fields(commands.config_class(config))}, action.option_strings
         assert action.default is argparse.SUPPRESS, action.option_strings
         assert action.help, action.option_strings  # argparse shows no help, so no default, without it
 
@@ -74,28 +74,28 @@ def test_configs_resolve_to_the_dataclasses():
         "testgen": TestgenConfig,
         "testsample": SampleConfig,
     }
-    assert {name: cli.config_class(name) for name in cli.CONFIGS} == expected
+    assert {name: commands.config_class(name) for name in commands.CONFIGS} == expected
 
 
 def test_absent_flags_give_the_dataclass_defaults(monkeypatch):
     monkeypatch.delenv("CODELM_API_KEY", raising=False)
-    assert cli.make_config(parse("demo"), "demo") == DemoConfig()
-    assert cli.data_config(parse("data", "build", "stdlib", "--out", "D")) == DataConfig()
-    assert cli.make_config(parse("train", "--data", "D", "--out", "R"), "train") == TrainConfig()
-    assert cli.make_config(parse("eval", "R"), "eval") == EvalConfig()
+    assert commands.make_config(parse("demo"), "demo") == DemoConfig()
+    assert commands.data_config(parse("data", "build", "stdlib", "--out", "D")) == DataConfig()
+    assert commands.make_config(parse("train", "--data", "D", "--out", "R"), "train") == TrainConfig()
+    assert commands.make_config(parse("eval", "R"), "eval") == EvalConfig()
     a = parse("generate", "R", "x")
-    assert cli.make_config(a, "sampling") == SamplingConfig()
-    assert cli.make_config(a, "stops") == StopConfig()
-    assert cli.serve_config(parse("serve", "R")) == ServeConfig()
+    assert commands.make_config(a, "sampling") == SamplingConfig()
+    assert commands.make_config(a, "stops") == StopConfig()
+    assert commands.serve_config(parse("serve", "R")) == ServeConfig()
 
 
 def test_given_flags_reach_their_fields(monkeypatch):
     monkeypatch.delenv("CODELM_API_KEY", raising=False)
     a = parse("train", "--data", "D", "--out", "R", "--early-stop", "2", "--lr", "0.01", "--compile")
-    assert cli.make_config(a, "train") == TrainConfig(early_stop_patience=2, lr=0.01, compile=True)
+    assert commands.make_config(a, "train") == TrainConfig(early_stop_patience=2, lr=0.01, compile=True)
     argv = ["data", "build", "s", "--out", "D", "--split", "0.7,0.2,0.1", "--no-pairs", "--no-near-dup"]
     argv += ["--keep-unparsable", "--num-perm", "64", "--exclude", "a/*", "--exclude", "b/*"]
-    assert cli.data_config(parse(*argv)) == DataConfig(
+    assert commands.data_config(parse(*argv)) == DataConfig(
         fractions=(0.7, 0.2, 0.1),
         filters=FilterConfig(keep_unparsable=True),
         dedup=DedupConfig(num_perm=64),
@@ -104,14 +104,14 @@ def test_given_flags_reach_their_fields(monkeypatch):
         exclude=("a/*", "b/*"),
     )
     a = parse("generate", "R", "x", "--stop", "#", "--stop", "\n\n", "--no-block-end", "--top-k", "5")
-    assert cli.make_config(a, "stops") == StopConfig(stop=("#", "\n\n"), block_end=False)
-    assert cli.make_config(a, "sampling") == SamplingConfig(top_k=5)
-    assert cli.make_config(parse("demo", "--no-compile", "--seed", "3"), "demo") == DemoConfig(
+    assert commands.make_config(a, "stops") == StopConfig(stop=("#", "\n\n"), block_end=False)
+    assert commands.make_config(a, "sampling") == SamplingConfig(top_k=5)
+    assert commands.make_config(parse("demo", "--no-compile", "--seed", "3"), "demo") == DemoConfig(
         compile=False, seed=3
     )
-    assert cli.serve_config(parse("serve", "R", "--api-key", "k")).api_key == "k"
+    assert commands.serve_config(parse("serve", "R", "--api-key", "k")).api_key == "k"
     monkeypatch.setenv("CODELM_API_KEY", "from-env")
-    assert cli.serve_config(parse("serve", "R", "--api-key", "")).api_key == "from-env"
+    assert commands.serve_config(parse("serve", "R", "--api-key", "")).api_key == "from-env"
 
 
 def test_help_shows_the_dataclass_defaults(capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from codelm import cli
+from codelm import cli, commands
 from codelm.data.build import DataConfig, build_dataset
 from codelm.data.dataset import SPLITS
 from codelm.data.doctests import SETUP_LINES, mine_doctests
@@ -269,7 +269,7 @@ def test_disabled_config_mines_nothing():
 
 def test_no_doctests_flag_sets_the_pair_config():
     a = cli.build_parser().parse_args(["data", "build", "s", "--out", "D", "--no-doctests"])
-    assert cli.data_config(a) == DataConfig(pairs=PairConfig(doctests=False))
+    assert commands.data_config(a) == DataConfig(pairs=PairConfig(doctests=False))
 
 
 # ---------------------------------------------------------------- through the build
@@ -329,7 +329,7 @@ def test_pairs_only_without_function_pairs_keeps_just_the_doctest_pairs(tmp_path
     a = cli.build_parser().parse_args(
         ["data", "build", str(src), "--out", "D", "--pairs-only", "--no-function-pairs"]
     )
-    cfg = cli.data_config(a)
+    cfg = commands.data_config(a)
     assert cfg == DataConfig(documents=False, pairs=PairConfig(functions=False))
     stats = build_dataset([str(src)], tmp_path / "data", replace(cfg, near_dup=False), progress=False)
     assert sum(stats[f"{s}_documents"] for s in SPLITS) == 0

@@ -41,7 +41,7 @@ BESIDE = ("serve", "lsp", "notebook", "testgen")  # the last stages: each import
 HELPERS = frozenset(
     {"codelm", "codelm.errors", "codelm.fsutil", "codelm.cbuild", "codelm.hardware", "codelm.memory"}
 )
-TOP = frozenset({"codelm.cli", "codelm.demo", "codelm.__main__"})
+TOP = frozenset({"codelm.cli", "codelm.commands", "codelm.demo", "codelm.__main__"})
 
 # The stages each stage may import besides itself; every stage may import the helpers.
 MAY_IMPORT: dict[str, frozenset[str]] = {
