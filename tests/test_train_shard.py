@@ -163,3 +163,21 @@ def test_muon_on_shards_equals_muon_on_whole_matrices(tmp_path):
     # 3.4445^5 = 480: 3.5e-5 after 3 steps, 0.2% of how far the weights moved. A row of
     # another process's shard applied here would be off by as much as the step itself.
     assert got["max_diff"] < 0.01 * got["min_moved"]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "shard"])
+def test_the_training_bench_runs_both_engines_on_two_processes(mode, tmp_path):
+    """bench/train.py --parallel, on CPUs as it would run on GPUs: it relaunches itself under
+    torchrun, steps codelm and transformers on 2 processes, and (DDP) finds the replicas equal."""
+    pytest.importorskip("transformers", reason="the bench's peer")
+    bench = Path(__file__).resolve().parents[1] / "bench" / "train.py"
+    out = tmp_path / "bench.json"
+    args = ["--preset", "tiny", "--vocab", "256", "--batch", "2", "--seq", "32", "--reps", "1"]
+    cmd = [sys.executable, str(bench), *args, "--parallel", mode, "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["world"] == 2 and got["parallel"] == mode
+    assert set(got["engines"]) == {"codelm", "transformers"}
+    assert all(e["tokens_per_s"] > 0 and 0 < e["mfu"] < 1 for e in got["engines"].values())
+    assert got.get("replicas_agree", mode == "shard") is True  # FSDP has no replicas to compare
