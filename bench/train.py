@@ -21,8 +21,10 @@ CPU): DistributedDataParallel, or FSDP2 with each block and then the whole model
 `fully_shard`, codelm through `codelm train --shard`'s own code (bf16 weights and fp32
 gradient reductions on CUDA). `--batch` is each process's; tokens/s are the whole group's,
 and MFU is against the peak of all its devices. On CUDA the peer's AdamW is fused, as
-transformers' Trainer picks by default; on a CPU it is torch's default AdamW. After the
-timed steps, the bench checks that every DDP replica holds the same codelm weights.
+transformers' Trainer picks by default with torch >= 2.8; on a CPU it stays torch's
+default (unfused) AdamW, as in every CPU figure recorded so far, though the Trainer would
+pick the fused one there too. After the timed steps, the bench checks that every DDP
+replica holds the same codelm weights.
 """
 
 from __future__ import annotations
