@@ -9,7 +9,8 @@ every model on the same held-out text: the Python files of HELD_OUT_PACKAGES,
 third-party packages of this environment that the `stdlib` and `site-packages`
 sources never read. Reported: bits per byte (tokenizer-independent, so it
 compares with xz), top-1/top-5 next-token accuracy, and line-completion exact
-match and edit similarity (greedy, CodeXGLUE-style). With `--writes`, also what each
+match and edit similarity (greedy, CodeXGLUE-style), and the copy gain (nats saved
+on a repeated random span: whether induction heads have formed). With `--writes`, also what each
 codelm model writes: pass@1 and pass@10 on codelm_basic, and the share of greedy
 completions of held-out functions that parse and that loop.
 
@@ -43,7 +44,7 @@ from codelm.data.problems import load_problems
 from codelm.data.records import RawFile
 from codelm.data.sources import HELD_OUT_PACKAGES, open_source, site_packages_root
 from codelm.demo import TEST_SUITES, DemoConfig, demo_train_config
-from codelm.evaluate.intrinsic import IntrinsicConfig, intrinsic_metrics
+from codelm.evaluate.intrinsic import IntrinsicConfig, copy_gain, intrinsic_metrics
 from codelm.evaluate.line_completion import LineConfig, model_predictions, sample_positions, score, similarity
 from codelm.evaluate.passk import find_problems
 from codelm.evaluate.report import EvalConfig, pass_at_k_report
@@ -96,6 +97,8 @@ VARIANTS: dict[str, Variant] = {
     # Third-party code alone, the nearest to the held-out packages (modern style: type hints,
     # f-strings), without the stdlib's older code: does 5 minutes learn more of what it is scored on?
     "site-packages": Variant(sources=("site-packages",)),
+    # Muon on the fused qkv and SwiGLU matrices whole, as before `muon_split` (its ablation).
+    "muon-whole": Variant(train=replace(_T, muon_split=False)),
     "adamw-8k": Variant(vocab_size=8192, train=replace(_T, optimizer="adamw")),
     "stdlib-8k": Variant(sources=_STDLIB, vocab_size=8192),
     # The demo before this measure: stdlib only, AdamW, 8k.
@@ -257,6 +260,7 @@ def measure(model, tok, texts: list[str], lines: LineConfig) -> dict:
         "top5": intr.top5,
         "line_em": lc.exact_match,
         "line_edit_sim": lc.edit_similarity,
+        "copy_gain": copy_gain(model),  # has it induction heads yet?
         "params_M": model.num_params() / 1e6,
     }
 
@@ -370,13 +374,16 @@ def writes_table(results: list[dict]) -> str:
 
 
 def table(results: list[dict], compressors: dict[str, float]) -> str:
-    head = "| budget | recipe | params | steps | tokens | bits/byte | top-1 | top-5 | line EM | edit sim |"
+    head = (
+        "| budget | recipe | params | steps | tokens | bits/byte | top-1 | top-5 | line EM | edit sim "
+        "| copy gain, nats |"
+    )
     rows = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in results:
         rows.append(
             f"| {r['minutes']:.3g} min | {r['variant']} | {r['params_M']:.2f}M | {r['steps']:,} | "
             f"{r['tokens'] / 1e6:.2f}M | {r['bits_per_byte']:.3f} | {r['top1']:.3f} | {r['top5']:.3f} | "
-            f"{r['line_em']:.3f} | {r['line_edit_sim']:.3f} |"
+            f"{r['line_em']:.3f} | {r['line_edit_sim']:.3f} | {r['copy_gain']:.2f} |"
         )
     rows += ["", "On the same files: " + ", ".join(f"{k} {v:.3f} bits/byte" for k, v in compressors.items())]
     return "\n".join(rows)

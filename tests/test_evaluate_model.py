@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from codelm.evaluate.intrinsic import IntrinsicConfig, intrinsic_metrics
+from codelm.evaluate.intrinsic import IntrinsicConfig, copy_gain, intrinsic_metrics
 from codelm.evaluate.line_completion import LineConfig, Position, body_lines, sample_positions, score
 from codelm.evaluate.ngram import NGramModel
 from codelm.model import ModelConfig, Transformer
@@ -25,6 +25,35 @@ def test_uniform_model_has_loss_log_vocab_and_consistent_bits_per_byte(tokenizer
     assert math.isclose(m.bits_per_byte, m.loss * m.tokens / math.log(2) / m.bytes, rel_tol=1e-9)
     assert m.bytes == sum(len(t.encode()) for t in texts) and m.documents == 2
     assert m.tokens == sum(len(tokenizer.encode(t)) + 1 for t in texts) - 1
+
+
+class _Copier(Transformer):
+    """Predicts, from position `lag` - 1 on, the token `lag` - 1 places back with certainty:
+    a perfect induction head over copies of length `lag`; uniform before that."""
+
+    def __init__(self, lag: int):
+        super().__init__(ModelConfig(vocab_size=97, **TINY_MODEL))
+        self.lag = lag
+
+    def forward(self, idx):
+        B, T = idx.shape
+        logits = torch.zeros(B, T, self.cfg.vocab_size)
+        src = idx[:, : T - self.lag + 1]  # the token that came after the previous occurrence
+        logits[:, self.lag - 1 :].scatter_(-1, src[..., None], 50.0)
+        return logits
+
+
+def test_copy_gain_is_what_a_model_saves_on_a_repeated_span():
+    uniform = Transformer(ModelConfig(vocab_size=97, **TINY_MODEL)).train()
+    with torch.no_grad():
+        uniform.head.weight.zero_()
+    assert copy_gain(uniform) == 0.0
+    assert uniform.training  # left as it was found
+    # A perfect copier saves all of log V on the second copy, and nothing on the first.
+    assert math.isclose(copy_gain(_Copier(20), span=20), math.log(97), rel_tol=1e-4)
+    # A span longer than half the context is cut to fit both copies: 32 of TINY_MODEL's 64.
+    assert math.isclose(copy_gain(_Copier(32), span=48), math.log(97), rel_tol=1e-4)
+    assert copy_gain(_Copier(48), span=48) < 0  # a copier looking too far back is confidently wrong
 
 
 def test_ngram_predicts_seen_continuations_and_backs_off():

@@ -119,6 +119,7 @@ _MUON = """
 import json, torch, torch.distributed as dist
 from codelm.model import ModelConfig, Transformer
 from codelm.train import shard
+from codelm.train.loop import muon_splits
 from codelm.train.muon import MuonAdamW
 
 dist.init_process_group("gloo")
@@ -130,7 +131,7 @@ for sharded in (False, True):
         shard.apply(model, torch.device("cpu"))
     hidden = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
     opt = MuonAdamW([{"params": hidden, "muon": True, "lr_scale": 10.0, "weight_decay": 0.1}],
-                    lr=3e-3, ns_dtype=torch.float32)
+                    lr=3e-3, ns_dtype=torch.float32, splits=muon_splits(model))  # per head
     for step in range(3):
         torch.manual_seed(100 + step)  # the same tokens on both processes: the same gradient
         model(torch.randint(0, 97, (2, 16))).float().square().mean().backward()

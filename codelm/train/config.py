@@ -25,6 +25,9 @@ class TrainConfig:
     # alone, on either corpus, despite 12% fewer steps (bench/quality.py, docs/quality.md).
     optimizer: str = "muon"  # or "adamw"
     muon_lr_scale: float = 10.0  # Muon's rate = lr * this: its normalised updates want ~0.02
+    # Muon orthogonalises each head's q, k and v, and SwiGLU's gate and up, as matrices of their
+    # own rather than as the fused matrices they are stored in (train/loop.py, `muon_splits`).
+    muon_split: bool = True
     beta1: float = 0.9
     beta2: float = 0.95  # faster second-moment tracking; standard for LM training
     grad_clip: float = 1.0

@@ -176,10 +176,19 @@ class MuonAdamW(torch.optim.Optimizer):
         betas=(0.9, 0.95),
         momentum: float = 0.95,
         ns_dtype: torch.dtype = torch.bfloat16,  # Newton-Schulz's: hardware.compute_dtype of the device
+        splits: dict[int, Sequence[int]] | None = None,
     ):
         defaults = dict(lr=lr, betas=betas, eps=1e-8, weight_decay=0.0, muon=False, lr_scale=1.0)
         super().__init__(groups, defaults)
         self.momentum, self.ns_dtype = momentum, ns_dtype
+        # id(parameter) -> its row blocks, each orthogonalised as a matrix of its own (`pieces`).
+        self.splits = {k: tuple(v) for k, v in (splits or {}).items()}
+
+    def pieces(self, p: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        """`t` (p's update, or p itself) cut into the row blocks Muon orthogonalises one by one:
+        a fused matrix's parts (`splits`), else the whole matrix. Views: writes land in `t`."""
+        sizes = self.splits.get(id(p))
+        return list(t.split(sizes)) if sizes else [t]
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -205,6 +214,9 @@ class MuonAdamW(torch.optim.Optimizer):
         if isinstance(params[0], DTensor):
             self._muon_sharded(params, updates, lr, decay)
             return
+        # Each block of a fused matrix is a matrix of its own: its rows of p and of the update.
+        updates = [b for p, u in zip(params, updates, strict=True) for b in self.pieces(p, u)]
+        params = [b for p in params for b in self.pieces(p, p)]
         polys = _polynomials(updates, 5, self.ns_dtype)
         done = _iterate_all(updates, 5, self.ns_dtype) if polys is None else None
         for i, (p, u) in enumerate(zip(params, updates, strict=True)):
@@ -218,14 +230,16 @@ class MuonAdamW(torch.optim.Optimizer):
                 p.addmm_(*((u, polys[i]) if rows > cols else (polys[i], u)), beta=decay, alpha=alpha)
 
     def _muon_sharded(self, params: list, updates: list, lr: float, decay: float) -> None:
-        """FSDP2's shards (train/shard.py): gather each whole update, orthogonalise it as one
-        process would, apply this process's own rows of the result."""
-        whole = orthogonalize([u.full_tensor() for u in updates], 5, self.ns_dtype)
-        for p, o in zip(params, whole, strict=True):
-            rows, cols = p.shape
+        """FSDP2's shards (train/shard.py): gather each whole update, orthogonalise its pieces
+        as one process would, apply this process's own rows of the result."""
+        cuts = [self.pieces(p, u.full_tensor()) for p, u in zip(params, updates, strict=True)]
+        done = iter(orthogonalize([b for bs in cuts for b in bs], 5, self.ns_dtype))
+        for p, bs in zip(params, cuts, strict=True):
+            # Each piece scaled for its own shape, as in `_muon`: the step is then -lr * o.
+            o = torch.cat([next(done) * max(1.0, b.size(0) / b.size(1)) ** 0.5 for b in bs])
             mine = DTensor.from_local(o, p.device_mesh, [Replicate()], run_check=False)
             mine = mine.redistribute(p.device_mesh, p.placements).to_local()  # a slice, no traffic
-            p.to_local().mul_(decay).add_(mine, alpha=-lr * max(1.0, rows / cols) ** 0.5)
+            p.to_local().mul_(decay).add_(mine, alpha=-lr)
 
     def _adamw(self, params: list[torch.Tensor], group: dict, lr: float) -> None:
         for p in params:
