@@ -13,6 +13,11 @@ unchanged: each param group says whether it is a Muon group, and a group's
 `lr_scale` turns the schedule's AdamW-sized rate into its own (Muon's rate is
 about ten times larger because its updates are normalised).
 
+A matrix stored fused (attention's q, k and v; SwiGLU's gate and up) is orthogonalised
+as the matrices it holds: `splits` gives its row blocks (each head's q, k and v rows,
+from train/loop.py's `muon_splits`). Whole, its parts would share one set of singular
+values, and the part with the largest gradient would take most of the step.
+
 A step works on whole lists of tensors, so its cost is arithmetic rather than a Python
 loop over parameters: the Newton-Schulz iterations run the matrices of one shape as one
 batch; in fp32 on a CPU all the Gram matrices go through one eigendecomposition shared
