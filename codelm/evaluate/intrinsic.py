@@ -112,7 +112,7 @@ def copy_gain(model: Transformer, span: int = 48, rows: int = 16, seed: int = 0)
     vocab, span = model.cfg.vocab_size, min(span, model.cfg.block_size // 2)  # both copies fit
     g = torch.Generator().manual_seed(seed)
     first = torch.randint(vocab // 10, vocab, (rows, span), generator=g)
-    idx = torch.cat((first, first), dim=1)  # (rows, 2 span)
+    idx = torch.cat((first, first), dim=1).to(model.wte.weight.device)  # (rows, 2 span)
     was = model.training
     model.eval()
     with torch.no_grad():
