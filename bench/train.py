@@ -203,6 +203,7 @@ def main() -> None:
     if dist.main:
         report(a, cfg, steps, times, opt_times, peak, dist, agree, device)
     distributed.shutdown(dist)
+    distributed.leave(0)  # under torchrun: exits here
 
 
 def cuda_peak_args(device: torch.device) -> dict:

@@ -115,6 +115,7 @@ def cmd_tokenizer_train(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> None:
     from rich.console import Console
 
+    from codelm.train.distributed import leave
     from codelm.train.loop import train
 
     cfg = make_config(a, "train")
@@ -122,6 +123,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         raise CodelmError("give --data DATA (or --resume an existing run)")
     trace = train(a.data, a.out, cfg, tokenizer=a.tokenizer, resume=a.resume, init_from=a.init_from)
     Console().print(trace.table())
+    leave(0)  # under torchrun: exits here
 
 
 def cmd_eval(a: argparse.Namespace) -> None:

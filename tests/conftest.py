@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -58,6 +61,16 @@ SNIPPETS = [
         return sorted(out)
     """,
 ]
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def torchrun(cmd: list, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `cmd` (`[*TORCHRUN, script, ...]`, or a command that relaunches itself under
+    torchrun). PYTHONFAULTHANDLER makes a rank that crashes print each thread's Python stack."""
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    return subprocess.run([str(a) for a in cmd], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def corpus_texts(copies: int = 4) -> list[str]:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from codelm.train.config import TrainConfig
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, TORCHRUN, torchrun
 from tests.test_train import LOOP, _curve, _data
 
 
@@ -82,6 +82,7 @@ _TORCHRUN = """
 import os, signal, sys
 import codelm.train.loop as loop
 from codelm.train.config import TrainConfig
+from codelm.train.distributed import leave
 
 real, calls = loop.train_step, []
 
@@ -97,12 +98,12 @@ if sys.argv[2] == "resume":
     loop.train(None, sys.argv[1], cfg, resume=True)
 else:
     loop.train(DATA, sys.argv[1], cfg, tokenizer=TOK, model_overrides=TINY)
+leave(0)
 """
 
 
 def _torchrun(script: Path, run: Path, mode: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
-    return subprocess.run([*cmd, str(run), mode], capture_output=True, text=True, timeout=300)
+    return torchrun([*TORCHRUN, script, run, mode])
 
 
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_run(tmp_path, corpus_dir, tokenizer):

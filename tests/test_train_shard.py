@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from codelm.train.config import TrainConfig
-from tests.conftest import TINY_MODEL, corpus_texts
+from tests.conftest import TINY_MODEL, TORCHRUN, corpus_texts, torchrun
 from tests.test_train import LOOP, _curve
 
 # AdamW in fp32, as in the DDP test: the runs then differ only by the reductions' rounding.
@@ -26,18 +25,19 @@ CLOSE = 2e-5  # the DDP test's tolerance on train and validation loss
 _RUN = """
 import sys
 from codelm.train.config import TrainConfig
+from codelm.train.distributed import leave
 from codelm.train.loop import train
 cfg = TrainConfig(**CFG)
 if sys.argv[2] == "resume":
     train(None, sys.argv[1], cfg, resume=True)
 else:
     train(DATA, sys.argv[1], cfg, tokenizer=TOK, model_overrides=TINY)
+leave(0)
 """
 
 
-def _torchrun(script: Path, *args: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
-    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300)
+def _torchrun(script: Path, run: Path | str, mode: str) -> None:
+    proc = torchrun([*TORCHRUN, script, run, mode])
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -119,6 +119,7 @@ _MUON = """
 import json, torch, torch.distributed as dist
 from codelm.model import ModelConfig, Transformer
 from codelm.train import shard
+from codelm.train.distributed import leave
 from codelm.train.loop import muon_splits
 from codelm.train.muon import MuonAdamW
 
@@ -148,14 +149,14 @@ moved = min((plain[n] - start[n]).abs().max().item() for n in hidden)
 if dist.get_rank() == 0:
     print(json.dumps({"max_diff": diff, "min_moved": moved}))
 dist.destroy_process_group()
+leave(0)
 """
 
 
 def test_muon_on_shards_equals_muon_on_whole_matrices(tmp_path):
     script = tmp_path / "muon.py"
     script.write_text(f"TINY = {TINY_MODEL!r}\n" + _MUON)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = torchrun([*TORCHRUN, script])
     assert proc.returncode == 0, proc.stderr[-4000:]
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     got = json.loads(line)
@@ -175,7 +176,7 @@ def test_the_training_bench_runs_both_engines_on_two_processes(mode, tmp_path):
     out = tmp_path / "bench.json"
     args = ["--preset", "tiny", "--vocab", "256", "--batch", "2", "--seq", "32", "--reps", "1"]
     cmd = [sys.executable, str(bench), *args, "--parallel", mode, "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = torchrun(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())
     assert got["world"] == 2 and got["parallel"] == mode

@@ -318,6 +318,7 @@ def train(
     `resume` continues RUN from its newest whole checkpoint with RUN's saved
     config; `init_from` starts from another run's weights and tokenizer (fine-
     tuning); `model_overrides` change fields of the preset (tests use 2 layers).
+    A script that calls it under torchrun ends with `distributed.leave(0)`, as the CLI does.
     """
     device = resolve_device(cfg.device)
     if device.type == "cpu":
