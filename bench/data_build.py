@@ -86,7 +86,8 @@ def one(engine: str, workers: int, sources: list[str], out: str) -> dict:
 
     cfg = DataConfig(engine=engine, **({"workers": workers} if engine == "dask" else {"num_proc": workers}))
     t0 = time.perf_counter()
-    stats = build_dataset(sources, out, cfg, progress=False, log=lambda m: None)
+    profile: dict = {}
+    stats = build_dataset(sources, out, cfg, progress=False, log=lambda m: None, profile=profile)
     wall = time.perf_counter() - t0
     multiprocessing.active_children()  # reaps the pool's exited workers, so RUSAGE_CHILDREN counts them
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -95,10 +96,8 @@ def one(engine: str, workers: int, sources: list[str], out: str) -> dict:
     run = {"wall": wall, "bytes": stats["bytes_seen"], "files": stats["files_seen"], "client_mb": me}
     run["client_cpu"] = own.ru_utime + own.ru_stime  # this process: reading, judging (and, local x1, all)
     if engine == "dask":
-        from codelm.data.dask_engine import LAST_RUN
-
-        run["worker_mb"] = max(LAST_RUN["worker_peak_mb"])
-        run["stages"] = LAST_RUN["seconds"]
+        run["worker_mb"] = max(profile["worker_peak_mb"])
+        run["stages"] = profile["seconds"]
     else:  # one process does the work itself; more hand it to a pool
         run["worker_mb"] = me if workers == 1 else kids
     run["content_hash"] = json.loads((Path(out) / "manifest.json").read_text())["content_hash"]

@@ -115,13 +115,19 @@ def cmd_tokenizer_train(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from codelm.train.distributed import leave
+    from codelm.train.distributed import leave, under_torchrun
     from codelm.train.loop import train
 
-    cfg = make_config(a, "train")
-    if not a.resume and a.data is None:
-        raise CodelmError("give --data DATA (or --resume an existing run)")
-    trace = train(a.data, a.out, cfg, tokenizer=a.tokenizer, resume=a.resume, init_from=a.init_from)
+    try:
+        cfg = make_config(a, "train")
+        if not a.resume and a.data is None:
+            raise CodelmError("give --data DATA (or --resume an existing run)")
+        trace = train(a.data, a.out, cfg, tokenizer=a.tokenizer, resume=a.resume, init_from=a.init_from)
+    except CodelmError as e:
+        if under_torchrun():  # a worker leaves with its error as with its result (see leave)
+            print(f"codelm: error: {e}", file=sys.stderr)
+            leave(2)
+        raise
     Console().print(trace.table())
     leave(0)  # under torchrun: exits here
 

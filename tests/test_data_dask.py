@@ -67,8 +67,8 @@ def _corpus(root):
     return [str(src), str(other)], str(bench)
 
 
-def _build(srcs, out, **kw):
-    return build_dataset(srcs, out, DataConfig(**kw), progress=False, log=lambda m: None)
+def _build(srcs, out, profile=None, **kw):
+    return build_dataset(srcs, out, DataConfig(**kw), progress=False, log=lambda m: None, profile=profile)
 
 
 def _rows(out):
@@ -79,8 +79,13 @@ def test_dask_build_equals_local_build(tmp_path, scheduler, monkeypatch):
     srcs, bench = _corpus(tmp_path)
     monkeypatch.setattr(dask_engine, "PART_FILES", 5)  # many partitions, so many shards
     local = _build(srcs, tmp_path / "local", decontaminate=(bench,))
-    dask = _build(srcs, tmp_path / "dask", decontaminate=(bench,), engine="dask", scheduler=scheduler)
+    profile: dict = {}
+    kw = {"decontaminate": (bench,), "engine": "dask", "scheduler": scheduler}
+    dask = _build(srcs, tmp_path / "dask", profile, **kw)
     assert dask == local  # the same files kept, dropped and skipped, the same splits
+    stages = ["start", "map", "lsh_group", "lsh_verify", "judge", "write"]
+    assert list(profile["seconds"]) == stages and min(profile["seconds"].values()) >= 0
+    assert len(profile["worker_peak_mb"]) == 2 and min(profile["worker_peak_mb"]) > 0  # both workers
     for what in ("exact_duplicate", "near_duplicate", "syntax_error", "contaminated", "duplicate_pair"):
         assert local[f"dropped_{what}"] >= 1, what  # the corpus exercises every decision
     assert local["doctest_pairs_mined"] >= 24

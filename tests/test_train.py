@@ -453,9 +453,29 @@ def test_a_torchrun_worker_leaves_with_its_status_after_its_threads_and_output(t
     assert (tmp_path / "out").read_text() == "written"
 
 
+def test_a_torchrun_worker_whose_train_fails_leaves_with_its_error(tmp_path):
+    """`codelm train` that fails on its workers prints one error line on each and leaves with
+    status 2 the way a finished one does, without the teardown (an atexit hook does not run);
+    in one process the error goes back to the command line as usual."""
+    import subprocess
+
+    script = tmp_path / "cli.py"
+    script.write_text(
+        "import atexit, sys\nfrom codelm.cli import main\n"
+        "atexit.register(lambda: print('teardown'))\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    args = [script, "train", "--data", tmp_path / "missing", "--out", tmp_path / "r"]
+    proc = torchrun([*TORCHRUN, *args])
+    assert "teardown" not in proc.stdout and proc.stderr.count("exitcode  : 2") == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("codelm: error: DATA directory not found") == 2
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    one = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env)
+    assert (one.returncode, one.stdout) == (2, "teardown\n")
+    assert one.stderr.startswith("codelm: error: DATA directory not found") and one.stderr.count("\n") == 1
+
+
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, corpus_dir, tokenizer):
     import subprocess
-    import sys
 
     data, tok = _data(tmp_path, corpus_dir, tokenizer)
     script = tmp_path / "run.py"

@@ -186,11 +186,14 @@ def build_dataset(
     *,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    profile: dict | None = None,
 ) -> dict:
     """Build DATA/ from `sources` and return the stats written to `stats.json`.
 
     `progress`: show a progress bar on stderr (default: when stderr is a terminal).
     `log`: receives one line per skipped input (default: printed to stderr).
+    `profile`: with the dask engine, filled with its seconds per stage and its workers' peak
+    memory (dask_engine.build_on_dask); the local engine leaves it empty.
     """
     specs = [sources] if isinstance(sources, str) else list(sources)
     if not specs:
@@ -221,7 +224,7 @@ def build_dataset(
             if cfg.engine == "dask":
                 from codelm.data.dask_engine import build_on_dask  # imported only when asked for
 
-                judge = build_on_dask(stream, wcfg, cfg, writer, make_judge, bar.advance)
+                judge = build_on_dask(stream, wcfg, cfg, writer, make_judge, bar.advance, profile)
             else:
                 judge = _build_locally(stream, wcfg, cfg, writer, make_judge, near, bar.advance)
         finally:

@@ -181,12 +181,21 @@ def _result(future):
 
 
 def build_on_dask(
-    stream: Iterable, wcfg: WorkerConfig, cfg, writer: DataWriter, make_judge: MakeJudge, advance
+    stream: Iterable,
+    wcfg: WorkerConfig,
+    cfg,
+    writer: DataWriter,
+    make_judge: MakeJudge,
+    advance,
+    profile: dict | None = None,
 ) -> Judge:
     """Build into `writer` (sharded) on the cluster `cfg.scheduler` / `cfg.workers` asks for;
-    return the Judge whose stats are the build's."""
-    LAST_RUN.clear()
-    clock = _Clock(LAST_RUN.setdefault("seconds", {}))
+    return the Judge whose stats are the build's. `profile`, if given, receives seconds per stage
+    ("seconds": "start" the cluster; "map" read, per-file work and exact pass; "lsh_group" band
+    keys and buckets; "lsh_verify" pairs in buckets and the resolution; "judge"; "write") and
+    each worker's peak RSS in MB ("worker_peak_mb"), for bench/data_build.py."""
+    profile = {} if profile is None else profile
+    clock = _Clock(profile.setdefault("seconds", {}))
     with connect(cfg.scheduler, cfg.workers) as client:
         clock("start")
         token = hashlib.sha256(pickle.dumps(wcfg)).hexdigest()
@@ -198,14 +207,8 @@ def build_on_dask(
         clock("judge")
         _write(client, parts, plans, writer, cfg.documents)
         clock("write")
-        LAST_RUN["worker_peak_mb"] = sorted(client.run(_peak_rss_mb).values())
+        profile["worker_peak_mb"] = sorted(client.run(_peak_rss_mb).values())
     return judge
-
-
-# What the last build here measured, for bench/data_build.py: seconds per stage ("start": the
-# cluster; "map": read, per-file work and exact pass; "lsh_group": band keys and buckets;
-# "lsh_verify": pairs in buckets and the resolution; "judge"; "write") and each worker's peak RSS.
-LAST_RUN: dict = {}
 
 
 class _Clock:

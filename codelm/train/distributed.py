@@ -32,10 +32,14 @@ class Dist:
         return self.world > 1
 
 
+def under_torchrun() -> bool:
+    """Whether torchrun started this process as one of several workers."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def init(device_type: str) -> Dist:
     """Join the process group if torchrun started us; a no-op otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if not under_torchrun():
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
@@ -89,7 +93,7 @@ def leave(code: int) -> int:
     dump showed the thread in ProcessGroupGloo::runLoop, destroying an all-gather's work.
     Leaving with os._exit skips the teardown; Python's own threads are joined first, as the
     teardown would, and buffered output is flushed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not under_torchrun():
         return code
     for t in threading.enumerate():
         if t is not threading.current_thread() and not t.daemon:
