@@ -20,11 +20,10 @@ with its optimizer step's median time (the `opt.step()` inside its step).
 CPU): DistributedDataParallel, or FSDP2 with each block and then the whole model wrapped by
 `fully_shard`, codelm through `codelm train --shard`'s own code (bf16 weights and fp32
 gradient reductions on CUDA). `--batch` is each process's; tokens/s are the whole group's,
-and MFU is against the peak of all its devices. On CUDA the peer's AdamW is fused, as
-transformers' Trainer picks by default with torch >= 2.8; on a CPU it stays torch's
-default (unfused) AdamW, as in every CPU figure recorded so far, though the Trainer would
-pick the fused one there too. After the timed steps, the bench checks that every DDP
-replica holds the same codelm weights.
+and MFU is against the peak of all its devices. The peer's AdamW is fused, on a CPU too, as
+transformers' Trainer picks by default with torch >= 2.8 (CPU figures before 2026-12-07
+timed it unfused). After the timed steps, the bench checks that every DDP replica holds the
+same codelm weights.
 """
 
 from __future__ import annotations
@@ -135,8 +134,8 @@ def engines(a, cfg: ModelConfig, amp, dist: distributed.Dist, device: torch.devi
     if a.parallel == "shard":
         shard_llama(hf, device)
     hf_net = ddp(hf, dist, device) if a.parallel == "ddp" else hf
-    fused = True if device.type == "cuda" else None  # None: torch's default
-    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=fused)
+    # Fused, as transformers' Trainer picks by default with torch >= 2.8 (and codelm's AdamW is).
+    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
 
     def hf_step():
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
