@@ -99,6 +99,11 @@ VARIANTS: dict[str, Variant] = {
     "site-packages": Variant(sources=("site-packages",)),
     # Muon on the fused qkv and SwiGLU matrices whole, as before `muon_split` (its ablation).
     "muon-whole": Variant(train=replace(_T, muon_split=False)),
+    # The learning rate's decay, whatever the demo picks on this CPU (demo.short_budget_decay):
+    # over the whole budget (a cosine); or the peak until the budget's last 30% (or half).
+    "cosine": Variant(train=replace(_T, decay=1.0)),
+    "wsd": Variant(train=replace(_T, decay=0.3)),
+    "wsd-half": Variant(train=replace(_T, decay=0.5)),
     "adamw-8k": Variant(vocab_size=8192, train=replace(_T, optimizer="adamw")),
     "stdlib-8k": Variant(sources=_STDLIB, vocab_size=8192),
     # The demo before this measure: stdlib only, AdamW, 8k.

@@ -153,6 +153,7 @@ def _train_parser(sub) -> None:
     _opt(tr, "train", "--grad-accum", type=int, help="micro-batches per optimizer step")
     _opt(tr, "train", "--seq-len", type=int, help="0: the model's context, at most 1024")
     _opt(tr, "train", "--lr", type=float, help="AdamW's peak rate; Muon's is 10x this")
+    _opt(tr, "train", "--decay", type=float, help="share of the budget, at its end, the rate decays over")
     _opt(tr, "train", "--optimizer", choices=["muon", "adamw"], help="muon: Muon + AdamW")
     _opt(tr, "train", "--fim-rate", type=float, help="share of files made FIM examples")
     repo_help = "repository documents per file (a stretch after snippets of its repo); 0: none"

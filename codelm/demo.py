@@ -21,9 +21,10 @@ from codelm.data.dataset import iter_texts
 from codelm.errors import CodelmError
 from codelm.generate import best_of, load_run, parses
 from codelm.generate.sampling import SamplingConfig
+from codelm.hardware import bf16_native
 from codelm.tokenizer import train_tokenizer
 from codelm.train.config import TrainConfig
-from codelm.train.loop import train
+from codelm.train.loop import resolve_device, train
 
 # A signature and a docstring, as a user would write them: a 5-minute model given a bare
 # signature mostly writes a docstring of its own, and with one it attempts the body. A prompt
@@ -109,9 +110,31 @@ def _corpus_and_tokenizer(cfg: DemoConfig, data: Path, tok_dir: Path, err: Conso
     train_tokenizer(iter_texts(data, "train"), cfg.vocab_size).save(tok_dir / "tokenizer.json")
 
 
+# How many steps the demo's recipe takes a minute on 2 cores in fp32 (a CPU without native
+# bf16): 658-760 in 5 minutes, emulated AVX2. With bf16 it takes about 3 times as many.
+FP32_STEPS_PER_MINUTE = 150
+
+
+def short_budget_decay(minutes: float) -> float:
+    """The share of the budget the learning rate decays over (TrainConfig.decay): 0.3 where
+    the budget gives fewer than about 1,000 steps (fp32 on a CPU, at most 6.7 minutes), else
+    the cosine over the whole budget.
+
+    Induction heads (the copy gain, codelm.evaluate.intrinsic) formed near step 700 of the
+    5-minute demo in bf16. In fp32 its budget ends near step 740, and a cosine over all of it
+    had lowered the rate before they formed: holding the peak until the last 30% gave 1.589
+    and 1.613 bits per byte on the held-out packages against 1.677 and 1.713, copy gain
+    0.66-1.06 nats against 0.14-0.23 (emulated AVX2). With bf16's 2,000 steps the same
+    decay lost (1.244 against 1.183), and a decay over half the budget was no better than
+    the cosine on either CPU (bench/quality.py --variants wsd wsd-half demo; docs/quality.md)."""
+    fp32 = not bf16_native(resolve_device("auto"))
+    return 0.3 if fp32 and minutes * FP32_STEPS_PER_MINUTE < 1000 else 1.0
+
+
 def demo_train_config(cfg: DemoConfig) -> TrainConfig:
     # FIM off: the demo's few minutes go to left-to-right code, what its prompts ask for.
     return TrainConfig(
+        decay=short_budget_decay(cfg.max_minutes),
         preset=cfg.preset,
         epochs=0,
         max_minutes=cfg.max_minutes,

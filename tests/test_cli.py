@@ -236,8 +236,11 @@ def test_from_dict_loads_a_config_as_an_old_run_wrote_it():
     model = ModelConfig.from_dict(json.loads(json.dumps(OLD_MODEL)))
     assert model == ModelConfig(**OLD_MODEL)
     train = TrainConfig.from_dict(json.loads(json.dumps(OLD_TRAIN)))
-    assert train == TrainConfig(**OLD_TRAIN, optimizer="adamw")
-    new = TrainConfig(max_steps=3, optimizer="muon", fim_rate=0.0)
+    assert train == TrainConfig(**OLD_TRAIN, optimizer="adamw", muon_split=False, decay=1.0)
+    # A Muon run saved before per-head Muon and the shorter decay resumes as it trained.
+    muon = TrainConfig.from_dict({**OLD_TRAIN, "optimizer": "muon"})
+    assert (muon.optimizer, muon.muon_split, muon.decay) == ("muon", False, 1.0)
+    new = TrainConfig(max_steps=3, optimizer="muon", fim_rate=0.0, muon_split=True, decay=0.25)
     assert TrainConfig.from_dict(new.to_dict()) == new
     assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
 

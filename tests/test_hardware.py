@@ -39,6 +39,21 @@ def test_a_faked_cpu_decides_training_precision(monkeypatch, fake, isa, bf16):
     assert "faked by CODELM_CPU" in cpu.describe()
 
 
+@pytest.mark.parametrize(
+    "fake, minutes, decay",
+    [("avx2", 5, 0.3), ("neon", 6, 0.3), ("avx2", 30, 1.0), ("avx512_bf16", 5, 1.0), ("amx", 1, 1.0)],
+)
+def test_the_demo_holds_its_peak_rate_longer_when_its_budget_gives_few_steps(
+    monkeypatch, fake, minutes, decay
+):
+    """fp32 on a CPU runs a third of bf16's steps: a short budget there decays over its last 30%."""
+    from codelm.demo import DemoConfig, demo_train_config
+
+    monkeypatch.setenv("CODELM_CPU", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the demo on this CPU
+    assert demo_train_config(DemoConfig(max_minutes=minutes)).decay == decay
+
+
 def test_kernels_are_built_only_for_an_isa_the_real_cpu_runs(monkeypatch):
     real = hardware.detect().isa
     monkeypatch.setenv("CODELM_CPU", "avx2")

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from codelm.errors import CodelmError
 from codelm.model import ModelConfig, Transformer
 from codelm.train.config import TrainConfig
 from codelm.train.loop import lr_at, make_optimizer, train_step
@@ -213,6 +214,21 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert lr_at(9, 0.05, cfg) == 1.0
     assert abs(lr_at(50, 1.0, cfg) - 0.1) < 1e-9
     assert lr_at(20, 0.3, cfg) > lr_at(20, 0.6, cfg)
+
+
+def test_a_shorter_decay_holds_the_peak_then_ends_at_the_same_floor():
+    """Warmup-stable-decay: `decay` 0.3 keeps the peak until 70% of the budget, then runs the
+    whole cosine in the last 30%; `decay` 1 is the cosine over the whole budget."""
+    whole = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    wsd = replace(whole, decay=0.3)
+    assert lr_at(50, 0.0, wsd) == lr_at(50, 0.7, wsd) == 1.0
+    assert lr_at(50, 0.85, wsd) == pytest.approx(0.55)  # half way through the cosine
+    assert lr_at(50, 0.85, wsd) == pytest.approx(lr_at(50, 0.5, whole))
+    assert lr_at(50, 1.0, wsd) == pytest.approx(0.1) == lr_at(50, 1.5, wsd)
+    assert lr_at(5, 0.8, wsd) == lr_at(5, 0.8, whole) == 0.6  # the warmup is the same
+    for bad in (0.0, 1.5):
+        with pytest.raises(CodelmError, match="decay must be in"):
+            replace(whole, decay=bad)
 
 
 def _row(train, val):
@@ -646,7 +662,6 @@ def test_a_lora_run_saves_adapters_only_and_loads_merged(tmp_path, corpus_dir, t
     from safetensors.torch import load_file
 
     from codelm.cli import main
-    from codelm.errors import CodelmError
     from codelm.model.io import load_model
     from codelm.model.lora import LoraConfig, add_adapters, merge
     from codelm.train.loop import train

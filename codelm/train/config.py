@@ -19,6 +19,9 @@ class TrainConfig:
     lr: float = 2e-3  # peak learning rate; small models tolerate a high one
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
     warmup_steps: int = 30  # short: a 5-minute run only has a few hundred steps
+    # Share of the budget, at its end, over which the rate decays (a cosine); before it the
+    # rate stays at its peak. 1.0: a cosine over the whole budget; less: warmup-stable-decay.
+    decay: float = 1.0
     weight_decay: float = 0.1  # on matrices only, never on norms or embeddings' biases
     # "muon": Muon for the blocks' matrices and AdamW for embeddings and vectors (train/muon.py).
     # It gave 0.10-0.11 fewer bits per byte on unseen code after 5 minutes of `tiny` than AdamW
@@ -85,6 +88,7 @@ class TrainConfig:
             ("lr", self.lr > 0, "> 0"),
             ("muon_lr_scale", self.muon_lr_scale > 0, "> 0"),
             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+            ("decay", 0 < self.decay <= 1, "in (0, 1]"),
             ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
             ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
             ("fim_rate", 0 <= self.fim_rate <= 1, "in [0, 1]"),
@@ -133,11 +137,17 @@ class TrainConfig:
                 f"{source}: unknown train config key(s): {', '.join(unknown)} "
                 "(written by a newer codelm? upgrade it to load this run)"
             )
-        if "optimizer" not in d:
-            # Runs saved before Muon existed (and became the default) trained with AdamW; resuming
-            # one with Muon would change its optimizer and not match its saved optimizer state.
-            d = {**d, "optimizer": "adamw"}
-        return cls(**d)
+        # A run saved before a field existed trained as that field's old value says, not as
+        # today's default; resumed, it goes on the same way.
+        return cls(**{**_BEFORE_THE_FIELD, **d})
+
+
+# What each field added after runs were first saved was, in effect, before it existed.
+_BEFORE_THE_FIELD = {
+    "optimizer": "adamw",  # Muon came later (and became the default)
+    "muon_split": False,  # Muon first orthogonalised the fused matrices whole
+    "decay": 1.0,  # the cosine first spanned the whole budget
+}
 
 
 # Smallest allowed values of the counts and budgets (0 where 0 means "off" or "none").

@@ -102,10 +102,12 @@ def muon_splits(model: Transformer) -> dict[int, tuple[int, ...]]:
 
 
 def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
-    """Linear warmup over `warmup_steps`, then cosine from lr to lr*min_lr_ratio over the budget."""
+    """Linear warmup over `warmup_steps`, then lr until the budget's last `decay` share, then a
+    cosine from lr to lr*min_lr_ratio over that share (decay 1: over the whole budget)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    into = max(0.0, min(progress, 1.0) - (1 - cfg.decay)) / cfg.decay  # 0 until the decay starts
+    cosine = 0.5 * (1 + math.cos(math.pi * into))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
