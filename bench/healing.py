@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/healing.py RUN [--functions 80]
 
-The prompts are `bench/quality.py`'s: a held-out function's signature and docstring,
+The prompts are `bench/held_out.py`'s: a held-out function's signature and docstring,
 ending at the closing quotes, and the same prompts plus a newline (where an editor's
 cursor often is). Each is completed at the default sampling (seed 0, at most 128 new
 tokens, as in that script's sampling check), with healing as `complete` does it and
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality  # noqa: E402
+import held_out  # noqa: E402
 from common import machine  # noqa: E402
 
 import codelm.generate.prompts as prompts_module  # noqa: E402
@@ -34,7 +34,7 @@ def main() -> None:
     a = ap.parse_args()
     print(machine())
     model, tok = load_run(a.run)
-    prompts = quality.function_prompts(quality.held_out(a.held_out_bytes), a.functions)
+    prompts = held_out.function_prompts(held_out.held_out(a.held_out_bytes), a.functions)
     heal = prompts_module.heal  # `plan` heals through this name: swapped out for "off"
     cfg = SamplingConfig(max_new_tokens=128, seed=0)
     print("| prompts end | healing | functions | healed | parse | edit sim |")

@@ -5,7 +5,7 @@
 1. Time to first token, cold, at 128, 512 and 1,024 prompt tokens: `small` with random
    weights (codelm int8 against llama.cpp q8_0 of the same model, exported with
    `codelm export --format gguf`).
-2. Per keystroke: typing replayed through held-out files (bench/quality.py's packages
+2. Per keystroke: typing replayed through held-out files (bench/held_out.py's packages
    that no corpus here reads). A session types one line of a function body a character at
    a time, at about 500 tokens of context; each keystroke asks for a fill-in-the-middle
    completion of up to 16 tokens, greedy, on `small`. codelm with its prefix cache on and
@@ -36,8 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, summary  # noqa: E402
+from held_out import function_prompts, held_out  # noqa: E402
 from interop import corpus_tokenizer, llama_cpp, make_run  # noqa: E402
-from quality import function_prompts, held_out  # noqa: E402
 
 from codelm.evaluate.line_completion import body_lines, similarity  # noqa: E402
 from codelm.generate.engine import Engine, Row, Sampler  # noqa: E402

@@ -23,17 +23,14 @@ the whole machine: run nothing else beside it, or the budgets buy fewer steps.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
-import lzma
-import textwrap
 import time
-import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from held_out import compressor_bpb, function_prompts, held_out  # bench/, the script's own folder
 from rich.console import Console
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -41,8 +38,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from codelm.data.build import DataConfig, build_dataset
 from codelm.data.dataset import iter_texts
 from codelm.data.problems import load_problems
-from codelm.data.records import RawFile
-from codelm.data.sources import HELD_OUT_PACKAGES, open_source, site_packages_root
+from codelm.data.sources import HELD_OUT_PACKAGES
 from codelm.demo import TEST_SUITES, DemoConfig, demo_train_config
 from codelm.evaluate.intrinsic import IntrinsicConfig, copy_gain, intrinsic_metrics
 from codelm.evaluate.line_completion import LineConfig, model_predictions, sample_positions, score, similarity
@@ -109,49 +105,6 @@ VARIANTS: dict[str, Variant] = {
     # The demo before this measure: stdlib only, AdamW, 8k.
     "stdlib-adamw-8k": Variant(sources=_STDLIB, vocab_size=8192, train=replace(_T, optimizer="adamw")),
 }
-
-
-# ---------------------------------------------------------------- held-out text
-
-
-def held_out_files(max_bytes: int, packages: tuple[str, ...] = HELD_OUT_PACKAGES) -> list[tuple[str, str]]:
-    """(package/path, text) of the held-out packages' files, interleaved by a path hash, up to
-    `max_bytes` of UTF-8."""
-    files = []
-    for pkg in packages:
-        root = site_packages_root() / pkg
-        if not root.is_dir():
-            raise SystemExit(f"held-out package {pkg} is not installed at {root}")
-        for item in open_source(f"dir:{root}"):
-            if isinstance(item, RawFile) and item.data.strip():
-                try:
-                    text = item.data.decode("utf-8")
-                except UnicodeDecodeError:
-                    continue
-                files.append((zlib.crc32(f"{pkg}/{item.path}".encode()), f"{pkg}/{item.path}", text))
-    out, used = [], 0
-    for _, path, text in sorted(files):
-        if used >= max_bytes:
-            break
-        out.append((path, text))
-        used += len(text.encode("utf-8"))
-    return out
-
-
-def held_out(max_bytes: int, packages: tuple[str, ...] = HELD_OUT_PACKAGES) -> list[str]:
-    """The texts of `held_out_files`."""
-    return [text for _, text in held_out_files(max_bytes, packages)]
-
-
-def compressor_bpb(texts: list[str]) -> dict[str, float]:
-    """Bits per byte of gzip -9 and xz -9e, on each file alone (as a model reads them) and
-    on all files in one stream (xz then also learns from the files before)."""
-    raw = [t.encode("utf-8") for t in texts]
-    n = sum(map(len, raw))
-    gz = sum(len(zlib.compress(b, 9)) for b in raw)
-    xz = sum(len(lzma.compress(b, preset=9 | lzma.PRESET_EXTREME)) for b in raw)
-    xz_all = len(lzma.compress(b"".join(raw), preset=9 | lzma.PRESET_EXTREME))
-    return {"gzip -9": 8 * gz / n, "xz -9e": 8 * xz / n, "xz -9e, one stream": 8 * xz_all / n}
 
 
 # ---------------------------------------------------------------- the plain baseline
@@ -268,35 +221,6 @@ def measure(model, tok, texts: list[str], lines: LineConfig) -> dict:
         "copy_gain": copy_gain(model),  # has it induction heads yet?
         "params_M": model.num_params() / 1e6,
     }
-
-
-def function_prompts(texts: list[str], count: int) -> list[tuple[str, str]]:
-    """(signature + docstring, the rest of the body) of held-out functions with a docstring."""
-    out = []
-    for text in texts:
-        try:
-            tree = ast.parse(text)
-        except SyntaxError:
-            continue
-        lines = text.split("\n")
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.FunctionDef)
-                and ast.get_docstring(node)
-                and len(node.body) > 1
-                and node.end_lineno
-                and node.end_lineno - node.lineno < 30
-            ):
-                # The prompt ends at the docstring's closing quotes, as a user's would (see
-                # PROMPTS in demo.py); the truth is the rest of the function.
-                cut = node.body[0].end_lineno
-                whole = textwrap.dedent("\n".join(lines[node.lineno - 1 : node.end_lineno]))
-                prompt = "\n".join(whole.split("\n")[: cut - node.lineno + 1])
-                body = whole[len(prompt) :]
-                out.append((prompt, body))
-                if len(out) >= count:
-                    return out
-    return out
 
 
 def sampling_check(model, tok, texts: list[str], penalties: list[float], count: int) -> list[dict]:

@@ -1,6 +1,6 @@
 """Loops in completions: today's repetition penalty against DRY, on held-out functions.
 
-For each run, the functions of the held-out packages (bench/quality.py's `held_out`, which
+For each run, the functions of the held-out packages (bench/held_out.py's `held_out`, which
 no training split holds) are cut after their docstring, as a user's prompt would be, and
 completed at temperature 0 and 0.2 under each sampling variant. Printed per variant:
 - parse: the share of prompt + completion that parses;
@@ -68,7 +68,7 @@ def trim_table(model, tok, prompts: list[tuple[str, str]], max_new_tokens: int) 
 
 def main() -> None:
     from common import machine  # bench/, the script's own folder, is on sys.path
-    from quality import function_prompts, held_out
+    from held_out import function_prompts, held_out
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+")

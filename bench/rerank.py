@@ -6,7 +6,7 @@ among those that parse, so the rankings are compared on the same candidates:
 - codelm_basic (81 problems with tests): every candidate runs in the sandbox; printed
   per ranking is pass@1 of the chosen candidate, beside `random` (the expected pass@1 of
   a uniformly drawn candidate, c/n) and `oracle` (some candidate passes);
-- held-out functions (bench/quality.py's `held_out`, cut after the docstring): edit
+- held-out functions (bench/held_out.py's `held_out`, cut after the docstring): edit
   similarity of the chosen body to the true one, and how many tokens it has.
 
     .venv/bin/python bench/rerank.py runs/demo/run --n 8 --temperature 0.8
@@ -66,7 +66,7 @@ def _judge(problem, text: str) -> bool:
 
 
 def on_functions(model, tok, cfg: SamplingConfig, n: int, count: int) -> dict[str, tuple[float, float]]:
-    from quality import function_prompts, held_out  # bench/, the script's own folder
+    from held_out import function_prompts, held_out  # bench/, the script's own folder
 
     pairs = function_prompts(held_out(2_000_000), count)
     cands = candidates(model, tok, [p for p, _ in pairs], cfg, n)

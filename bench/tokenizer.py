@@ -10,7 +10,7 @@ pre-tokenizer with GPT-2's regex. Both are trained at each size of
 - `stdlib`: the val+test files of the standard library (in distribution);
 - `packages`: the Python files of `codelm.data.sources.HELD_OUT_PACKAGES` (rich,
   click, jinja2, anyio, starlette, h11) in this environment's site-packages, as
-  bench/quality.py's `held_out` reads them (interleaved by a path hash, capped at
+  bench/held_out.py's `held_out` reads them (interleaved by a path hash, capped at
   `--held-out-bytes`): third-party code no corpus here holds (out of distribution).
 
 Printed, in one run:
@@ -106,8 +106,8 @@ def stdlib_split() -> tuple[list[str], list[str], list[str]]:
 
 
 def package_files(max_bytes: int) -> tuple[list[str], list[str]]:
-    """(texts, paths) of the held-out packages' files, as bench/quality.py's `held_out` picks them."""
-    from quality import held_out_files  # bench/, the script's own folder, is on sys.path
+    """(texts, paths) of the held-out packages' files, as bench/held_out.py's `held_out` picks them."""
+    from held_out import held_out_files  # bench/, the script's own folder, is on sys.path
 
     files = held_out_files(max_bytes)
     return [t for _, t in files], [p for p, _ in files]
