@@ -100,6 +100,8 @@ VARIANTS: dict[str, Variant] = {
     "cosine": Variant(train=replace(_T, decay=1.0)),
     "wsd": Variant(train=replace(_T, decay=0.3)),
     "wsd-half": Variant(train=replace(_T, decay=0.5)),
+    "wsd-0.2": Variant(train=replace(_T, decay=0.2)),
+    "wsd-lr2x": Variant(train=replace(_T, decay=0.3, lr=2 * _T.lr)),
     "adamw-8k": Variant(vocab_size=8192, train=replace(_T, optimizer="adamw")),
     "stdlib-8k": Variant(sources=_STDLIB, vocab_size=8192),
     # The demo before this measure: stdlib only, AdamW, 8k.

@@ -134,10 +134,10 @@ def short_budget_decay(minutes: float) -> float:
 def demo_train_config(cfg: DemoConfig) -> TrainConfig:
     # FIM off: the demo's few minutes go to left-to-right code, what its prompts ask for.
     return TrainConfig(
-        decay=short_budget_decay(cfg.max_minutes),
         preset=cfg.preset,
         epochs=0,
         max_minutes=cfg.max_minutes,
+        decay=short_budget_decay(cfg.max_minutes),
         batch_size=8,  # more, smaller steps: a 5-minute budget is a few hundred steps either way
         eval_sequences=32,  # 8 evaluations of 64 sequences took a tenth of the budget
         seed=cfg.seed,
