@@ -122,9 +122,10 @@ def short_budget_decay(minutes: float) -> float:
 
     Induction heads (the copy gain, codelm.evaluate.intrinsic) formed near step 700 of the
     5-minute demo in bf16. In fp32 its budget ends near step 740, and a cosine over all of it
-    had lowered the rate before they formed: holding the peak until the last 30% gave 1.589,
-    1.613 and 1.683 bits per byte on the held-out packages against 1.677, 1.713 and 1.682
-    (three pairs of runs), copy gain 0.50-1.06 nats against 0.14-0.23 (emulated AVX2).
+    had lowered the rate before they formed: holding the peak until the last 30% gave
+    1.589-1.683 bits per byte on the held-out packages against 1.654-1.713, 0.04 better on
+    average over four pairs of runs (two gains of 0.09-0.10, two ties), and a copy gain of
+    0.44-1.06 nats against 0.14-0.23 in all four (emulated AVX2).
     With bf16's 2,000 steps the same decay lost (1.244 against 1.183), and a decay over
     half the budget was no better than the cosine on either CPU (bench/quality.py
     --variants wsd wsd-half cosine; docs/quality.md)."""
