@@ -32,7 +32,8 @@ with --peer-url, the same against any OpenAI-compatible /v1/completions server.
 Goals on 2 CPU cores with `small` int8: p50 <= 150 ms, p95 <= 400 ms, duplication <= 1%,
 retrieval raises the accept rate. Shown completions are never accepted into the document,
 so every setup types the same traces. The traces and the two measures of a shown
-completion (`accepted`, `duplicates_suffix`) are pure functions in bench/lsp_traces.py.
+completion (`accepted`, `duplicates_suffix`) are pure functions in bench/lsp_traces.py;
+the JSON-RPC client and a session's plumbing are bench/lsp_client.py.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lsp_client import Rpc, initialize_params, stop, wait_index, warm_up  # noqa: E402
 from lsp_traces import (  # noqa: E402  (bench/lsp_traces.py)
     Key,
     Trace,
@@ -65,76 +67,6 @@ from lsp_traces import (  # noqa: E402  (bench/lsp_traces.py)
 from serve import pct, start_server, stop_server  # noqa: E402  (bench/serve.py)
 
 CANCELLED = -32800  # LSP's RequestCancelled
-
-
-# ---------- the LSP client ----------
-
-
-class Rpc:
-    """JSON-RPC 2.0 over a server's stdio with LSP's Content-Length framing. A response
-    resolves its request's future to (perf_counter at arrival, message); requests from the
-    server get null, workspace/configuration the `settings` of the sections asked."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, settings: dict):
-        self.proc, self.settings = proc, settings
-        self.next_id = 0
-        self.pending: dict[int, asyncio.Future] = {}
-        self.reader = asyncio.create_task(self._read())
-
-    def _send(self, msg: dict) -> None:
-        body = json.dumps({"jsonrpc": "2.0", **msg}).encode()
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-
-    def notify(self, method: str, params: object = None) -> None:
-        self._send({"method": method, "params": params})
-
-    def request(self, method: str, params: object = None) -> tuple[int, asyncio.Future]:
-        if self.reader.done():
-            raise RuntimeError("the server closed its output")
-        self.next_id += 1
-        fut = asyncio.get_running_loop().create_future()
-        self.pending[self.next_id] = fut
-        self._send({"id": self.next_id, "method": method, "params": params})
-        return self.next_id, fut
-
-    async def call(self, method: str, params: object = None, timeout: float = 60) -> object:
-        _, fut = self.request(method, params)
-        _, msg = await asyncio.wait_for(fut, timeout)
-        if "error" in msg:
-            raise RuntimeError(f"{method}: {msg['error']}")
-        return msg.get("result")
-
-    def _answer(self, msg: dict) -> object:
-        if msg["method"] == "workspace/configuration":
-            return [self.settings if i.get("section") == "codelm" else None for i in msg["params"]["items"]]
-        return None
-
-    async def _read(self) -> None:
-        out = self.proc.stdout
-        assert out is not None
-        try:
-            while True:
-                size = None
-                while line := (await out.readline()).strip():
-                    key, _, value = line.decode().partition(":")
-                    if key.strip().lower() == "content-length":
-                        size = int(value)
-                if size is None:
-                    raise EOFError("the server closed its output")
-                msg = json.loads(await out.readexactly(size))
-                arrived = time.perf_counter()
-                if "method" in msg:
-                    if "id" in msg:
-                        self._send({"id": msg["id"], "result": self._answer(msg)})
-                    continue
-                fut = self.pending.pop(msg.get("id"), None)
-                if fut is not None and not fut.done():
-                    fut.set_result((arrived, msg))
-        except (EOFError, asyncio.IncompleteReadError, ValueError) as e:
-            for fut in self.pending.values():
-                if not fut.done():
-                    fut.set_exception(RuntimeError(f"server gone: {e}"))
 
 
 # ---------- replaying traces ----------
@@ -263,60 +195,6 @@ async def replay(rpc: Rpc, trace: Trace, t: Tally, fast: float, verbose: bool) -
 # ---------- one server: start, warm up, two passes, stop ----------
 
 COUNTERS = ("requests", "cache_hits", "cancelled", "superseded", "shown", "accepted")
-WARM_UP = "import os\n\n\ndef read_lines(path):\n    with open(path) as f:\n        "
-
-
-def initialize_params(root: Path, settings: dict) -> dict:
-    caps = {
-        "general": {"positionEncodings": ["utf-16"]},
-        "textDocument": {"synchronization": {"didSave": False}, "inlineCompletion": {}},
-        "workspace": {"configuration": True, "didChangeConfiguration": {}, "workspaceFolders": True},
-    }
-    return {
-        "processId": os.getpid(),
-        "clientInfo": {"name": "codelm-bench"},
-        "rootUri": root.as_uri(),
-        "workspaceFolders": [{"uri": root.as_uri(), "name": root.name}],
-        "capabilities": caps,
-        "initializationOptions": {"codelm": settings},
-    }
-
-
-async def warm_up(rpc: Rpc, root: Path) -> None:
-    """Two completions in a scratch document: the model loaded, its kernels run once."""
-    uri = (root / "_codelm_bench_warm_up.py").as_uri()
-    doc = {"uri": uri, "languageId": "python", "version": 0, "text": WARM_UP}
-    rpc.notify("textDocument/didOpen", {"textDocument": doc})
-    end = {"line": WARM_UP.count("\n"), "character": len(WARM_UP.rsplit("\n", 1)[-1])}
-    for kind in (1, 2):
-        params = {"textDocument": {"uri": uri}, "position": end, "context": {"triggerKind": kind}}
-        await rpc.call("textDocument/inlineCompletion", params, timeout=600)
-    rpc.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
-
-
-async def wait_index(rpc: Rpc, limit: float = 300) -> tuple[dict, float]:
-    """The server's index once its size held still for 1.5 s (or after `limit` seconds)."""
-    t0, seen = time.perf_counter(), []
-    while time.perf_counter() - t0 < limit:
-        stats = await rpc.call("codelm/stats")
-        seen.append(json.dumps(stats.get("index", {}), sort_keys=True))
-        if len(seen) >= 4 and len(set(seen[-4:])) == 1:
-            break
-        await asyncio.sleep(0.5)
-    return stats.get("index", {}), time.perf_counter() - t0
-
-
-async def stop(rpc: Rpc, proc: asyncio.subprocess.Process) -> None:
-    try:
-        await rpc.call("shutdown", None, timeout=10)
-        rpc.notify("exit")
-        await asyncio.wait_for(proc.wait(), 10)
-    except (TimeoutError, RuntimeError, ConnectionError):
-        pass
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
-    rpc.reader.cancel()
 
 
 async def session(cmd: list[str], traces: list[Trace], args: argparse.Namespace, log, env: dict) -> dict:
