@@ -268,7 +268,7 @@ def run_setup(name: str, cmd: list[str], traces: list[Trace], args: argparse.Nam
 def figures(r: dict) -> dict:
     """One setup's numbers: from the context-on pass, but the accept rate also without context."""
     on, off = r["passes"]
-    s, stop = on.stats, on.stats.get("cancel_stop_ms") or {}
+    s, cancel_stop = on.stats, on.stats.get("cancel_stop_ms") or {}
     rate = lambda t: t.accepted / t.shown if t.shown else float("nan")  # noqa: E731
     requests = max(s.get("requests", 0), 1)
     return {
@@ -283,7 +283,7 @@ def figures(r: dict) -> dict:
         "sim no ctx": sum(off.similarity) / max(len(off.similarity), 1),
         "dup": on.duplicated / max(on.shown, 1),
         "cancelled": s.get("cancelled", 0) / requests,
-        "stop ms": f"{stop['p50']:.0f}/{stop['p95']:.0f}" if stop.get("n") else "-",
+        "stop ms": f"{cancel_stop['p50']:.0f}/{cancel_stop['p95']:.0f}" if cancel_stop.get("n") else "-",
         "cache hits": s.get("cache_hits", 0) / requests,
     }
 
