@@ -75,21 +75,56 @@ def test_orthogonalizing_a_list_equals_orthogonalizing_each_matrix(dtype):
         torch.testing.assert_close(t, alone, atol=1e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
 
 
-def test_the_threaded_eigendecomposition_equals_lapacks_and_restores_the_threads():
+def test_work_shared_among_threads_equals_the_work_done_at_once_and_restores_the_threads():
+    """Each item's result lands in its own place, whatever share computed it; torch's thread
+    count and the caller's grad mode hold in the pool's threads, and the count is restored."""
     from codelm.train import muon
 
-    torch.manual_seed(0)
-    x = torch.randn(5, 24, 40)
-    grams = x @ x.mT
+    seen = []
+
+    def work(items: list[int]) -> list[tuple[int, int, bool]]:
+        seen.append(len(items))
+        return [(i * i, torch.get_num_threads(), torch.is_grad_enabled()) for i in items]
+
     threads = torch.get_num_threads()
-    torch.set_num_threads(3)  # chunks of 2, 2 and 1 matrices, whatever this machine has
+    torch.set_num_threads(3)  # three shares, whatever this machine has
     try:
-        lam, U = muon._eigh(grams)
+        with torch.no_grad():
+            out = muon._in_threads(work, list(range(7)), cost=lambda i: 1 + i)
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
-    torch.testing.assert_close(lam, torch.linalg.eigvalsh(grams), atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close((U * lam.unsqueeze(-2)) @ U.mT, grams, atol=1e-4, rtol=1e-5)
+    assert [o[0] for o in out] == [i * i for i in range(7)]
+    assert all(o[1] == 1 and o[2] is False for o in out)  # one thread each, no grad as the caller
+    assert sorted(seen) == [2, 2, 3]  # balanced by cost: 7+2+1=10, 6+3=9, 5+4=9
+
+
+def test_muons_step_in_threads_equals_its_step_on_one_thread():
+    """The fp32 CPU step, its matrices shared among three threads, moves every parameter as
+    the same step on one thread (row blocks of one matrix may land in different shares)."""
+    from codelm.train.muon import MuonAdamW
+
+    torch.manual_seed(0)
+    shapes = [(48, 16), (16, 40), (24, 24), (16, 40), (96, 16)]
+    grads = [torch.randn(s) for s in shapes]
+    moved = []
+    threads = torch.get_num_threads()
+    for n in (1, 3):
+        torch.manual_seed(1)
+        ps = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+        for p, g in zip(ps, grads, strict=True):
+            p.grad = g.clone()
+        opt = MuonAdamW(
+            [dict(params=ps, muon=True)], lr=0.02, ns_dtype=torch.float32, splits={id(ps[4]): (32, 64)}
+        )
+        torch.set_num_threads(n)
+        try:
+            opt.step()
+        finally:
+            torch.set_num_threads(threads)
+        moved.append([p.detach() for p in ps])
+    for one, three in zip(*moved, strict=True):
+        torch.testing.assert_close(three, one, atol=1e-6, rtol=1e-5)
 
 
 def test_a_nan_update_falls_back_to_the_iteration():

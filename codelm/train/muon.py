@@ -20,10 +20,12 @@ values, and the part with the largest gradient would take most of the step.
 
 A step works on whole lists of tensors, so its cost is arithmetic rather than a Python
 loop over parameters: the Newton-Schulz iterations run the matrices of one shape as one
-batch; in fp32 on a CPU all the Gram matrices go through one eigendecomposition shared
-among the cores; the momentum and AdamW updates are foreach or fused kernels. `tiny`'s
-optimizer step (16 matrices; `bench/train.py --preset tiny --vocab 4096 --batch 8 --seq
-256`, 2 cores) took 49-53 ms instead of 62-73 in fp32 (emulated AVX2), and 29-31
+batch; in fp32 on a CPU the matrices are shared among the cores, each share's whole step
+(Gram matrices, eigendecompositions, products) on one core (`_in_threads`); the momentum
+and AdamW updates are foreach or fused kernels. `tiny`'s optimizer step (16 matrices and
+48 heads' blocks; `bench/train.py --preset tiny --vocab 4096 --batch 8 --seq 256`, 2
+cores) took 49-53 ms instead of 62-73 in fp32 (emulated AVX2, an Intel Xeon; on an AMD
+EPYC 54-55 ms, from 57-60 before each share was a whole step on one core), and 29-31
 instead of 55 in bf16 (AMX).
 """
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -52,11 +54,22 @@ def orthogonalize(
     The iteration tolerates bf16's precision (it only needs singular values near 1), so
     bf16 is the fast choice where the hardware computes it. Where it does not (AVX2 CPUs,
     codelm.hardware), fp32 is several times faster than bf16, and on a CPU the same
-    function is computed in fp32 through the Gram matrices' eigenvectors (`_through_eigh`)."""
+    function is computed in fp32 through the Gram matrices' eigenvectors (`_through_eigh`),
+    a share of the matrices on each core (`_in_threads`)."""
+    work = functools.partial(_orthogonalize, steps=steps, dtype=dtype)
+    return _in_threads(work, updates, _eigh_cost) if _by_eigh(updates, dtype) else work(updates)
+
+
+def _orthogonalize(updates: Sequence[torch.Tensor], steps: int, dtype: torch.dtype) -> list[torch.Tensor]:
     polys = _polynomials(updates, steps, dtype)
     if polys is None:
         return _iterate_all(updates, steps, dtype)
     return [u @ p if _tall(u) else p @ u for u, p in zip(updates, polys, strict=True)]
+
+
+def _by_eigh(updates: Sequence[torch.Tensor], dtype: torch.dtype) -> bool:
+    """Whether `_through_eigh` computes these: fp32 on a CPU."""
+    return dtype == torch.float32 and all(u.dtype == dtype and u.device.type == "cpu" for u in updates)
 
 
 def _polynomials(
@@ -65,12 +78,40 @@ def _polynomials(
     """For fp32 on a CPU, the symmetric (m, m) matrix P of each update U whose orthogonalised
     form is P U (U P where U is tall), computed through the eigenvectors (`_through_eigh`);
     None where the iterations run instead: other dtypes or devices, or NaNs in an update."""
-    if dtype != torch.float32 or any(u.dtype != dtype or u.device.type != "cpu" for u in updates):
+    if not _by_eigh(updates, dtype):
         return None
     try:
         return _through_eigh(updates, steps)
     except torch.linalg.LinAlgError:  # eigh does not converge on a NaN gradient
         return None
+
+
+def _eigh_cost(u: torch.Tensor) -> int:
+    """Multiply-adds of `_through_eigh` for u, about: its Gram matrix, then eigh and the
+    product U diag(h) U^T at about ten (m, m) matmuls (eigh measured at nine, m = 256)."""
+    m, n = sorted(u.shape)
+    return m * m * n + 10 * m**3
+
+
+Item = tuple[torch.Tensor, torch.Tensor, float]  # a matrix p, its update, its step's factor
+
+
+def _step(items: list[Item], decay: float, dtype: torch.dtype) -> list[None]:
+    """Muon's step on each (p, update, alpha): p <- decay * p + alpha * orthogonalised update."""
+    updates = [u for _, u, _ in items]
+    polys = _polynomials(updates, 5, dtype)
+    if polys is None:
+        for (p, _, alpha), done in zip(items, _iterate_all(updates, 5, dtype), strict=True):
+            p.mul_(decay).add_(done, alpha=alpha)
+    else:  # decay, product and step in one pass over p, no update materialised
+        for (p, u, alpha), poly in zip(items, polys, strict=True):
+            p.addmm_(*((u, poly) if _tall(u) else (poly, u)), beta=decay, alpha=alpha)
+    return [None] * len(items)
+
+
+def _step_cost(item: Item) -> int:
+    m, n = sorted(item[1].shape)
+    return _eigh_cost(item[1]) + m * m * n  # and the product into p
 
 
 def _tall(u: torch.Tensor) -> bool:
@@ -130,7 +171,7 @@ def _through_eigh(updates: Sequence[torch.Tensor], steps: int) -> list[torch.Ten
             x = _wide(updates[i])
             torch.mm(x, x.mT, out=gram)
         inv_norm = 1 / (grams.diagonal(dim1=-2, dim2=-1).sum(-1).sqrt() + 1e-7)  # 1 / |X|_F, (K,)
-        lam, U = _eigh(grams * inv_norm[:, None, None] ** 2)  # (K, m), (K, m, m)
+        lam, U = torch.linalg.eigh(grams * inv_norm[:, None, None] ** 2)  # (K, m), (K, m, m)
         s2 = lam.clamp_min(0)  # rounding can leave a zero eigenvalue slightly negative
         h = torch.ones_like(s2)
         for _ in range(steps):
@@ -142,26 +183,56 @@ def _through_eigh(updates: Sequence[torch.Tensor], steps: int) -> list[torch.Ten
     return out
 
 
-def _eigh(grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.linalg.eigh of a batch (K, m, m), its matrices shared among torch's threads,
-    each of which runs LAPACK on one core.
+def _in_threads(fn: Callable[[list], list], items: Sequence, cost: Callable[..., int]) -> list:
+    """fn(items), computed as fn of a share of the items on each of torch's threads, in a
+    pool of Python threads, each running torch (and LAPACK) on one core; the shares are
+    balanced by `cost` (longest first, each to the lightest share).
 
-    At m = 256 LAPACK's multithreaded eigh is a long series of small parallel regions: on
-    2 cores it ran 1.2x faster than on one (16 of `tiny`'s Gram matrices: 35 against 44 ms,
-    emulated AVX2), and whenever another process held a core every region waited for it:
-    calls on 4 matrices took 0.8 to 4 s instead of 20 ms, and 200 steps of `tiny` 510 s
-    instead of 102. Two single-threaded halves side by side take 21 ms, and a busy core
-    delays only its own half."""
+    Muon's fp32 step on a CPU is eigh on every Gram matrix, and at m = 256 LAPACK's
+    multithreaded eigh is a long series of small parallel regions: on 2 cores it ran 1.2x
+    faster than on one (16 of `tiny`'s Gram matrices: 35 against 44 ms, emulated AVX2),
+    and whenever another process held a core every region waited for it: calls on 4
+    matrices took 0.8 to 4 s instead of 20 ms, and 200 steps of `tiny` 510 s instead of
+    102. Two single-threaded shares side by side take 21 ms, and a busy core delays only
+    its own share.
+
+    Each share is a whole piece of work (Gram matrices, eigh, the products, the step into
+    the parameters), so that no parallel region of torch's own runs between the shares'
+    eighs: after one, OpenMP's idle thread spins on its core for milliseconds, and the
+    eighs in the pool then shared one core with it (16 of `tiny`'s 256 x 256 eighs took
+    32 ms after the Gram matrices' products instead of 25). And each pool thread sets
+    torch's thread count to one itself, at every call: a thread's OpenMP team size is its
+    own, and the pool's threads, left at the default, each opened a team of two inside
+    eigh, four threads on two cores (setting it once when a thread starts is not enough:
+    the caller's reset below undoes it). `tiny`'s optimizer step: 49-52 ms instead of 59
+    (emulated AVX2 on an AMD EPYC, 2 cores)."""
     threads = torch.get_num_threads()
-    chunks = grams.tensor_split(min(threads, len(grams)))
-    if len(chunks) == 1:
-        return torch.linalg.eigh(grams)
-    torch.set_num_threads(1)  # LAPACK's threads; the pool's own take a chunk each
+    if threads == 1 or len(items) < 2:
+        return fn(list(items))
+    shares: list[list[int]] = [[] for _ in range(min(threads, len(items)))]
+    loads = [0] * len(shares)
+    for i in sorted(range(len(items)), key=lambda i: -cost(items[i])):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(i)
+        loads[lightest] += cost(items[i])
+
+    grad = torch.is_grad_enabled()  # a thread's own: the caller's carries over
+
+    def run(share: list[int]) -> list:
+        torch.set_num_threads(1)  # in the pool's thread itself (above)
+        with torch.set_grad_enabled(grad):
+            return fn([items[i] for i in share])
+
+    torch.set_num_threads(1)  # LAPACK's threads; the pool's own take a share each
     try:
-        parts = list(_pool(len(chunks), os.getpid()).map(torch.linalg.eigh, chunks))
+        done = list(_pool(len(shares), os.getpid()).map(run, shares))
     finally:
         torch.set_num_threads(threads)
-    return torch.cat([p.eigenvalues for p in parts]), torch.cat([p.eigenvectors for p in parts])
+    out: list = [None] * len(items)
+    for share, results in zip(shares, done, strict=True):
+        for i, r in zip(share, results, strict=True):
+            out[i] = r
+    return out
 
 
 @functools.cache
@@ -222,17 +293,15 @@ class MuonAdamW(torch.optim.Optimizer):
         # Each block of a fused matrix is a matrix of its own: its rows of p and of the update.
         updates = [b for p, u in zip(params, updates, strict=True) for b in self.pieces(p, u)]
         params = [b for p in params for b in self.pieces(p, p)]
-        polys = _polynomials(updates, 5, self.ns_dtype)
-        done = _iterate_all(updates, 5, self.ns_dtype) if polys is None else None
-        for i, (p, u) in enumerate(zip(params, updates, strict=True)):
-            rows, cols = p.shape
-            # An orthogonal update has unit singular values; scaling by sqrt(rows/cols) for tall
-            # matrices keeps the per-element step size comparable across shapes.
-            alpha = -lr * max(1.0, rows / cols) ** 0.5
-            if done is not None:
-                p.mul_(decay).add_(done[i], alpha=alpha)
-            else:  # decay, product and step in one pass over p, no update materialised
-                p.addmm_(*((u, polys[i]) if rows > cols else (polys[i], u)), beta=decay, alpha=alpha)
+        # An orthogonal update has unit singular values; scaling by sqrt(rows/cols) for tall
+        # matrices keeps the per-element step size comparable across shapes.
+        alphas = [-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5 for p in params]
+        items = list(zip(params, updates, alphas, strict=True))
+        work = functools.partial(_step, decay=decay, dtype=self.ns_dtype)
+        if _by_eigh(updates, self.ns_dtype):
+            _in_threads(work, items, _step_cost)
+        else:
+            work(items)
 
     def _muon_sharded(self, params: list, updates: list, lr: float, decay: float) -> None:
         """FSDP2's shards (train/shard.py): gather each whole update, orthogonalise its pieces
