@@ -22,7 +22,9 @@ shown, i.e. non-empty answers that arrived before the next keystroke; the share 
 keystrokes that got one; the accept rate, the share of shown completions whose first line
 is the file's real text up to the end of the line (or, for one that starts with a newline
 at a line's end, whose next line is the real next line); the same with repository context
-off (`workspace/didChangeConfiguration`, same traces, same server) and the gain; the share
+off (`workspace/didChangeConfiguration`, same traces, same server) and the gain; the first
+line's similarity to the real one, context on minus off, paired over the keystrokes both
+passes showed, with a 95% bootstrap interval (`paired_gain`); the share
 of shown completions that duplicate the suffix; from the server's `codelm/stats`: the
 share of requests cancelled, how fast cancelled generations stopped, and answers from
 the suggestion cache (the same cursor again, or typing along a suggestion shown).
@@ -48,6 +50,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lsp_client import Rpc, initialize_params, stop, wait_index, warm_up  # noqa: E402
@@ -89,6 +93,7 @@ class Tally:
     cancel_acks: int = 0  # requests answered with RequestCancelled
     latency: list[float] = field(default_factory=list)
     similarity: list[float] = field(default_factory=list)  # of each shown first line to the real one
+    by_key: dict[int, float] = field(default_factory=dict)  # the same, by keystroke of the pass
     errors: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
 
@@ -135,6 +140,7 @@ def score(
     t.ends_shown += not key.rest
     t.accepted += ok
     t.similarity.append(similarity(ghost, key.rest, key.next_line) if ghost is not None else 0.0)
+    t.by_key[t.keys] = t.similarity[-1]  # both passes type the same keys in the same order
     t.duplicated += dup
     t.latency.append(arrived - t0)
     if verbose:
@@ -288,6 +294,18 @@ def figures(r: dict) -> dict:
     }
 
 
+def paired_gain(on: Tally, off: Tally, draws: int = 2000) -> tuple[int, float, float, float]:
+    """Context on minus off, first-line similarity, over the keystrokes both passes showed a
+    suggestion for: (their count, the mean difference, a 95% bootstrap interval). Each
+    pass shows a different set (a late answer is not shown), so the two means above differ
+    by that too; pairing leaves only what the context changed."""
+    diffs = np.array([on.by_key[k] - off.by_key[k] for k in on.by_key.keys() & off.by_key.keys()])
+    if not len(diffs):
+        return 0, float("nan"), float("nan"), float("nan")
+    means = np.random.default_rng(0).choice(diffs, (draws, len(diffs))).mean(axis=1)
+    return len(diffs), float(diffs.mean()), *map(float, np.percentile(means, [2.5, 97.5]))
+
+
 def table(results: dict[str, dict]) -> None:
     rows = {name: figures(r) for name, r in results.items()}
     cols = list(next(iter(rows.values())))
@@ -305,6 +323,12 @@ def table(results: dict[str, dict]) -> None:
         " cancelled, cache hits: of the server's requests; stop ms: p50/p95 from a cancel to"
         " the generation's end (the server's, warm-up included)"
     )
+    for name, r in results.items():
+        n, mean, lo, hi = paired_gain(*r["passes"])
+        print(
+            f"{name}: first-line similarity, context on minus off, over the {n} keystrokes both passes"
+            f" showed: {100 * mean:+.1f} pt (95% bootstrap interval {100 * lo:+.1f} to {100 * hi:+.1f})"
+        )
     first, f = next(iter(rows.items()))
     gain = round(100 * f["gain"], 1)
     checks = [

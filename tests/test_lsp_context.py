@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from codelm.data.chunks import Hit, Snippet, chunk_file, comment_prefix, terms
+from codelm.data.chunks import STUB_MEMBERS, Hit, Snippet, chunk_file, comment_prefix, declarations, terms
 from codelm.lsp.context import RecentFiles, RepoIndex, layout, query_text, repo_context
 
 GEOMETRY = textwrap.dedent(
@@ -254,3 +254,60 @@ def test_build_in_background_while_querying(workspace: Path) -> None:
 def test_snippet_overlap() -> None:
     s = Snippet("a.py", 10, 20, "x")
     assert s.overlaps(19, 30) and s.overlaps(0, 11) and not s.overlaps(20, 25) and not s.overlaps(0, 10)
+
+
+def test_declarations_are_stubs_of_top_level_functions_and_classes() -> None:
+    stubs = declarations("pkg/geometry.py", GEOMETRY)
+    assert stubs == {
+        "area_of_circle": "def area_of_circle(radius):\n    ...",
+        "Rectangle": (
+            "@dataclass\nclass Rectangle:\n    width: float\n    height: float\n\n"
+            "    def rectangle_area(self):\n        ..."
+        ),
+    }
+    documented = 'async def fetch(url: str) -> bytes:\n    """Get it.\n\n    More."""\n    return b""\n'
+    assert declarations("net.py", documented) == {
+        "fetch": 'async def fetch(url: str) -> bytes:\n    """Get it."""\n    ...'
+    }
+    methods = "".join(f"    def m{i}(self): pass\n" for i in range(20))
+    big = "class Big:\n    def _hidden(self): pass\n" + methods
+    stub = declarations("big.py", big)["Big"]
+    assert "_hidden" not in stub and stub.count("def ") == STUB_MEMBERS  # what callers use, bounded
+    assert declarations("web/app.js", APP_JS) == {}
+    assert declarations("broken.py", "def f(:\n") == {}
+
+
+def test_declarations_for_the_names_above_the_cursor(workspace: Path) -> None:
+    (workspace / "pkg/shouting.py").write_text("def shout(text):\n    return text\n")
+    index = built(workspace)
+    query = "r = Rectangle(2, 3)\nx = area_of_circle(1) + shout('a')\nRectangle"
+    found = index.declarations(query, 5, exclude="main.py")
+    # nearest the end first, each name once; `shout` is defined twice, so it is left out
+    stubs = declarations("pkg/geometry.py", GEOMETRY)
+    assert [s.text for s in found] == [stubs["Rectangle"], stubs["area_of_circle"]]
+    assert all(s.path == "pkg/geometry.py" and s.kind == "declaration" for s in found)
+    assert len(index.declarations(query, 1, exclude="main.py")) == 1
+    assert index.declarations(query, 5, exclude=str(workspace / "pkg/geometry.py")) == []  # its own names
+    index.remove_file("pkg/geometry.py")
+    assert index.declarations(query, 5) == []
+
+
+def test_the_context_block_puts_declarations_before_the_snippets(workspace: Path) -> None:
+    from codelm.lsp.completer import Completer
+    from codelm.lsp.prompt import LspConfig
+
+    class Words:
+        count = staticmethod(words)
+
+    index = built(workspace)
+    prefix = "from pkg.geometry import Rectangle\n\nr = Rectangle(2, 3)\nprint(r.rectangle_area(), "
+    here = "file:///elsewhere/main.py"
+    stubs = Completer(Words(), LspConfig(context_declarations=3), index=index)  # type: ignore[arg-type]
+    on = stubs._context(here, prefix, "", 300, 1000)
+    assert on.startswith("# pkg/geometry.py\n@dataclass\nclass Rectangle:\n    width: float")
+    assert "return self.width * self.height" not in on  # the class's snippet: the stub shows it
+    block = Completer(Words(), index=index)._context(here, prefix, "", 300, 1000)  # type: ignore[arg-type]
+    assert (
+        block.startswith("# pkg/geometry.py\n@dataclass\nclass Rectangle:")
+        and "self.width * self.height" in block
+    )

@@ -4,6 +4,7 @@ the schedule warms up and decays, the trace's observations follow the numbers.""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import replace
 
@@ -505,9 +506,9 @@ def test_a_torchrun_worker_leaves_with_its_status_after_its_threads_and_output(t
 
 
 def test_a_torchrun_worker_whose_train_fails_leaves_with_its_error(tmp_path):
-    """`codelm train` that fails on its workers prints one error line on each and leaves with
-    status 2 the way a finished one does, without the teardown (an atexit hook does not run);
-    in one process the error goes back to the command line as usual."""
+    """`codelm train` that fails on a worker prints its error line there and leaves with status
+    2 the way a finished one does, without the teardown (an atexit hook does not run); in one
+    process the error goes back to the command line as usual."""
     import subprocess
 
     script = tmp_path / "cli.py"
@@ -517,8 +518,11 @@ def test_a_torchrun_worker_whose_train_fails_leaves_with_its_error(tmp_path):
     )
     args = [script, "train", "--data", tmp_path / "missing", "--out", tmp_path / "r"]
     proc = torchrun([*TORCHRUN, *args])
-    assert "teardown" not in proc.stdout and proc.stderr.count("exitcode  : 2") == 2, proc.stderr[-3000:]
-    assert proc.stderr.count("codelm: error: DATA directory not found") == 2
+    # torchrun stops the other worker (SIGTERM, -15) once one has failed: a worker still
+    # starting may never get to its own error line.
+    codes = re.findall(r"exitcode  : (-?\d+)", proc.stderr)
+    assert "teardown" not in proc.stdout and "2" in codes and set(codes) <= {"2", "-15"}, proc.stderr[-3000:]
+    assert 1 <= proc.stderr.count("codelm: error: DATA directory not found") <= 2
     env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
     one = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env)
     assert (one.returncode, one.stdout) == (2, "teardown\n")

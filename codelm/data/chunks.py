@@ -10,6 +10,9 @@
   rank-bm25 installs, but rebuilds its corpus on any change, scores every document per
   query term, and its Okapi idf gives 0 to a term in half the documents of a small
   workspace (dorianbrown/rank_bm25 issues 39, 43).
+- `declarations`: a Python file's top-level functions and classes as stubs (signature,
+  the docstring's first line, a class's fields and method signatures), by name: what an
+  editor's prompt shows of the definitions its code names.
 - `render` / `layout`: snippets under a comment naming their path, as prompts hold them,
   within a token budget.
 The editor's index (lsp/context.py) and training's repository documents
@@ -19,6 +22,7 @@ The editor's index (lsp/context.py) and training's repository documents
 from __future__ import annotations
 
 import ast
+import copy
 import math
 import re
 from collections import Counter
@@ -28,6 +32,7 @@ from pathlib import PurePosixPath
 
 WINDOW = 40  # lines per window of code outside a Python function or class
 MAX_CHUNK_LINES = 80  # a function or class longer than this is cut into windows
+STUB_MEMBERS = 12  # a class's stub shows at most this many fields, and this many methods
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PARTS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
@@ -120,6 +125,46 @@ def _python_spans(tree: ast.Module, max_lines: int) -> list[tuple[int, int, str]
         spans.append((start, _node_start(methods[0]), "class"))
         spans.extend((_node_start(m), m.end_lineno or m.lineno, "function") for m in methods)
     return spans
+
+
+def declarations(path: str, text: str) -> dict[str, str]:
+    """name -> stub of each top-level function and class of a Python file ({} for other files
+    and for code that does not parse). A stub keeps the decorators and signature, the
+    docstring's first line, and a class's annotated fields and its constructor's and public
+    methods' signatures (STUB_MEMBERS of each), each body cut to `...`:
+    `class Point:` / `x: float` / `def norm(self) -> float: ...`."""
+    if PurePosixPath(path).suffix not in (".py", ".pyi"):
+        return {}
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError):
+        return {}
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            try:
+                out[node.name] = ast.unparse(_stub(node))
+            except (ValueError, RecursionError):  # a tree ast.unparse cannot write back
+                continue
+    return out
+
+
+def _stub(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> ast.stmt:
+    """A copy of a def or class whose body is its docstring's first line, then, for a class,
+    its short annotated fields and its methods' stubs; for a function, `...`."""
+    doc = (ast.get_docstring(node, clean=True) or "").strip()
+    body: list[ast.stmt] = [ast.Expr(ast.Constant(doc.splitlines()[0]))] if doc else []
+    if isinstance(node, ast.ClassDef):
+        fields = [i for i in node.body if isinstance(i, ast.AnnAssign) and len(ast.unparse(i)) <= 80]
+        methods = [i for i in node.body if isinstance(i, ast.FunctionDef | ast.AsyncFunctionDef)]
+        # what a caller uses: the constructor and the public methods, at most STUB_MEMBERS each
+        methods = [m for m in methods if m.name == "__init__" or not m.name.startswith("_")]
+        body += fields[:STUB_MEMBERS] + [_stub(m) for m in methods[:STUB_MEMBERS]]
+    if not isinstance(node, ast.ClassDef) or not body:
+        body.append(ast.Expr(ast.Constant(...)))
+    stub = copy.copy(node)
+    stub.body = body
+    return stub
 
 
 def _node_start(node: ast.stmt) -> int:

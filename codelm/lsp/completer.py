@@ -18,12 +18,14 @@ Everything is counted in the telemetry (telemetry.py).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Protocol
 
+from codelm.data.chunks import Hit, Snippet
 from codelm.lsp.backend import Answer, Ask
 from codelm.lsp.cache import SuggestionCache
 from codelm.lsp.context import RecentFiles, RepoIndex, layout, query_text
@@ -33,6 +35,8 @@ from codelm.lsp.telemetry import Telemetry
 
 CHARS_PER_TOKEN_GUESS = 4  # to guess which of the document's lines the prompt holds
 CONTEXT_CACHE = 64  # context blocks kept, by query
+# the first definition in a snippet: a function or class, its decorators above it
+_DEF = re.compile(r"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]+(\w+)", re.M)
 
 
 class Backend(Protocol):
@@ -168,9 +172,19 @@ class Completer:
         block = ""
         if query.strip():
             exclude = (uri, line - above, line + below + 1)
+            stubs = self.index.declarations(query, self.cfg.context_declarations, exclude=uri)
             hits = self.index.search(query, self.cfg.context_snippets, exclude=exclude, recent=self.recent)
+            hits = [Hit(s, 0.0) for s in stubs] + [h for h in hits if not _declared(h.snippet, stubs)]
             block = layout(hits, tokens, self.backend.count)
         self._contexts[key] = block
         while len(self._contexts) > CONTEXT_CACHE:
             self._contexts.popitem(last=False)
         return block
+
+
+def _declared(snippet: Snippet, stubs: list[Snippet]) -> bool:
+    """Whether a retrieved snippet is the definition that one of the stubs already shows."""
+    found = _DEF.search(snippet.text)
+    return found is not None and any(
+        s.path == snippet.path and (m := _DEF.search(s.text)) is not None and m[1] == found[1] for s in stubs
+    )

@@ -9,6 +9,9 @@
   a background thread build it while queries run.
 - `RecentFiles`: an LRU of the open documents' (uri, text) the server feeds; their
   snippets are searched from that fresher text instead of the saved copy, boosted.
+- Declarations: the stubs (data/chunks.py's `declarations`) of the workspace's top-level
+  functions and classes that the prefix's last lines name, nearest the cursor first, as
+  Tabby's agent adds declarations to its prompts; they go before the snippets.
 - The layout (`layout` in data/chunks.py): snippets most relevant first under a comment
   header naming the path (`#`, `//` or `--` by extension), within a token budget the
   caller counts; training's repository documents (train/repo.py) use the same.
@@ -19,13 +22,24 @@ is our own. Not done: embeddings, .gitignore rules.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
-from codelm.data.chunks import MAX_CHUNK_LINES, WINDOW, Bm25, Hit, Snippet, chunk_file, layout, terms
+from codelm.data.chunks import (
+    MAX_CHUNK_LINES,
+    WINDOW,
+    Bm25,
+    Hit,
+    Snippet,
+    chunk_file,
+    declarations,
+    layout,
+    terms,
+)
 from codelm.data.sources import SKIP_DIRS, VENV_MARKERS
 
 QUERY_LINES = 20  # lines of the prefix a query is made of
@@ -33,6 +47,7 @@ MAX_FILE_BYTES = 1_000_000
 MAX_TOTAL_BYTES = 50_000_000
 MAX_CHUNKS = 200_000
 MAX_LINE_AVERAGE = 200  # characters per line above which a file is minified or data, not code
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class RecentFiles:
@@ -88,6 +103,8 @@ class RepoIndex:
             self._bm25 = Bm25()
             self._chunks: dict[int, tuple[Snippet, Counter[str]]] = {}
             self._files: dict[str, tuple[list[int], int]] = {}  # path -> (chunk ids, bytes)
+            self._decls: dict[str, dict[str, str]] = {}  # name -> {path: its stub}
+            self._names: dict[str, list[str]] = {}  # path -> the names it declares
             self._bytes = self._next = 0
 
     def stats(self) -> dict[str, int]:
@@ -153,6 +170,7 @@ class RepoIndex:
             return False
         snippets = chunk_file(key, text, self.window, self.max_chunk_lines)
         chunks = [(s, Counter(terms(s.text))) for s in snippets]
+        stubs = declarations(key, text)
         with self._lock:
             self.remove_file(key)
             if self._bytes + size > self.max_total_bytes or len(self._chunks) + len(chunks) > self.max_chunks:
@@ -164,6 +182,9 @@ class RepoIndex:
                 self._bm25.add(cid, tf)
             self._files[key] = (ids, size)
             self._bytes += size
+            for name, stub in stubs.items():
+                self._decls.setdefault(name, {})[key] = stub
+            self._names[key] = list(stubs)
         return True
 
     def remove_file(self, path: str | os.PathLike) -> bool:
@@ -175,6 +196,10 @@ class RepoIndex:
             for cid in ids:
                 self._bm25.remove(cid, self._chunks.pop(cid)[1])
             self._bytes -= size
+            for name in self._names.pop(key, []):
+                del self._decls[name][key]
+                if not self._decls[name]:
+                    del self._decls[name]
         return True
 
     def _read(self, path: Path) -> str | None:
@@ -219,6 +244,28 @@ class RepoIndex:
         hits = [h for h in hits if h.score > 0]
         hits.sort(key=lambda h: (-h.score, h.snippet.path, h.snippet.start))
         return hits[:k]
+
+    def declarations(self, query: str, k: int, *, exclude: str | None = None) -> list[Snippet]:
+        """Stubs of the workspace's top-level functions and classes that `query` names, the
+        name nearest its end first, at most `k`. A name that `exclude` (the document: a path
+        or URI) defines is its own and left out, as is one that several files define: its
+        stub would be the wrong one as often as the right one."""
+        own = self.relpath(exclude) if exclude is not None else None
+        out: list[Snippet] = []
+        seen: set[str] = set()
+        with self._lock:
+            for name in reversed(_NAME.findall(query)):
+                if len(out) >= k:
+                    break
+                if name in seen:
+                    continue
+                seen.add(name)
+                where = self._decls.get(name, {})
+                if len(where) != 1 or own in where:
+                    continue
+                ((path, stub),) = where.items()
+                out.append(Snippet(path, 0, 0, stub, "declaration"))
+        return out
 
     def _recent_chunks(self, path: str, text: str) -> list[tuple[Snippet, Counter[str]]]:
         """Chunks of an open document's text, cached while the text stays the same."""

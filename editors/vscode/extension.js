@@ -11,7 +11,7 @@ const { LanguageClient, RevealOutputChannelOn } = require('vscode-languageclient
 // with a key it does not know (and applies none of it), so only these go: not the launch
 // settings below. That is also why `synchronize.configurationSection: 'codelm'` is not used:
 // it would send the whole section, `command`, `run` and `server` included.
-const SERVER_KEYS = ['temperature', 'maxTokens', 'maxLines', 'debounceMs', 'context', 'contextSnippets', 'invokedN'];
+const SERVER_KEYS = ['temperature', 'maxTokens', 'maxLines', 'debounceMs', 'context', 'contextSnippets', 'contextDeclarations', 'invokedN'];
 // Settings that say how to start the server: changing one restarts it.
 const LAUNCH_KEYS = ['command', 'run', 'server', 'model', 'languages'];
 
