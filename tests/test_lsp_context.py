@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from codelm.data.chunks import STUB_MEMBERS, Hit, Snippet, chunk_file, comment_prefix, declarations, terms
-from codelm.lsp.context import RecentFiles, RepoIndex, layout, query_text, repo_context
+from codelm.data.chunks import (
+    STUB_MEMBERS,
+    Hit,
+    Snippet,
+    chunk_file,
+    comment_prefix,
+    declarations,
+    layout,
+    terms,
+)
+from codelm.lsp.context import RecentFiles, RepoIndex, query_text
 
 GEOMETRY = textwrap.dedent(
     """\
@@ -229,11 +238,16 @@ def test_recent_files_override_and_boost(workspace: Path) -> None:
     assert index.search("SECRET_TOKEN", recent=recent) == []
 
 
-def test_repo_context_end_to_end(workspace: Path) -> None:
-    index = built(workspace)
+def test_the_context_block_end_to_end(workspace: Path) -> None:
+    """The completer's block for a cursor: the snippets the lines above it name, best first."""
+    from codelm.lsp.completer import Completer
+
+    class Words:
+        count = staticmethod(words)
+
     prefix = "from pkg.geometry import Rectangle\n\nr = Rectangle(2, 3)\nprint(r.rectangle_area(), "
     assert query_text("a\nb\nc", 2) == "b\nc"
-    text = repo_context(index, prefix, path="main.py", line=3, budget=200, count_tokens=words)
+    text = Completer(Words(), index=built(workspace))._context("main.py", prefix, "", 200, 1000)  # type: ignore[arg-type]
     assert text.startswith("# pkg/geometry.py\n@dataclass\nclass Rectangle:")
     assert words(text) <= 200
 

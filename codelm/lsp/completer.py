@@ -25,10 +25,10 @@ from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Protocol
 
-from codelm.data.chunks import Hit, Snippet
+from codelm.data.chunks import Hit, Snippet, layout
 from codelm.lsp.backend import Answer, Ask
 from codelm.lsp.cache import SuggestionCache
-from codelm.lsp.context import RecentFiles, RepoIndex, layout, query_text
+from codelm.lsp.context import RecentFiles, RepoIndex, query_text
 from codelm.lsp.postprocess import InlineEdit, allows_multiline, postprocess
 from codelm.lsp.prompt import LspConfig, fit
 from codelm.lsp.telemetry import Telemetry

@@ -25,7 +25,6 @@ import os
 import re
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
@@ -37,7 +36,6 @@ from codelm.data.chunks import (
     Snippet,
     chunk_file,
     declarations,
-    layout,
     terms,
 )
 from codelm.data.sources import SKIP_DIRS, VENV_MARKERS
@@ -301,23 +299,3 @@ def _minified(text: str) -> bool:
 def query_text(prefix: str, lines: int = QUERY_LINES) -> str:
     """The last `lines` lines of the prefix: what the code at the cursor is about."""
     return "\n".join(prefix.rsplit("\n", lines)[-lines:])
-
-
-def repo_context(
-    index: RepoIndex,
-    prefix: str,
-    *,
-    path: str,
-    line: int,
-    budget: int,
-    count_tokens: Callable[[str], int],
-    recent: RecentFiles | None = None,
-    k: int = 5,
-    query_lines: int = QUERY_LINES,
-) -> str:
-    """The context block for a completion at `line` (0-based) of `path` (a path or URI):
-    the `k` best snippets for the prefix's last lines, none from the lines the query
-    itself comes from, laid out within `budget` tokens."""
-    exclude = (path, line - query_lines, line + 1)
-    hits = index.search(query_text(prefix, query_lines), k, exclude=exclude, recent=recent)
-    return layout(hits, budget, count_tokens)
