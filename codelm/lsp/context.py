@@ -9,7 +9,8 @@
   a background thread build it while queries run.
 - `RecentFiles`: an LRU of the open documents' (uri, text) the server feeds; their
   snippets are searched from that fresher text instead of the saved copy, boosted.
-- Declarations: the stubs (data/chunks.py's `declarations`) of the workspace's top-level
+- Declarations (`RepoIndex.declarations`; the editor's `context_declarations`, off by
+  default): the stubs (data/chunks.py's `declarations`) of the workspace's top-level
   functions and classes that the prefix's last lines name, nearest the cursor first, as
   Tabby's agent adds declarations to its prompts; they go before the snippets.
 - The layout (`layout` in data/chunks.py): snippets most relevant first under a comment
