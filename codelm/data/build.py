@@ -192,7 +192,7 @@ def build_dataset(
 
     `progress`: show a progress bar on stderr (default: when stderr is a terminal).
     `log`: receives one line per skipped input (default: printed to stderr).
-    `profile`: with the dask engine, filled with its seconds per stage and its workers' peak
+    `profile`: with the dask engine, filled with its stages, their seconds and its workers' peak
     memory (dask_engine.build_on_dask); the local engine leaves it empty.
     """
     specs = [sources] if isinstance(sources, str) else list(sources)

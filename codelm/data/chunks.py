@@ -34,7 +34,7 @@ WINDOW = 40  # lines per window of code outside a Python function or class
 MAX_CHUNK_LINES = 80  # a function or class longer than this is cut into windows
 STUB_MEMBERS = 12  # a class's stub shows at most this many fields, and this many methods
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an identifier, as BM25 and the declarations read them
 _PARTS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # Words every file uses: they would match everything and rank nothing.
 _STOP_WORDS = """def class return self cls if else elif for while in not and or is none true false import
@@ -68,7 +68,7 @@ class Hit:
 def terms(text: str) -> list[str]:
     """BM25 terms of code: identifiers lowercased, plus their snake/camel parts."""
     out: list[str] = []
-    for ident in _IDENT.findall(text):
+    for ident in IDENT.findall(text):
         low = ident.lower()
         if len(low) < 2 or low in _STOP:
             continue

@@ -23,13 +23,13 @@ is our own. Not done: embeddings, .gitignore rules.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections import Counter, OrderedDict
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 from codelm.data.chunks import (
+    IDENT,
     MAX_CHUNK_LINES,
     WINDOW,
     Bm25,
@@ -46,7 +46,6 @@ MAX_FILE_BYTES = 1_000_000
 MAX_TOTAL_BYTES = 50_000_000
 MAX_CHUNKS = 200_000
 MAX_LINE_AVERAGE = 200  # characters per line above which a file is minified or data, not code
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class RecentFiles:
@@ -253,7 +252,7 @@ class RepoIndex:
         out: list[Snippet] = []
         seen: set[str] = set()
         with self._lock:
-            for name in reversed(_NAME.findall(query)):
+            for name in reversed(IDENT.findall(query)):
                 if len(out) >= k:
                     break
                 if name in seen:
