@@ -52,6 +52,33 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         raise DiskFull(f"no space left on device writing {path}") from None
 
 
+def check_can_create(path: str | os.PathLike) -> Path:
+    """Check, creating nothing, that the directory `path` exists or can be made: a one-line
+    CodelmError where a file is in the way or the nearest existing directory takes no
+    writes. A command checks its --out with this before its work, and creates it after."""
+    path = Path(path)
+    there = next(a for a in (path, *path.parents) if a.exists() or a == a.parent)
+    if not there.is_dir():
+        if there == path:
+            raise CodelmError(f"{path} is a file, not a directory")
+        raise CodelmError(f"cannot create {path}: {there} is a file")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise CodelmError(f"cannot write in {there}: permission denied")
+    return path
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """`mkdir -p path`, for a place the user named to write to: where it cannot be made (a
+    file in the way, a read-only or missing mount), a one-line CodelmError naming it
+    instead of the traceback of whichever library was about to write there."""
+    path = check_can_create(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CodelmError(f"cannot create {path}: {e.strerror or e}") from None
+    return path
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes, read in chunks (a checkpoint may be gigabytes)."""
     with open(path, "rb") as f:
@@ -66,8 +93,8 @@ def _umask() -> int:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
+    make_dirs(path.parent)
     with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         _write_and_rename(fd, tmp, path, data)
 
@@ -99,8 +126,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `path`, on failure it is removed.
     A full disk anywhere in the block is a DiskFull naming `path`."""
     path = Path(path)
+    make_dirs(path.parent)
     with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~_umask())
     try:

@@ -345,3 +345,61 @@ def test_empty_or_wrong_inputs_exit_2_with_one_line(tmp_path, capsys, argv, mess
     err = capsys.readouterr().err
     assert err.startswith("codelm: error: ") and err.count("\n") == 1 and message.format(**names) in err
     assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
+def _tiny_run(path, tokenizer):
+    import torch
+
+    from codelm.fsutil import atomic_write_json
+    from codelm.model import Transformer
+    from codelm.model.io import save_run_weights
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32))
+    atomic_write_json(path / "config.json", {"model": model.cfg.to_dict()})
+    tokenizer.save(path / "tokenizer.json")
+    save_run_weights(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["data", "build", "{src}", "--out", "{out}"],
+        ["tokenizer", "train", "{src}", "--out", "{out}/tok.json"],
+        ["train", "--data", "{data}", "--out", "{out}", "--max-steps", "1"],
+        ["export", "{run}", "--format", "hf", "--out", "{out}"],
+        ["export", "{run}", "--format", "gguf", "--out", "{out}/m.gguf"],
+        ["testgen", "{src}/pkg0/mod_0.py", "--run", "{run}", "--out", "{out}/test_mod.py"],
+    ],
+    ids=lambda argv: "-".join(a for a in argv[:4] if not a.startswith("{")),
+)
+def test_an_output_that_cannot_be_made_is_one_line_before_any_work(
+    tmp_path, capsys, corpus_dir, tokenizer, argv
+):
+    """--out below a file: one line naming the file in the way, and the command stops before
+    its work (no tokenizer trained, no candidates sampled), where libraries raised tracebacks."""
+    run = _tiny_run(tmp_path, tokenizer)
+    data = tmp_path / "data"
+    if "{data}" in argv:
+        assert cli.main(["data", "build", str(corpus_dir), "--out", str(data)]) == 0
+    (tmp_path / "blocker").write_text("a file where a directory must be\n")
+    out = tmp_path / "blocker" / "out"
+    names = {"src": str(corpus_dir), "data": str(data), "run": str(run), "out": str(out)}
+    capsys.readouterr()
+    assert cli.main([a.format(**names) for a in argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("codelm: error: ") and captured.err.count("\n") == 1
+    assert f"{tmp_path / 'blocker'} is a file" in captured.err
+    assert "tokenizer" not in captured.out + captured.err.replace("tok.json", "")  # nothing trained first
+
+
+def test_weights_saved_below_a_file_are_a_one_line_error(tmp_path):
+    """`export --format safetensors` and every run's weights write through one function."""
+    from codelm.model import Transformer
+    from codelm.model.io import save_weights
+
+    (tmp_path / "blocker").write_text("")
+    model = Transformer(ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32))
+    with pytest.raises(CodelmError, match="blocker is a file"):
+        save_weights(model, tmp_path / "blocker" / "sub" / "model.safetensors")

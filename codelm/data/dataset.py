@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from codelm.errors import CodelmError, first_line
-from codelm.fsutil import atomic_directory, atomic_write_json, file_sha256
+from codelm.fsutil import atomic_directory, atomic_write_json, file_sha256, make_dirs
 
 SPLITS = ("train", "val", "test")
 KINDS = ("file", "pair")
@@ -158,10 +158,7 @@ def check_replaceable(out: str | Path) -> None:
         raise CodelmError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise CodelmError(f"refusing to replace {out}: it is not empty and holds no DATA {MANIFEST}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CodelmError(f"cannot create {out.parent}: {e.strerror or e}") from None
+    make_dirs(out.parent)
 
 
 # ---------------------------------------------------------------- writing

@@ -42,6 +42,7 @@ from gguf.quants import QuantError, quantize
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 
 from codelm.errors import CodelmError
+from codelm.fsutil import make_dirs
 from codelm.model.config import ModelConfig
 from codelm.model.io import load_model
 from codelm.model.transformer import Transformer
@@ -322,10 +323,13 @@ def llama_cpp_tokenizer(spec: dict, pre: str) -> Tokenizer:
 
 def _write(writer: GGUFWriter, out: Path) -> None:
     """Write the file under a temporary name beside OUT, fsync it, then rename it over OUT."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        writer.write_header_to_file(path=tmp)
+        try:
+            writer.write_header_to_file(path=tmp)
+        except OSError as e:  # a directory that exists but takes no new file (/proc, a read-only mount)
+            raise CodelmError(f"cannot write {out}: {e.strerror or e}") from None
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from codelm.errors import CodelmError
-from codelm.fsutil import file_sha256, writing
+from codelm.fsutil import file_sha256, make_dirs, writing
 from codelm.model.config import ModelConfig
 from codelm.model.lora import ADAPTERS, LoraConfig, adapter_state, add_adapters, load_adapters, merge
 from codelm.model.transformer import Transformer
@@ -65,7 +65,7 @@ def _companions(run: Path) -> dict[str, str]:
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path, companions: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = make_dirs(path.parent) / f".{path.name}.tmp"
     metadata = {DIGEST: digest(tensors)}
     if companions:
         metadata[COMPANIONS] = json.dumps(companions, sort_keys=True)

@@ -56,7 +56,8 @@ def _parse(source: str, where: str) -> ast.Module:
     try:
         return ast.parse(source)
     except SyntaxError as e:
-        raise CodelmError(f"{where} does not parse: line {e.lineno}: {e.msg}") from None
+        at = f"line {e.lineno}: " if e.lineno else ""  # none for a null byte (Python >= 3.12)
+        raise CodelmError(f"{where} does not parse: {at}{e.msg}") from None
     except ValueError as e:  # null bytes
         raise CodelmError(f"{where} does not parse: {e}") from None
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from codelm.errors import CodelmError
-from codelm.fsutil import atomic_write_json, atomic_write_text
+from codelm.fsutil import atomic_write_json, atomic_write_text, check_can_create
 from codelm.testgen.candidates import SampleConfig, sample, shared_header, trained_on_pairs
 from codelm.testgen.chain import Candidate, TargetTotals, check_static, filter_target
 from codelm.testgen.mutate import mutants
@@ -145,6 +145,7 @@ def write_tests(
     dest = Path(out) if out else default_out(module)
     if dest.exists() and not cfg.force:
         raise CodelmError(f"{dest} exists; choose another --out or pass --force")
+    check_can_create(dest.parent)  # before the model runs
     if candidates is not None:
         header, cands = _from_file(candidates, targets)
     else:
@@ -164,7 +165,6 @@ def write_tests(
         err.print(f"[{i}/{len(targets)}] {t.qualname}: {len(mine)} candidates, {kept} kept")
     _final_check(runner, cands)
     summary = summarize(cands, totals)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dest, render_file(module, header, cands, summary, len(targets)))
     if json_path:
         atomic_write_json(json_path, to_json(module, cands, summary, totals))

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from codelm.data.dataset import iter_texts, require_data_dir, split_files
 from codelm.errors import CodelmError
-from codelm.fsutil import atomic_write_json
+from codelm.fsutil import atomic_write_json, check_can_create, make_dirs
 from codelm.model import ModelConfig
 from codelm.model.io import WEIGHTS, load_model, read_config, verify_run_files
 from codelm.model.lora import ADAPTERS
@@ -50,6 +50,7 @@ class Prepared:
 def _fresh(data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dist):
     """Tokenizer, model config and init weights of a new run; writes config.json on rank 0."""
     init_weights = None
+    check_can_create(run_dir)  # before any work, such as training a tokenizer
     if init_from is not None:
         base = load_model(init_from)  # a LoRA run's base with its adapters merged, or plain weights
         model_cfg, init_weights = base.cfg, base.state_dict()
@@ -67,7 +68,7 @@ def _fresh(data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dis
         check_fits(model_cfg, cfg.lora)
         saved["lora"] = config_entry(cfg.lora, init_from, run_dir)
     if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(run_dir)
         shutil.rmtree(
             run_dir / "checkpoints", ignore_errors=True
         )  # a new run: old ones would mislead --resume

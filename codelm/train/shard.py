@@ -148,7 +148,7 @@ def export_weights(run: Path, checkpoint: str | None, out: Path) -> Path:
     path = ckpts / checkpoint if checkpoint else latest_valid(ckpts, lambda m: None)  # verified
     if path is None or not path.is_dir():
         have = ", ".join(p.name for p in list_checkpoints(ckpts)) or "none"
-        raise CodelmError(f"no checkpoint {checkpoint or ''} in {ckpts} (there: {have})")
+        raise CodelmError(f"no checkpoint {checkpoint + ' ' if checkpoint else ''}in {ckpts} (there: {have})")
     problem = verify(path) if checkpoint else None
     if problem is not None:
         raise CodelmError(f"checkpoint {path} is unusable: {problem}")
