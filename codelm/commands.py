@@ -88,21 +88,21 @@ def cmd_data_build(a: argparse.Namespace) -> None:
 def cmd_tokenizer_train(a: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from codelm.data.dataset import iter_texts
+    from codelm.data.dataset import is_data_dir, iter_texts
+    from codelm.fsutil import check_can_create
     from codelm.tokenizer import TextFiles, train_tokenizer
 
     data = Path(a.data)
     if not data.exists():
         raise CodelmError(f"corpus not found: {data}")
+    out = Path(a.out)
+    path = out if out.suffix == ".json" else out / "tokenizer.json"
+    check_can_create(path.parent)  # before the training, not after it
     # DATA from `codelm data build` (its train split), else plain text files.
-    from codelm.data.dataset import is_data_dir
-
     is_data = is_data_dir(data)
     files = None if is_data else TextFiles(data)
     texts = iter_texts(data, "train") if files is None else files
     tok = train_tokenizer(texts, a.vocab_size, show_progress=sys.stderr.isatty())
-    out = Path(a.out)
-    path = out if out.suffix == ".json" else out / "tokenizer.json"
     try:
         tok.save(path)
     except OSError as e:

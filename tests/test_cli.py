@@ -142,6 +142,8 @@ CLI_AND_PYTHON = [
     (["train", "--data", "D", "--out", "R", "--fim-rate", "1.5"], lambda: TrainConfig(fim_rate=1.5)),
     (["train", "--data", "D", "--out", "R", "--batch-size", "0"], lambda: TrainConfig(batch_size=0)),
     (["train", "--data", "D", "--out", "R", "--lr", "0"], lambda: TrainConfig(lr=0.0)),
+    # before the data is read and a tokenizer trained on it (minutes), not after
+    (["train", "--data", "D", "--out", "R", "--preset", "huge"], lambda: TrainConfig(preset="huge")),
     (
         ["train", "--data", "D", "--out", "R", "--max-steps", "5", "--epochs", "-1"],
         lambda: TrainConfig(max_steps=5, epochs=-1.0),
@@ -264,6 +266,30 @@ def test_loading_a_run_with_an_unknown_model_key_is_a_one_line_error(tmp_path, c
     assert cli.main(["generate", str(tmp_path), "x"]) == 2
     err = capsys.readouterr().err
     assert err == "codelm: error: config.json: unknown model config key(s): n_expert" + NEWER + "\n"
+
+
+@pytest.mark.parametrize(
+    "saved, message",
+    [
+        ([1], 'not an object with a "model" entry'),
+        ({"train": {}}, 'not an object with a "model" entry'),
+        ({"model": 5}, '"model" must be an object, got int'),
+        ({"model": {**OLD_MODEL, "n_layer": "4"}}, "model n_layer must be int, got '4'"),
+        ({"model": {**OLD_MODEL, "tie_embeddings": 1}}, "model tie_embeddings must be bool, got 1"),
+        ({"model": {**OLD_MODEL, "n_kv_head": True}}, "model n_kv_head must be int | None, got True"),
+    ],
+)
+def test_a_config_json_of_the_wrong_shape_is_a_one_line_error(tmp_path, capsys, saved, message):
+    """Valid JSON, hand-edited or from another tool: one line, never a TypeError's traceback."""
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert cli.main(["generate", str(tmp_path), "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("codelm: error: ") and err.count("\n") == 1 and message in err
+
+
+def test_a_float_field_takes_a_json_integer():
+    """JSON writes 10000.0 as 10000 in some tools: a float field takes it."""
+    assert ModelConfig.from_dict({**OLD_MODEL, "rope_theta": 500000}).rope_theta == 500000
 
 
 # A flipped bit that leaves valid JSON: a vocabulary id (two tokens now share one), and the

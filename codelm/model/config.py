@@ -101,19 +101,40 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:
         """The config a run saved (its "model" entry); an unknown key is an error, not dropped,
         since building the model without it would give another shape than was trained."""
+        if not isinstance(d, dict):
+            raise CodelmError(f'{source}: "model" must be an object, got {type(d).__name__}')
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:  # no field was ever removed or renamed, so this is a newer codelm's run, or a typo
             raise CodelmError(
                 f"{source}: unknown model config key(s): {', '.join(unknown)} "
                 "(written by a newer codelm? upgrade it to load this run)"
             )
+        for f in fields(cls):
+            if f.name in d and not _of_type(d[f.name], str(f.type)):
+                raise CodelmError(f"{source}: model {f.name} must be {f.type}, got {d[f.name]!r}")
         return cls(**d)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
-        if name not in PRESETS:
-            raise CodelmError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        check_preset(name)
         return replace(cls(**PRESETS[name]), **overrides)
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+
+
+def _of_type(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field's annotation ("int", "float | None", ...); JSON's
+    true and false are not numbers here, as Python's bools would be."""
+    kinds = annotation.split(" | ")
+    if isinstance(value, bool):
+        return "bool" in kinds
+    return any(isinstance(value, _TYPES[k]) for k in kinds)
+
+
+def check_preset(name: str) -> None:
+    if name not in PRESETS:
+        raise CodelmError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

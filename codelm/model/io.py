@@ -98,9 +98,12 @@ def read_config(run: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CodelmError(f"not a run directory (no {CONFIG}): {run}")
     try:
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CodelmError(f"corrupt {path}: {e}") from None
+    if not isinstance(saved, dict) or "model" not in saved:
+        raise CodelmError(f'corrupt {path}: not an object with a "model" entry')
+    return saved
 
 
 def _tensors(path: Path, what: str) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from codelm.errors import CodelmError
+from codelm.model.config import check_preset
 from codelm.model.lora import DEFAULT_TARGETS, LoraConfig
 
 
@@ -74,6 +75,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        check_preset(self.preset)  # here, not after a tokenizer has been trained
         self._check_lora()
         if self.shard and (self.lora_rank or self.compile):
             # Adapters are small enough for every process to hold; compiling a sharded model is
