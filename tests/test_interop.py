@@ -309,6 +309,18 @@ BAD_SOURCES = {
         lambda hf: _edit_config(hf, hidden_act="gelu"),
         "hidden_act 'gelu' of llama is not supported",
     ),
+    "config not an object": (
+        lambda hf: (hf / "config.json").write_text("[]"),
+        "cannot read {hf}/config.json: a JSON list, not an object",
+    ),
+    "size as a string": (
+        lambda hf: _edit_config(hf, hidden_size="64"),
+        "config.json: hidden_size must be an integer, got '64'",
+    ),
+    "eps as a string": (
+        lambda hf: _edit_config(hf, rms_norm_eps="1e-6"),
+        "model norm_eps must be float | None, got '1e-6'",
+    ),
     "no config": (lambda hf: (hf / "config.json").unlink(), "no config.json in {hf}"),
     "no tokenizer": (lambda hf: (hf / "tokenizer.json").unlink(), "no tokenizer.json in {hf}"),
     "pickles only": (

@@ -175,6 +175,10 @@ def hf_model_config(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
         shape["mlp_hidden_size"] = hf["intermediate_size"]
     except KeyError as e:
         raise CodelmError(f"config.json has no {e.args[0]!r}") from None
+    for key in ("hidden_size", "num_attention_heads", "max_position_embeddings", "num_hidden_layers",
+                "vocab_size", "intermediate_size"):  # fmt: skip
+        if not isinstance(hf[key], int) or isinstance(hf[key], bool):
+            raise CodelmError(f"config.json: {key} must be an integer, got {hf[key]!r}")
     if hf.get("head_dim") not in (None, C // H):
         raise CodelmError(f"head_dim {hf['head_dim']} is not hidden_size / num_attention_heads ({C // H})")
     if (act := hf["hidden_act"]) not in ACTIVATIONS[kind]:
@@ -203,9 +207,12 @@ def hf_model_config(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        read = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CodelmError(f"cannot read {path}: {first_line(e)}") from None
+    if not isinstance(read, dict):
+        raise CodelmError(f"cannot read {path}: a JSON {type(read).__name__}, not an object")
+    return read
 
 
 def _open_weights(src: Path, stack: contextlib.ExitStack) -> dict[str, Any]:

@@ -51,6 +51,9 @@ class ModelConfig:
     dropout: float = 0.0  # short CPU runs never see a token twice, so regularisation only hurts
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # a config.json edited by hand, an HF config's "64"
+            if not _of_type(getattr(self, f.name), str(f.type)):
+                raise CodelmError(f"model {f.name} must be {f.type}, got {getattr(self, f.name)!r}")
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
             if getattr(self, name) < 1:
                 raise CodelmError(f"model {name} must be at least 1, got {getattr(self, name)}")
@@ -109,9 +112,6 @@ class ModelConfig:
                 f"{source}: unknown model config key(s): {', '.join(unknown)} "
                 "(written by a newer codelm? upgrade it to load this run)"
             )
-        for f in fields(cls):
-            if f.name in d and not _of_type(d[f.name], str(f.type)):
-                raise CodelmError(f"{source}: model {f.name} must be {f.type}, got {d[f.name]!r}")
         return cls(**d)
 
     @classmethod
