@@ -91,6 +91,13 @@ def _umask() -> int:
     return mask
 
 
+def usual_mode(path: str | os.PathLike) -> None:
+    """Give a file written by a library the mode a plain `open` gives (0666 less the umask):
+    safetensors' `save_file` writes a 0600 temporary file and renames it, which left every
+    run's weights unreadable to the other accounts of a shared machine or a server."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     make_dirs(path.parent)
@@ -101,7 +108,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def _write_and_rename(fd: int, tmp: str, path: Path, data: bytes) -> None:
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 (usual_mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

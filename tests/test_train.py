@@ -388,6 +388,26 @@ def _metrics(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_every_file_of_a_run_gets_the_mode_a_plain_write_gets(tmp_path, corpus_dir, tokenizer):
+    """A shared machine's other accounts (or a server's) read a run's weights and checkpoints:
+    safetensors wrote them 0600, where every other file of a run had the umask's mode."""
+    import os
+
+    import codelm.train.loop as loop
+
+    data, tok = _data(tmp_path, corpus_dir, tokenizer)
+    old = os.umask(0o022)
+    try:
+        loop.train(data, tmp_path / "run", TrainConfig(**{**LOOP, "max_steps": 4}), tokenizer=tok,
+                   model_overrides=TINY_MODEL)  # fmt: skip
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert {"model.safetensors", "optimizer.safetensors", "config.json"} <= {p.name for p in files}
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert modes == dict.fromkeys(modes, "0o644")
+
+
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, corpus_dir, tokenizer, monkeypatch):
     from safetensors.torch import load_file
 

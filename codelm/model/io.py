@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from codelm.errors import CodelmError
-from codelm.fsutil import file_sha256, make_dirs, writing
+from codelm.fsutil import file_sha256, make_dirs, usual_mode, writing
 from codelm.model.config import ModelConfig
 from codelm.model.lora import ADAPTERS, LoraConfig, adapter_state, add_adapters, load_adapters, merge
 from codelm.model.transformer import Transformer
@@ -72,6 +72,7 @@ def _save(tensors: dict[str, torch.Tensor], path: Path, companions: dict[str, st
     try:
         with writing(path):
             save_file(tensors, str(tmp), metadata=metadata)
+            usual_mode(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

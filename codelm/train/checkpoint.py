@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from codelm.fsutil import atomic_directory, atomic_write_json, file_sha256
+from codelm.fsutil import atomic_directory, atomic_write_json, file_sha256, usual_mode
 from codelm.model import Transformer
 from codelm.model.io import WEIGHTS, state_for_saving
 from codelm.model.lora import ADAPTERS, adapter_state, load_adapters
@@ -54,6 +54,8 @@ def save_checkpoint(
     with atomic_directory(path) as tmp:
         save_file(adapters or state_for_saving(model), str(tmp / weights))
         save_file(tensors, str(tmp / OPTIMIZER))
+        for name in (weights, OPTIMIZER):
+            usual_mode(tmp / name)
         hashes = {name: file_sha256(tmp / name) for name in (weights, OPTIMIZER)}
         atomic_write_json(tmp / "state.json", {"loop": state, "param_groups": groups, "sha256": hashes})
     for old in list_checkpoints(ckpt_dir)[:-keep]:
