@@ -316,6 +316,28 @@ async def test_cancel_and_supersede_close_the_stream_and_stop_the_generation(tmp
             await client.shutdown_session()
 
 
+@pytest.mark.parametrize("source", ["run", "server"])
+def test_a_taken_tcp_port_is_one_line_before_the_model_loads(lsp_run, source, capsys, monkeypatch):
+    """pygls binds in its own thread: a taken port was a traceback there and exit status 0."""
+    import socket
+
+    from codelm import cli
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("loaded or connected before the port was checked")
+
+    monkeypatch.setattr("codelm.generate.generator.load_run", never)
+    monkeypatch.setattr("codelm.lsp.backend.RemoteBackend.start", never)
+    given = [lsp_run] if source == "run" else ["--server", "http://127.0.0.1:9"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["lsp", *given, "--tcp", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"codelm: error: cannot listen on 127.0.0.1:{port}: ") and err.count("\n") == 1
+
+
 def test_tcp_listens_on_loopback_and_speaks_the_protocol(lsp_run):
     import socket
     import subprocess

@@ -7,7 +7,7 @@ codelm is laid out the way data flows:
 and the use-case stages `lsp`, `notebook` and `testgen` stand beside `serve`: each of
 them may import every stage up to and including `evaluate`, and none imports `serve`
 or another of them (`serve` imports none of them either). A stage imports earlier
-stages, never a later one. The helper modules (errors, fsutil, cbuild, hardware, memory, and
+stages, never a later one. The helper modules (errors, fsutil, sockets, cbuild, hardware, memory, and
 `codelm/__init__.py`) may be imported by every stage and import no stage themselves;
 cli, demo and __main__ sit on top and may import anything, but nothing else imports
 them. Two rules are checked over every `codelm/**/*.py`:
@@ -39,7 +39,15 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "codelm"
 CHAIN = ("data", "tokenizer", "model", "interop", "train", "generate", "evaluate")
 BESIDE = ("serve", "lsp", "notebook", "testgen")  # the last stages: each imports CHAIN, not the others
 HELPERS = frozenset(
-    {"codelm", "codelm.errors", "codelm.fsutil", "codelm.cbuild", "codelm.hardware", "codelm.memory"}
+    {
+        "codelm",
+        "codelm.errors",
+        "codelm.fsutil",
+        "codelm.sockets",
+        "codelm.cbuild",
+        "codelm.hardware",
+        "codelm.memory",
+    }
 )
 TOP = frozenset({"codelm.cli", "codelm.commands", "codelm.demo", "codelm.__main__"})
 

@@ -41,6 +41,7 @@ from codelm.errors import CodelmError
 from codelm.lsp.completer import Completer, language_of
 from codelm.lsp.context import RepoIndex
 from codelm.lsp.postprocess import InlineEdit
+from codelm.sockets import bind
 
 ACCEPT = "codelm.acceptCompletion"
 LABEL_CHARS = 80  # a fallback completion item's label: the first line, this long at most
@@ -279,6 +280,8 @@ def run_local(run: str | Path, tcp: int | None = None, weights: str = "auto", de
     from codelm.lsp.backend import LocalBackend
     from codelm.lsp.telemetry import Telemetry
 
+    if tcp is not None:
+        bind("127.0.0.1", tcp).close()  # a taken port: one line now, before the model loads
     model, tok = load_run(str(run), device, weights)
     tele = Telemetry()
     backend = LocalBackend(model, tok, on_stopped=lambda ms: tele.time("cancel_stop_ms", ms))
@@ -306,6 +309,8 @@ def run_remote(
 
     from codelm.lsp.backend import RemoteBackend
 
+    if tcp is not None:
+        bind("127.0.0.1", tcp).close()
     backend = RemoteBackend(url, api_key, model)
     asyncio.run(backend.start())
     ls = build_server(Completer(backend))

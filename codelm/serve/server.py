@@ -1,14 +1,13 @@
 """Running the app under uvicorn: `codelm serve` (HTTP in a thread, the model's scheduler in
 the main thread, where torch runs fastest) or wholly in a thread (tests, bench).
 
-The listening socket is bound here, before uvicorn starts, so a port that is
-taken is a one-line `CodelmError` and port 0 picks a free port whose number
-the caller can read.
+The listening socket is bound before uvicorn starts (`codelm.sockets.bind`), so a port
+that is taken is a one-line `CodelmError` and port 0 picks a free port whose number the
+caller can read.
 """
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 import time
@@ -17,21 +16,8 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from codelm.errors import CodelmError
 from codelm.serve.api import ServeConfig, create_app
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise CodelmError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(128)
-    return sock
+from codelm.sockets import bind
 
 
 def _server(app: FastAPI, log_level: str) -> uvicorn.Server:
