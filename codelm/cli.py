@@ -318,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     except CodelmError as e:
         print(f"codelm: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("codelm: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # its message, where there is one, says how to go on
+        print(f"codelm: interrupted{f'; {e}' if str(e) else ''}", file=sys.stderr)
         return 130
     except Exception as e:  # a full disk where no write site named its path
         if not is_disk_full(e):

@@ -8,9 +8,11 @@ and no arguments.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -19,10 +21,12 @@ from rich.markup import escape
 from codelm.data.build import DataConfig, build_dataset
 from codelm.data.dataset import iter_texts
 from codelm.errors import CodelmError
+from codelm.fsutil import atomic_write_json
 from codelm.generate import best_of, load_run, parses
 from codelm.generate.sampling import SamplingConfig
 from codelm.hardware import bf16_native
 from codelm.tokenizer import train_tokenizer
+from codelm.train.checkpoint import latest_valid, list_checkpoints
 from codelm.train.config import TrainConfig
 from codelm.train.loop import resolve_device, train
 
@@ -79,12 +83,29 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: Console | None = None) -> dict
     root = Path(cfg.out)
     data, tok_dir, run = root / "data", root / "tokenizer", root / "run"
     t0 = time.monotonic()
-    _corpus_and_tokenizer(cfg, data, tok_dir, err)
+    going_on = interrupted_at(cfg)
+    if going_on is None:
+        (root / MARKER).unlink(missing_ok=True)
+        _corpus_and_tokenizer(cfg, data, tok_dir, err)
+        atomic_write_json(root / MARKER, {**_settings(cfg), "trained": False})
+    else:
+        err.print(f"[bold]1-2/4[/bold]: the corpus and tokenizer of the demo interrupted in {root}")
     summary: dict = {"prepare_s": time.monotonic() - t0}
 
-    err.print(f"[bold]3/4 training[/bold]: preset {cfg.preset}, {cfg.max_minutes:g} minutes -> {run}")
+    again = f", going on from {going_on.name}" if going_on else ""
+    err.print(f"[bold]3/4 training[/bold]: preset {cfg.preset}, {cfg.max_minutes:g} minutes -> {run}{again}")
     t1 = time.monotonic()
-    trace = train(data, run, demo_train_config(cfg), tokenizer=tok_dir / "tokenizer.json", console=err)
+    try:
+        trace = train(
+            data, run, demo_train_config(cfg), tokenizer=tok_dir / "tokenizer.json", console=err,
+            resume=going_on is not None,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        last = list_checkpoints(run / "checkpoints")
+        if not last:
+            raise
+        raise KeyboardInterrupt(f"run the demo again (`make demo`) to go on from {last[-1].name}") from None
+    atomic_write_json(root / MARKER, {**_settings(cfg), "trained": True})
     summary["train_s"] = time.monotonic() - t1
     out.print(trace.table())
     summary.update(
@@ -96,6 +117,27 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: Console | None = None) -> dict
     summary["completions"] = _completions(cfg, run, out)
     _next_steps(out, data, tok_dir, run)
     return summary
+
+
+# The settings the corpus and the tokenizer were built with, written once they are, and
+# whether the training that followed finished.
+MARKER = "demo.json"
+
+
+def _settings(cfg: DemoConfig) -> dict:
+    return json.loads(json.dumps({"demo": asdict(cfg), "python": sys.version}))
+
+
+def interrupted_at(cfg: DemoConfig) -> Path | None:
+    """The newest checkpoint of a demo with these settings (and this Python) that was stopped
+    while training, from which `run_demo` goes on instead of starting over; None where
+    there is none, or its training finished (a finished demo runs again from the start)."""
+    root = Path(cfg.out)
+    try:
+        stopped = json.loads((root / MARKER).read_text()) == {**_settings(cfg), "trained": False}
+    except (OSError, json.JSONDecodeError):
+        return None
+    return latest_valid(root / "run" / "checkpoints", lambda _: None) if stopped else None
 
 
 def _corpus_and_tokenizer(cfg: DemoConfig, data: Path, tok_dir: Path, err: Console) -> None:

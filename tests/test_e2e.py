@@ -7,6 +7,7 @@ import io
 import json
 
 import pyarrow.parquet as pq
+import pytest
 from rich.console import Console
 
 from codelm.cli import main
@@ -82,6 +83,44 @@ def test_demo_runs_on_a_small_corpus(tmp_path, corpus_dir, capsys):
     for c in summary["completions"]:
         assert c["parses"] == _parses(c["prompt"] + c["completion"])
         assert _as_printed(c["prompt"] + c["completion"]) in out
+
+
+def test_an_interrupted_demo_goes_on_from_its_checkpoint_when_run_again(
+    tmp_path, corpus_dir, monkeypatch, capsys
+):
+    """`make demo`, Ctrl-C while it trains, `make demo`: the second run reuses the corpus and the
+    tokenizer and resumes the training; a finished demo, run again, starts over."""
+    import codelm.demo as demo
+    import codelm.train.loop as loop
+
+    cfg = DemoConfig(out=str(tmp_path / "demo"), max_minutes=0.05, vocab_size=400, samples=1, compile=False,
+                     sources=(str(corpus_dir),))  # fmt: skip
+    checkpoints = tmp_path / "demo" / "run" / "checkpoints"
+    real = loop.train_step
+
+    def interrupted_after_a_checkpoint(*args, **kw):
+        if checkpoints.is_dir() and any(checkpoints.iterdir()):
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loop, "train_step", interrupted_after_a_checkpoint)
+    with pytest.raises(KeyboardInterrupt, match=r"run the demo again \(`make demo`\) to go on from step-"):
+        run_demo(cfg)
+    at = demo.interrupted_at(cfg)
+    assert at is not None and at.parent == checkpoints
+    assert demo.interrupted_at(DemoConfig(**{**cfg.__dict__, "seed": 2})) is None  # other settings
+
+    monkeypatch.setattr(loop, "train_step", real)
+    built = []
+    monkeypatch.setattr(demo, "build_dataset", lambda *a, **k: built.append(a) or {})
+    capsys.readouterr()
+    summary = run_demo(cfg)
+    assert built == [] and f"going on from {at.name}" in " ".join(capsys.readouterr().err.split())
+    assert len(summary["completions"]) == len(PROMPTS) and demo.interrupted_at(cfg) is None  # finished
+
+    monkeypatch.setattr(demo, "build_dataset", lambda *a, **k: built.append(a) or {})
+    run_demo(cfg)  # a finished demo, run again, starts over: its corpus is built again
+    assert len(built) == 1 and "going on" not in capsys.readouterr().err
 
 
 def _as_printed(text: str) -> str:

@@ -364,6 +364,29 @@ def _interrupt_then_resume(monkeypatch, run, cfg, data, **train_kw) -> None:
     loop.train(None, run, cfg, resume=True)
 
 
+def test_an_interrupted_train_says_how_to_go_on(tmp_path, corpus_dir, tokenizer, monkeypatch, capsys):
+    """Ctrl-C after a checkpoint: exit 130 and the command that resumes, with the step it resumes from."""
+    import codelm.train.loop as loop
+    from codelm.cli import main
+
+    data, tok = _data(tmp_path, corpus_dir, tokenizer)
+    real = loop.train_step
+
+    def interrupted_after_step_5(*args, **kw):
+        if (tmp_path / "run" / "checkpoints" / "step-00000004").is_dir():
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loop, "train_step", interrupted_after_step_5)
+    argv = ["train", "--data", str(data), "--tokenizer", str(tok), "--out", str(tmp_path / "run"),
+            "--max-steps", "12", "--checkpoint-every", "4", "--batch-size", "2",
+            "--seq-len", "64"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 130
+    again = f"`codelm train --out {tmp_path / 'run'} --resume` goes on from step-00000004"
+    assert capsys.readouterr().err.splitlines()[-1] == f"codelm: interrupted; {again}"
+
+
 def _curve(run):
     """The run's evaluations without their wall-clock times."""
     return [{k: v for k, v in m.items() if k != "elapsed_s"} for m in _metrics(run)]

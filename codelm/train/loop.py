@@ -353,6 +353,12 @@ def train(
             if not list_checkpoints(p.run_dir / "checkpoints"):
                 again = "run the same command again (no checkpoint was written yet)"
             raise DiskFull(f"{e}; free some space, then {again}") from None
+        except KeyboardInterrupt:
+            done = list_checkpoints(p.run_dir / "checkpoints")
+            if not done:
+                raise
+            again = f"`codelm train --out {run_dir} --resume` goes on from {done[-1].name}"
+            raise KeyboardInterrupt(again) from None
     finally:
         # DDP's reducer holds the process group. Left to the garbage collector, it dropped the
         # group's last reference with the GIL held, and gloo's destructor joined a thread that
