@@ -3,7 +3,8 @@
 stdlib and site-packages (test suites and the held-out packages left out) ->
 DATA (80/10/10 by path hash) -> code tokenizer -> `tiny` model trained within
 a wall-clock budget -> epoch trace table -> three completions. Needs no network
-and no arguments.
+and no arguments. Stopped while it trains, the demo run again with the same settings
+goes on from its newest checkpoint (`interrupted_at`); a finished one starts over.
 """
 
 from __future__ import annotations
