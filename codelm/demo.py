@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -85,8 +86,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: Console | None = None) -> dict
     data, tok_dir, run = root / "data", root / "tokenizer", root / "run"
     t0 = time.monotonic()
     going_on = interrupted_at(cfg)
-    if going_on is None:
+    if going_on is None:  # afresh: no checkpoint of an earlier demo may be offered to resume
         (root / MARKER).unlink(missing_ok=True)
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
         _corpus_and_tokenizer(cfg, data, tok_dir, err)
         atomic_write_json(root / MARKER, {**_settings(cfg), "trained": False})
     else:

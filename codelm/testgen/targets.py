@@ -56,9 +56,9 @@ def _parse(source: str, where: str) -> ast.Module:
     try:
         return ast.parse(source)
     except SyntaxError as e:
-        at = f"line {e.lineno}: " if e.lineno else ""  # none for a null byte (Python >= 3.12)
+        at = f"line {e.lineno}: " if e.lineno else ""  # a null byte's has none (3.11.7 here)
         raise CodelmError(f"{where} does not parse: {at}{e.msg}") from None
-    except ValueError as e:  # null bytes
+    except ValueError as e:  # null bytes, in older Pythons
         raise CodelmError(f"{where} does not parse: {e}") from None
 
 
