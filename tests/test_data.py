@@ -618,6 +618,8 @@ def test_unreadable_file_among_many_is_counted(tmp_path, monkeypatch):
 def test_missing_source_and_nothing_usable_are_errors(tmp_path):
     with pytest.raises(CodelmError, match="source not found"):
         build([tmp_path / "nope"], tmp_path / "data")
+    with pytest.raises(CodelmError, match="reads local paths; clone it first"):  # no network
+        build(["https://github.com/psf/requests"], tmp_path / "data")
     write(tmp_path / "src", "e.py", "")
     with pytest.raises(CodelmError, match="no usable code.*dropped_empty: 1"):
         build([tmp_path / "src"], tmp_path / "data")

@@ -275,6 +275,8 @@ def _check_path(spec: str, path: Path) -> None:
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise CodelmError(f"source is a symlink loop: {spec}") from None
+        if e.errno == errno.ENOENT and "://" in spec:  # nothing is downloaded
+            raise CodelmError(f"source not found: {spec}: codelm reads local paths; clone it first") from None
         if e.errno == errno.ENOENT:
             raise CodelmError(f"source not found: {spec}") from None
         raise CodelmError(f"cannot read source {spec}: {e.strerror or e}") from None
