@@ -591,11 +591,23 @@ def test_the_playground_is_served_from_the_package(server):
     assert "http" not in page.text  # no CDN: no absolute URL at all
 
 
+def test_the_start_line_says_who_can_use_the_server():
+    from codelm.serve.server import access_note
+
+    assert access_note("k", "0.0.0.0") == "API key required"
+    assert access_note(None, "127.0.0.1") == access_note(None, "::1") == "no API key"
+    assert "anyone who reaches this port" in access_note(None, "0.0.0.0")
+    assert "anyone who reaches this port" in access_note(None, "192.168.1.5")
+
+
 def test_cli_serve_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
     assert main(["serve", str(tmp_path / "missing")]) == 2
-    with socket.socket() as taken:
+    with socket.socket() as taken, monkeypatch.context() as m:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
+        m.setattr(
+            "codelm.generate.generator.load_run", lambda *a: pytest.fail("loaded before the port was checked")
+        )
         assert main(["serve", str(run_dir), "--port", str(taken.getsockname()[1])]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all(e.startswith("codelm: error:") for e in errors)

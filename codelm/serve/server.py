@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from codelm.serve.api import ServeConfig, create_app
+from codelm.serve.guard import is_loopback
 from codelm.sockets import bind
 
 
@@ -32,12 +33,12 @@ def serve(
     from codelm.generate.generator import load_run
     from codelm.generate.quantize import describe
 
+    sock = bind(cfg.host, cfg.port)  # a taken port: one line before the model loads
     model, tok = load_run(str(run), device, weights)
-    sock = bind(cfg.host, cfg.port)
     app = create_app(model, tok, cfg, name=Path(run).resolve().name, scheduler_thread=False)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    auth = "API key required" if cfg.api_key else "no API key"
+    auth = access_note(cfg.api_key, host)
     server = _server(app, "warning")
     # HTTP in a thread, the model in the main thread (see Scheduler.run: torch is faster there).
     web = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="codelm-http", daemon=True)
@@ -59,6 +60,16 @@ def serve(
         sched.stop()
         server.should_exit = True
         web.join(timeout=5)
+
+
+def access_note(api_key: str | None, host: str) -> str:
+    """Who can use the server, for its start line: beyond loopback without a key, anyone who
+    reaches the port (the completions, the compute), which `--host 0.0.0.0` alone gives."""
+    if api_key:
+        return "API key required"
+    if is_loopback(host):
+        return "no API key"
+    return "no API key: anyone who reaches this port can use the model; give --api-key KEY"
 
 
 class BackgroundServer:
