@@ -292,7 +292,7 @@ def _interop_parsers(sub) -> None:
     ex.add_argument("--format", required=True, choices=["hf", "gguf", "safetensors"])
     ex.add_argument("--out", required=True, help="hf: a folder (replaced atomically); else a file")
     ex.add_argument(
-        "--checkpoint", help="safetensors: this checkpoint (step-N; default: the newest), sharded or not"
+        "--checkpoint", help="safetensors: the checkpoint of this step (12 or step-12; default: the newest)"
     )
     ex.add_argument("--quant", choices=["bf16", "q8_0", "f32"], help="gguf weights (default: bf16)")
     ex.set_defaults(func=commands.cmd_export)

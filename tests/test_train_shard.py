@@ -113,6 +113,10 @@ def test_a_sharded_checkpoint_exports_as_one_weights_file(runs, capsys):
     assert cli.main(["export", str(root / "sharded"), "--format", "safetensors", "--checkpoint", "step-9",
                      "--out", str(out)]) == 2  # fmt: skip
     assert "no checkpoint step-9" in capsys.readouterr().err
+    for name in ("12", "step-12", "step-00000012"):  # as the trace prints a step, or the folder's name
+        assert cli.main(["export", str(root / "sharded"), "--format", "safetensors", "--checkpoint", name,
+                         "--out", str(out)]) == 0  # fmt: skip
+        assert "exported the weights of step-00000012" in capsys.readouterr().out
 
 
 _MUON = """

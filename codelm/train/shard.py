@@ -24,6 +24,7 @@ tensors (`codelm export --format safetensors --checkpoint`).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -138,6 +139,15 @@ def checkpoint_weights(path: Path, model: Transformer) -> dict[str, torch.Tensor
     return state["model"]
 
 
+def _named(ckpts: Path, name: str) -> Path:
+    """The checkpoint a user names: its folder's name (`step-00000012`), or its step
+    (`12`, `step-12`), as the trace and the training log print it."""
+    step = re.fullmatch(r"(?:step-)?(\d+)", name)
+    if step and (ckpts / f"step-{int(step[1]):08d}").is_dir():
+        return ckpts / f"step-{int(step[1]):08d}"
+    return ckpts / name
+
+
 def export_weights(run: Path, checkpoint: str | None, out: Path) -> Path:
     """RUN's checkpoint `checkpoint` (its newest when None), sharded or not, as one
     safetensors file of whole weights at `out`, loadable as a run's model.safetensors."""
@@ -145,7 +155,7 @@ def export_weights(run: Path, checkpoint: str | None, out: Path) -> Path:
     if "lora" in saved:
         raise CodelmError(f"{run} is a LoRA run: its checkpoints hold adapters only")
     ckpts = run / "checkpoints"
-    path = ckpts / checkpoint if checkpoint else latest_valid(ckpts, lambda m: None)  # verified
+    path = _named(ckpts, checkpoint) if checkpoint else latest_valid(ckpts, lambda m: None)  # verified
     if path is None or not path.is_dir():
         have = ", ".join(p.name for p in list_checkpoints(ckpts)) or "none"
         raise CodelmError(f"no checkpoint {checkpoint + ' ' if checkpoint else ''}in {ckpts} (there: {have})")
