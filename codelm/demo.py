@@ -4,7 +4,8 @@ stdlib and site-packages (test suites and the held-out packages left out) ->
 DATA (80/10/10 by path hash) -> code tokenizer -> `tiny` model trained within
 a wall-clock budget -> epoch trace table -> three completions. Needs no network
 and no arguments. Stopped while it trains, the demo run again with the same settings
-goes on from its newest checkpoint (`interrupted_at`); a finished one starts over.
+keeps its corpus and tokenizer and goes on from its newest checkpoint (`interrupted_at`);
+a finished one starts over.
 """
 
 from __future__ import annotations
@@ -85,14 +86,14 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: Console | None = None) -> dict
     root = Path(cfg.out)
     data, tok_dir, run = root / "data", root / "tokenizer", root / "run"
     t0 = time.monotonic()
-    going_on = interrupted_at(cfg)
-    if going_on is None:  # afresh: no checkpoint of an earlier demo may be offered to resume
+    if _stopped(cfg):  # while it trained: its corpus and tokenizer are whole
+        err.print(f"[bold]1-2/4[/bold]: the corpus and tokenizer of the demo stopped in {root}")
+    else:  # afresh: no checkpoint of an earlier demo may be offered to resume
         (root / MARKER).unlink(missing_ok=True)
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
         _corpus_and_tokenizer(cfg, data, tok_dir, err)
         atomic_write_json(root / MARKER, {**_settings(cfg), "trained": False})
-    else:
-        err.print(f"[bold]1-2/4[/bold]: the corpus and tokenizer of the demo interrupted in {root}")
+    going_on = interrupted_at(cfg)
     summary: dict = {"prepare_s": time.monotonic() - t0}
 
     again = f", going on from {going_on.name}" if going_on else ""
@@ -131,16 +132,19 @@ def _settings(cfg: DemoConfig) -> dict:
     return json.loads(json.dumps({"demo": asdict(cfg), "python": sys.version}))
 
 
-def interrupted_at(cfg: DemoConfig) -> Path | None:
-    """The newest checkpoint of a demo with these settings (and this Python) that was stopped
-    while training, from which `run_demo` goes on instead of starting over; None where
-    there is none, or its training finished (a finished demo runs again from the start)."""
-    root = Path(cfg.out)
+def _stopped(cfg: DemoConfig) -> bool:
+    """Whether a demo with these settings (and this Python) built its corpus and tokenizer
+    and was stopped before its training finished (a finished demo runs again from the start)."""
     try:
-        stopped = json.loads((root / MARKER).read_text()) == {**_settings(cfg), "trained": False}
+        return json.loads((Path(cfg.out) / MARKER).read_text()) == {**_settings(cfg), "trained": False}
     except (OSError, json.JSONDecodeError):
-        return None
-    return latest_valid(root / "run" / "checkpoints", lambda _: None) if stopped else None
+        return False
+
+
+def interrupted_at(cfg: DemoConfig) -> Path | None:
+    """The newest checkpoint of a demo stopped while training (`_stopped`), from which
+    `run_demo` goes on instead of starting over; None where there is none."""
+    return latest_valid(Path(cfg.out) / "run" / "checkpoints", lambda _: None) if _stopped(cfg) else None
 
 
 def _corpus_and_tokenizer(cfg: DemoConfig, data: Path, tok_dir: Path, err: Console) -> None:

@@ -89,36 +89,44 @@ def test_an_interrupted_demo_goes_on_from_its_checkpoint_when_run_again(
     tmp_path, corpus_dir, monkeypatch, capsys
 ):
     """`make demo`, Ctrl-C while it trains, `make demo`: the second run reuses the corpus and the
-    tokenizer and resumes the training; a finished demo, run again, starts over."""
+    tokenizer and resumes the training from its checkpoint, if it had one; a finished demo,
+    run again, starts over."""
     import codelm.demo as demo
     import codelm.train.loop as loop
 
     cfg = DemoConfig(out=str(tmp_path / "demo"), max_minutes=0.05, vocab_size=400, samples=1, compile=False,
                      sources=(str(corpus_dir),))  # fmt: skip
     checkpoints = tmp_path / "demo" / "run" / "checkpoints"
-    real = loop.train_step
+    real, built = loop.train_step, []
 
-    def interrupted_after_a_checkpoint(*args, **kw):
+    def at_once(*args, **kw):
+        raise KeyboardInterrupt
+
+    def after_a_checkpoint(*args, **kw):
         if checkpoints.is_dir() and any(checkpoints.iterdir()):
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(loop, "train_step", interrupted_after_a_checkpoint)
+    monkeypatch.setattr(loop, "train_step", at_once)
+    with pytest.raises(KeyboardInterrupt, match="^$"):  # no checkpoint: nothing to go on from
+        run_demo(cfg)
+    assert demo.interrupted_at(cfg) is None
+
+    monkeypatch.setattr(demo, "build_dataset", lambda *a, **k: built.append(a) or {})
+    monkeypatch.setattr(loop, "train_step", after_a_checkpoint)
     with pytest.raises(KeyboardInterrupt, match=r"run the demo again \(`make demo`\) to go on from step-"):
         run_demo(cfg)
+    assert built == []  # the corpus of the first run, whose training never began
     at = demo.interrupted_at(cfg)
     assert at is not None and at.parent == checkpoints
     assert demo.interrupted_at(DemoConfig(**{**cfg.__dict__, "seed": 2})) is None  # other settings
 
     monkeypatch.setattr(loop, "train_step", real)
-    built = []
-    monkeypatch.setattr(demo, "build_dataset", lambda *a, **k: built.append(a) or {})
     capsys.readouterr()
     summary = run_demo(cfg)
     assert built == [] and f"going on from {at.name}" in " ".join(capsys.readouterr().err.split())
     assert len(summary["completions"]) == len(PROMPTS) and demo.interrupted_at(cfg) is None  # finished
 
-    monkeypatch.setattr(demo, "build_dataset", lambda *a, **k: built.append(a) or {})
     run_demo(cfg)  # a finished demo, run again, starts over: its corpus is built again
     assert len(built) == 1 and "going on" not in capsys.readouterr().err
 
