@@ -17,7 +17,7 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any
 
-from codelm import commands
+from codelm import __version__, commands
 from codelm.commands import config_class
 from codelm.errors import CodelmError, first_line
 from codelm.fsutil import is_disk_full
@@ -81,7 +81,8 @@ def _demo_parser(sub) -> None:
 
 
 def _data_parser(sub) -> None:
-    data = sub.add_parser("data", help="build a corpus").add_subparsers(dest="data_cmd", required=True)
+    data = sub.add_parser("data", help="build a corpus")
+    data = data.add_subparsers(dest="data_cmd", required=True, metavar="{build}")
     build_help = "SOURCE...: dir | git repo | *.jsonl | *.parquet | stdlib | site-packages"
     b = data.add_parser("build", help=build_help)
     b.add_argument(
@@ -130,7 +131,8 @@ def _data_parser(sub) -> None:
 
 
 def _tokenizer_parser(sub) -> None:
-    tk = sub.add_parser("tokenizer", help="train a tokenizer").add_subparsers(dest="tok_cmd", required=True)
+    tk = sub.add_parser("tokenizer", help="train a tokenizer")
+    tk = tk.add_subparsers(dest="tok_cmd", required=True, metavar="{train}")
     t = tk.add_parser("train", help="train a code BPE on DATA")
     t.add_argument("data", help="DATA dir from `codelm data build`, or a text file or a directory of them")
     t.add_argument("--out", required=True, help="TOK directory (gets tokenizer.json), or a path ending .json")
@@ -300,7 +302,8 @@ def _interop_parsers(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="codelm", description="Train code models on your own code.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"codelm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_demo_parser, _data_parser, _tokenizer_parser, _train_parser, _eval_parser,
                 _generate_parser, _serve_parser, _lsp_parser, _testgen_parser,
                 _interop_parsers):  # fmt: skip

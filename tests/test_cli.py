@@ -124,6 +124,18 @@ def test_help_shows_the_dataclass_defaults(capsys):
     assert "do not mine docstring->code pairs (default" not in out  # switches show none
 
 
+def test_version_and_missing_commands_speak_the_users_words(capsys):
+    from codelm import __version__
+
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"codelm {__version__}\n"
+    for argv, missing in ([], "COMMAND"), (["data"], "{build}"), (["tokenizer"], "{train}"):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err  # argparse's own names (data_cmd, tok_cmd) are not the user's
+        assert err.rstrip().endswith(f"error: the following arguments are required: {missing}"), err
+
+
 def test_parsing_arguments_does_not_import_torch():
     code = (
         "import sys; from codelm.cli import build_parser; "
