@@ -304,6 +304,21 @@ def test_a_float_field_takes_a_json_integer():
     assert ModelConfig.from_dict({**OLD_MODEL, "rope_theta": 500000}).rope_theta == 500000
 
 
+def _tiny_run(path, tokenizer):
+    import torch
+
+    from codelm.fsutil import atomic_write_json
+    from codelm.model import Transformer
+    from codelm.model.io import save_run_weights
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32))
+    atomic_write_json(path / "config.json", {"model": model.cfg.to_dict()})
+    tokenizer.save(path / "tokenizer.json")
+    save_run_weights(model, path)
+    return path
+
+
 # A flipped bit that leaves valid JSON: a vocabulary id (two tokens now share one), and the
 # dropout (0.0 -> 0.1). Neither stops the file from loading; the weights' record catches both.
 FLIPS = {"tokenizer.json": r'"vocab":\{"[^"]*":(\d)', "config.json": r'"dropout": 0\.(0)'}
@@ -313,17 +328,7 @@ FLIPS = {"tokenizer.json": r'"vocab":\{"[^"]*":(\d)', "config.json": r'"dropout"
 def test_a_bit_flip_that_still_parses_is_caught_by_the_weights_record(tmp_path, capsys, tokenizer, name):
     import re
 
-    import torch
-
-    from codelm.fsutil import atomic_write_json
-    from codelm.model import Transformer
-    from codelm.model.io import save_run_weights
-
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32))
-    atomic_write_json(tmp_path / "config.json", {"model": model.cfg.to_dict()})
-    tokenizer.save(tmp_path / "tokenizer.json")
-    save_run_weights(model, tmp_path)  # records both files' sha256
+    _tiny_run(tmp_path, tokenizer)  # its weights record both files' sha256
     assert cli.main(["generate", str(tmp_path), "x", "--max-new-tokens", "2"]) == 0
     capsys.readouterr()
     text = (tmp_path / name).read_text()
@@ -383,21 +388,6 @@ def test_empty_or_wrong_inputs_exit_2_with_one_line(tmp_path, capsys, argv, mess
     err = capsys.readouterr().err
     assert err.startswith("codelm: error: ") and err.count("\n") == 1 and message.format(**names) in err
     assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
-
-
-def _tiny_run(path, tokenizer):
-    import torch
-
-    from codelm.fsutil import atomic_write_json
-    from codelm.model import Transformer
-    from codelm.model.io import save_run_weights
-
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32))
-    atomic_write_json(path / "config.json", {"model": model.cfg.to_dict()})
-    tokenizer.save(path / "tokenizer.json")
-    save_run_weights(model, path)
-    return path
 
 
 @pytest.mark.parametrize(
