@@ -271,6 +271,13 @@ def test_bad_input_is_a_one_line_error(calc, tmp_path, capsys):
         capsys, ["testgen", str(missing), "--candidates", str(cands), "--out", str(tmp_path / "o.py")]
     )
     assert "cannot be imported in the sandbox" in err and "not_a_module_codelm" in err
+    exits = tmp_path / "exits.py"  # pytest calls a SystemExit at import its internal error
+    exits.write_text("import sys\n\n\ndef f():\n    return 1\n\n\nsys.exit(3)\n")
+    cands.write_text("from exits import f\n\n\ndef test_f():\n    assert f() == 1\n")
+    err = _cli_error(
+        capsys, ["testgen", str(exits), "--candidates", str(cands), "--out", str(tmp_path / "o.py")]
+    )
+    assert "cannot be imported in the sandbox: SystemExit: 3" in err
     frozen = tmp_path / "ntpath.py"  # frozen into Python 3.11: a copy never shadows it
     frozen.write_text("def splitext(p):\n    return p\n")
     cands.write_text("from ntpath import splitext\n\n\ndef test_f():\n    assert splitext('a.b')\n")

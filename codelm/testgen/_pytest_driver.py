@@ -73,6 +73,11 @@ class Reporter:
         if report.failed:
             self.emit(event="collect_error", error=str(report.longrepr).strip().splitlines()[-1])
 
+    def pytest_internalerror(self, excrepr, excinfo):
+        # pytest reports a SystemExit raised while importing a test file (a module that
+        # calls `sys.exit()` when imported) as its own internal error, not a collection error.
+        self.emit(event="collect_error", error=f"{excinfo.typename}: {excinfo.value}")
+
 
 def _coverage_of(cov, path, names):
     cov.stop()
