@@ -102,6 +102,9 @@ VARIANTS: dict[str, Variant] = {
     "wsd-half": Variant(train=replace(_T, decay=0.5)),
     "wsd-0.2": Variant(train=replace(_T, decay=0.2)),
     "wsd-lr2x": Variant(train=replace(_T, decay=0.3, lr=2 * _T.lr)),
+    # A 512-token context at the same tokens a step (4 x 512 against 8 x 256): what an editor's
+    # prefix and suffix, or a test file beside its module, would fit.
+    "ctx512": Variant(model=(("block_size", 512),), train=replace(_T, batch_size=4)),
     "adamw-8k": Variant(vocab_size=8192, train=replace(_T, optimizer="adamw")),
     "stdlib-8k": Variant(sources=_STDLIB, vocab_size=8192),
     # The demo before this measure: stdlib only, AdamW, 8k.

@@ -285,8 +285,9 @@ def test_foreign_tokenizers_serve_generation_from_an_imported_run(tmp_path):
 
 
 def _edit_config(hf: Path, **changes) -> None:
-    cfg = json.loads((hf / "config.json").read_text())
-    (hf / "config.json").write_text(json.dumps({**cfg, **changes}))
+    """Set keys of the HF config.json; a key set to None is removed."""
+    cfg = {**json.loads((hf / "config.json").read_text()), **changes}
+    (hf / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
 
 
 BAD_SOURCES = {
@@ -316,6 +317,10 @@ BAD_SOURCES = {
     "size as a string": (
         lambda hf: _edit_config(hf, hidden_size="64"),
         "config.json: hidden_size must be an integer, got '64'",
+    ),
+    "no size": (
+        lambda hf: _edit_config(hf, intermediate_size=None),
+        "config.json has no 'intermediate_size'",
     ),
     "eps as a string": (
         lambda hf: _edit_config(hf, rms_norm_eps="1e-6"),

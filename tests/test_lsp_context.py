@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -202,6 +203,31 @@ def test_update_refuses_junk_and_outside(workspace: Path, tmp_path_factory) -> N
     outside.write_text("def rectangle_area(): pass\n")
     assert not index.update_file(outside)
     assert not any(h.snippet.path != "pkg/geometry.py" for h in index.search("rectangle_area"))
+
+
+def test_git_work_tree_honours_gitignore(workspace: Path) -> None:
+    """In a git work tree the index holds what `git ls-files` lists: tracked files, and
+    untracked ones that no ignore rule hides (a build folder, generated code)."""
+    (workspace / ".gitignore").write_text("build/\ngenerated_*.py\n")
+    files = {
+        "build/lib/geometry.py": "def rectangle_area(): pass\n",
+        "pkg/generated_api.py": "def rectangle_area(): pass\n",
+        "pkg/generated_kept.py": "def kept_on_purpose(): pass\n",  # ignored by name, but tracked
+    }
+    for rel, text in files.items():
+        (workspace / rel).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / rel).write_text(text)
+    git = ["git", "-C", str(workspace)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-f", "pkg/geometry.py", "pkg/generated_kept.py"], check=True)
+    index = built(workspace)
+    assert index.files() == ["pkg/generated_kept.py", "pkg/geometry.py", "pkg/strings.py", "web/app.js"]
+    assert not any(h.snippet.path != "pkg/geometry.py" for h in index.search("rectangle_area"))
+    # On save: an ignored file stays out, a new untracked one comes in.
+    assert not index.update_file(workspace / "pkg/generated_api.py")
+    (workspace / "pkg/new.py").write_text("def whisper(text):\n    return text.lower()\n")
+    assert index.update_file(workspace / "pkg/new.py")
+    assert index.search("whisper(name)")[0].snippet.path == "pkg/new.py"
 
 
 def test_size_bounds(workspace: Path) -> None:

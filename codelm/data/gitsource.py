@@ -72,6 +72,12 @@ def worktree_files(root: Path) -> list[str]:
     return sorted({n for n in names if n})  # --cached lists a conflicted file once per stage
 
 
+def ignored(root: Path, rel: str) -> bool:
+    """Whether the work tree's ignore rules (.gitignore, info/exclude) ignore `rel`, a path
+    under `root`; a tracked file never is, as `worktree_files` lists it."""
+    return _git(root, "check-ignore", "-q", "--", rel).returncode == 0
+
+
 def _first_line(stderr: bytes) -> str:
     lines = stderr.decode("utf-8", "replace").strip().splitlines()
     return lines[0] if lines else "unknown error"

@@ -163,22 +163,25 @@ def _rope_theta(hf: dict[str, Any]) -> float:
     return float((hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
+# The sizes an HF config.json must give, as integers.
+_SIZES = ("hidden_size", "num_attention_heads", "max_position_embeddings", "num_hidden_layers",
+          "vocab_size", "intermediate_size")  # fmt: skip
+
+
 def hf_model_config(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
     """codelm's ModelConfig for the dict of an HF config.json, and notes for the user."""
     kind = hf.get("model_type")
     if kind not in CLASSES:
         raise CodelmError(f"model_type {kind!r} is not supported: codelm imports {', '.join(CLASSES)}")
     hf = {**DEFAULTS[kind], **hf}
-    try:
-        C, H, block = hf["hidden_size"], hf["num_attention_heads"], hf["max_position_embeddings"]
-        shape = dict(n_layer=hf["num_hidden_layers"], n_head=H, n_embd=C, vocab_size=hf["vocab_size"])
-        shape["mlp_hidden_size"] = hf["intermediate_size"]
-    except KeyError as e:
-        raise CodelmError(f"config.json has no {e.args[0]!r}") from None
-    for key in ("hidden_size", "num_attention_heads", "max_position_embeddings", "num_hidden_layers",
-                "vocab_size", "intermediate_size"):  # fmt: skip
+    for key in _SIZES:
+        if key not in hf:
+            raise CodelmError(f"config.json has no {key!r}")
         if not isinstance(hf[key], int) or isinstance(hf[key], bool):
             raise CodelmError(f"config.json: {key} must be an integer, got {hf[key]!r}")
+    C, H, block = hf["hidden_size"], hf["num_attention_heads"], hf["max_position_embeddings"]
+    shape = dict(n_layer=hf["num_hidden_layers"], n_head=H, n_embd=C, vocab_size=hf["vocab_size"])
+    shape["mlp_hidden_size"] = hf["intermediate_size"]
     if hf.get("head_dim") not in (None, C // H):
         raise CodelmError(f"head_dim {hf['head_dim']} is not hidden_size / num_attention_heads ({C // H})")
     if (act := hf["hidden_act"]) not in ACTIVATIONS[kind]:

@@ -3,10 +3,11 @@
 - Retrieval: BM25 (codelm/data/chunks.py) over identifiers, the query being the prefix's last lines;
   same-file snippets overlapping the cursor's region are left out, as the prompt holds
   that code already.
-- `RepoIndex`: built from a folder (dot-files and folders, virtualenvs and
+- `RepoIndex`: built from a folder (in a git work tree the files `git ls-files` lists, so
+  .gitignore is honoured, as the corpus stage does; dot-files and folders, virtualenvs and
   codelm.data.sources' SKIP_DIRS skipped, as are binaries, minified text and files over
-  1 MB; total bytes and chunks bounded); a file updated on save or removed; a lock lets
-  a background thread build it while queries run.
+  1 MB; total bytes and chunks bounded); a file updated on save (unless ignored) or
+  removed; a lock lets a background thread build it while queries run.
 - `RecentFiles`: an LRU of the open documents' (uri, text) the server feeds; their
   snippets are searched from that fresher text instead of the saved copy, boosted.
 - Declarations (`RepoIndex.declarations`; the editor's `context_declarations`, off by
@@ -17,7 +18,7 @@
   header naming the path (`#`, `//` or `--` by extension), within a token budget the
   caller counts; training's repository documents (train/repo.py) use the same.
 This is the repository context of Continue's and Tabby's completion prompts; the code
-is our own. Not done: embeddings, .gitignore rules.
+is our own. Not done: embeddings.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
+from codelm.data import gitsource
 from codelm.data.chunks import (
     IDENT,
     MAX_CHUNK_LINES,
@@ -40,6 +43,7 @@ from codelm.data.chunks import (
     terms,
 )
 from codelm.data.sources import SKIP_DIRS, VENV_MARKERS
+from codelm.errors import CodelmError
 
 QUERY_LINES = 20  # lines of the prefix a query is made of
 MAX_FILE_BYTES = 1_000_000
@@ -94,6 +98,7 @@ class RepoIndex:
         self._stop = threading.Event()
         self._building = threading.Lock()  # one build at a time; a second waits, then starts afresh
         self._recent_cache: dict[tuple[str, str], list[tuple[Snippet, Counter[str]]]] = {}
+        self._git = False  # whether the root is in a git work tree; `build` finds out
         self._clear()
 
     def _clear(self) -> None:
@@ -119,13 +124,34 @@ class RepoIndex:
         with self._building:
             self._stop.clear()
             self._clear()
-            for dirpath, dirs, names in os.walk(self.root):
-                dirs[:] = sorted(d for d in dirs if not _junk_dir(Path(dirpath) / d))
-                for name in sorted(n for n in names if not n.startswith(".")):
-                    if self._stop.is_set() or self._bytes >= self.max_total_bytes:
-                        return len(self._files)
-                    self._index(self.relpath(Path(dirpath) / name), None)
+            for key in self._workspace_files():
+                if self._stop.is_set() or self._bytes >= self.max_total_bytes:
+                    break
+                self._index(key, None)
             return len(self._files)
+
+    def _workspace_files(self) -> Iterator[str]:
+        """The keys of the files to index: in a git work tree those `git ls-files` lists
+        (tracked, and untracked but not ignored), else every file; junk left out either way."""
+        self._git = gitsource.in_worktree(self.root)
+        if self._git:
+            try:
+                listed = gitsource.worktree_files(self.root)
+            except CodelmError:  # a broken repository: read the folder as it is
+                self._git = False
+            else:
+                junk: dict[PurePosixPath, bool] = {}  # per folder, so each is looked at once
+                for key in listed:
+                    path = PurePosixPath(key)
+                    if path.parent not in junk:
+                        junk[path.parent] = _junk_folder(self.root, path.parent)
+                    if not junk[path.parent] and not path.name.startswith("."):
+                        yield key
+                return
+        for dirpath, dirs, names in os.walk(self.root):
+            dirs[:] = sorted(d for d in dirs if not _junk_dir(Path(dirpath) / d))
+            for name in sorted(n for n in names if not n.startswith(".")):
+                yield self.relpath(Path(dirpath) / name)
 
     def start(self) -> threading.Thread:
         """Build in a daemon thread, so the server answers while the workspace is read."""
@@ -152,9 +178,10 @@ class RepoIndex:
 
     def update_file(self, path: str | os.PathLike, text: str | None = None) -> bool:
         """(Re)index one file, from `text` or else from disk (on save). False when the file is
-        left out: junk folder, binary, too large, or past the workspace's bounds."""
+        left out: junk folder, ignored by git, binary, too large, or past the workspace's bounds."""
         key = self.relpath(path)
-        if PurePosixPath(key).is_absolute() or _junk_path(self.root, key):
+        outside = PurePosixPath(key).is_absolute() or _junk_path(self.root, key)
+        if outside or (self._git and gitsource.ignored(self.root, key)):
             self.remove_file(key)
             return False  # the index holds the workspace; RecentFiles covers other open files
         return self._index(key, text)
@@ -283,13 +310,17 @@ def _junk_dir(path: Path) -> bool:
     return any((path / marker).exists() for marker in VENV_MARKERS)
 
 
+def _junk_folder(root: Path, folder: PurePosixPath) -> bool:
+    """Whether a folder (relative to `root`) is a junk folder or lies in one."""
+    parts = folder.parts
+    return any(_junk_dir(root.joinpath(*parts[: i + 1])) for i in range(len(parts)))
+
+
 def _junk_path(root: Path, key: str) -> bool:
     """Whether a file (relative `key`) is hidden (.env may hold secrets) or lies under a junk
     folder: a save there is not indexed."""
-    parts = PurePosixPath(key).parts[:-1]
-    if PurePosixPath(key).name.startswith("."):
-        return True
-    return any(_junk_dir(root.joinpath(*parts[: i + 1])) for i in range(len(parts)))
+    path = PurePosixPath(key)
+    return path.name.startswith(".") or _junk_folder(root, path.parent)
 
 
 def _minified(text: str) -> bool:
