@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -257,6 +258,34 @@ async def test_a_suffix_that_closes_the_bracket_is_not_typed_twice(tmp_path):
             assert applied("print(max())\n", item) == "print(max(x, 2))\n"
             assert item.range.end.character == 12  # the two closers are replaced, not repeated
             assert srv.bodies[0]["suffix"] == "))\n" and srv.bodies[0]["prompt"].endswith("print(max(")
+        finally:
+            await client.shutdown_session()
+
+
+def _maps_of(command_part: str) -> str:
+    """/proc/PID/maps of the one process whose command line holds `command_part`."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if command_part in cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace"):
+                return (cmdline.parent / "maps").read_text()
+        except OSError:
+            continue
+    raise AssertionError(f"no process runs {command_part!r}")
+
+
+@pytest.mark.asyncio
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_the_thin_client_never_loads_torch(tmp_path):
+    """`codelm lsp --server URL` answers without torch in its process (its imports take
+    0.4 s and 50 MB, where torch alone took 1.8 s and 250 MB)."""
+    with Scripted(lambda body: "return x * 2\n") as srv:
+        client, _ = await start(["--server", srv.url], options={"codelm": {"debounceMs": 0}})
+        try:
+            uri = (tmp_path / "e.py").as_uri()
+            open_doc(client, uri, "def f(x):\n    \n")
+            [item] = await inline(client, uri, 1, 4)
+            assert item.insert_text == "return x * 2"
+            assert "libtorch" not in _maps_of(f"lsp --server {srv.url}")
         finally:
             await client.shutdown_session()
 

@@ -8,22 +8,38 @@ inference weights (bf16 / int8).
     print(complete(model, tok, Prompt("def add(a, b):"), SamplingConfig(temperature=0)).text)
 """
 
-from codelm.generate.best import BestOfReport, best_of
-from codelm.generate.engine import Engine, Row, Sampler
-from codelm.generate.generator import (
-    Completion,
-    Stream,
-    complete,
-    generate,
-    generate_batch,
-    generate_ids,
-    load_run,
-)
-from codelm.generate.prompts import Prompt
-from codelm.generate.sampling import SamplingConfig
-from codelm.generate.stopping import StopConfig
-from codelm.generate.trace import TraceStep, format_trace
-from codelm.generate.whole import parses, syntax_error
+from importlib import import_module
+
+# Each name is imported when first used (PEP 562), so that a caller of a torch-free part
+# (`whole`, `stopping`: the language server's thin client) never loads torch.
+_WHERE = {
+    "BestOfReport": "best",
+    "best_of": "best",
+    "Engine": "engine",
+    "Row": "engine",
+    "Sampler": "engine",
+    "Completion": "generator",
+    "Stream": "generator",
+    "complete": "generator",
+    "generate": "generator",
+    "generate_batch": "generator",
+    "generate_ids": "generator",
+    "load_run": "generator",
+    "Prompt": "prompts",
+    "SamplingConfig": "sampling",
+    "StopConfig": "stopping",
+    "TraceStep": "trace",
+    "format_trace": "trace",
+    "parses": "whole",
+    "syntax_error": "whole",
+}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "BestOfReport",

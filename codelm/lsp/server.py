@@ -277,7 +277,7 @@ def run_local(run: str | Path, tcp: int | None = None, weights: str = "auto", de
     model's scheduler in the main thread (torch is faster there)."""
     from codelm.generate.generator import load_run
     from codelm.generate.quantize import describe
-    from codelm.lsp.backend import LocalBackend
+    from codelm.lsp.local import LocalBackend
     from codelm.lsp.telemetry import Telemetry
 
     if tcp is not None:
