@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import copy_bandwidth, llama_config, machine, summary  # noqa: E402
 
+from codelm.generate.config import SamplingConfig  # noqa: E402
 from codelm.generate.generator import generate_ids  # noqa: E402
 from codelm.generate.quantize import prepare_model  # noqa: E402
-from codelm.generate.sampling import SamplingConfig  # noqa: E402
 from codelm.interop.hf import to_hf  # noqa: E402
 from codelm.model import ModelConfig, Transformer, native  # noqa: E402
 

@@ -23,7 +23,7 @@ from common import machine  # noqa: E402
 import codelm.generate.prompts as prompts_module  # noqa: E402
 from codelm.evaluate.line_completion import similarity  # noqa: E402
 from codelm.generate import complete, load_run, parses  # noqa: E402
-from codelm.generate.sampling import SamplingConfig  # noqa: E402
+from codelm.generate.config import SamplingConfig  # noqa: E402
 
 
 def main() -> None:

@@ -40,12 +40,12 @@ from held_out import function_prompts, held_out  # noqa: E402
 from interop import corpus_tokenizer, llama_cpp, make_run  # noqa: E402
 
 from codelm.evaluate.line_completion import body_lines, similarity  # noqa: E402
+from codelm.generate.config import SamplingConfig  # noqa: E402
 from codelm.generate.engine import Engine, Row, Sampler  # noqa: E402
 from codelm.generate.generator import complete, load_run, text_row  # noqa: E402
 from codelm.generate.prefix import PrefixCache  # noqa: E402
 from codelm.generate.prompts import Prompt, plan  # noqa: E402
 from codelm.generate.quantize import describe, prepare_model  # noqa: E402
-from codelm.generate.sampling import SamplingConfig  # noqa: E402
 from codelm.generate.stopping import StopConfig  # noqa: E402
 from codelm.interop.gguf import export_gguf  # noqa: E402
 

@@ -45,7 +45,7 @@ from codelm.evaluate.line_completion import LineConfig, model_predictions, sampl
 from codelm.evaluate.passk import find_problems
 from codelm.evaluate.report import EvalConfig, pass_at_k_report
 from codelm.generate import complete, load_run, parses
-from codelm.generate.sampling import SamplingConfig
+from codelm.generate.config import SamplingConfig
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import read_config
 from codelm.tokenizer import train_tokenizer

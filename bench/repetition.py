@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from codelm.demo import PROMPTS  # noqa: E402
 from codelm.evaluate.line_completion import similarity  # noqa: E402
 from codelm.generate import complete, load_run, parses  # noqa: E402
-from codelm.generate.sampling import SamplingConfig  # noqa: E402
+from codelm.generate.config import SamplingConfig  # noqa: E402
 from codelm.generate.stopping import DEFAULT_STOPS, StopConfig  # noqa: E402
 
 VARIANTS = {

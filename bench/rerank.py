@@ -26,8 +26,8 @@ from codelm.evaluate.line_completion import similarity  # noqa: E402
 from codelm.evaluate.passk import find_problems, score_completions  # noqa: E402
 from codelm.generate import generate_batch, load_run  # noqa: E402
 from codelm.generate.best import choose  # noqa: E402
+from codelm.generate.config import SamplingConfig  # noqa: E402
 from codelm.generate.rerank import RANKS  # noqa: E402
-from codelm.generate.sampling import SamplingConfig  # noqa: E402
 
 
 def candidates(model, tok, prompts: list[str], cfg: SamplingConfig, n: int, batch: int = 4) -> list[list]:

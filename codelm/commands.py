@@ -27,7 +27,7 @@ CONFIGS = {
     "pairs": "codelm.data.pairs:PairConfig",
     "train": "codelm.train.config:TrainConfig",
     "eval": "codelm.evaluate.report:EvalConfig",
-    "sampling": "codelm.generate.sampling:SamplingConfig",
+    "sampling": "codelm.generate.config:SamplingConfig",
     "stops": "codelm.generate.stopping:StopConfig",
     "serve": "codelm.serve.api:ServeConfig",
     "testgen": "codelm.testgen.writer:TestgenConfig",

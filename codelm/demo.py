@@ -26,7 +26,7 @@ from codelm.data.dataset import iter_texts
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_json
 from codelm.generate import best_of, load_run, parses
-from codelm.generate.sampling import SamplingConfig
+from codelm.generate.config import SamplingConfig
 from codelm.hardware import bf16_native
 from codelm.tokenizer import train_tokenizer
 from codelm.train.checkpoint import latest_valid, list_checkpoints

@@ -21,7 +21,7 @@ from codelm.data.pairs import PairConfig
 from codelm.demo import DemoConfig
 from codelm.errors import CodelmError
 from codelm.evaluate.report import EvalConfig
-from codelm.generate.sampling import SamplingConfig
+from codelm.generate.config import SamplingConfig
 from codelm.generate.stopping import StopConfig
 from codelm.model.config import ModelConfig
 from codelm.serve.api import ServeConfig

@@ -15,7 +15,7 @@ from codelm.data.build import build_dataset
 from codelm.data.dataset import iter_texts
 from codelm.demo import PROMPTS, DemoConfig, run_demo
 from codelm.generate import best_of, complete, load_run
-from codelm.generate.sampling import SamplingConfig
+from codelm.generate.config import SamplingConfig
 from codelm.tokenizer import train_tokenizer
 from codelm.train.config import TrainConfig
 from codelm.train.loop import train

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from codelm.errors import CodelmError
+from codelm.generate.config import SamplingConfig
 from codelm.generate.generator import complete, generate_ids
-from codelm.generate.sampling import SamplingConfig, filter_logits
+from codelm.generate.sampling import filter_logits
 from codelm.generate.stopping import BlockEnd
 from codelm.model import native
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from codelm import cli
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_json
+from codelm.generate.config import SamplingConfig
 from codelm.generate.engine import Engine, Row, Sampler
-from codelm.generate.sampling import SamplingConfig
 from codelm.interop.hf import export_hf, import_hf
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import load_model, read_config, save_weights

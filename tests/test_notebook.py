@@ -4,6 +4,8 @@ InteractiveShell with a tiny model trained here to answer two requests."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -468,6 +470,28 @@ def test_a_completions_server_answers_through_the_same_checks(owned_by, capsys):
     else:  # any other server: the context as code, the request as comments, as base models read it
         assert "instruction" not in body and "dry_multiplier" not in body
         assert body["prompt"].endswith(f"# {REQUEST}\n\n") and "# sales: DataFrame" in body["prompt"]
+
+
+def test_a_kernel_that_uses_a_server_never_loads_torch():
+    """With `--server` the magic is a thin client: IPython in a fresh interpreter writes the
+    cell through the server, and torch was never imported there."""
+    server = _Server("codelm", [_choice(ANSWER, [-0.4])])
+    script = (
+        "import sys\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "sh = InteractiveShell.instance()\n"
+        "sh.run_cell('%load_ext codelm.notebook')\n"
+        f"sh.run_cell({SETUP!r})\n"
+        f"sh.run_cell('%codelm_model --server {server.url}/v1')\n"
+        f"sh.run_cell({'%%codelm --n 1' + chr(10) + REQUEST!r})\n"
+        "print(repr(sh.rl_next_input), 'torch' in sys.modules)\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == f"{ANSWER!r} False"
 
 
 def test_an_unreachable_server_is_one_line(capsys):

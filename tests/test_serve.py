@@ -20,11 +20,11 @@ import torch
 
 from codelm.cli import main
 from codelm.fsutil import atomic_write_json
+from codelm.generate.config import SamplingConfig
 from codelm.generate.engine import Engine, Row, Sampler
 from codelm.generate.generator import complete, generate_ids, load_run
 from codelm.generate.healing import heal
 from codelm.generate.prompts import Prompt, encode_prompt, prompt_room
-from codelm.generate.sampling import SamplingConfig
 from codelm.generate.scheduler import Event, Job, Scheduler
 from codelm.generate.stopping import StopConfig, StopStrings
 from codelm.generate.text import TextState

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from codelm.evaluate.ngram import NGramModel
+from codelm.generate.config import SamplingConfig
 from codelm.generate.generator import generate_ids
-from codelm.generate.sampling import SamplingConfig
 from codelm.model import Transformer
 from codelm.tokenizer import CodeTokenizer
 

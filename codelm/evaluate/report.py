@@ -37,8 +37,8 @@ from codelm.evaluate.ngram import NGramModel
 from codelm.evaluate.passk import DEFAULT_KS, find_problems, load_problems, score_completions
 from codelm.evaluate.sandbox import SandboxConfig, resolve
 from codelm.fsutil import atomic_write_json, atomic_write_text
+from codelm.generate.config import SamplingConfig
 from codelm.generate.generator import generate_batch, load_run
-from codelm.generate.sampling import SamplingConfig
 from codelm.model.io import read_config
 from codelm.train.batches import open_tokens
 

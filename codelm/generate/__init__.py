@@ -26,7 +26,7 @@ _WHERE = {
     "generate_ids": "generator",
     "load_run": "generator",
     "Prompt": "prompts",
-    "SamplingConfig": "sampling",
+    "SamplingConfig": "config",
     "StopConfig": "stopping",
     "TraceStep": "trace",
     "format_trace": "trace",

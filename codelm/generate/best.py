@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from codelm.generate.config import SamplingConfig
 from codelm.generate.generator import Completion, generate_batch
 from codelm.generate.prompts import Prompt
 from codelm.generate.rerank import DEFAULT_RANK, scores_of
-from codelm.generate.sampling import SamplingConfig
 from codelm.generate.stopping import DEFAULT_STOPS, StopConfig
 from codelm.generate.whole import syntax_error
 from codelm.model import Transformer

@@ -12,10 +12,10 @@ from typing import TextIO
 
 from codelm.errors import CodelmError
 from codelm.generate.best import best_of
+from codelm.generate.config import SamplingConfig
 from codelm.generate.generator import Completion, generate, generate_batch
 from codelm.generate.prompts import Prompt
 from codelm.generate.rerank import DEFAULT_RANK
-from codelm.generate.sampling import SamplingConfig
 from codelm.generate.stopping import StopConfig
 from codelm.generate.trace import format_trace
 from codelm.model import Transformer

@@ -38,8 +38,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from codelm.generate.config import SamplingConfig
 from codelm.generate.prefix import Entry, PrefixCache
-from codelm.generate.sampling import SamplingConfig, apply_dry, penalize, sample
+from codelm.generate.sampling import apply_dry, penalize, sample
 from codelm.generate.speculate import Lookup, verify
 from codelm.generate.text import TextState
 from codelm.generate.trace import TraceStep, logit_lens, top_candidates

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codelm.errors import CodelmError
+from codelm.generate.config import SamplingConfig
 from codelm.generate.engine import Engine, Row, Sampler
 from codelm.generate.prefix import PrefixCache
 from codelm.generate.prompts import Planned, Prompt, as_prompt, plan
-from codelm.generate.sampling import SamplingConfig
 from codelm.generate.speculate import DRAFT
 from codelm.generate.stopping import DEFAULT_STOPS, StopConfig, build_rules
 from codelm.generate.text import TextState

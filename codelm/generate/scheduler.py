@@ -39,10 +39,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from codelm.generate.config import SamplingConfig
 from codelm.generate.engine import Engine, Row, Sampler
 from codelm.generate.healing import Healing
 from codelm.generate.prefix import PrefixCache
-from codelm.generate.sampling import SamplingConfig
 from codelm.generate.speculate import DRAFT
 from codelm.generate.stopping import StopRule
 from codelm.generate.text import TextState

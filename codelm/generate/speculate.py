@@ -27,7 +27,8 @@ from collections.abc import Sequence
 
 import torch
 
-from codelm.generate.sampling import SamplingConfig, apply_dry, filter_logits, penalize
+from codelm.generate.config import SamplingConfig
+from codelm.generate.sampling import apply_dry, filter_logits, penalize
 
 # The most tokens drafted per row and step; each row adapts below it (`Lookup.feedback`).
 # A verify pass of T tokens through the fused step costs about one step at T = 2-3 and

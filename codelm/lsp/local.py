@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 
 from codelm.errors import CodelmError
+from codelm.generate.config import SamplingConfig
 from codelm.generate.prompts import Prompt, plan
-from codelm.generate.sampling import SamplingConfig
 from codelm.generate.scheduler import Event, Job, QueueFull, Scheduler
 from codelm.generate.stopping import StopConfig, build_rules
 from codelm.lsp.backend import Answer, Ask

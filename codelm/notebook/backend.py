@@ -1,17 +1,16 @@
-"""Where the magic's candidates come from: a run in the kernel, or an OpenAI-style server.
+"""Where the magic's candidates come from, and what a candidate is.
 
-Both take the context block and the request and return n candidate
-cells with their mean token log-probability, which ranks the survivors of the checks.
-- `LocalModel`: a run directory, loaded once (int8 on CPU), decoded by the one engine in
-  one batch, in instruction mode (`<|instruction|> ... <|code|>`), the first sample greedy.
-  A cell has no enclosing block, so the block-end rule is off: the model's end-of-text,
-  a line limit and the repetition rule end it.
+Both sources take the context block and the request and return n candidate cells with
+their mean token log-probability, which ranks the survivors of the checks.
 - `RemoteModel`: `/v1/completions` of `codelm serve`, llama.cpp's server or vLLM. `codelm
   serve` (its `/v1/models` says `owned_by: codelm`) takes the instruction as such, and
   the repetition penalty and DRY that a local run decodes with; any other server gets
   the request as base code models read it (the context, then the request as `#`
   comments) and keeps its own sampling defaults. A remote model's tokens are counted
   as characters / 2.5, on the safe side.
+- A run in the kernel is notebook/local.py's `LocalModel`.
+
+Nothing here imports torch: with `%codelm_model --server URL` the kernel never loads it.
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ from dataclasses import dataclass
 import httpx
 
 from codelm.errors import CodelmError
-from codelm.generate import Prompt, SamplingConfig, generate_batch, load_run
-from codelm.generate.stopping import StopConfig
+from codelm.generate.config import SamplingConfig
 from codelm.notebook.context import instruction
 from codelm.tokenizer.roles import comment_block
 
@@ -37,34 +35,9 @@ class Candidate:
     stop_reason: str
 
 
-def _cell(text: str) -> str:
+def cell_of(text: str) -> str:
+    """A candidate's text as a cell: blank lines around it dropped, one final newline."""
     return text.strip("\n") + "\n" if text.strip() else ""
-
-
-class LocalModel:
-    def __init__(self, run: str, weights: str = "auto"):
-        self.name = run
-        self.model, self.tok = load_run(run, weights=weights)
-        self.context_tokens = self.model.cfg.block_size
-
-    def count(self, text: str) -> int:
-        return len(self.tok.encode(text))
-
-    def sample(
-        self,
-        context: str,
-        request: str,
-        n: int,
-        cfg: SamplingConfig,
-        max_lines: int,
-        greedy_first: bool = True,
-    ) -> list[Candidate]:
-        """n candidate cells; the first greedy unless `greedy_first` is off (a benchmark's
-        pass@k wants samples drawn alike)."""
-        stops = StopConfig(block_end=False, max_lines=max_lines)
-        prompt = Prompt("", instruction=instruction(context, request))
-        batch = generate_batch(self.model, self.tok, [prompt], cfg, stops, n=n, greedy_first=greedy_first)[0]
-        return [Candidate(_cell(c.text), c.mean_logprob, c.stop_reason) for c in batch]
 
 
 class RemoteModel:
@@ -108,5 +81,5 @@ class RemoteModel:
             lps = [x for x in ((c.get("logprobs") or {}).get("token_logprobs") or []) if x is not None]
             mean = sum(lps) / len(lps) if lps else float("nan")
             text = "\n".join(c.get("text", "").splitlines()[:max_lines])
-            out.append(Candidate(_cell(text), mean, c.get("finish_reason") or ""))
+            out.append(Candidate(cell_of(text), mean, c.get("finish_reason") or ""))
         return out

@@ -33,8 +33,8 @@ from codelm.fsutil import atomic_write_json
 from codelm.generate import SamplingConfig
 from codelm.notebook import context as context_module
 from codelm.notebook.assist import NotebookConfig, judge, prompt_parts
-from codelm.notebook.backend import LocalModel
 from codelm.notebook.context import Context, Frame
+from codelm.notebook.local import LocalModel
 from codelm.notebook.problems import NotebookProblem, load_notebook_problems, program
 
 SANDBOX = SandboxConfig(timeout_s=30, output_bytes=262_144)  # pandas and matplotlib take ~1 s to import

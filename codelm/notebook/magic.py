@@ -27,7 +27,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from codelm.errors import CodelmError
 from codelm.notebook.assist import NotebookConfig, Suggestion, repair_request, show_prompt, suggest
-from codelm.notebook.backend import LocalModel, RemoteModel
+from codelm.notebook.backend import RemoteModel
 from codelm.notebook.context import Context, describe
 
 DEFAULTS = NotebookConfig()
@@ -69,6 +69,13 @@ def _commented(code: str) -> str:
     return "\n".join(f"# {line}".rstrip() for line in code.rstrip("\n").splitlines())
 
 
+def _local(run: str, weights: str = "auto"):
+    """A run loaded in the kernel; torch is imported here, never for a server."""
+    from codelm.notebook.local import LocalModel
+
+    return LocalModel(run, weights)
+
+
 @magics_class
 class CodelmMagics(Magics):
     backend = None
@@ -86,7 +93,7 @@ class CodelmMagics(Magics):
             if a.server:
                 self.backend = RemoteModel(a.server, a.model, a.api_key)
             else:
-                self.backend = LocalModel(a.run, a.weights)
+                self.backend = _local(a.run, a.weights)
             _say(f"using {self.backend.name}")
         except (CodelmError, OSError, ValueError) as e:
             _say(str(e))
@@ -113,7 +120,7 @@ class CodelmMagics(Magics):
             run = os.environ.get("CODELM_RUN")
             if not run:
                 raise CodelmError("no model: %codelm_model RUN, or set CODELM_RUN")
-            self.backend = LocalModel(run)
+            self.backend = _local(run)
         return self.backend
 
     def _context(self, cfg: NotebookConfig) -> Context:

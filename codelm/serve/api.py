@@ -39,9 +39,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from codelm.errors import CodelmError
+from codelm.generate.config import SamplingConfig
 from codelm.generate.healing import Healing
 from codelm.generate.prompts import Prompt, plan, prompt_room
-from codelm.generate.sampling import SamplingConfig
 from codelm.generate.scheduler import Event, Job, QueueFull, Scheduler
 from codelm.generate.speculate import DRAFT
 from codelm.generate.stopping import StopConfig, build_rules
