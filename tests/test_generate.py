@@ -585,6 +585,7 @@ def test_cli_bad_input(run_dir, capsys):
         ["x", "--max-new-tokens", "0"],
         ["x", "--suffix", "y", "--instruction", "z"],
         ["x", "--n", "2", "--stream"],
+        ["x", "--best"],  # one sample: nothing to pick from
         ["x", "--trace-layers"],
     ):
         assert main(["generate", run_dir, *args]) == 2, args

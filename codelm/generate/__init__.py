@@ -41,24 +41,4 @@ def __getattr__(name: str):
     return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
 
 
-__all__ = [
-    "BestOfReport",
-    "Completion",
-    "Engine",
-    "Prompt",
-    "Row",
-    "Sampler",
-    "SamplingConfig",
-    "StopConfig",
-    "Stream",
-    "TraceStep",
-    "best_of",
-    "complete",
-    "format_trace",
-    "generate",
-    "generate_batch",
-    "generate_ids",
-    "load_run",
-    "parses",
-    "syntax_error",
-]
+__all__ = sorted(_WHERE)

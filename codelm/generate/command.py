@@ -46,6 +46,8 @@ def run_generate(
     out, err = out or sys.stdout, err or sys.stderr
     if n < 1:
         raise CodelmError(f"--n must be at least 1, got {n}")
+    if best and n < 2:
+        raise CodelmError("--best picks one of several samples: add --n 2 or more (--n 8, say)")
     if stream and n > 1 and not best:
         raise CodelmError("--stream shows one sample: drop --n, or add --best")
     if n > 1 and best:
