@@ -191,7 +191,7 @@ def train_variant(work: Path, name: str, v: Variant, minutes: float, seed: int, 
         return run
     # Every evaluation's checkpoint is kept, so --also-at can score the model part way.
     cfg = replace(v.train, max_minutes=minutes, epochs=0, seed=seed, keep_checkpoints=10**6)
-    train(data, run, cfg, tokenizer=tok_path, console=console, model_overrides=dict(v.model))
+    train(data, run, cfg, tokenizer=tok_path, console=console, model_overrides=dict(v.model), force=True)
     return run
 
 

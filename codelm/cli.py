@@ -166,7 +166,9 @@ def _train_parser(sub) -> None:
     _switch(tr, "train", "--compile", "compile", True, "torch.compile the model")
     _switch(tr, "train", "--shard", "shard", True, "under torchrun: FSDP2, each process holds 1/N of it")
     _opt(tr, "train", "--dtype", choices=["auto", "bf16", "fp32"], help="auto: bf16 where the device has it")
-    tr.add_argument("--resume", action="store_true", help="continue RUN from its newest checkpoint")
+    again = tr.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue RUN from its newest checkpoint")
+    again.add_argument("--force", action="store_true", help="start RUN over, deleting its model")
     tr.add_argument("--init-from", default=None, help="fine-tune from another RUN's weights")
     lora_help = "train rank-R LoRA adapters (AdamW) over --init-from's frozen weights; 0: every weight"
     _opt(tr, "train", "--lora", "lora_rank", type=int, metavar="R", help=lora_help)

@@ -97,6 +97,11 @@ def cmd_tokenizer_train(a: argparse.Namespace) -> None:
         raise CodelmError(f"corpus not found: {data}")
     out = Path(a.out)
     path = out if out.suffix == ".json" else out / "tokenizer.json"
+    if path.is_file() and (path.parent / "config.json").is_file():
+        raise CodelmError(
+            f"{path} is the tokenizer of the model in {path.parent}: replacing it would break "
+            "that model; choose another --out"
+        )
     check_can_create(path.parent)  # before the training, not after it
     # DATA from `codelm data build` (its train split), else plain text files.
     is_data = is_data_dir(data)
@@ -122,7 +127,9 @@ def cmd_train(a: argparse.Namespace) -> None:
         cfg = make_config(a, "train")
         if not a.resume and a.data is None:
             raise CodelmError("give --data DATA (or --resume an existing run)")
-        trace = train(a.data, a.out, cfg, tokenizer=a.tokenizer, resume=a.resume, init_from=a.init_from)
+        trace = train(
+            a.data, a.out, cfg, tokenizer=a.tokenizer, resume=a.resume, init_from=a.init_from, force=a.force
+        )
     except CodelmError as e:
         if under_torchrun():  # a worker leaves with its error as with its result (see leave)
             print(f"codelm: error: {e}", file=sys.stderr)

@@ -102,7 +102,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: Console | None = None) -> dict
     try:
         trace = train(
             data, run, demo_train_config(cfg), tokenizer=tok_dir / "tokenizer.json", console=err,
-            resume=going_on is not None,
+            resume=going_on is not None, force=True,  # a finished demo starts over
         )  # fmt: skip
     except KeyboardInterrupt:
         last = list_checkpoints(run / "checkpoints")

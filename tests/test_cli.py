@@ -431,3 +431,18 @@ def test_weights_saved_below_a_file_are_a_one_line_error(tmp_path):
     model = Transformer(ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32))
     with pytest.raises(CodelmError, match="blocker is a file"):
         save_weights(model, tmp_path / "blocker" / "sub" / "model.safetensors")
+
+
+@pytest.mark.parametrize("out", ["{run}", "{run}/tokenizer.json"])
+def test_a_tokenizer_is_never_trained_over_a_models_own(tmp_path, capsys, corpus_dir, tokenizer, out):
+    """`--out RUN` (a folder means its tokenizer.json) would replace the tokenizer that a run's
+    weights were trained with: refused, one line, before any training, the file untouched."""
+    run = _tiny_run(tmp_path / "run", tokenizer)
+    before = (run / "tokenizer.json").read_bytes()
+    assert cli.main(["tokenizer", "train", str(corpus_dir), "--out", out.format(run=run)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"codelm: error: {run / 'tokenizer.json'} is the tokenizer of the model in {run}: replacing it "
+        "would break that model; choose another --out\n"
+    )
+    assert (run / "tokenizer.json").read_bytes() == before

@@ -805,6 +805,33 @@ def test_a_resumed_lora_run_equals_an_uninterrupted_one(tmp_path, corpus_dir, to
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_new_run_never_deletes_an_earlier_one_unless_forced(tmp_path, corpus_dir, tokenizer, capsys):
+    """A fresh `codelm train --out RUN` over a trained run (or an interrupted one's checkpoints)
+    is refused before any work, naming what it would delete; --force starts over."""
+    from codelm.cli import main
+    from codelm.fsutil import file_sha256
+    from codelm.train.loop import train
+
+    data, tok = _data(tmp_path, corpus_dir, tokenizer)
+    run, cfg = tmp_path / "run", TrainConfig(**{**LOOP, "max_steps": 4, "evals": 1})
+    train(data, run, cfg, tokenizer=tok, model_overrides=TINY_MODEL)
+    before = file_sha256(run / "model.safetensors")
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--out", str(run), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"codelm: error: {run} already holds a run (model.safetensors, 1 checkpoint, the newest "
+        "step-00000004): --resume goes on from its newest checkpoint, --force starts over and "
+        "deletes it, or choose another --out"
+    )
+    assert file_sha256(run / "model.safetensors") == before and (run / "checkpoints/step-00000004").is_dir()
+    (run / "model.safetensors").unlink()  # as a run stopped before its end leaves it
+    with pytest.raises(CodelmError, match=r"\(1 checkpoint, the newest step-00000004\): --resume goes on"):
+        train(data, run, cfg, tokenizer=tok, model_overrides=TINY_MODEL)
+    train(data, run, replace(cfg, max_steps=2), tokenizer=tok, model_overrides=TINY_MODEL, force=True)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]  # started over
+
+
 def test_lora_mistakes_are_one_line_errors(tmp_path, corpus_dir, tokenizer, capsys):
     from codelm.cli import main
     from codelm.train.loop import train

@@ -34,7 +34,7 @@ from codelm.train.checkpoint import latest_valid, list_checkpoints, load_checkpo
 from codelm.train.config import TrainConfig
 from codelm.train.lora import freeze_base
 from codelm.train.muon import MuonAdamW
-from codelm.train.prepare import Prepared, prepare
+from codelm.train.prepare import Prepared, check_new_run, prepare
 from codelm.train.step import evaluate, train_step
 from codelm.train.trace import Trace, TraceRow
 
@@ -314,14 +314,19 @@ def train(
     model_overrides: dict | None = None,
     resume: bool = False,
     init_from: str | Path | None = None,
+    force: bool = False,
 ) -> Trace:
     """Train a model on DATA/ into RUN/ and return its trace.
 
     `resume` continues RUN from its newest whole checkpoint with RUN's saved
-    config; `init_from` starts from another run's weights and tokenizer (fine-
-    tuning); `model_overrides` change fields of the preset (tests use 2 layers).
+    config; otherwise a RUN that holds a model or checkpoints is refused unless
+    `force` (they would be deleted). `init_from` starts from another run's weights
+    and tokenizer (fine-tuning); `model_overrides` change fields of the preset
+    (tests use 2 layers).
     A script that calls it under torchrun ends with `distributed.leave(0)`, as the CLI does.
     """
+    if not resume and not force:
+        check_new_run(Path(run_dir), init_from)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults for each step's re-allocations (memory.py)

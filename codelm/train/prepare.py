@@ -30,6 +30,7 @@ from codelm.model.lora import ADAPTERS
 from codelm.tokenizer import FIM_PREFIX, CodeTokenizer, train_tokenizer
 from codelm.train import distributed
 from codelm.train.batches import PackedWindows, open_tokens, tokenize_split
+from codelm.train.checkpoint import list_checkpoints
 from codelm.train.config import TrainConfig
 from codelm.train.lora import check_fits, config_entry
 
@@ -45,6 +46,26 @@ class Prepared:
     val: PackedWindows
     device: torch.device
     init_weights: dict[str, torch.Tensor] | None = None
+
+
+def check_new_run(run_dir: Path, init_from: str | Path | None = None) -> None:
+    """Refuse to start a new run where an earlier one left a model, adapters or checkpoints:
+    the new run would delete them (`force` in `train` says to)."""
+    if init_from is not None and Path(init_from).resolve() == run_dir.resolve():
+        raise CodelmError(
+            f"--init-from and --out are the same run ({run_dir}): give a new --out "
+            "(--force fine-tunes it in place, replacing its model)"
+        )
+    found = [name for name in (WEIGHTS, ADAPTERS) if (run_dir / name).is_file()]
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    if ckpts:
+        found.append(f"{len(ckpts)} checkpoint{'s' if len(ckpts) > 1 else ''}, the newest {ckpts[-1].name}")
+    if found:
+        go_on = "--resume goes on from its newest checkpoint, " if ckpts else ""
+        raise CodelmError(
+            f"{run_dir} already holds a run ({', '.join(found)}): {go_on}"
+            "--force starts over and deletes it, or choose another --out"
+        )
 
 
 def _fresh(data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dist):
