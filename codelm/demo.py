@@ -97,7 +97,8 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out: Console | None = None) -> dict
     summary: dict = {"prepare_s": time.monotonic() - t0}
 
     again = f", going on from {going_on.name}" if going_on else ""
-    err.print(f"[bold]3/4 training[/bold]: preset {cfg.preset}, {cfg.max_minutes:g} minutes -> {run}{again}")
+    minutes = f"{cfg.max_minutes:g} minute{'' if cfg.max_minutes == 1 else 's'}"
+    err.print(f"[bold]3/4 training[/bold]: preset {cfg.preset}, {minutes} -> {run}{again}")
     t1 = time.monotonic()
     try:
         trace = train(

@@ -1,9 +1,10 @@
-"""`codelm serve`: the completions API through OpenAI's own client, errors, limits, the API
-key, cancellation, and the batched decoder underneath. Tiny random models, a real uvicorn
+"""`codelm serve`: the completions and chat APIs through OpenAI's own client, errors, limits,
+the API key, cancellation, and the batched decoder underneath. Tiny random models, a real uvicorn
 on 127.0.0.1 in a thread."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -12,6 +13,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -31,6 +33,7 @@ from codelm.generate.text import TextState
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import save_weights
 from codelm.serve import BackgroundServer, ServeConfig, create_app
+from codelm.serve.chat import FENCE, ChatOutput, closing, parse_chat
 from tests.conftest import TINY_MODEL, corpus_texts
 
 BLOCK = 256
@@ -277,6 +280,126 @@ def test_instruction_mode_and_stop_rules_match_the_generator(server, run_dir, to
         assert ref.healed == "\n"  # healed on both sides; usage counts the prompt as sent
         room = prompt_room(BLOCK, 40)
         assert r.json()["usage"]["prompt_tokens"] == len(encode_prompt(tok, Prompt(prompt_text), room).ids)
+
+
+USER = [{"role": "user", "content": "x"}]
+CHAT = [
+    {"role": "system", "content": "Write Python."},
+    {"role": "user", "content": "Parse a date."},
+    {"role": "assistant", "content": "```python\nparse(text)\n```"},
+    {"role": "user", "content": [{"type": "text", "text": "Add two "}, {"type": "text", "text": "numbers."}]},
+]
+# The conversation as the instruction the model reads: system, the turns (the assistant's code
+# without its fence), the last request, joined by blank lines.
+CHAT_INSTRUCTION = "Write Python.\n\nParse a date.\n\nparse(text)\n\nAdd two numbers."
+
+
+def test_chat_is_the_instruction_mode_answered_in_a_fence(server, run_dir, tokenizer):
+    """OpenAI's own client, whole and streamed: the reply is what the generator writes for
+    the conversation laid out as one instruction (with codelm's loop guards, trimmed to code
+    that parses), inside a ```python fence."""
+    url, _ = server
+    api = client(url)
+    ask = dict(model="tiny", messages=CHAT, max_tokens=16, temperature=0)
+    out = api.chat.completions.create(**ask)
+    prompt = Prompt("", instruction=CHAT_INSTRUCTION)
+    model, tok = load_run(str(run_dir))
+    stops = StopConfig(block_end=False, max_repeats=3, trim=True)
+    ref = complete(model, tok, prompt, SamplingConfig(temperature=0, max_new_tokens=16), stops)
+    [choice] = out.choices
+    assert out.object == "chat.completion" and choice.message.role == "assistant"
+    assert choice.message.content == FENCE + ref.text + closing(ref.text)
+    assert choice.finish_reason == ("length" if ref.stop_reason in ("length", "context_full") else "stop")
+    assert (choice.model_extra["stop_rule"], choice.model_extra["syntax"]) == (ref.stop_reason, ref.syntax)
+    assert out.usage.prompt_tokens == len(encode_prompt(tokenizer, prompt, prompt_room(BLOCK, 16)).ids)
+    chunks = list(api.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert deltas[0].role == "assistant"
+    assert "".join(d.content or "" for d in deltas) == choice.message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
+    assert chunks[0].object == "chat.completion.chunk"
+    assert chunks[-1].usage.total_tokens == out.usage.total_tokens  # its prompt now comes from the cache
+    many = api.chat.completions.create(model="tiny", messages=CHAT[-1:], max_tokens=8, n=3, seed=1)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    assert all(c.message.content.startswith(FENCE) for c in many.choices)
+
+
+class _Events:
+    """A reader (api.py's _Reader) that hands out a fixed list of scheduler events."""
+
+    def __init__(self, events: list[Event]):
+        self.events = events
+
+    async def next(self) -> Event | None:
+        return self.events.pop(0) if self.events else None
+
+
+def test_chat_output_fences_the_code_whole_and_streamed():
+    """The chat format from scheduler events: the assistant's message is the code in a
+    ```python fence closed on a line of its own; the stream gives the role and the opening
+    fence first, the text as it comes, and the closing fence with the finish reason."""
+    req = parse_chat({"messages": USER, "n": 2})
+    svc = SimpleNamespace(tok=None, name="tiny")
+    jobs = [Job([1], 8, SamplingConfig(), None, i, []) for i in range(2)]
+
+    def events() -> list[Event]:
+        return [
+            Event("start", 0, prompt_tokens=3), Event("start", 1, prompt_tokens=3),
+            Event("delta", 0, "x = "), Event("delta", 1, "y = 2\n"), Event("delta", 0, "1"),
+            Event("done", 0, stop_rule="end_of_text", completion_tokens=2, syntax="parses"),
+            Event("done", 1, stop_rule="length", completion_tokens=8, syntax="trimmed"),
+        ]  # fmt: skip
+
+    whole, evs = ChatOutput(svc, req, jobs, [None]), events()
+    asyncio.run(whole.collect(evs[0], _Events(evs[1:])))
+    body = whole.whole()
+    contents = [c["message"]["content"] for c in body["choices"]]
+    assert contents == ["```python\nx = 1\n```", "```python\ny = 2\n```"]
+    assert [c["finish_reason"] for c in body["choices"]] == ["stop", "length"]
+    assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] == 10
+
+    async def stream() -> list[dict]:
+        evs = events()
+        sent = [s async for s in ChatOutput(svc, req, jobs, [None]).stream(evs[0], _Events(evs[1:]))]
+        assert sent[-1] == "data: [DONE]\n\n"
+        return [json.loads(s.removeprefix("data: ")) for s in sent[:-1]]
+
+    chunks = asyncio.run(stream())
+    of = {i: [c["choices"][0] for c in chunks if c["choices"][0]["index"] == i] for i in (0, 1)}
+    assert [c["delta"] for c in of[0]] == [
+        {"role": "assistant", "content": "```python\n"}, {"content": "x = "}, {"content": "1"},
+        {"content": "\n```"},
+    ]  # fmt: skip
+    assert [c["finish_reason"] for c in of[1]] == [None, None, "length"]
+    assert ["".join(c["delta"]["content"] for c in of[i]) for i in (0, 1)] == contents
+    assert [FENCE + t + closing(t) for t in ("", "x = 1\n")] == ["```python\n```", "```python\nx = 1\n```"]
+
+
+CHAT_BAD = [
+    ({"messages": []}, 422, "messages"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, 422, "messages"),
+    ({"messages": USER, "temperature": "hot"}, 422, "temperature"),
+    ({"messages": USER, "frobnicate": 1}, 422, "unknown field 'frobnicate'"),
+    ({"messages": [{"role": "assistant", "content": "x"}]}, 400, "the last message must be the user's"),
+    ({"messages": [{"role": "tool", "content": "1"}, *USER]}, 400, "tool messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "only text content"),
+    ({"messages": [{"role": "user", "content": "  "}]}, 400, "the messages hold no text"),
+    ({"messages": USER, "logprobs": True}, 400, "logprobs are not supported"),
+    ({"messages": USER, "tools": [{"type": "function"}]}, 400, "tools are not"),
+    ({"messages": USER, "presence_penalty": 1.0}, 400, "presence_penalty"),
+    ({"messages": USER, "response_format": {"type": "json_object"}}, 400, "text response_format"),
+]
+
+
+def test_chat_requests_it_cannot_answer_get_a_one_line_4xx(server):
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for body, status, words in CHAT_BAD:
+            r = c.post("/v1/chat/completions", json=body)
+            message = r.json()["error"]["message"]
+            assert (r.status_code, words in message, "\n" in message) == (status, True, False), message
+        neutral = {"messages": USER, "max_tokens": 2, "store": False, "tool_choice": "none"}
+        assert c.post("/v1/chat/completions", json=neutral).status_code == 200
 
 
 def test_concurrent_requests_share_batches_and_match_single_ones(server, monkeypatch):

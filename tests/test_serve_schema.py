@@ -1,4 +1,4 @@
-"""The completions API fuzzed. Schemathesis generates requests from the server's own OpenAPI
+"""The completions and chat APIs fuzzed. Schemathesis generates requests from the server's own OpenAPI
 document (`app.openapi()`, what FastAPI would serve as /openapi.json) and sends them to the
 app in-process over ASGI, valid and invalid alike; Hypothesis feeds arbitrary JSON to the
 request path alone (read_json, parse_request, Service.plan), no HTTP. The properties: no

@@ -3,6 +3,8 @@
 Routes:
 - `POST /v1/completions`: OpenAI's completions format (see schemas.py), plain
   or streamed as server-sent events (`data: {...}` ... `data: [DONE]`);
+- `POST /v1/chat/completions`: OpenAI's chat format, the conversation as one
+  instruction (see chat.py), plain or streamed;
 - `GET /v1/models`: the one model;
 - `GET /health`: whether the model is loaded and serving, and the queue depth;
 - `GET /`: the playground page, served from codelm/serve/static (no CDN).
@@ -27,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,17 +48,16 @@ from codelm.generate.speculate import DRAFT
 from codelm.generate.stopping import StopConfig, build_rules
 from codelm.memory import heap_bytes
 from codelm.model import Transformer
+from codelm.serve.chat import ChatOutput, chat_schema, parse_chat
 from codelm.serve.guard import Guard, is_loopback
+from codelm.serve.output import ClientGone, Output, cancel
 from codelm.serve.schemas import (
     BadRequest,
-    Choice,
     CompletionRequest,
     Echo,
-    LogprobBuilder,
     error_body,
     parse_request,
     request_schema,
-    usage,
 )
 from codelm.tokenizer import CodeTokenizer
 
@@ -91,10 +91,6 @@ class ServeConfig:
             raise CodelmError(f"port must be in [0, 65535], got {self.port}")
 
 
-class ClientGone(Exception):
-    pass
-
-
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
@@ -124,6 +120,7 @@ class Service:
         )
         self.block = model.cfg.block_size
         self.created = int(time.time())
+        self.body_limit = 8 * cfg.max_prompt_chars + 65536  # bytes of a request body
 
     def plan(self, req: CompletionRequest, sink: Any) -> tuple[list[Job], list[Echo | None]]:
         """The jobs of a request (prompt-major, n per prompt) and each prompt's echo."""
@@ -201,8 +198,15 @@ class Service:
         return ids, p, Echo(p if dropped == 0 else self.tok.decode(ids[bos:]), bos), None
 
     async def completions(self, request: Request) -> Response:
-        limit = 8 * self.cfg.max_prompt_chars + 65536
-        req = parse_request(await read_json(request, limit))
+        req = parse_request(await read_json(request, self.body_limit))
+        return await self.answer(req, request, Output)
+
+    async def chat_completions(self, request: Request) -> Response:
+        req = parse_chat(await read_json(request, self.body_limit))
+        return await self.answer(req, request, ChatOutput)
+
+    async def answer(self, req: CompletionRequest, request: Request, output: type[Output]) -> Response:
+        """Run a request's jobs; answer whole or streamed, in `output`'s format."""
         if not self.sched.alive:
             return _unavailable("the model is not serving (see the server log)", 5)
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
@@ -216,14 +220,14 @@ class Service:
         try:
             first = await reader.next()
         except ClientGone:
-            _cancel(jobs)
+            cancel(jobs)
             return Response(status_code=499)
         if first is None or first.kind == "error" or (first.kind == "done" and first.stop_rule == "timeout"):
-            _cancel(jobs)  # nothing has started: answer with a status, not a stream
+            cancel(jobs)  # nothing has started: answer with a status, not a stream
             if first is not None and first.kind == "done":
                 return _unavailable("timed out waiting for a free slot", self.sched.retry_after())
             return JSONResponse(error_body(first.error if first else "no answer", "server_error"), 500)
-        out = _Output(self, req, jobs, echoes)
+        out = output(self, req, jobs, echoes)
         if req.stream:
             reader.request = None  # starlette cancels the stream's body when the client goes
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -291,62 +295,6 @@ class _Reader:
         return None
 
 
-class _Output:
-    """Builds a request's answer, whole or as server-sent events."""
-
-    def __init__(self, svc: Service, req: CompletionRequest, jobs: list[Job], echoes: list[Echo | None]):
-        self.jobs, self.echoes, self.n = jobs, echoes, req.n or 1
-        self.want_usage = bool(req.stream_options and req.stream_options.include_usage)
-        lp = req.logprobs is not None
-        self.choices = [Choice(j.index, LogprobBuilder(svc.tok) if lp else None) for j in jobs]
-        self.head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion"}
-        self.head.update(created=int(time.time()), model=svc.name)
-
-    async def collect(self, ev: Event | None, reader: _Reader) -> Response:
-        try:
-            while ev is not None:
-                if ev.kind == "error":
-                    return JSONResponse(error_body(ev.error, "server_error"), status_code=500)
-                self.choices[ev.index].add(ev, self.echoes[ev.index // self.n])
-                ev = await reader.next()
-        except ClientGone:
-            return Response(status_code=499)
-        finally:
-            _cancel(self.jobs)
-        body = {**self.head, "choices": [c.to_dict() for c in self.choices]}
-        return JSONResponse({**body, "usage": usage(self.choices, self.n)})
-
-    async def stream(self, ev: Event | None, reader: _Reader) -> AsyncIterator[str]:
-        try:
-            while ev is not None:
-                if ev.kind == "error":
-                    yield _sse(error_body(ev.error, "server_error"))
-                    break
-                c = self.choices[ev.index]
-                text, part = c.add(ev, self.echoes[ev.index // self.n])
-                if ev.kind != "start" or text or part:
-                    d = c.to_dict()
-                    d.update(text=text, logprobs=part)
-                    if ev.kind != "done":
-                        d["finish_reason"] = d["stop_rule"] = None
-                    yield _sse({**self.head, "choices": [d]})
-                ev = await reader.next()
-            if self.want_usage:
-                yield _sse({**self.head, "choices": [], "usage": usage(self.choices, self.n)})
-            yield "data: [DONE]\n\n"
-        finally:
-            _cancel(self.jobs)  # a disconnect lands here too: its rows stop at the next step
-
-
-def _sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
-
-
-def _cancel(jobs: list[Job]) -> None:
-    for j in jobs:
-        j.cancel()
-
-
 def _unavailable(message: str, retry_after: int) -> JSONResponse:
     body = error_body(message, "server_overloaded")
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(retry_after)})
@@ -375,9 +323,12 @@ def create_app(
     app.state.service = svc
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # app.openapi() documents the body too (the route reads it by hand): schema tests generate from it.
-    body = {"required": True, "content": {"application/json": {"schema": request_schema()}}}
-    extra = {"requestBody": body}
-    app.add_api_route("/v1/completions", svc.completions, methods=["POST"], openapi_extra=extra)
+    for path, route, schema in (
+        ("/v1/completions", svc.completions, request_schema()),
+        ("/v1/chat/completions", svc.chat_completions, chat_schema()),
+    ):
+        body = {"required": True, "content": {"application/json": {"schema": schema}}}
+        app.add_api_route(path, route, methods=["POST"], openapi_extra={"requestBody": body})
     app.add_api_route("/v1/models", svc.models, methods=["GET"])
     app.add_api_route("/health", svc.health, methods=["GET"])
     app.add_api_route("/", lambda: FileResponse(STATIC / "index.html", headers=PAGE_HEADERS), methods=["GET"])

@@ -52,24 +52,21 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
-class CompletionRequest(BaseModel):
+class Sampled(BaseModel):
+    """What both APIs take alike: the model's name, sampling, stops, streaming, codelm's
+    sampling extensions, and OpenAI's fields that only take neutral values here."""
+
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     model: str | None = None  # any name is accepted; responses carry this server's model id
-    prompt: str | list[str] | list[int] | list[list[int]] | None = None
-    suffix: str | None = None
-    max_tokens: int | None = Field(None, ge=0)  # default 16 (OpenAI's); capped by the server
     temperature: float | None = Field(None, ge=0, le=100)  # default 1
     top_p: float | None = Field(None, gt=0, le=1)  # default 1
     n: int | None = Field(None, ge=1, le=64)
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    logprobs: int | None = Field(None, ge=0, le=5)
-    echo: bool | None = None
     stop: str | list[str] | None = None
     # torch's generator takes 64 bits; choice i gets seed + i (n <= 64), so an int64 stays in range.
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
-    best_of: int | None = Field(None, ge=1)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
@@ -82,22 +79,51 @@ class CompletionRequest(BaseModel):
     dry_multiplier: float | None = Field(None, ge=0, le=100)  # DRY, as llama.cpp's server names it
     dry_base: float | None = Field(None, ge=1, le=10)
     dry_allowed_length: int | None = Field(None, ge=1, le=1000)
+
+    @field_validator("model", "prompt", "suffix", "stop", "user", "instruction", check_fields=False)
+    @classmethod
+    def _unicode(cls, v: Any) -> Any:
+        """JSON's \\u escapes can spell a lone surrogate, which has no UTF-8 form: it becomes
+        U+FFFD, as the tokenizer reads it, so an echo or a stop string cannot fail on it."""
+        return unicode(v)
+
+    def stops(self) -> tuple[str, ...]:
+        s = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(s) > 16 or any(not x or len(x) > 256 for x in s):
+            raise BadRequest("stop takes at most 16 non-empty strings of up to 256 characters", "stop")
+        return tuple(s)
+
+    def check_neutral(self) -> None:
+        """OpenAI's fields that this server accepts only at values that change nothing."""
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) not in (None, 0, 0.0):
+                raise BadRequest(f"{name} is not supported (only 0)", name)
+        if self.logit_bias:
+            raise BadRequest("logit_bias is not supported", "logit_bias")
+
+
+def unicode(v: Any) -> Any:
+    """A string, or the strings of a list, with lone surrogates read as U+FFFD."""
+    if isinstance(v, str):
+        return v if v.isascii() else replace_surrogates(v)
+    if isinstance(v, list):
+        return [x if not isinstance(x, str) or x.isascii() else replace_surrogates(x) for x in v]
+    return v
+
+
+class CompletionRequest(Sampled):
+    prompt: str | list[str] | list[int] | list[list[int]] | None = None
+    suffix: str | None = None
+    max_tokens: int | None = Field(None, ge=0)  # default 16 (OpenAI's); capped by the server
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool | None = None
+    best_of: int | None = Field(None, ge=1)
+    # codelm extensions
     instruction: str | None = None
     fim_order: Literal["psm", "spm"] | None = None  # with suffix; spm: typing appends (default psm)
     stop_at_block_end: bool | None = None
     stop_on_repetition: bool | None = None
     trim_to_parse: bool | None = None
-
-    @field_validator("model", "prompt", "suffix", "stop", "user", "instruction")
-    @classmethod
-    def _unicode(cls, v: Any) -> Any:
-        """JSON's \\u escapes can spell a lone surrogate, which has no UTF-8 form: it becomes
-        U+FFFD, as the tokenizer reads it, so an echo or a stop string cannot fail on it."""
-        if isinstance(v, str):
-            return v if v.isascii() else replace_surrogates(v)
-        if isinstance(v, list):
-            return [x if not isinstance(x, str) or x.isascii() else replace_surrogates(x) for x in v]
-        return v
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -109,21 +135,12 @@ class CompletionRequest(BaseModel):
             return [list(p)]  # one prompt given as token ids
         return list(p)
 
-    def stops(self) -> tuple[str, ...]:
-        s = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(s) > 16 or any(not x or len(x) > 256 for x in s):
-            raise BadRequest("stop takes at most 16 non-empty strings of up to 256 characters", "stop")
-        return tuple(s)
-
     def check_supported(self) -> None:
-        """OpenAI fields accepted only at values that change nothing here."""
+        """OpenAI fields accepted only at values that change nothing here, and pairs that
+        do not go together."""
+        self.check_neutral()
         if self.best_of not in (None, 1, self.n or 1):
             raise BadRequest("best_of is not supported; sample with n and pick yourself", "best_of")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) not in (None, 0, 0.0):
-                raise BadRequest(f"{name} is not supported (only 0)", name)
-        if self.logit_bias:
-            raise BadRequest("logit_bias is not supported", "logit_bias")
         if self.suffix is not None and self.instruction is not None:
             raise BadRequest("give suffix (fill-in-the-middle) or instruction, not both", "suffix")
         if self.echo and (self.suffix is not None or self.instruction is not None):
@@ -156,11 +173,11 @@ def validation_message(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def request_schema() -> dict[str, Any]:
-    """CompletionRequest as JSON Schema for the API's OpenAPI document (the route parses its
-    body by hand, to word its own errors, so FastAPI cannot see it). Its nested model is
+def request_schema(model: type[BaseModel] = CompletionRequest) -> dict[str, Any]:
+    """A request model as JSON Schema for the API's OpenAPI document (the routes parse their
+    bodies by hand, to word their own errors, so FastAPI cannot see them). Nested models are
     inlined: pydantic's `#/$defs/...` references would not resolve inside an OpenAPI document."""
-    schema = CompletionRequest.model_json_schema()
+    schema = model.model_json_schema()
     defs = schema.pop("$defs", {})
 
     def inline(node: Any) -> Any:
