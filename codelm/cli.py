@@ -237,7 +237,7 @@ def _generate_parser(sub) -> None:
 
 
 def _serve_parser(sub) -> None:
-    sv = sub.add_parser("serve", help="OpenAI-style completions API and web playground for a run")
+    sv = sub.add_parser("serve", help="OpenAI-style completions and chat API and web playground for a run")
     sv.add_argument("run")
     _opt(sv, "serve", "--host", help="address to bind; loopback: this machine only")
     _opt(sv, "serve", "--port", type=int, help="TCP port; 0: any free one")

@@ -47,7 +47,8 @@ def serve(
         web.start()
         print(f"codelm: {describe(model)}", file=sys.stderr)
         print(
-            f"codelm: serving {run} at {url}  (playground: {url}/, API: {url}/v1/completions, {auth})",
+            f"codelm: serving {run} at {url}  (playground: {url}/, API: {url}/v1/completions"
+            f" and /v1/chat/completions, {auth})",
             file=sys.stderr,
         )
 
