@@ -162,7 +162,7 @@ class ChatOutput(Output):
             choices.append({"index": c.index, "message": message, **_ending(c)})
         return {**self.top(False), "choices": choices, "usage": usage(self.choices, self.n)}
 
-    def chunks(self, c: Choice, ev: Event, text: str, part: dict | None) -> list[dict[str, Any]]:
+    def chunk(self, c: Choice, ev: Event, text: str, part: dict | None) -> dict[str, Any] | None:
         if ev.kind == "start":
             delta = {"role": "assistant", "content": FENCE}
         elif ev.kind == "done":
@@ -170,11 +170,9 @@ class ChatOutput(Output):
         elif text:
             delta = {"content": text}
         else:
-            return []
-        ending = (
-            _ending(c) if ev.kind == "done" else {"finish_reason": None, "stop_rule": None, "syntax": None}
-        )
-        return [{**self.top(True), "choices": [{"index": c.index, "delta": delta, **ending}]}]
+            return None
+        ending = _ending(c) if ev.kind == "done" else dict.fromkeys(("finish_reason", "stop_rule", "syntax"))
+        return {**self.top(True), "choices": [{"index": c.index, "delta": delta, **ending}]}
 
 
 def _ending(c: Choice) -> dict[str, Any]:

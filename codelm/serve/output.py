@@ -27,7 +27,7 @@ class ClientGone(Exception):
 
 class Output:
     """Builds a request's answer in OpenAI's completions format, whole or as server-sent events;
-    a subclass changes the format by `whole` and `chunks`."""
+    a subclass changes the format by `whole` and `chunk`."""
 
     ID, OBJECT, CHUNK = "cmpl", "text_completion", "text_completion"  # the id's prefix, object names
 
@@ -48,15 +48,16 @@ class Output:
         choices = [c.to_dict() for c in self.choices]
         return {**self.top(False), "choices": choices, "usage": usage(self.choices, self.n)}
 
-    def chunks(self, c: Choice, ev: Event, text: str, part: dict | None) -> list[dict[str, Any]]:
-        """The stream's chunks for one event of choice `c`: its new text, or its end."""
+    def chunk(self, c: Choice, ev: Event, text: str, part: dict | None) -> dict[str, Any] | None:
+        """The stream's chunk for one event of choice `c` (its new text, or its end); None
+        when the event adds nothing to show."""
         if ev.kind == "start" and not text and not part:
-            return []
+            return None
         d = c.to_dict()
         d.update(text=text, logprobs=part)
         if ev.kind != "done":
             d["finish_reason"] = d["stop_rule"] = None
-        return [{**self.top(True), "choices": [d]}]
+        return {**self.top(True), "choices": [d]}
 
     async def collect(self, ev: Event | None, reader: Any) -> Response:
         try:
@@ -79,7 +80,7 @@ class Output:
                     break
                 c = self.choices[ev.index]
                 text, part = c.add(ev, self.echoes[ev.index // self.n])
-                for chunk in self.chunks(c, ev, text, part):
+                if (chunk := self.chunk(c, ev, text, part)) is not None:
                     yield sse(chunk)
                 ev = await reader.next()
             if self.want_usage:
