@@ -222,9 +222,11 @@ def _next_steps(out: Console, data: Path, tok_dir: Path, run: Path) -> None:
     out.print(f"Run directory: {run.resolve()}")
     out.print("Next, try:")
     venv = ".venv/bin/" if Path(".venv/bin/codelm").exists() else ""
-    out.print(f'  {venv}codelm generate {run} "def fibonacci(n):"', markup=False)
-    out.print(
-        f"  {venv}codelm train --data {data} --tokenizer {tok_dir} --out runs/mine --max-minutes 30",
-        markup=False,
-    )
-    out.print(f"  open {run / 'curves.png'} and {run / 'trace.md'}", markup=False)
+    for line in (
+        f'codelm generate {run} "def fibonacci(n):"',
+        f"codelm serve {run}    # API, chat and playground on http://127.0.0.1:8000/",
+        f"codelm lsp {run}      # completions in your editor: editors/README.md",
+        f"codelm train --data {data} --tokenizer {tok_dir} --out runs/mine --max-minutes 30",
+    ):
+        out.print(f"  {venv}{line}", markup=False, soft_wrap=True)  # whole lines, to copy
+    out.print(f"  open {run / 'curves.png'} and {run / 'trace.md'}", markup=False, soft_wrap=True)
