@@ -830,6 +830,11 @@ def test_a_new_run_never_deletes_an_earlier_one_unless_forced(tmp_path, corpus_d
         train(data, run, cfg, tokenizer=tok, model_overrides=TINY_MODEL)
     train(data, run, replace(cfg, max_steps=2), tokenizer=tok, model_overrides=TINY_MODEL, force=True)
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]  # started over
+    with pytest.raises(CodelmError, match="--init-from and --out are the same run"):
+        train(data, run, cfg, init_from=run)
+    before = file_sha256(run / "model.safetensors")
+    train(data, run, replace(cfg, max_steps=2), init_from=run, force=True)  # fine-tuned in place
+    assert file_sha256(run / "model.safetensors") != before
 
 
 def test_lora_mistakes_are_one_line_errors(tmp_path, corpus_dir, tokenizer, capsys):
