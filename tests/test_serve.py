@@ -602,12 +602,13 @@ def test_the_api_key_guards_everything_but_health(run_dir):
         for path in ("/v1/models", "/", "/static/playground.js"):
             r = httpx.get(f"{url}{path}")
             assert r.status_code == 401 and "Bearer" in r.headers["www-authenticate"], path
-        r = httpx.post(
-            f"{url}/v1/completions", json={"prompt": "x"}, headers={"authorization": "Bearer nope"}
-        )
-        assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+        for path, body in (("/v1/completions", {"prompt": "x"}), ("/v1/chat/completions", {"messages": USER})):
+            r = httpx.post(f"{url}{path}", json=body, headers={"authorization": "Bearer nope"})
+            assert r.status_code == 401 and "API key" in r.json()["error"]["message"], path
         with pytest.raises(openai.AuthenticationError):
             client(url, "wrong").completions.create(model="tiny", prompt="x", max_tokens=2)
+        with pytest.raises(openai.AuthenticationError):
+            client(url, "wrong").chat.completions.create(model="tiny", messages=USER, max_tokens=2)
         out = client(url, "s3cret").completions.create(model="tiny", prompt="x", max_tokens=2)
         assert out.choices[0].finish_reason in ("stop", "length")
         basic = base64.b64encode(b"me:s3cret").decode()  # what a browser sends after asking
