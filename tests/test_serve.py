@@ -602,7 +602,8 @@ def test_the_api_key_guards_everything_but_health(run_dir):
         for path in ("/v1/models", "/", "/static/playground.js"):
             r = httpx.get(f"{url}{path}")
             assert r.status_code == 401 and "Bearer" in r.headers["www-authenticate"], path
-        for path, body in (("/v1/completions", {"prompt": "x"}), ("/v1/chat/completions", {"messages": USER})):
+        posts = (("/v1/completions", {"prompt": "x"}), ("/v1/chat/completions", {"messages": USER}))
+        for path, body in posts:
             r = httpx.post(f"{url}{path}", json=body, headers={"authorization": "Bearer nope"})
             assert r.status_code == 401 and "API key" in r.json()["error"]["message"], path
         with pytest.raises(openai.AuthenticationError):
