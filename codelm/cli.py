@@ -95,6 +95,14 @@ def _data_parser(sub) -> None:
     )
     b.add_argument("--out", required=True, help="the DATA directory to write (replaced atomically)")
     _opt(b, "data", "--text-field", help="code column of JSONL/Parquet")
+    _opt(
+        b,
+        "data",
+        "--pair-fields",
+        metavar="INSTRUCTION,ANSWER",
+        help="read JSONL/Parquet records as instruction -> code pairs from these columns, or 'messages'"
+        " (chat); found by itself in a file without the code column",
+    )
     _opt(b, "filters", "--max-bytes", type=int, help="drop larger files")
     _switch(b, "filters", "--keep-unparsable", "keep_unparsable", True, "keep Python that ast cannot parse")
     _opt(b, "dedup", "--near-dup-threshold", type=float, help="MinHash Jaccard")

@@ -64,7 +64,17 @@ def _corpus(root):
     write(other, "tool.py", DISTINCT["urls.py"].replace("api.example.com", "api.example.org"))
     bench = root / "bench.jsonl"
     bench.write_text(json.dumps(PROBLEM) + "\n")
-    return [str(src), str(other)], str(bench)
+    # an instruction dataset: its records are pairs, a repeated one dropped as a duplicate
+    asks = [
+        ("Add two numbers.", "return a + b"),
+        ("Scale by k.", "return x * k"),
+        ("Add two numbers.", "return a + b"),
+    ]
+    pairs = root / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"prompt": p, "completion": f"```python\n{c}\n```"}) + "\n" for p, c in asks)
+    )
+    return [str(src), str(other), str(pairs)], str(bench)
 
 
 def _build(srcs, out, profile=None, **kw):
@@ -88,7 +98,7 @@ def test_dask_build_equals_local_build(tmp_path, scheduler, monkeypatch):
     assert len(profile["worker_peak_mb"]) == 2 and min(profile["worker_peak_mb"]) > 0  # both workers
     for what in ("exact_duplicate", "near_duplicate", "syntax_error", "contaminated", "duplicate_pair"):
         assert local[f"dropped_{what}"] >= 1, what  # the corpus exercises every decision
-    assert local["doctest_pairs_mined"] >= 24
+    assert local["doctest_pairs_mined"] >= 24 and local["pairs_given"] == 2  # one of 3 is a duplicate
     assert _rows(tmp_path / "dask") == _rows(tmp_path / "local")  # the same rows, in order
     ml = json.loads((tmp_path / "local" / "manifest.json").read_text())
     md = json.loads((tmp_path / "dask" / "manifest.json").read_text())

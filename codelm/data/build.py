@@ -3,8 +3,9 @@
 DATA's format (split files, columns, stats.json and manifest.json) is defined,
 written and read by dataset.py; this module says what goes in. stats.json
 counts files seen, dropped and skipped per reason, and kept per split; its pair
-counts (`pairs_mined`, `{split}_pairs`) hold every pair, and `doctest_pairs_mined`
-and `{split}_doctest_pairs` the docstring examples among them (doctests.py). The
+counts: `pairs_mined` from files, `pairs_given` read from instruction datasets
+(instruct.py), `{split}_pairs` every kept pair, and `doctest_pairs_mined` and
+`{split}_doctest_pairs` the docstring examples among them (doctests.py). The
 local engine (the default) is one streaming pass: files are read lazily,
 worked on in order by `num_proc` processes (process.py), and judged (judge.py)
 against what came before (exact and near duplicates: the first of a cluster is
@@ -35,6 +36,7 @@ from codelm.data.dataset import check_replaceable, write_data
 from codelm.data.decontaminate import DecontamConfig
 from codelm.data.dedup import DedupConfig, NearDupIndex
 from codelm.data.filters import FilterConfig
+from codelm.data.instruct import parse_pair_fields
 from codelm.data.judge import Judge, kept_rows
 from codelm.data.pairs import PairConfig
 from codelm.data.problems import load_problems
@@ -60,6 +62,9 @@ class DataConfig:
     decontaminate: tuple[str, ...] = ()  # benchmark JSONL files; documents containing a problem go
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     text_field: str = "content"  # the column holding code in JSONL/Parquet sources
+    # How JSONL/Parquet records of instruction datasets hold their pairs (instruct.py): "" finds
+    # the layout in a file without `text_field`; "messages" or "INSTRUCTION,ANSWER" names it.
+    pair_fields: str = ""
     near_dup: bool = True  # MinHash near-duplicate removal (exact duplicates always go)
     # Write each kept file as a document. False keeps only its pairs: a corpus to fine-tune on
     # instructions alone, e.g. docstring examples for the notebook (`--pairs-only --no-function-pairs`).
@@ -84,6 +89,7 @@ class DataConfig:
         except ValueError as e:
             raise CodelmError(str(e)) from None
         # The nested configs (filters, dedup, pairs, decontam) check themselves when built.
+        parse_pair_fields(self.pair_fields)
         if self.num_proc < 1:
             raise CodelmError("--num-proc must be at least 1")
         if self.engine not in ENGINES:
@@ -202,7 +208,7 @@ def build_dataset(
     check_replaceable(out)
     # Check every spec and benchmark file before writing anything. Only a benchmark's text
     # matters here, so its files are read leniently (problems.py).
-    opened = [open_source(s, cfg.text_field, cfg.filters.max_bytes) for s in specs]
+    opened = [open_source(s, cfg.text_field, cfg.filters.max_bytes, cfg.pair_fields) for s in specs]
     problems = tuple(
         p for path in cfg.decontaminate for p in load_problems(path, runnable=False, what="benchmark")
     )
@@ -267,6 +273,6 @@ def stats_table(stats: dict, out: str | Path) -> Table:
         if isinstance(v, dict):  # contaminated_by_problem
             for problem, n in v.items():
                 table.add_row(f"contaminated by {problem}", f"{n:,}")
-        elif v or not k.startswith(("skipped_", "kept_syntax")):
+        elif v or not k.startswith(("skipped_", "kept_syntax", "pairs_given")):
             table.add_row(k, f"{v:,}")
     return table

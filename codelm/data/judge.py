@@ -45,7 +45,8 @@ COUNTERS = (
     "dropped_exact_duplicate",
     "dropped_near_duplicate",
     *(f"skipped_{r}" for r in SKIP_REASONS),
-    "pairs_mined",  # all pairs, doctest ones included
+    "pairs_mined",  # all pairs mined from files, doctest ones included
+    "pairs_given",  # records of instruction datasets (instruct.py), each one pair
     "doctest_pairs_mined",
     "dropped_duplicate_pair",
     *(f"{s}_{what}" for s in SPLITS for what in ("documents", "pairs", "doctest_pairs", "bytes")),
@@ -67,12 +68,12 @@ def storable(path: str) -> str:
 def kept_rows(result: Result, kept_pairs: list[int], documents: bool) -> Iterator[dict]:
     """The rows a kept file adds to its split, in order: the file (if `documents`), then its pairs."""
     file_path = storable(result.path)
-    if documents:
+    if documents and not result.given:
         yield make_row(result.text, file_path, result.source, "file")
     for i in kept_pairs:  # a pair goes where its file went: no leak between splits
         pair = result.pairs[i]
         text = pair_text(pair.prompt, pair.completion)
-        path = f"{file_path}::{pair.name}"
+        path = f"{file_path}::{pair.name}" if pair.name else file_path
         yield make_row(text, path, result.source, "pair", pair.prompt, pair.completion)
 
 
@@ -132,12 +133,12 @@ class Judge:
         st = self.stats
         st["kept_syntax_error"] += item.syntax_error
         split = split_of(group_key(item.source, item.path), self.fractions)
-        if self.documents:
+        if self.documents and not item.given:
             st[f"{split}_documents"] += 1
             st[f"{split}_bytes"] += item.text_bytes
         kept_pairs = []
         for i, (key, doctest) in enumerate(zip(item.pair_keys, item.pair_doctest, strict=True)):
-            st["pairs_mined"] += 1
+            st["pairs_given" if item.given else "pairs_mined"] += 1
             st["doctest_pairs_mined"] += doctest
             if key in self.seen_pairs:
                 st["dropped_duplicate_pair"] += 1

@@ -45,7 +45,9 @@ class Pair:
     name: str  # qualified name within the file, e.g. "Stack.push"
     prompt: str  # the instruction, in natural language
     completion: str  # the function's code without its docstring, ending in a newline
-    kind: str = "function"  # "function" (this module) or "doctest" (a docstring example, doctests.py)
+    # "function" (this module), "doctest" (a docstring example, doctests.py) or "given" (a
+    # record of an instruction dataset, instruct.py)
+    kind: str = "function"
 
 
 def pair_text(prompt: str, completion: str) -> str:

@@ -2,7 +2,8 @@
 
 For each raw file `FileProcessor` filters and parses it, checks it against the
 benchmark problems, computes its exact-duplicate key and MinHash signature, and
-mines its pairs (functions: pairs.py, then docstring examples: doctests.py). None
+mines its pairs (functions: pairs.py, then docstring examples: doctests.py); a record
+of an instruction dataset (instruct.py) is its one pair, judged as its text. None
 of that depends on other files, so it runs in worker processes; the decisions
 that do (duplicates, splits) stay in the main process.
 
@@ -29,7 +30,7 @@ from codelm.data.decontaminate import DecontamConfig, Decontaminator
 from codelm.data.dedup import DedupConfig, exact_key, signature
 from codelm.data.doctests import mine_doctests
 from codelm.data.filters import FilterConfig, check
-from codelm.data.pairs import Pair, PairConfig, mine_pairs
+from codelm.data.pairs import Pair, PairConfig, mine_pairs, pair_text
 from codelm.data.problems import Problem
 from codelm.data.records import RawFile, Skip
 from codelm.errors import CodelmError
@@ -55,6 +56,7 @@ class Result:
     pairs: list[Pair] = field(default_factory=list)
     text_bytes: int = 0  # UTF-8 size of `text`, counted in stats.json
     pair_keys: list[bytes] = field(default_factory=list)  # exact keys of `pairs`, to drop repeats
+    given: bool = False  # a record of an instruction dataset: one pair, written as no document
 
     def meta(self) -> Meta:
         """What the build's decisions need of this result, without its texts and signature."""
@@ -70,6 +72,7 @@ class Result:
             self.text_bytes,
             tuple(self.pair_keys),
             tuple(p.kind == "doctest" for p in self.pairs),
+            self.given,
         )
 
 
@@ -89,6 +92,7 @@ class Meta:
     text_bytes: int
     pair_keys: tuple[bytes, ...]
     pair_doctest: tuple[bool, ...]  # per pair: a docstring example (doctests.py)
+    given: bool = False  # a record of an instruction dataset (Result.given)
 
 
 @dataclass(frozen=True)
@@ -115,15 +119,23 @@ class FileProcessor:
             r.reason = checked.reason
             return r
         r.text, r.syntax_error = checked.text, checked.syntax_error
+        if raw.instruction is not None:  # a given pair: judged as the text it is trained on
+            r.given = True
+            r.pairs = [Pair("", raw.instruction, r.text, "given")]
+            text = pair_text(raw.instruction, r.text)
+        else:
+            text = r.text
         if self.decontaminator is not None:
-            r.contaminated_by = self.decontaminator.matches(r.text)
+            r.contaminated_by = self.decontaminator.matches(text)
             if r.contaminated_by:
-                r.text = None  # dropped: no need to ship it back
+                r.text, r.pairs = None, []  # dropped: no need to ship it back
                 return r
-        r.key = exact_key(r.text)
+        r.key = exact_key(text)
         r.text_bytes = len(r.text.encode("utf-8", "surrogatepass"))
-        r.sig = signature(r.text, cfg.dedup)
-        if checked.tree is not None:
+        r.sig = signature(text, cfg.dedup)
+        if r.given:
+            r.pair_keys = [exact_key(f"{raw.instruction}\0{r.text}")]
+        elif checked.tree is not None:
             r.pairs = mine_pairs(r.text, checked.tree, cfg.pairs)
             if cfg.pairs.doctests:
                 r.pairs += mine_doctests(r.text, checked.tree, cfg.pairs)

@@ -18,6 +18,9 @@ class RawFile:
     data: bytes
     source: str  # the source spec it came from, e.g. "stdlib" or a directory
     language: str | None = "python"  # None: unknown (a record without a path), not parsed
+    # A record of an instruction dataset (instruct.py): `data` is the answer's code, this its
+    # instruction, and the record becomes one pair and no document.
+    instruction: str | None = None
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ Spec forms: `stdlib`; `site-packages` (the installed third-party packages, each
 capped, HELD_OUT_PACKAGES left out for evaluation); a directory (a git
 repository's root is read from its HEAD, any other directory from disk,
 honouring `.gitignore` inside a work tree); `git:PATH` and `dir:PATH` force
-either reading; `*.jsonl[.gz]` (read by jsonl.py), `*.parquet`; a single code
-file. Decoding and filtering live in `filters.py`.
+either reading; `*.jsonl[.gz]` (read by jsonl.py), `*.parquet`, whose records are
+code, or instruction -> code pairs when they have no code column (instruct.py); a
+single code file. Decoding and filtering live in `filters.py`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from codelm.data import gitsource
+from codelm.data.instruct import PairFormat, answer_code, find_format, parse_pair_fields, record_pair
 from codelm.data.jsonl import BadLine, scan_jsonl
 from codelm.data.records import RawFile, Skip
 from codelm.errors import CodelmError
@@ -214,32 +216,97 @@ def _record(rec: object, row: int, name: str, spec: str, text_field: str) -> Raw
     return RawFile(path, data, spec, lang)
 
 
-def iter_jsonl(path: Path, spec: str, text_field: str) -> Iterator[RawFile | Skip]:
+def _utf8(text: str) -> bool:
+    """No lone surrogates (JSON can spell them): the text can be stored."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _pair_record(rec: object, row: int, name: str, spec: str, fmt: PairFormat) -> RawFile | Skip:
+    """A record of an instruction dataset as its code, carrying its instruction (instruct.py)."""
+    pair = record_pair(rec, fmt)
+    if pair is None or not _utf8(pair[0]):
+        return Skip(f"{name}#{row}", spec, "skipped_bad_record")
+    path = _record_path(rec, row, name)
+    code = answer_code(pair[1])
+    if code is None:
+        return Skip(path, spec, "skipped_other_language")
+    if not code:
+        return Skip(path, spec, "skipped_bad_record")
+    return RawFile(path, code.encode("utf-8", "surrogatepass"), spec, "python", instruction=pair[0])
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """How one JSONL or Parquet file's records are read: code from `text_field`, or pairs."""
+
+    text_field: str
+    pairs: PairFormat | None = None
+
+    def columns(self) -> tuple[str, ...]:
+        return self.pairs.columns() if self.pairs else (self.text_field,)
+
+    def __call__(self, rec: object, row: int, name: str, spec: str) -> RawFile | Skip:
+        if self.pairs is not None:
+            return _pair_record(rec, row, name, spec, self.pairs)
+        return _record(rec, row, name, spec, self.text_field)
+
+
+def _reader(
+    fields: list[str], text_field: str, forced: PairFormat | None, path: Path, what: str = "field"
+) -> _Reader | str:
+    """The reader for a file whose first record (or schema) has `fields`, or why there is none;
+    `what` names them in that line: "field" (JSONL) or "column" (Parquet)."""
+    have = f"{what}s: {', '.join(sorted(fields)[:8])}"
+    if forced is not None:
+        need = forced.columns()[:2] if forced.answer else forced.columns()
+        missing = [f for f in need if f not in fields]
+        if not missing:
+            return _Reader(text_field, forced)
+        return f"{path}: no {what} {missing[0]!r} for --pair-fields ({have})"
+    if text_field in fields:
+        return _Reader(text_field)
+    found = find_format(fields)
+    if found is not None:
+        return _Reader(text_field, found)
+    return (
+        f"{path}: no {what} {text_field!r} ({have}); pick one with"
+        " --text-field, or --pair-fields for instruction -> code pairs"
+    )
+
+
+def iter_jsonl(
+    path: Path, spec: str, text_field: str, forced: PairFormat | None = None
+) -> Iterator[RawFile | Skip]:
     """One record per line. A file whose first record is not JSON is corrupt as a whole;
     a later bad line is one counted bad record, and a read error ends the file there."""
-    first = True
+    reader = None
     try:
         for lineno, rec in scan_jsonl(path):
             row = lineno - 1  # records are named by 0-based line: "dump.jsonl#0" is the first line
             if isinstance(rec, BadLine):
-                if first:
+                if reader is None:
                     yield Skip(path.name, spec, "skipped_corrupt_jsonl", f"{path}: not JSON Lines")
                     return
                 why = f"{path}:{lineno}: {rec.why}; the rest of the file is read"
                 yield Skip(f"{path.name}#{row}", spec, "skipped_bad_record", why)
                 continue
-            if first and isinstance(rec, dict) and text_field not in rec:
-                keys = ", ".join(sorted(rec)[:8])
-                msg = f"{path}: no field {text_field!r} (fields: {keys}); pick one with --text-field"
-                yield Skip(path.name, spec, "skipped_missing_text_field", msg)
-                return
-            first = False
-            yield _record(rec, row, path.name, spec, text_field)
+            if reader is None:
+                reader = _reader(list(rec) if isinstance(rec, dict) else [], text_field, forced, path)
+                if isinstance(reader, str):
+                    yield Skip(path.name, spec, "skipped_missing_text_field", reader)
+                    return
+            yield reader(rec, row, path.name, spec)
     except CodelmError as e:  # unreadable or a damaged gzip stream: what was read still counts
         yield Skip(path.name, spec, "skipped_corrupt_jsonl", str(e))
 
 
-def iter_parquet(path: Path, spec: str, text_field: str) -> Iterator[RawFile | Skip]:
+def iter_parquet(
+    path: Path, spec: str, text_field: str, forced: PairFormat | None = None
+) -> Iterator[RawFile | Skip]:
     """Rows of a Parquet file, read in batches of PARQUET_BATCH."""
     import pyarrow.parquet as pq
 
@@ -250,18 +317,16 @@ def iter_parquet(path: Path, spec: str, text_field: str) -> Iterator[RawFile | S
         msg = f"{path}: not a readable Parquet file ({str(e).splitlines()[0] if str(e) else e})"
         yield Skip(path.name, spec, "skipped_corrupt_parquet", msg)
         return
-    if text_field not in names:
-        msg = (
-            f"{path}: no column {text_field!r} (columns: {', '.join(names[:8])}); pick one with --text-field"
-        )
-        yield Skip(path.name, spec, "skipped_missing_text_field", msg)
+    reader = _reader(names, text_field, forced, path, "column")
+    if isinstance(reader, str):
+        yield Skip(path.name, spec, "skipped_missing_text_field", reader)
         return
-    columns = [c for c in (text_field, *PATH_FIELDS, *REPO_FIELDS) if c in names]
+    columns = [c for c in (*reader.columns(), *PATH_FIELDS, *REPO_FIELDS) if c in names]
     row = 0
     try:
         for batch in pf.iter_batches(batch_size=PARQUET_BATCH, columns=columns):
             for rec in batch.to_pylist():
-                yield _record(rec, row, path.name, spec, text_field)
+                yield reader(rec, row, path.name, spec)
                 row += 1
     except (OSError, ValueError) as e:
         msg = f"{path}: corrupt after row {row} ({str(e).splitlines()[0] if str(e) else e})"
@@ -296,8 +361,12 @@ def _open_directory(spec: str, path: Path, mode: str, max_bytes: int) -> Source:
     return Source(spec, "directory", {}, lambda: iter_directory(path, spec, max_bytes))
 
 
-def open_source(spec: str, text_field: str = "content", max_bytes: int = 1_000_000) -> Source:
-    """Check a source spec and return it, ready to iterate; a bad spec is a one-line CodelmError."""
+def open_source(
+    spec: str, text_field: str = "content", max_bytes: int = 1_000_000, pair_fields: str = ""
+) -> Source:
+    """Check a source spec and return it, ready to iterate; a bad spec is a one-line CodelmError.
+    `pair_fields` (instruct.py) forces how JSONL/Parquet records are read as pairs."""
+    forced = parse_pair_fields(pair_fields)
     if spec == "stdlib":
         root = stdlib_root()
         info = {"root": str(root), "python": sysconfig.get_python_version()}
@@ -318,9 +387,9 @@ def open_source(spec: str, text_field: str = "content", max_bytes: int = 1_000_0
         raise CodelmError(f"not a git repository: {spec}")
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz")):
-        return Source(spec, "jsonl", {}, lambda: iter_jsonl(path, spec, text_field))
+        return Source(spec, "jsonl", {}, lambda: iter_jsonl(path, spec, text_field, forced))
     if name.endswith(".parquet"):
-        return Source(spec, "parquet", {}, lambda: iter_parquet(path, spec, text_field))
+        return Source(spec, "parquet", {}, lambda: iter_parquet(path, spec, text_field, forced))
     if language_of(name):
         return Source(spec, "file", {}, lambda: iter((_read(path, path.name, spec, max_bytes),)))
     raise CodelmError(

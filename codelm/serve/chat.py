@@ -4,7 +4,8 @@ codelm's models learn instruction -> code pairs (`<|instruction|> text <|code|> 
 conversations. So a chat request becomes one completions request in that layout: the system
 and developer messages, then the earlier turns (code fences dropped from the assistant's),
 then the user's last message, joined by blank lines, are the instruction, as the notebook lays
-out its context before a request. The code the model writes comes back as the assistant's
+out its context before a request, and as `codelm data build` reads a chat fine-tuning file
+(codelm.data.instruct.conversation). The code the model writes comes back as the assistant's
 message inside a ```python fence, as chat clients render Markdown. A reply ends at
 end-of-text or where it starts to repeat itself, and is trimmed back to code that parses
 (codelm.generate.whole); with no `max_tokens` (or `max_completion_tokens`) it may run to the
@@ -21,11 +22,11 @@ the user's. What it does not do: remember anything between requests, or chat in 
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from codelm.data.instruct import conversation
 from codelm.generate.config import SamplingConfig
 from codelm.generate.scheduler import Event
 from codelm.serve.output import Output
@@ -43,7 +44,6 @@ from codelm.serve.schemas import (
 
 FENCE = "```python\n"  # opens every reply; `closing` ends it
 NO_LIMIT = 2**31 - 1  # no max_tokens: the server's cap applies
-_FENCE_LINE = re.compile(r"^```[\w+-]*[ \t]*(\n|$)", re.MULTILINE)
 
 
 class Part(BaseModel):
@@ -78,7 +78,7 @@ class Message(BaseModel):
             raise BadRequest("only text content is supported", "messages")
         else:
             text = "".join(p.text or "" for p in self.content)
-        return _FENCE_LINE.sub("", text) if self.role == "assistant" else text
+        return text
 
 
 class ChatRequest(Sampled):
@@ -97,15 +97,12 @@ class ChatRequest(Sampled):
 
     def instruction(self) -> str:
         """The conversation as one instruction: system, earlier turns, then the last request."""
-        *earlier, last = self.messages
-        if last.role != "user":
+        if self.messages[-1].role != "user":
             raise BadRequest("the last message must be the user's: the reply answers it", "messages")
-        first = [m.text() for m in earlier if m.role in ("system", "developer")]
-        turns = [m.text() for m in earlier if m.role not in ("system", "developer")]
-        parts = [p.strip("\n") for p in (*first, *turns, last.text()) if p.strip()]
-        if not parts:
+        text = conversation([(m.role, m.text()) for m in self.messages])
+        if not text:
             raise BadRequest("the messages hold no text", "messages")
-        return "\n\n".join(parts)
+        return text
 
     def to_completion(self) -> CompletionRequest:
         self.check_neutral()
