@@ -195,7 +195,7 @@ def _eval_parser(sub) -> None:
     ev.add_argument(
         "--problems",
         default=None,
-        help="HumanEval-format or notebook problems JSONL (default: our benchmark; notebook_basic: ours)",
+        help="HumanEval- or MBPP-format or notebook problems JSONL (default: our benchmark; notebook_basic)",
     )
     ev.add_argument("--completions", default=None, help="score this JSONL of completions, no model")
     _opt(ev, "eval", "--samples", type=int, help="completions per problem; 0 skips pass@k")

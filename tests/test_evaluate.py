@@ -1,4 +1,4 @@
-"""pass@k, HumanEval-format files, scoring completions, and our own benchmark."""
+"""pass@k, HumanEval- and MBPP-format files, scoring completions, and our own benchmark."""
 
 from __future__ import annotations
 
@@ -199,3 +199,88 @@ def test_score_file_writes_results_and_report(tmp_path):
     assert [(r["task_id"], r["c"]) for r in rows] == [(first.task_id, 1), (second.task_id, 0)]
     with pytest.raises(CodelmError, match="not in the problems file"):
         score_file(None, _write(tmp_path / "other.jsonl", [{"task_id": "HumanEval/0", "completion": ""}]))
+
+
+# ---------------------------------------------------------------- MBPP's format: instruction problems
+
+# Two problems of our own in MBPP's layout: `text`, asserts that name the function, a reference.
+MBPP = [
+    {
+        "task_id": 1,
+        "text": "Write a function to count the vowels in a string.",
+        "code": "def count_vowels(s):\n    return sum(ch in 'aeiou' for ch in s.lower())\n",
+        "test_list": ["assert count_vowels('Banana') == 3", "assert count_vowels('xyz') == 0"],
+        "test_setup_code": "",
+        "challenge_test_list": [],
+    },
+    {  # the sanitized layout: `prompt` and `test_imports`
+        "task_id": 2,
+        "prompt": "Write a function that returns the hypotenuse of a right triangle.",
+        "code": "import math\ndef hypotenuse(a, b):\n    return math.sqrt(a * a + b * b)\n",
+        "test_imports": ["import math"],
+        "test_list": ["assert math.isclose(hypotenuse(3, 4), 5.0)"],
+    },
+]
+
+
+def test_mbpp_lines_are_instruction_problems_checked_by_their_asserts(tmp_path):
+    path = _write(tmp_path / "mbpp.jsonl", MBPP)
+    first, second = load_problems(path)
+    assert (first.task_id, first.entry_point, first.prompt) == ("1", "count_vowels", "")
+    assert first.instruction == (
+        "Write a function to count the vowels in a string.\nYour code should pass these tests:\n\n"
+        "assert count_vowels('Banana') == 3\nassert count_vowels('xyz') == 0"
+    )
+    assert second.entry_point == "hypotenuse"  # math.isclose is an attribute call, not the function
+    assert (
+        second.test
+        == "def check(candidate):\n    import math\n    assert math.isclose(hypotenuse(3, 4), 5.0)\n"
+    )
+    # decontamination (the lenient reading) looks for MBPP's reference, its `code` (and for the
+    # sanitized layout's `prompt`, its text)
+    lenient = [p.parts for p in load_problems(path, runnable=False)]
+    assert lenient == [(MBPP[0]["code"],), (MBPP[1]["prompt"], MBPP[1]["code"])]
+    wrong = "def count_vowels(s):\n    return len(s)\n"
+    done = _write(
+        tmp_path / "done.jsonl",
+        [{"task_id": str(p["task_id"]), "completion": p["code"]} for p in MBPP]
+        + [{"task_id": "1", "completion": wrong}, {"task_id": "2", "completion": "def hypotenuse(a, b):\n"}],
+    )
+    report = score_file(path, done, workers=2)
+    assert (report["samples"], report["passed"]) == (4, 2)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"test_list": []}, r":1: field 'test_list' must be a non-empty list of asserts"),
+        ({"test_list": "assert f(1)"}, r"must be a non-empty list"),
+        ({"test_list": ["assert 1 + 1 == 2"]}, r"the first test calls no function"),
+        ({"test_imports": "import math"}, r"'test_imports' must be a list of strings"),
+        ({"text": None}, r":1: missing field 'prompt'"),
+    ],
+)
+def test_bad_mbpp_lines_give_one_line_errors(tmp_path, change, message):
+    row = {k: v for k, v in {**MBPP[0], **change}.items() if v is not None}
+    with pytest.raises(CodelmError, match=message):
+        load_problems(_write(tmp_path / "mbpp.jsonl", [row]))
+
+
+def test_an_instruction_problem_is_asked_in_instruction_mode(tmp_path, monkeypatch):
+    from codelm.evaluate import report as report_mod
+    from codelm.evaluate.report import EvalConfig, pass_at_k_report
+
+    asked = []
+
+    def fake_batch(model, tok, prompts, cfg, n):
+        asked.extend(prompts)
+        return [[type("C", (), {"text": MBPP[len(asked) - 1]["code"]})()] * n]
+
+    monkeypatch.setattr(report_mod, "generate_batch", fake_batch)
+    path = _write(tmp_path / "mbpp.jsonl", MBPP)
+    quiet = type("Quiet", (), {"print": lambda *a, **k: None})()
+    summary = pass_at_k_report(None, None, path, EvalConfig(samples=2, workers=2), None, quiet)
+    assert [(p.mode, p.text, p.instruction) for p in asked] == [
+        ("instruction", "", problem.instruction) for problem in load_problems(path)
+    ]
+    assert summary["pass@1"] == 1.0

@@ -1,9 +1,9 @@
-"""Functional correctness: HumanEval-format problems, sandboxed scoring, pass@k.
+"""Functional correctness: HumanEval- or MBPP-format problems, sandboxed scoring, pass@k.
 
 A problems file is JSONL (optionally gzipped) with `task_id`, `prompt`,
 `entry_point`, `test` (which defines `check(candidate)`) and optionally
-`canonical_solution`; `Problem` and `load_problems` live in
-codelm/data/problems.py, shared with decontamination. A completions file is
+`canonical_solution` and `instruction`, or MBPP's fields; `Problem` and
+`load_problems` live in codelm/data/problems.py, shared with decontamination. A completions file is
 JSONL (read by codelm/data/jsonl.py) with `task_id` and `completion`, any
 number of lines per task: the n samples. A sample passes when
 `prompt + completion + test + check(entry_point)` runs to its end in the

@@ -3,8 +3,9 @@
 - intrinsic metrics on held-out code (a DATA split, by default the run's test
   split, or any folder of code);
 - line completion against the n-gram baseline, on the same held-out files;
-- pass@k on HumanEval-format problems (our own benchmark by default), the
-  model's samples run in the sandbox.
+- pass@k on HumanEval- or MBPP-format problems (our own benchmark by default),
+  the model's samples run in the sandbox; an MBPP problem (or one with an
+  `instruction`) is asked in instruction mode.
 
 Or, without a run: `--completions FILE` scores completions made elsewhere
 (passk.score_file). A run is reproducible from its seed.
@@ -39,6 +40,7 @@ from codelm.evaluate.sandbox import SandboxConfig, resolve
 from codelm.fsutil import atomic_write_json, atomic_write_text
 from codelm.generate.config import SamplingConfig
 from codelm.generate.generator import generate_batch, load_run
+from codelm.generate.prompts import Prompt
 from codelm.model.io import read_config
 from codelm.train.batches import open_tokens
 
@@ -105,7 +107,8 @@ def pass_at_k_report(
         s = SamplingConfig(
             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + i
         )
-        completions[p.task_id] = [c.text for c in generate_batch(model, tok, [p.prompt], s, n=cfg.samples)[0]]
+        prompt = Prompt(p.prompt, instruction=p.instruction or None)  # MBPP's: instruction mode
+        completions[p.task_id] = [c.text for c in generate_batch(model, tok, [prompt], s, n=cfg.samples)[0]]
         console.print(f"sampled {p.task_id} ({i + 1}/{len(problems)})")
     sandbox = SandboxConfig()
     isolation, _ = resolve(sandbox)
