@@ -116,6 +116,17 @@ def test_records_become_raw_files_that_carry_their_instruction(tmp_path):
     assert all(isinstance(i, Skip) for i in items[1:])
 
 
+def test_parquet_chat_records_are_read_as_structs(tmp_path):
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Scale a list by k."},
+        {"role": "assistant", "content": f"```python\n{SCALE}```"},
+    ]
+    pq.write_table(pa.table({"messages": [turns], "id": [5]}), tmp_path / "chat.parquet")
+    (item,) = open_source(str(tmp_path / "chat.parquet"))
+    assert (item.instruction, item.data) == ("Be brief.\n\nScale a list by k.", SCALE.encode())
+
+
 # ---------------------------------------------------------------- a build
 
 
