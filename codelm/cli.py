@@ -168,6 +168,8 @@ def _train_parser(sub) -> None:
     _opt(tr, "train", "--fim-rate", type=float, help="share of files made FIM examples")
     repo_help = "repository documents per file (a stretch after snippets of its repo); 0: none"
     _opt(tr, "train", "--repo-rate", type=float, help=repo_help)
+    pair_help = "passes over the instruction -> code pairs per pass over the files (default 1; 0: none)"
+    _opt(tr, "train", "--pair-rate", type=float, help=pair_help)
     _opt(tr, "train", "--eval-every", type=int, help="steps; 0: only the evaluations spread over the budget")
     _opt(tr, "train", "--early-stop", "early_stop_patience", type=int, help="patience in evaluations; 0: off")
     _opt(tr, "train", "--checkpoint-every", type=int, help="steps; 0: at each evaluation")

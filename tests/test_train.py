@@ -305,6 +305,53 @@ def test_pair_mask_counts_only_the_code_and_the_end_token(tokenizer):
     assert mask == [0] * (len(prompt) + 2) + [1] * (len(code) + 1)
 
 
+def test_pair_rate_repeats_the_pairs_in_later_passes_and_zero_drops_them(tmp_path, tokenizer):
+    import numpy as np
+
+    from codelm.data.dataset import make_row, write_data
+    from codelm.train.batches import tokenize_split
+
+    files = [f"def f{i}(x):\n    return x + {i}\n" for i in range(3)]
+    asks = [(f"Return x times {i}.", f"def g{i}(x):\n    return x * {i}\n") for i in range(40)]
+    with write_data(tmp_path / "data") as writer:
+        for i, text in enumerate(files):
+            writer.add("train", make_row(text, f"f{i}.py", "src", "file"))
+        for i, (ask, code) in enumerate(asks):
+            writer.add("train", make_row(f"# {ask}\n{code}", f"p#{i}", "src", "pair", ask, code))
+        writer.finish({}, {})
+    start, eot = tokenizer.special["<|instruction|>"], tokenizer.special["<|endoftext|>"]
+
+    def documents(rate: float, name: str) -> tuple[int, int, list[int]]:
+        """(pairs, files, the stream's ids) tokenized at this pair rate."""
+        ids, _ = tokenize_split(
+            tmp_path / "data", "train", tokenizer, tmp_path / name / "t.bin", pair_rate=rate
+        )
+        ids = np.asarray(ids).tolist()
+        pairs = ids.count(start)
+        return pairs, ids.count(eot) - pairs, ids
+
+    once, files_once, ids_once = documents(1.0, "a")
+    assert (once, files_once) == (40, 3)
+    thrice, files, ids = documents(3.0, "b")
+    assert (thrice, files) == (120, 3)
+    assert ids[: len(ids_once)] == ids_once  # the first pass is the usual stream; the copies follow
+    copies = ids[len(ids_once) :]
+    one_pass = len(copies) // 2
+    assert copies[:one_pass] == copies[one_pass:] and eot in copies  # two more passes over the pairs
+    assert documents(0.0, "c")[:2] == (0, 3)
+    half, files_half, _ = documents(1.5, "d")
+    assert 40 + 10 <= half <= 40 + 30 and files_half == 3  # a seeded half pass: about 20 more
+    assert documents(1.5, "e")[2] == documents(1.5, "d")[2]  # the same each time
+    from codelm.train.config import TrainConfig
+    from codelm.train.prepare import _token_key
+
+    def key(split: str, **kw) -> str:
+        return _token_key(tmp_path / "data", split, tokenizer, TrainConfig(**kw), 0)
+
+    assert key("train", pair_rate=3.0) != key("train")  # a run's cached tokens follow the rate
+    assert key("val", pair_rate=3.0) == key("val")  # validation holds each pair once
+
+
 def test_fim_layouts_token_by_token(tokenizer):
     import numpy as np
 

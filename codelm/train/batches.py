@@ -32,6 +32,8 @@ from DATA through codelm/data/dataset.py; this module does not read Parquet.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +124,19 @@ def assemble(layout: Layout, encoded: list[list[int]], tok: CodeTokenizer) -> tu
     return ids, mask
 
 
+def _passes(data_dir: str | Path, split: str, pair_rate: float, seed: int) -> Iterator[tuple[int, dict]]:
+    """(index, row) of the split's documents: every row once, then further passes over the pairs
+    until `pair_rate` passes are made; a pass's fraction keeps each pair with that probability."""
+    for k in range(max(1, math.ceil(pair_rate))):  # pass 0: every row; later ones: pairs only
+        keep = min(1.0, pair_rate - k)
+        for i, row in enumerate(iter_rows(data_dir, split, ["text", "kind", "prompt", "completion"])):
+            pair = row.get("kind") == "pair"
+            if not row.get("text") or (k and not pair):
+                continue
+            if not pair or keep >= 1 or np.random.default_rng([seed, 2, k, i]).random() < keep:
+                yield i, row
+
+
 def tokenize_split(
     data_dir: str | Path,
     split: str,
@@ -131,10 +146,13 @@ def tokenize_split(
     seed: int = 0,
     repo_rate: float = 0.0,
     window: int = 0,
+    pair_rate: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tokenize a split into `out` (.bin tokens, .mask flags; atomic) and memory-map them.
     A tokenizer without FIM tokens gets no FIM, whatever `fim_rate` says. With `repo_rate`,
-    repository documents (train/repo.py) for `window`-token windows follow the files."""
+    repository documents (train/repo.py) for `window`-token windows follow the files.
+    `pair_rate` passes over the pairs (TrainConfig.pair_rate): the first among the files,
+    the others after them, each pass keeping a pair with probability min(1, what is left)."""
     out = Path(out)
     fim_rate = fim_rate if tok.has(FIM_PREFIX) else 0.0
     instruction_tokens = tok.has(INSTRUCTION)
@@ -152,9 +170,7 @@ def tokenize_split(
             mask_chunks.append(np.asarray(mask, dtype=np.uint8))
         layouts.clear()
 
-    for i, row in enumerate(iter_rows(data_dir, split, ["text", "kind", "prompt", "completion"])):
-        if not row.get("text"):
-            continue
+    for i, row in _passes(data_dir, split, pair_rate, seed):
         layouts.append(document_layout(row, np.random.default_rng([seed, i]), fim_rate, instruction_tokens))
         if len(layouts) >= ENCODE_BATCH:
             flush()

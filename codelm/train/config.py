@@ -52,6 +52,11 @@ class TrainConfig:
     # after BM25 snippets of its repository, laid out as the editor's prompt lays out context.
     # 0.5: every other file; 3: three stretches of each.
     repo_rate: float = 0.0
+    # Passes over the instruction -> code pairs (kind=pair rows) per pass over the files: 3 shows
+    # each pair three times, the copies after 1 in later passes over the pairs, never next to each
+    # other; a fraction keeps that share of a pass; 0 leaves the pairs out. For a corpus mixing
+    # one's code with an instruction dataset (data/instruct.py), which is far smaller.
+    pair_rate: float = 1.0
     compile: bool = False  # torch.compile the model: faster steps after a ~30 s first step
     # FSDP2 under torchrun (train/shard.py): each process holds 1/N of the weights, gradients
     # and optimizer state, for a model whose optimizer state no longer fits one device.
@@ -95,6 +100,7 @@ class TrainConfig:
             ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
             ("fim_rate", 0 <= self.fim_rate <= 1, "in [0, 1]"),
             ("repo_rate", 0 <= self.repo_rate <= 100, "in [0, 100]"),
+            ("pair_rate", 0 <= self.pair_rate <= 100, "in [0, 100]"),
         ):
             if not ok:
                 raise CodelmError(f"{name} must be {rule}, got {getattr(self, name)}")

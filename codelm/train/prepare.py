@@ -113,6 +113,8 @@ def _token_key(data_dir: Path, split: str, tok: CodeTokenizer, cfg: TrainConfig,
         what = [stamps, tok.tok.to_str(), fim, cfg.seed]
     if split == "train" and cfg.repo_rate:  # keys of runs without repository documents stay as they were
         what += [cfg.repo_rate, window]
+    if split == "train" and cfg.pair_rate != 1:  # as do those of runs that weigh pairs as files
+        what += [{"pair_rate": cfg.pair_rate}]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
@@ -136,7 +138,8 @@ def _tokens(
         if fim and not tok.has(FIM_PREFIX):
             console.print("this tokenizer has no fill-in-the-middle tokens: training without FIM")
         repo = cfg.repo_rate if split == "train" else 0.0
-        tokenize_split(data_dir, split, tok, out, fim_rate=fim, seed=cfg.seed, repo_rate=repo, window=window)
+        pairs = cfg.pair_rate if split == "train" else 1.0  # validation holds each pair once
+        tokenize_split(data_dir, split, tok, out, fim, cfg.seed, repo, window, pair_rate=pairs)
         atomic_write_json(meta, {"key": key})
     distributed.barrier(dist)
     return open_tokens(out, tok.vocab_size)
