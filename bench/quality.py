@@ -106,6 +106,8 @@ VARIANTS: dict[str, Variant] = {
     # prefix and suffix, or a test file beside its module, would fit.
     "ctx512": Variant(model=(("block_size", 512),), train=replace(_T, batch_size=4)),
     "adamw-8k": Variant(vocab_size=8192, train=replace(_T, optimizer="adamw")),
+    # Three passes over the mined docstring -> code pairs (and doctests) per pass over the files.
+    "pairs3x": Variant(train=replace(_T, pair_rate=3.0)),
     "stdlib-8k": Variant(sources=_STDLIB, vocab_size=8192),
     # The demo before this measure: stdlib only, AdamW, 8k.
     "stdlib-adamw-8k": Variant(sources=_STDLIB, vocab_size=8192, train=replace(_T, optimizer="adamw")),
