@@ -118,6 +118,25 @@ def test_codelm_eval_end_to_end(tmp_path, corpus_dir, tokenizer, capsys):
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["intrinsic"] == report["intrinsic"] and again["line_completion"] == report["line_completion"]
     assert again["pass_at_k"]["pass@1"] == report["pass_at_k"]["pass@1"]
+    # A run imported from a Hugging Face folder names no DATA: without --data it gets pass@k
+    # alone, here on an MBPP-format line, asked in instruction mode.
+    from codelm.interop.hf import export_hf, import_hf
+
+    export_hf(tmp_path / "run", tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "elsewhere")
+    mbpp = tmp_path / "mbpp.jsonl"
+    mbpp.write_text(
+        json.dumps({"task_id": 7, "text": "Add a and b.", "test_list": ["assert add(1, 2) == 3"]})
+    )
+    only = ["eval", str(tmp_path / "elsewhere"), "--problems", str(mbpp), "--samples", "2"]
+    assert main([*only, "--json", str(tmp_path / "only.json")]) == 0
+    report = json.loads((tmp_path / "only.json").read_text())
+    assert report["data"] is None and "intrinsic" not in report and "line_completion" not in report
+    assert report["pass_at_k"]["problems"] == 1
+    capsys.readouterr()
+    assert main([*only[:-1], "0"]) == 2
+    err = capsys.readouterr().err
+    assert "names no DATA it was trained on: give --data" in err and len(err.strip().splitlines()) == 1
 
 
 def test_held_out_folder_is_read_like_a_corpus_directory(tmp_path):
@@ -128,5 +147,5 @@ def test_held_out_folder_is_read_like_a_corpus_directory(tmp_path):
     (tmp_path / ".venv" / "lib").mkdir(parents=True)
     (tmp_path / ".venv" / "pyvenv.cfg").write_text("home = /usr\n")
     (tmp_path / ".venv" / "lib" / "b.py").write_text("def b():\n    return 2\n")
-    texts, label = held_out_texts(tmp_path, str(tmp_path), "test")
+    texts, label = held_out_texts(str(tmp_path), "test")
     assert texts == ["def a():\n    return 1\n"] and label == str(tmp_path)

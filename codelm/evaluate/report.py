@@ -66,12 +66,9 @@ class EvalConfig:
             raise CodelmError(f"temperature must be >= 0, got {self.temperature}")
 
 
-def held_out_texts(run: Path, data: str | None, split: str) -> tuple[list[str], str]:
+def held_out_texts(data: str, split: str) -> tuple[list[str], str]:
     """Held-out documents: a DATA split, or the code files of a folder (read as the corpus
     stage reads a directory: virtualenvs, build folders and the like skipped); and a label."""
-    data = data or read_config(run).get("data")
-    if not data:  # an imported run was trained elsewhere: Path("") would read the working folder
-        raise CodelmError(f"{run} names no DATA it was trained on: give --data DATA or a folder")
     path = Path(data)
     if split_files(path, split):  # one file or its shards
         return list(iter_texts(path, split)), f"{path} ({split} split)"
@@ -119,21 +116,10 @@ def pass_at_k_report(
     return {"problems_file": str(problems_path), "problems": len(rows), "isolation": isolation, **summary}
 
 
-def evaluate_run(
-    run: str | Path,
-    data: str | None = None,
-    problems: str | None = None,
-    cfg: EvalConfig = EvalConfig(),
-    json_out: str | None = None,
-    console: Console | None = None,
-) -> dict:
-    console = console or Console(stderr=True)
-    run = Path(run)
-    model, tok = load_run(str(run))
-    began = time.monotonic()
-    texts, label = held_out_texts(run, data, cfg.split)
-    console.print(f"intrinsic metrics on {label}")
-    report: dict = {"run": str(run), "data": label, "settings": asdict(cfg)}
+def _held_out_metrics(report: dict, model, tok, run: Path, data: str, cfg: EvalConfig, console) -> None:
+    """Intrinsic metrics and line completion (the model's and the n-gram baseline's) on held-out code."""
+    texts, report["data"] = held_out_texts(data, cfg.split)
+    console.print(f"intrinsic metrics on {report['data']}")
     report["intrinsic"] = asdict(intrinsic_metrics(model, tok, texts, cfg.intrinsic))
     console.print("line completion")
     positions = sample_positions(texts, cfg.lines)
@@ -145,6 +131,29 @@ def evaluate_run(
         report["line_completion"]["ngram"] = asdict(
             score(ngram_predictions(ngram, tok, positions, cfg.lines), positions)
         )
+
+
+def evaluate_run(
+    run: str | Path,
+    data: str | None = None,
+    problems: str | None = None,
+    cfg: EvalConfig = EvalConfig(),
+    json_out: str | None = None,
+    console: Console | None = None,
+) -> dict:
+    console = console or Console(stderr=True)
+    run = Path(run)
+    # An imported run was trained elsewhere and names no DATA: without --data it gets pass@k only.
+    data = data or read_config(run).get("data")
+    if not data and cfg.samples == 0:
+        raise CodelmError(f"{run} names no DATA it was trained on: give --data DATA or a folder")
+    model, tok = load_run(str(run))
+    began = time.monotonic()
+    report: dict = {"run": str(run), "data": None, "settings": asdict(cfg)}
+    if data:
+        _held_out_metrics(report, model, tok, run, data, cfg, console)
+    else:
+        console.print(f"{run} names no DATA it was trained on: pass@k only (--data DATA adds the rest)")
     if cfg.samples > 0:
         path = find_problems(problems)
         out = Path(json_out).with_suffix(".problems.jsonl") if json_out else None
