@@ -150,6 +150,7 @@ def test_instruction_datasets_build_pairs_only_judged_like_files(tmp_path):
                 "output": PROBLEM["prompt"] + PROBLEM["canonical_solution"],
             },
             {"instruction": 7, "output": ADD},  # a bad record
+            {"instruction": "Add. " * 300_000, "input": "", "output": ADD},  # over --max-bytes
         ],
     )
     chat = _jsonl(
@@ -186,7 +187,7 @@ def test_instruction_datasets_build_pairs_only_judged_like_files(tmp_path):
     assert sum(stats[f"{s}_documents"] for s in ("train", "val", "test")) == 0
     assert stats["dropped_exact_duplicate"] == 1 and stats["dropped_syntax_error"] == 1
     assert stats["skipped_other_language"] == 1 and stats["skipped_bad_record"] == 1
-    assert stats["dropped_contaminated"] == 1
+    assert stats["dropped_contaminated"] == 1 and stats["dropped_too_large"] == 1
 
 
 def test_given_pairs_train_on_the_code_only(tmp_path):

@@ -114,6 +114,9 @@ class FileProcessor:
     def __call__(self, raw: RawFile) -> Result:
         cfg = self.cfg
         r = Result(raw.path, raw.source, len(raw.data))
+        if raw.instruction is not None and len(raw.instruction) > cfg.filters.max_bytes:
+            r.reason = "too_large"  # a pair's instruction is bounded as its code is
+            return r
         checked = check(raw.data, cfg.filters, raw.language)
         if checked.reason is not None:
             r.reason = checked.reason
