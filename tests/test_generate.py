@@ -35,6 +35,18 @@ def test_block_end_waits_for_the_body_and_keeps_deeper_lines():
     assert _stop("def f(x):", text + "print(f(1))") == text
 
 
+def test_a_whole_program_goes_on_through_definitions_and_stops_at_other_statements():
+    main = "import math\n\ndef area(r):\n    return math.pi * square(r)\n\n"
+    helper = "# the helper\n@cache\ndef square(x):\n    return x * x\n"
+    assert _stop("", main + helper) is None  # an instruction's program: the helper belongs to it
+    assert _stop("", main + helper + "\nprint(area(2))\n") == main + helper
+    assert _stop("", "class A:\n    pass\nasync def f():\n    pass\nassert f\n") == (
+        "class A:\n    pass\nasync def f():\n    pass\n"
+    )
+    # with code before it, the block's end is the end, whatever follows
+    assert _stop("def area(r):", "\n    return r\ndef square(x):\n") == "\n    return r\n"
+
+
 def test_block_end_keeps_at_most_the_final_newline_of_blank_lines():
     assert _stop("def f():", "\n    pass\n\n\n\nx = 1") == "\n    pass\n"
 

@@ -15,6 +15,7 @@ The rules do not run the model nor sample; text.py calls them after each token.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -90,13 +91,20 @@ def indent_of(line: str) -> int:
     return width
 
 
+# What may follow a body at the top level of a whole program (BlockEnd.program)
+_DEFINES = re.compile(r"(?:async[ \t]+def|def|class|import|from)\b|[@#]")
+
+
 class BlockEnd:
     """Layers 3 and 4: stop when a line returns to the prompt's block level after the body
     has started, unless brackets or a string are still open there. Blank lines before the
     stop are dropped, keeping the body's final newline.
 
     The block level is the indentation of the prompt's last line that opens a block (ends
-    with ':'); without one it is the prompt's smallest indentation.
+    with ':'); without one it is the prompt's smallest indentation. An empty prompt (an
+    instruction with no code start) asks for a whole program: there a top-level definition,
+    decorator, import or comment after a body goes on (a helper after the main function, as
+    MBPP's harnesses allow), and any other top-level statement (a test, a print) ends it.
     """
 
     name = "block_end"
@@ -114,6 +122,7 @@ class BlockEnd:
         self.body_in_prompt = any(ln.strip() and indent_of(ln) > self.level for ln in tail)
         self.prompt = prompt
         self.prompt_state = scan_open(prompt)
+        self.program = not prompt.strip()
 
     def check(self, text: str, tokens: Sequence[int] = ()) -> int | None:
         body = self.body_in_prompt
@@ -124,7 +133,7 @@ class BlockEnd:
                 body = True
             elif body:
                 depth, quote, _ = scan_open(text[:start], self.prompt_state)
-                if depth == 0 and not quote:
+                if depth == 0 and not quote and not (self.program and _DEFINES.match(line)):
                     return _trim_blank_tail(text[:start])
         return None
 
