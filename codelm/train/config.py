@@ -53,9 +53,9 @@ class TrainConfig:
     # 0.5: every other file; 3: three stretches of each.
     repo_rate: float = 0.0
     # Passes over the instruction -> code pairs (kind=pair rows) per pass over the files: 3 shows
-    # each pair three times, the copies after 1 in later passes over the pairs, never next to each
-    # other; a fraction keeps that share of a pass; 0 leaves the pairs out. For a corpus mixing
-    # one's code with an instruction dataset (data/instruct.py), which is far smaller.
+    # each pair three times, its copies in later passes after the files, never next to each other;
+    # a fraction keeps that share of a pass; 0 leaves the pairs out. For a corpus that mixes one's
+    # code with an instruction dataset (data/instruct.py), usually far smaller.
     pair_rate: float = 1.0
     compile: bool = False  # torch.compile the model: faster steps after a ~30 s first step
     # FSDP2 under torchrun (train/shard.py): each process holds 1/N of the weights, gradients
