@@ -80,6 +80,25 @@ def test_top_k_and_top_p_filters():
     assert kept.tolist() == [[True, True, False, False, False]]
 
 
+def _nucleus_by_sorting(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """The nucleus as the definition says: sort, keep up to the token that crosses p."""
+    values, order = torch.sort(logits, descending=True, dim=-1)
+    probs = values.softmax(-1)
+    keep = probs.cumsum(-1) - probs < p
+    return torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, keep)
+
+
+@pytest.mark.parametrize("vocab", [50, 256, 4096])
+@pytest.mark.parametrize("scale", [0.1, 1.0, 8.0])  # flat (the nucleus past 256 tokens) to peaked
+def test_top_p_keeps_exactly_the_nucleus_a_full_sort_gives(vocab, scale):
+    gen = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(64, vocab, generator=gen) * scale
+    logits[0, 3:] = float("-inf")  # a row top-k already cut to 3 tokens
+    for p in (0.1, 0.5, 0.9, 0.95, 0.999):
+        kept = filter_logits(logits, SamplingConfig(temperature=1.0, top_p=p)).isfinite()
+        assert torch.equal(kept, _nucleus_by_sorting(logits, p)), p
+
+
 @pytest.mark.parametrize(
     "kw", [dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(max_new_tokens=0)]
 )

@@ -72,12 +72,37 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= cfg.top_p  # keep the token that crosses top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        logits = logits.masked_fill(logits < nucleus_floor(logits, cfg.top_p), float("-inf"))
     return logits
+
+
+NUCLEUS_CANDIDATES = 512  # top-p's first look: 512 beat 128, 256 and 1024 in the measure below
+
+
+def nucleus_floor(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """(B, 1): each row's smallest logit inside its nucleus, the fewest most likely tokens
+    whose probability reaches `p` (the token that crosses `p` is in).
+
+    The nucleus is first looked for among the NUCLEUS_CANDIDATES most likely tokens (`topk`),
+    with probabilities normalised over the whole vocabulary; only a row whose candidates hold
+    less than `p` of the mass is sorted whole. Tokens tied with the floor are all kept,
+    whichever order a sort would give them. Measured on 200 samples of one codelm_basic
+    problem in one batch (the 5-minute demo model, a 4k vocabulary, temperature 0.8, top-p
+    0.95, 2 cores): the nucleus took 2.1 s where a full sort of every row took 5.5 s, and the
+    whole call 11.0 s instead of 15.6. A row wider than the candidates (a flat distribution)
+    pays the top-k and the sort: on random logits, up to 1.5x the sort alone."""
+    k = min(NUCLEUS_CANDIDATES, logits.size(-1))
+    top = torch.topk(logits, k, dim=-1).values  # (B, k), descending
+    probs = (top - torch.logsumexp(logits, -1, keepdim=True)).exp()
+    inside = (probs.cumsum(-1) - probs < p).sum(-1, keepdim=True)  # up to the crossing token
+    floor = top.gather(-1, inside - 1)
+    short = probs.sum(-1) < p  # the candidates hold less than p: the nucleus is wider
+    if short.any():
+        rows = torch.sort(logits[short], descending=True, dim=-1).values
+        whole = rows.softmax(-1)
+        inside = (whole.cumsum(-1) - whole < p).sum(-1, keepdim=True)
+        floor[short] = rows.gather(-1, inside - 1)
+    return floor
 
 
 def sample(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
