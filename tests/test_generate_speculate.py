@@ -49,7 +49,8 @@ def _model() -> Transformer:
 
 
 def _decode(model, prompts, cfg, draft, samplers=1):
-    engine = Engine(model, len(prompts), frozenset({0}), draft=draft)
+    # every row drafts, as one alone does: the batched path must be exact too
+    engine = Engine(model, len(prompts), frozenset({0}), draft=draft, draft_rows=len(prompts))
     shared = [Sampler.of(cfg) for _ in range(samplers)]
     rows = [Row(list(p), cfg.max_new_tokens, shared[i % samplers]) for i, p in enumerate(prompts)]
     engine.add(rows)
@@ -121,6 +122,20 @@ def test_the_acceptance_rule_keeps_the_sampling_distribution(cfg):
     second = torch.bincount(torch.tensor([o[1] for o in kept]), minlength=V) / len(kept)
     assert len(kept) / N == pytest.approx(float(p0[d]), abs=0.01)
     assert (second - p1).abs().max() < 0.015
+
+
+def test_a_batch_drafts_only_once_one_row_is_left():
+    model = _model()
+    prompts = [[3, 4, 5, 6] * 6, [9, 8, 7] * 8]  # both repeat themselves: drafts from the start
+    engine = Engine(model, 2, frozenset({0}), draft=4)  # the default: speculate alone only
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=12)
+    engine.add([Row(list(prompts[0]), 12, Sampler.of(cfg)), Row(list(prompts[1]), 40, Sampler.of(cfg))])
+    while len(engine.active) == 2:
+        engine.step()
+    assert engine.drafted == 0  # two rows: plain steps
+    while engine.active:
+        engine.step()
+    assert engine.drafted > 0  # the longer row, left alone, drafts
 
 
 def test_seeded_speculative_sampling_is_reproducible():

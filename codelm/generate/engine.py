@@ -28,7 +28,8 @@ Two things make it faster without changing what it produces:
 - `draft` (speculate.py): each step drafts up to `draft` tokens per row by prompt lookup
   (fewer while a row's drafts are rejected) and verifies them in the same forward pass;
   a row keeps the drafts the model agrees with and one token of its own. Steps draw no
-  drafts while a row records alternatives or a trace (those are per position).
+  drafts while a row records alternatives or a trace (those are per position), nor while
+  more than `draft_rows` rows are active (SPECULATE_ROWS, measured in speculate.py).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import torch
 from codelm.generate.config import SamplingConfig
 from codelm.generate.prefix import Entry, PrefixCache
 from codelm.generate.sampling import apply_dry, penalize, sample
-from codelm.generate.speculate import Lookup, verify
+from codelm.generate.speculate import SPECULATE_ROWS, Lookup, verify
 from codelm.generate.text import TextState
 from codelm.generate.trace import TraceStep, logit_lens, top_candidates
 from codelm.model import Transformer
@@ -98,7 +99,8 @@ class Engine:
     `vocab`: sample only ids below it, where the model has more rows than its tokenizer has
     tokens (Qwen2.5's embedding is padded from 151,665 tokens to 151,936 rows).
     `prefixes`: reuse prompts' keys and values (it may outlive the engine and serve the
-    next one on the same model); `draft`: tokens drafted per row and step (0: none)."""
+    next one on the same model); `draft`: tokens drafted per row and step (0: none), while
+    at most `draft_rows` rows are active."""
 
     def __init__(
         self,
@@ -109,10 +111,11 @@ class Engine:
         vocab: int | None = None,
         prefixes: PrefixCache | None = None,
         draft: int = 0,
+        draft_rows: int = SPECULATE_ROWS,
     ):
         self.model, self.special = model, special
         self.vocab = vocab if vocab is not None and vocab < model.cfg.vocab_size else None
-        self.prefixes, self.draft = prefixes, draft
+        self.prefixes, self.draft, self.draft_rows = prefixes, draft, draft_rows
         self.drafted = self.kept = 0  # draft tokens proposed and kept, over the engine's life
         self.cache = model.new_cache(rows, max_len)
         self.active: list[Row] = []  # active[i] lives in cache row i
@@ -239,7 +242,7 @@ class Engine:
 
     def _drafts(self) -> list[list[int]] | None:
         """Each active row's draft for a speculative step, or None for a plain step."""
-        if not self.draft or any(r.top or r.trace for r in self.active):
+        if not self.draft or len(self.active) > self.draft_rows or any(r.top or r.trace for r in self.active):
             return None
         limit = min(self.cache.max_len, self.model.cfg.block_size)
         k = min(self.draft, limit - 1 - int(self.cache.lens[: len(self.active)].max()))
