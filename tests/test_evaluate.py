@@ -213,11 +213,12 @@ MBPP = [
         "test_setup_code": "",
         "challenge_test_list": [],
     },
-    {  # the sanitized layout: `prompt` and `test_imports`
+    {  # the sanitized layout (`prompt`, `test_imports`), and setup code with a blank line in a string
         "task_id": 2,
         "prompt": "Write a function that returns the hypotenuse of a right triangle.",
         "code": "import math\ndef hypotenuse(a, b):\n    return math.sqrt(a * a + b * b)\n",
         "test_imports": ["import math"],
+        "test_setup_code": 'NOTE = """a\n\nb"""\nassert NOTE.count("\\n") == 2',
         "test_list": ["assert math.isclose(hypotenuse(3, 4), 5.0)"],
     },
 ]
@@ -232,10 +233,11 @@ def test_mbpp_lines_are_instruction_problems_checked_by_their_asserts(tmp_path):
         "assert count_vowels('Banana') == 3\nassert count_vowels('xyz') == 0"
     )
     assert second.entry_point == "hypotenuse"  # math.isclose is an attribute call, not the function
-    assert (
-        second.test
-        == "def check(candidate):\n    import math\n    assert math.isclose(hypotenuse(3, 4), 5.0)\n"
-    )
+    assert second.test == (
+        'def check(candidate):\n    import math\n    NOTE = """a\n\n    b"""\n'
+        '    assert NOTE.count("\\n") == 2\n'
+        "    assert math.isclose(hypotenuse(3, 4), 5.0)\n"
+    )  # the setup's blank line kept: its assert holds when the reference passes below
     # decontamination (the lenient reading) looks for MBPP's reference, its `code` (and for the
     # sanitized layout's `prompt`, its text)
     lenient = [p.parts for p in load_problems(path, runnable=False)]

@@ -80,9 +80,7 @@ def _mbpp(row: dict, where: str) -> Problem:
     entry = _called(tests[0])
     if entry is None:
         raise CodelmError(f"{where}: the first test calls no function: {tests[0][:60]!r}")
-    body = "\n".join(
-        line for part in (*imports, *setup, *tests) for line in part.splitlines() if line.strip()
-    )
+    body = "\n".join(part.strip("\n") for part in (*imports, *setup, *tests) if part.strip())
     asks = "\n".join(tests)
     return Problem(
         task_id=str(row.get("task_id", where)),
