@@ -79,7 +79,7 @@ def _mbpp(row: dict, where: str) -> Problem:
         raise CodelmError(f"{where}: field 'test_imports' must be a list of strings")
     entry = _called(tests[0])
     if entry is None:
-        raise CodelmError(f"{where}: the first test calls no function: {tests[0][:60]!r}")
+        raise CodelmError(f"{where}: the first test calls no function but builtins: {tests[0][:60]!r}")
     body = "\n".join(part.strip("\n") for part in (*imports, *setup, *tests) if part.strip())
     asks = "\n".join(tests)
     return Problem(
