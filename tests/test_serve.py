@@ -33,7 +33,8 @@ from codelm.generate.text import TextState
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import save_weights
 from codelm.serve import BackgroundServer, ServeConfig, create_app
-from codelm.serve.chat import FENCE, ChatOutput, closing, parse_chat
+from codelm.serve.chat import ChatOutput, parse_chat
+from codelm.tokenizer.chat import FENCE, fence_close
 from tests.conftest import TINY_MODEL, corpus_texts
 
 BLOCK = 256
@@ -308,7 +309,7 @@ def test_chat_is_the_instruction_mode_answered_in_a_fence(server, run_dir, token
     ref = complete(model, tok, prompt, SamplingConfig(temperature=0, max_new_tokens=16), stops)
     [choice] = out.choices
     assert out.object == "chat.completion" and choice.message.role == "assistant"
-    assert choice.message.content == FENCE + ref.text + closing(ref.text)
+    assert choice.message.content == FENCE + ref.text + fence_close(ref.text)
     assert choice.finish_reason == ("length" if ref.stop_reason in ("length", "context_full") else "stop")
     assert (choice.model_extra["stop_rule"], choice.model_extra["syntax"]) == (ref.stop_reason, ref.syntax)
     assert out.usage.prompt_tokens == len(encode_prompt(tokenizer, prompt, prompt_room(BLOCK, 16)).ids)
@@ -372,7 +373,10 @@ def test_chat_output_fences_the_code_whole_and_streamed():
     ]  # fmt: skip
     assert [c["finish_reason"] for c in of[1]] == [None, None, "length"]
     assert ["".join(c["delta"]["content"] for c in of[i]) for i in (0, 1)] == contents
-    assert [FENCE + t + closing(t) for t in ("", "x = 1\n")] == ["```python\n```", "```python\nx = 1\n```"]
+    assert [FENCE + t + fence_close(t) for t in ("", "x = 1\n")] == [
+        "```python\n```",
+        "```python\nx = 1\n```",
+    ]
 
 
 CHAT_BAD = [

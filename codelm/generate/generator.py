@@ -25,7 +25,7 @@ from codelm.errors import CodelmError
 from codelm.generate.config import SamplingConfig
 from codelm.generate.engine import Engine, Row, Sampler
 from codelm.generate.prefix import PrefixCache
-from codelm.generate.prompts import Planned, Prompt, as_prompt, plan
+from codelm.generate.prompts import Planned, Prompt, as_prompt, fenced, plan
 from codelm.generate.speculate import DRAFT
 from codelm.generate.stopping import DEFAULT_STOPS, StopConfig, build_rules
 from codelm.generate.text import TextState
@@ -43,7 +43,7 @@ class Step:
 @dataclass
 class Completion:
     text: str
-    # end_of_text | stop_string | block_end | max_lines | repetition | length | context_full
+    # end_of_text | stop_string | fence | block_end | max_lines | repetition | length | context_full
     stop_reason: str
     # The generated ids that make `text`, an end token included; where a rule or a trim cut
     # the text, those past the cut are left out (the last one may reach past it).
@@ -82,7 +82,8 @@ def text_row(
     **kw,
 ) -> Row:
     """An engine row for `prompt` as `plan` laid it out, with its text and stop rules."""
-    rules = build_rules(stops, prompt.text, tok.decode, fim=prompt.mode == "fim", after=prompt.suffix or "")
+    fim, after = prompt.mode == "fim", prompt.suffix or ""
+    rules = build_rules(stops, prompt.text, tok.decode, fim, after, fenced(tok, prompt))
     skip = planned.healing.size if planned.healing else 0
     text = TextState(tok.token_bytes, rules, skip=skip)
     allowed = planned.healing.allowed if planned.healing else None

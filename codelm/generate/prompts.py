@@ -13,9 +13,13 @@ training document follows one; `<s>` and the like for Llama-style models:
   the prompt's end, so the engine's prefix cache reuses all before it (bench/latency.py);
   in PSM the whole suffix after the prefix is prefilled again;
 - instruction to code: `<bos> <|instruction|> text <|code|> code-start`. A tokenizer
-  without instruction tokens (a pretrained base model) gets what base code models
-  understand instead: `<bos> # text (one comment line per line) \n code-start`
-  (`roles.comment_block`), which training's pairs use too.
+  without instruction tokens but with a chat template (an imported instruct model,
+  tokenizer/chat.py) gets its template: `before text between ```python\n code-start`,
+  the text a user's message renders to with the assistant's turn opened and the code's
+  fence written; the answer ends at the fence's close (stopping.FenceEnd) or the turn's
+  end token. Any other tokenizer without instruction tokens (a pretrained base model)
+  gets what base code models understand: `<bos> # text (one comment line per line) \n
+  code-start` (`roles.comment_block`). Training's pairs use the same three layouts.
 Each text part is encoded on its own, as training encodes each piece on its own.
 
 A prompt longer than the context keeps its most recent tokens (in FIM: the suffix
@@ -72,6 +76,12 @@ class Encoded:
     dropped: int  # prompt tokens left out to fit the context; 0 when it fit
 
 
+def fenced(tok: CodeTokenizer, prompt: Prompt) -> bool:
+    """Whether `prompt` is laid out in the tokenizer's chat template, its code in a fence that
+    ends the answer when it closes (stopping.FenceEnd)."""
+    return prompt.mode == "instruction" and tok.uses_chat
+
+
 def as_prompt(prompt: str | Prompt) -> Prompt:
     return prompt if isinstance(prompt, Prompt) else Prompt(prompt)
 
@@ -101,6 +111,9 @@ def encode_prompt(tok: CodeTokenizer, prompt: Prompt, room: int) -> Encoded:
     elif tok.has(INSTRUCTION):
         head, first, second = [tok.bos_id, s[INSTRUCTION]], prompt.instruction or "", prompt.text
         mid, tail = [s[CODE]], []
+    elif tok.uses_chat:
+        (head, mid, _), tail = tok.chat_ids, []
+        first, second = prompt.instruction or "", prompt.text
     else:
         head, first, second = [tok.bos_id], comment_block(prompt.instruction or ""), prompt.text
         mid, tail = [], []

@@ -1,8 +1,9 @@
-"""Stop rules on a completion's text, in layers: user stop strings, the end of a Python
-block (never inside open brackets or an open string), a maximum number of lines, and
-repetition. The other ends of a completion are the engine's (engine.py): an end token
-(any special token: end of text, or one that opens another frame), `length` (the
-row's limit of new tokens) and `context_full` (the model's context).
+"""Stop rules on a completion's text, in layers: user stop strings, the close of the code's
+fence (an answer in a chat template's frame), the end of a Python block (never inside open
+brackets or an open string), a maximum number of lines, and repetition. The other ends
+of a completion are the engine's (engine.py): an end token (any special token: end of
+text, or one that opens another frame), `length` (the row's limit of new tokens) and
+`context_full` (the model's context).
 
 Each rule is a small object over the completion so far: `text` is its decoded
 text (without an end token) and `tokens` every generated id of that text.
@@ -76,6 +77,36 @@ class StopStrings:
         # Hold back a tail that could still grow into a stop string.
         held = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
         return len(text) - held
+
+
+class FenceEnd:
+    """The close of the ```python fence an answer in a chat template's frame was opened with
+    (prompts.fenced): a line that starts with ``` outside any string. The completion is cut
+    before it, keeping the code's final newline: what follows the fence is prose."""
+
+    name = "fence"
+
+    def __init__(self, prompt: str):
+        self.prompt_state = scan_open(prompt)
+        self.starts_line = not prompt or prompt.endswith("\n")
+
+    def check(self, text: str, tokens: Sequence[int] = ()) -> int | None:
+        pos = 0 if self.starts_line else text.find("\n") + 1
+        if pos == 0 and not self.starts_line:
+            return None  # no line has begun inside the completion yet
+        while True:
+            if text.startswith("```", pos) and not scan_open(text[:pos], self.prompt_state)[1]:
+                return pos
+            pos = text.find("\n", pos) + 1
+            if pos == 0:
+                return None
+
+    def safe(self, text: str, tokens: Sequence[int] = ()) -> int:
+        # Hold back a line that has begun as a fence (`, ``) and may yet close it.
+        start = text.rfind("\n") + 1
+        if start == 0 and not self.starts_line:
+            return len(text)
+        return start if "```".startswith(text[start : start + 3]) else len(text)
 
 
 def indent_of(line: str) -> int:
@@ -261,10 +292,14 @@ def build_rules(
     decode: Callable[[Sequence[int]], str],
     fim: bool = False,
     after: str = "",
+    fenced: bool = False,
 ) -> list[StopRule]:
     """The layered rules for one completion; `context` is the code just before it and
-    `after` the code after it (FIM's suffix)."""
+    `after` the code after it (FIM's suffix); `fenced`: the answer's code sits in a fence
+    (prompts.fenced), whose close ends it whatever `cfg` says."""
     rules: list[StopRule] = [StopStrings(cfg.stop)] if cfg.stop else []
+    if fenced:
+        rules.append(FenceEnd(context))
     if cfg.block_end or (cfg.block_end is None and not fim):
         rules.append(BlockEnd(context))
     if cfg.max_lines:

@@ -25,8 +25,10 @@ Mistral) is model "llama", with scores that order merges as the file's merge ran
 Both start a prompt with `bos_id` (for codelm's tokenizers `<|endoftext|>`, so
 `add_bos_token` is true there too) and add no dummy space, as codelm's prompts do.
 
+An imported instruct model's chat template goes in as `tokenizer.chat_template`.
+
 What it does not do: learned positions, other norms or activations, RoPE scaling, other
-quantizations (llama.cpp's llama-quantize makes those from a bf16 file), chat templates.
+quantizations (llama.cpp's llama-quantize makes those from a bf16 file).
 """
 
 from __future__ import annotations
@@ -215,6 +217,8 @@ def _add_tokenizer(w: GGUFWriter, tok: CodeTokenizer, n_vocab: int) -> None:
     w.add_token_list(tokens)
     w.add_token_types(types)
     _add_special_ids(w, tok, model)
+    if tok.chat is not None:  # an imported instruct model's (tokenizer/chat.py), for llama.cpp's chat
+        w.add_chat_template(tok.chat.source)
 
 
 def _token_table(spec: dict, tok: CodeTokenizer, n_vocab: int) -> tuple[list[str], list[int]]:

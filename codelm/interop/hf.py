@@ -4,7 +4,8 @@
 model (config.json; model.safetensors, or its shards and model.safetensors.index.json;
 tokenizer.json) and writes the codelm run OUT: config.json ({"model": ..., "source":
 ...}), the tokenizer.json byte for byte, and model.safetensors in codelm's names and the
-source's dtype (`load_model` casts on load). Tensors are read from the memory-mapped
+source's dtype (`load_model` casts on load), and an instruct model's chat template as
+chat_template.json (tokenizer/chat.py). Tensors are read from the memory-mapped
 source and written one by one, so a large model is never held twice in memory.
 `export_hf(RUN, OUT)` goes the other way, to a folder that transformers'
 `AutoModelForCausalLM.from_pretrained` loads with codelm's logits: an imported run as its
@@ -42,6 +43,7 @@ from codelm.errors import CodelmError, first_line
 from codelm.fsutil import atomic_directory, atomic_write_json
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import CONFIG, WEIGHTS, load_model, read_config, state_for_saving
+from codelm.tokenizer.chat import CHAT_FILE, ChatTemplate, read_hf
 
 TOKENIZER = "tokenizer.json"
 CLASSES = {
@@ -321,8 +323,12 @@ def import_hf(src: str | Path, out: str | Path) -> Imported:
             spec[name] = (DTYPES[code], (sum(s[0] for _, s in parts), *parts[0][1][1:]))
         source = {"format": "hf", "model_type": hf["model_type"], "path": str(src.resolve())}
         source |= {"architectures": hf.get("architectures") or [], **_special_ids(src, hf)}
+        chat, why = read_hf(src)  # one codelm cannot use is left out, and the user told why
+        notes += [why] if why else []
         with _replacing(out, src) as tmp:
             shutil.copyfile(src / TOKENIZER, tmp / TOKENIZER)
+            if chat is not None:
+                chat.save(tmp / CHAT_FILE)
             write_safetensors(tmp / WEIGHTS, spec, to_codelm(plan, lambda n: where[n].get_tensor(n)))
             atomic_write_json(tmp / CONFIG, {"model": cfg.to_dict(), "source": source})
     dtype = "/".join(sorted({CODES[d] for d, _ in spec.values()}))
@@ -397,6 +403,9 @@ def export_hf(run: str | Path, out: str | Path) -> str:
         spec = {n: (dtype, tuple(t.shape)) for n, t in tensors.items()}
         with _replacing(out, run) as tmp:
             shutil.copyfile(run / TOKENIZER, tmp / TOKENIZER)
+            if (run / CHAT_FILE).is_file():  # where transformers' apply_chat_template finds it
+                chat = ChatTemplate.load(run / CHAT_FILE)
+                atomic_write_json(tmp / "tokenizer_config.json", chat.hf_config())
             write_safetensors(tmp / WEIGHTS, spec, ((n, t.to(dtype)) for n, t in tensors.items()))
             atomic_write_json(tmp / CONFIG, hf_config(cfg, kind, dtype, ids))
             atomic_write_json(tmp / "generation_config.json", ids)

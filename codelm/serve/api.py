@@ -142,7 +142,10 @@ class Service:
             ids, context, echo, healing = self._encode(p, req, max_tokens)
             echoes.append(echo)
             fim = req.suffix is not None
-            rules = build_rules(stops, context, self.tok.decode, fim, after=req.suffix or "")
+            fence = (
+                req.instruction is not None and isinstance(p, str) and self.tok.uses_chat
+            )  # prompts.fenced
+            rules = build_rules(stops, context, self.tok.decode, fim, req.suffix or "", fence)
             for i in range(n):
                 sampling = self._sampling(req, max_tokens, None if req.seed is None else req.seed + i)
                 # The engine ends a row at max_tokens, or with context_full where the context ends first.

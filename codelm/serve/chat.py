@@ -41,8 +41,8 @@ from codelm.serve.schemas import (
     usage,
     validation_message,
 )
+from codelm.tokenizer.chat import FENCE, fence_close
 
-FENCE = "```python\n"  # opens every reply; `closing` ends it
 NO_LIMIT = 2**31 - 1  # no max_tokens: the server's cap applies
 
 
@@ -141,11 +141,6 @@ def chat_schema() -> dict[str, Any]:
     return request_schema(ChatRequest)
 
 
-def closing(text: str) -> str:
-    """What ends a reply whose code is `text`: the fence, on a line of its own."""
-    return ("" if not text or text.endswith("\n") else "\n") + "```"
-
-
 class ChatOutput(Output):
     """The answer in OpenAI's chat format: the assistant's message whole, or streamed as deltas
     (the role and the opening fence first, the closing fence with the finish reason)."""
@@ -155,7 +150,7 @@ class ChatOutput(Output):
     def whole(self) -> dict[str, Any]:
         choices = []
         for c in self.choices:
-            message = {"role": "assistant", "content": FENCE + c.text + closing(c.text)}
+            message = {"role": "assistant", "content": FENCE + c.text + fence_close(c.text)}
             choices.append({"index": c.index, "message": message, **_ending(c)})
         return {**self.top(False), "choices": choices, "usage": usage(self.choices, self.n)}
 
@@ -163,7 +158,7 @@ class ChatOutput(Output):
         if ev.kind == "start":
             delta = {"role": "assistant", "content": FENCE}
         elif ev.kind == "done":
-            delta = {"content": text + closing(c.text)}
+            delta = {"content": text + fence_close(c.text)}
         elif text:
             delta = {"content": text}
         else:

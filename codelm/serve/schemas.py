@@ -18,7 +18,7 @@ completions; `trim_to_parse` (a completion that ends mid-construct, cut by a rul
 or broken by the model, is trimmed back to code that parses, and a stream releases
 only whole lines: `codelm.generate.whole`), off unless asked for too.
 Each choice also carries `stop_rule`, the stop that fired:
-end_of_text | stop_string | block_end | repetition (finish_reason "stop"),
+end_of_text | stop_string | fence | block_end | repetition (finish_reason "stop"),
 length | context_full | timeout (finish_reason "length"), and with `trim_to_parse`
 `syntax`: parses | trimmed | unparsed, else null.
 """

@@ -1,5 +1,6 @@
 """Tokenizer stage: a byte-level BPE for code, built on HuggingFace `tokenizers`; it also wraps a
-pretrained model's tokenizer.json, its special tokens mapped to codelm's roles (`roles.py`)."""
+pretrained model's tokenizer.json, its special tokens mapped to codelm's roles (`roles.py`), and
+an instruct model's chat template (`chat.py`)."""
 
 from codelm.tokenizer.code_tokenizer import MIN_VOCAB, CodeTokenizer, train_tokenizer
 from codelm.tokenizer.corpus import TextFiles

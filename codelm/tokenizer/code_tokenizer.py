@@ -52,10 +52,12 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from codelm.errors import CodelmError
+from codelm.tokenizer.chat import CHAT_FILE, FENCE, ChatTemplate
 from codelm.tokenizer.encoder import PieceEncoder, is_code_pipeline
 from codelm.tokenizer.pretokenize import CHAR_TO_BYTE, hf_pre_tokenizer, replace_surrogates
 from codelm.tokenizer.roles import (
     EOT,
+    INSTRUCTION,
     PAD,
     SPECIAL_TOKENS,
     end_ids,
@@ -75,15 +77,17 @@ class CodeTokenizer:
     `special` maps codelm's roles (EOT, PAD, FIM_*, INSTRUCTION, CODE) to this tokenizer's
     ids, for the roles it has (a codelm tokenizer: all seven); `pad_id` is eot_id without a
     padding token. `bos_id` starts a document (eot_id unless the file's post-processor
-    prepends a token); a generated token in `stop_ids` ends the text.
+    prepends a token); a generated token in `stop_ids` ends the text. `chat` is an imported
+    instruct model's chat template (chat.py), saved and loaded beside the tokenizer.json.
 
     Safe to share between threads: the only state that calls change is the encoder's
     piece cache, which `PieceEncoder` guards."""
 
-    def __init__(self, tok: Tokenizer, native: bool | None = None):
+    def __init__(self, tok: Tokenizer, native: bool | None = None, chat: ChatTemplate | None = None):
         """`native`: cut and cache pieces in C++ (True) or Python (False); default: C++
         where it builds (`pieces.available()`). Both give the same ids."""
         self.tok = tok
+        self.chat = chat
         # Anyone calling self.tok directly also gets spelled-out specials encoded as text.
         self.tok.encode_special_tokens = True
         self.special: dict[str, int] = find_roles(tok.token_to_id)
@@ -116,6 +120,26 @@ class CodeTokenizer:
     def has(self, role: str) -> bool:
         """Whether this tokenizer has a token for `role` (EOT, PAD, FIM_PREFIX, ...)."""
         return role in self.special
+
+    @property
+    def uses_chat(self) -> bool:
+        """Whether instructions are laid out in the chat template: there is one, and no
+        instruction tokens of codelm's own (which a codelm-trained model learned)."""
+        return self.chat is not None and not self.has(INSTRUCTION)
+
+    @functools.cached_property
+    def chat_ids(self) -> tuple[list[int], list[int], list[int]]:
+        """The chat template's ids around an instruction and its code: before the instruction
+        (the document start first), between it and the code (the assistant's turn opened and
+        a ```python fence), and after the code (the turn's end; end-of-text without one)."""
+        if self.chat is None:
+            raise CodelmError("this tokenizer has no chat template")
+        frame = self.chat.frame
+        before = self.encode(frame.before, allow_special=True)
+        if self.bos_id != self.eot_id and before[:1] != [self.bos_id]:
+            before = [self.bos_id, *before]  # every document of such a model starts with it
+        after = self.encode(frame.after, allow_special=True) or [self.eot_id]
+        return before, self.encode(frame.between + FENCE, allow_special=True), after
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
         """Token ids of `text`. With allow_special, spelled-out special tokens become their ids."""
@@ -177,9 +201,12 @@ class CodeTokenizer:
         return table
 
     def save(self, path: str | Path) -> None:
+        """Write tokenizer.json to `path`, and the chat template, if any, beside it."""
         from codelm.fsutil import atomic_write_text
 
         atomic_write_text(path, self.tok.to_str(pretty=False))
+        if self.chat is not None:
+            self.chat.save(Path(path).parent / CHAT_FILE)
 
     @classmethod
     def load(cls, path: str | Path) -> CodeTokenizer:
@@ -192,7 +219,8 @@ class CodeTokenizer:
             tok = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises plain Exceptions on bad JSON
             raise CodelmError(f"cannot load tokenizer {path}: {str(e).splitlines()[0]}") from None
-        return cls(tok)
+        chat = path.parent / CHAT_FILE
+        return cls(tok, chat=ChatTemplate.load(chat) if chat.is_file() else None)
 
 
 def _piece_scheme(spec: dict) -> str:

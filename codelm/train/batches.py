@@ -20,7 +20,10 @@ ends with end-of-text, so documents pack into fixed windows with no padding.
 A pretrained model's tokenizer may lack codelm's roles (codelm/tokenizer/roles.py):
 without FIM tokens there is no FIM (fim_rate 0); without instruction tokens a pair
 is `# prompt` (a comment line per line, then a blank line) followed by the
-completion, the layout `codelm.generate.prompts` gives such a model. A tokenizer
+completion, the layout `codelm.generate.prompts` gives such a model; with a chat
+template (an imported instruct model, tokenizer/chat.py) a pair is the template's frame:
+the user's message, the assistant's turn opened with a ```python fence, then the code,
+the fence's close, the turn's end and end-of-text, with loss from the code on. A tokenizer
 whose documents start with a token of their own (Llama's `<s>`) gets it before
 every document, with no loss on it: codelm's own start after the previous end.
 
@@ -44,6 +47,7 @@ from codelm.data.dataset import iter_rows
 from codelm.errors import CodelmError
 from codelm.fsutil import atomic_write_bytes
 from codelm.tokenizer import CodeTokenizer
+from codelm.tokenizer.chat import fence_close
 from codelm.tokenizer.roles import CODE, EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, INSTRUCTION, comment_block
 from codelm.train.repo import RepoDoc, repo_documents
 
@@ -60,8 +64,8 @@ class Layout:
     """A document as text pieces (encoded together in one batch) and special ids around them."""
 
     pieces: list[str]
-    # How to assemble: a list of ("special", name) or ("piece", index) with a loss flag.
-    parts: list[tuple[str, str | int, int]]
+    # How to assemble: a list of ("special", name), ("piece", index) or ("ids", ids) with a loss flag.
+    parts: list[tuple[str, str | int | tuple[int, ...], int]]
 
 
 def fim_layout(text: str, rng: np.random.Generator, spm_rate: float = 0.5) -> Layout:
@@ -91,11 +95,21 @@ def repo_layout(doc: RepoDoc, rng: np.random.Generator, fim_rate: float) -> Layo
 
 
 def document_layout(
-    row: dict, rng: np.random.Generator, fim_rate: float, instruction_tokens: bool = True
+    row: dict,
+    rng: np.random.Generator,
+    fim_rate: float,
+    instruction_tokens: bool = True,
+    chat: tuple[list[int], list[int], list[int]] | None = None,
 ) -> Layout:
     """The layout of one DATA row; `instruction_tokens`: the tokenizer has INSTRUCTION and CODE
-    (else a pair's prompt becomes a comment block above its code)."""
+    (else a pair's prompt becomes a comment block above its code, or with `chat`, the chat
+    template's ids before, between and after (CodeTokenizer.chat_ids), goes in its frame)."""
     if row.get("kind") == "pair" and row.get("prompt") is not None and row.get("completion") is not None:
+        if chat is not None:
+            before, between, after = map(tuple, chat)
+            code = row["completion"] + fence_close(row["completion"])
+            parts = [("ids", before, 0), ("piece", 0, 0), ("ids", between, 0), ("piece", 1, 1)]
+            return Layout([row["prompt"], code], [*parts, ("ids", after, 1)])
         if not instruction_tokens:
             return Layout(
                 [comment_block(row["prompt"]), row["completion"]],
@@ -118,10 +132,16 @@ def assemble(layout: Layout, encoded: list[list[int]], tok: CodeTokenizer) -> tu
     ids: list[int] = [tok.bos_id] if start else []
     mask: list[int] = [0] if start else []
     for kind, what, flag in layout.parts:
-        part = [tok.special[what]] if kind == "special" else encoded[what]
+        part = _part(kind, what, encoded, tok)
         ids += part
         mask += [flag] * len(part)
     return ids, mask
+
+
+def _part(kind: str, what, encoded: list[list[int]], tok: CodeTokenizer) -> list[int]:
+    if kind == "ids":
+        return list(what)
+    return [tok.special[what]] if kind == "special" else encoded[what]
 
 
 def _passes(data_dir: str | Path, split: str, pair_rate: float, seed: int) -> Iterator[tuple[int, dict]]:
@@ -156,6 +176,13 @@ def tokenize_split(
     out = Path(out)
     fim_rate = fim_rate if tok.has(FIM_PREFIX) else 0.0
     instruction_tokens = tok.has(INSTRUCTION)
+    chat = None
+    if tok.uses_chat:
+        before, between, after = tok.chat_ids
+        # chat_ids' before starts with the document start where it is a token of its own:
+        # `assemble` puts that one first already. Every document ends with end-of-text.
+        end = after if after[-1] == tok.eot_id else [*after, tok.eot_id]
+        chat = (before[1:] if tok.bos_id != tok.eot_id else before, between, end)
     dtype = token_dtype(tok.vocab_size)
     id_chunks: list[np.ndarray] = []
     mask_chunks: list[np.ndarray] = []
@@ -171,7 +198,8 @@ def tokenize_split(
         layouts.clear()
 
     for i, row in _passes(data_dir, split, pair_rate, seed):
-        layouts.append(document_layout(row, np.random.default_rng([seed, i]), fim_rate, instruction_tokens))
+        rng = np.random.default_rng([seed, i])
+        layouts.append(document_layout(row, rng, fim_rate, instruction_tokens, chat))
         if len(layouts) >= ENCODE_BATCH:
             flush()
     if repo_rate > 0:

@@ -28,6 +28,7 @@ from codelm.model import ModelConfig
 from codelm.model.io import WEIGHTS, load_model, read_config, verify_run_files
 from codelm.model.lora import ADAPTERS
 from codelm.tokenizer import FIM_PREFIX, CodeTokenizer, train_tokenizer
+from codelm.tokenizer.chat import CHAT_FILE
 from codelm.train import distributed
 from codelm.train.batches import PackedWindows, open_tokens, tokenize_split
 from codelm.train.checkpoint import list_checkpoints
@@ -93,7 +94,8 @@ def _fresh(data_dir, run_dir, cfg, tokenizer, console, overrides, init_from, dis
         shutil.rmtree(
             run_dir / "checkpoints", ignore_errors=True
         )  # a new run: old ones would mislead --resume
-        for stale in ("metrics.jsonl", WEIGHTS, ADAPTERS):  # a LoRA run must not keep full weights
+        # a LoRA run must not keep full weights, nor a run a chat template its tokenizer lacks
+        for stale in ("metrics.jsonl", WEIGHTS, ADAPTERS, CHAT_FILE):
             (run_dir / stale).unlink(missing_ok=True)
         tok.save(run_dir / "tokenizer.json")
         atomic_write_json(run_dir / "config.json", saved)
@@ -115,6 +117,8 @@ def _token_key(data_dir: Path, split: str, tok: CodeTokenizer, cfg: TrainConfig,
         what += [cfg.repo_rate, window]
     if split == "train" and cfg.pair_rate != 1:  # as do those of runs that weigh pairs as files
         what += [{"pair_rate": cfg.pair_rate}]
+    if tok.uses_chat:  # pairs go in the chat template's frame: a changed template changes them
+        what += [{"chat": tok.chat.source}]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
