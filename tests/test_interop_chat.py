@@ -139,6 +139,23 @@ def test_a_long_instruction_keeps_its_end_and_the_frame_whole(tmp_path):
     assert tok.decode(enc.ids[len(before) : len(enc.ids) - len(between)]).endswith(ASK)
 
 
+def test_earlier_turns_go_in_as_turns_and_the_oldest_leave_first(tmp_path):
+    folder = hf_folder(tmp_path / "hf", "chatml")
+    tok = CodeTokenizer.load(folder / "tokenizer.json")
+    tok.chat, _ = read_hf(folder)
+    history = (("system", "Be brief."), ("user", "Write add."), ("assistant", FENCE + CODE + "```"))
+    ids = encode_prompt(tok, Prompt("", instruction="Now b - a.", history=history), 1000).ids
+    messages = [{"role": r, "content": t} for r, t in history] + [{"role": "user", "content": "Now b - a."}]
+    text = hf_tokenizer(folder).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert tok.decode(ids) == text + FENCE and text.startswith("<|im_start|>system\nBe brief.")
+    long = (("developer", "Be brief."), *[("user", f"Write f{i}.") for i in range(40)])
+    enc = encode_prompt(tok, Prompt("", instruction="Now b - a.", history=long), 200)
+    shown = tok.decode(enc.ids)
+    assert len(enc.ids) <= 200 and enc.dropped > 0 and "Write f0." not in shown
+    assert "system\nBe brief." in shown and "Write f39." in shown
+    assert shown.endswith("Now b - a.<|im_end|>\n<|im_start|>assistant\n" + FENCE)
+
+
 def test_import_keeps_the_template_and_export_gives_it_back(tmp_path):
     hf_folder(tmp_path / "hf", "instruct")
     import_hf(tmp_path / "hf", tmp_path / "run")
@@ -246,6 +263,22 @@ def test_the_chat_route_answers_an_imported_instruct_model_in_its_template(taugh
     assert out.choices[0].finish_reason == "stop"
     asked = encode_prompt(tok, Prompt("", instruction=ASK), 1000).ids
     assert out.usage.prompt_tokens == len(asked)
+    turns = [
+        ("system", "Be brief."),
+        ("user", "Write sub."),
+        ("assistant", "def sub(a, b): ..."),
+        ("user", ASK),
+    ]
+    with BackgroundServer(create_app(model, tok, ServeConfig(), name="chat")) as url:
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+        messages = [{"role": r, "content": t} for r, t in turns]
+        out = api.chat.completions.create(model="chat", messages=messages, temperature=0, max_tokens=8)
+    # The tiny model's context (128, 8 kept for the answer) leaves out the oldest exchange, the
+    # user's message with its answer, so that the turns still alternate; the system's stays.
+    enc = encode_prompt(tok, Prompt("", instruction=ASK, history=tuple(turns[:-1])), 120)
+    assert out.usage.prompt_tokens == len(enc.ids) and enc.dropped > 0
+    shown = tok.decode(enc.ids)
+    assert "Be brief." in shown and "Write sub." not in shown and "def sub" not in shown
 
 
 def test_the_gguf_file_carries_the_template_for_llama_cpp(tmp_path):

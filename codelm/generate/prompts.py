@@ -46,10 +46,16 @@ class Prompt:
     suffix: str | None = None  # set: fill in the middle between `text` and `suffix`
     instruction: str | None = None  # set: write code for this request
     fim_order: str = "psm"  # "psm" | "spm": the order of prefix and suffix (both trained)
+    # A conversation's earlier (role, text) messages before the instruction, for a chat template,
+    # which lays them out as turns. Other layouts have no turns: serve/chat.py folds them into
+    # the instruction there.
+    history: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.fim_order not in ("psm", "spm"):
             raise CodelmError(f"fim order must be psm or spm, got {self.fim_order!r}")
+        if self.history and self.instruction is None:
+            raise CodelmError("earlier turns of a conversation come with an instruction")
         if self.suffix is not None and self.instruction is not None:
             raise CodelmError("choose fill-in-the-middle (suffix) or an instruction, not both")
         if self.instruction is not None and not self.instruction.strip():
@@ -101,6 +107,7 @@ def encode_prompt(tok: CodeTokenizer, prompt: Prompt, room: int) -> Encoded:
             return Encoded([tok.bos_id, *ids], 0)
         # Cut: no beginning-of-file marker, since the file's beginning is gone.
         return Encoded(ids[len(ids) - room :], len(ids) - room)
+    left_out = 0  # tokens of a conversation's earlier turns left out (chat templates)
     if prompt.mode == "fim":
         if not tok.has(FIM_PREFIX):
             raise CodelmError("this model's tokenizer has no fill-in-the-middle tokens")
@@ -112,8 +119,8 @@ def encode_prompt(tok: CodeTokenizer, prompt: Prompt, room: int) -> Encoded:
         head, first, second = [tok.bos_id, s[INSTRUCTION]], prompt.instruction or "", prompt.text
         mid, tail = [s[CODE]], []
     elif tok.uses_chat:
-        (head, mid, _), tail = tok.chat_ids, []
-        first, second = prompt.instruction or "", prompt.text
+        head, mid, left_out = _chat_turns(tok, prompt.history, room)
+        first, second, tail = prompt.instruction or "", prompt.text, []
     else:
         head, first, second = [tok.bos_id], comment_block(prompt.instruction or ""), prompt.text
         mid, tail = [], []
@@ -127,7 +134,24 @@ def encode_prompt(tok: CodeTokenizer, prompt: Prompt, room: int) -> Encoded:
     b_kept = b[:kb] if prompt.mode == "fim" else b[len(b) - kb :]
     if prompt.fim_order == "spm" and prompt.mode == "fim":
         a_kept, b_kept = b_kept, a_kept  # the suffix first; each part keeps what it keeps in PSM
-    return Encoded(head + a_kept + mid + b_kept + tail, len(a) - ka + len(b) - kb)
+    return Encoded(head + a_kept + mid + b_kept + tail, len(a) - ka + len(b) - kb + left_out)
+
+
+def _chat_turns(tok: CodeTokenizer, history: tuple[tuple[str, str], ...], room: int):
+    """A chat template's ids before and after the request, with the conversation's `history`
+    rendered as turns; while those ids take more than half of `room`, its oldest exchange (a
+    user's message and the answers after it; never a system message) is left out, so the
+    turns still alternate. Returns the ids and the count of tokens left out."""
+    head, mid = tok.chat_turn_ids(history)
+    full = len(head) + len(mid)
+    system = [t for t in history if t[0] in ("system", "developer")]
+    turns = [t for t in history if t[0] not in ("system", "developer")]
+    while len(head) + len(mid) > room // 2 and turns:
+        turns = turns[1:]
+        while turns and turns[0][0] == "assistant":  # a conversation resumes with a user's message
+            turns = turns[1:]
+        head, mid = tok.chat_turn_ids((*system, *turns))
+    return head, mid, full - len(head) - len(mid)
 
 
 @dataclass(frozen=True)

@@ -189,8 +189,12 @@ class Service:
         if not p and req.suffix is None and req.instruction is None:  # the start of a new file
             return [self.tok.bos_id], "", Echo("", 1) if req.echo else None, None
         exact = req.echo or req.logprobs is not None  # scored prompts keep their own tokens
+        instruction, history = req.instruction, ()
+        if instruction is not None and req._turns and self.tok.uses_chat:  # a chat, in the model's template
+            *earlier, (_, instruction) = req._turns
+            history = tuple(earlier)
         try:
-            prompt = Prompt(p, req.suffix, req.instruction, req.fim_order or "psm")
+            prompt = Prompt(p, req.suffix, instruction, req.fim_order or "psm", history)
             planned = plan(self.tok, prompt, self.block, max_tokens, healing=not exact)
         except CodelmError as e:
             raise BadRequest(str(e)) from None

@@ -5,9 +5,11 @@ conversations. So a chat request becomes one completions request in that layout:
 and developer messages, then the earlier turns (code fences dropped from the assistant's),
 then the user's last message, joined by blank lines, are the instruction, as the notebook lays
 out its context before a request, and as `codelm data build` reads a chat fine-tuning file
-(codelm.data.instruct.conversation). The code the model writes comes back as the assistant's
-message inside a ```python fence, as chat clients render Markdown. A reply ends at
-end-of-text or where it starts to repeat itself, and is trimmed back to code that parses
+(codelm.data.instruct.conversation). An imported instruct model with a chat template gets the
+messages as turns in its template instead (the request carries them: api.py chooses). The
+code the model writes comes back as the assistant's message inside a ```python fence, as chat
+clients render Markdown. A reply ends at end-of-text, where the model closes the fence (chat
+templates), or where it starts to repeat itself, and is trimmed back to code that parses
 (codelm.generate.whole); with no `max_tokens` (or `max_completion_tokens`) it may run to the
 server's cap (`--max-tokens`).
 
@@ -117,7 +119,7 @@ class ChatRequest(Sampled):
         # A chat client sends no loop guards, and shows the reply whole: codelm's own defaults.
         for name in ("repetition_penalty", "dry_multiplier"):
             shared[name] = getattr(SamplingConfig, name) if shared[name] is None else shared[name]
-        return CompletionRequest(
+        req = CompletionRequest(
             **shared,
             prompt="",
             instruction=self.instruction(),
@@ -125,6 +127,8 @@ class ChatRequest(Sampled):
             stop_on_repetition=True,
             trim_to_parse=True,
         )
+        req._turns = tuple((m.role, m.text()) for m in self.messages)  # for a chat template's turns
+        return req
 
 
 def parse_chat(obj: Any) -> CompletionRequest:

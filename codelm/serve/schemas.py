@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from codelm.generate.scheduler import Event, TokenInfo
 from codelm.tokenizer import CodeTokenizer
@@ -124,6 +124,9 @@ class CompletionRequest(Sampled):
     stop_at_block_end: bool | None = None
     stop_on_repetition: bool | None = None
     trim_to_parse: bool | None = None
+    # Not a field: a chat request's messages, (role, text), the last the user's (serve/chat.py).
+    # A chat template lays them out as turns; other layouts read `instruction`, which folds them.
+    _turns: tuple[tuple[str, str], ...] = PrivateAttr(default=())
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt

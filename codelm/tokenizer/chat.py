@@ -19,9 +19,9 @@ cannot touch Python objects or the file system), `trim_blocks` and `lstrip_block
 assistant's answer and cuts the text at them: what comes before the instruction, between it
 and the answer, and after the answer. So a long instruction can be cut to the context like any
 other part, each part is encoded on its own (the rule everywhere in codelm), and the template
-itself runs once per tokenizer, not per request. What it does not do: conversations of several
-turns, system prompts or tools of the caller's (a request becomes one user message), or
-templates that rewrite the message text (the markers must come out as they went in).
+itself runs once per tokenizer, not per request (`around` renders a conversation's earlier turns
+when a chat request has them). What it does not do: tools, or templates that rewrite the
+message text (the markers must come out as they went in).
 """
 
 from __future__ import annotations
@@ -72,10 +72,7 @@ class ChatTemplate:
     def frame(self) -> Frame:
         """The text around one instruction and its answer; CodelmError where the template does not
         show the instruction exactly once."""
-        asked = self.render([{"role": "user", "content": _ASKED}], add_generation_prompt=True)
-        if asked.count(_ASKED) != 1:
-            raise CodelmError("the chat template does not show the user's message as written")
-        before, between = asked.split(_ASKED)
+        before, between = self.around(())
         exchange = [{"role": "user", "content": _ASKED}, {"role": "assistant", "content": _ANSWER}]
         try:
             done = self.render(exchange, add_generation_prompt=False)
@@ -83,6 +80,16 @@ class ChatTemplate:
             done = ""
         after = done.split(_ANSWER)[1] if done.count(_ANSWER) == 1 else ""
         return Frame(before, between, after)
+
+    def around(self, history: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+        """The text before and after a user's request that follows the `history` turns ((role,
+        text); "developer" is a system message), up to where the answer begins."""
+        turns = [{"role": "system" if r == "developer" else r, "content": t} for r, t in history]
+        asked = self.render([*turns, {"role": "user", "content": _ASKED}], add_generation_prompt=True)
+        if asked.count(_ASKED) != 1:
+            raise CodelmError("the chat template does not show the user's message as written")
+        before, between = asked.split(_ASKED)
+        return before, between
 
     def hf_config(self) -> dict[str, str]:
         """The tokenizer_config.json entries that give transformers this template back."""

@@ -134,12 +134,19 @@ class CodeTokenizer:
         a ```python fence), and after the code (the turn's end; end-of-text without one)."""
         if self.chat is None:
             raise CodelmError("this tokenizer has no chat template")
-        frame = self.chat.frame
-        before = self.encode(frame.before, allow_special=True)
-        if self.bos_id != self.eot_id and before[:1] != [self.bos_id]:
-            before = [self.bos_id, *before]  # every document of such a model starts with it
-        after = self.encode(frame.after, allow_special=True) or [self.eot_id]
-        return before, self.encode(frame.between + FENCE, allow_special=True), after
+        after = self.encode(self.chat.frame.after, allow_special=True) or [self.eot_id]
+        return *self.chat_turn_ids(()), after
+
+    def chat_turn_ids(self, history: tuple[tuple[str, str], ...]) -> tuple[list[int], list[int]]:
+        """Ids before and after a request that follows the `history` turns ((role, text)), as in
+        `chat_ids`: without history, chat_ids' first two."""
+        if self.chat is None:
+            raise CodelmError("this tokenizer has no chat template")
+        before, between = self.chat.around(history)
+        ids = self.encode(before, allow_special=True)
+        if self.bos_id != self.eot_id and ids[:1] != [self.bos_id]:
+            ids = [self.bos_id, *ids]  # every document of such a model starts with it
+        return ids, self.encode(between + FENCE, allow_special=True)
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
         """Token ids of `text`. With allow_special, spelled-out special tokens become their ids."""
