@@ -226,7 +226,8 @@ def cmd_import(a: argparse.Namespace) -> None:
     done = import_hf(a.src, a.out)
     for note in done.notes:
         print(f"codelm: {note}", file=sys.stderr)
-    print(f"imported {done.model_type}: {done.params:,} parameters ({done.dtype}) -> {a.out}")
+    chat = ", with its chat template" if done.chat_template else ""
+    print(f"imported {done.model_type}: {done.params:,} parameters ({done.dtype}){chat} -> {a.out}")
 
 
 def cmd_export(a: argparse.Namespace) -> None:

@@ -156,9 +156,12 @@ def test_earlier_turns_go_in_as_turns_and_the_oldest_leave_first(tmp_path):
     assert shown.endswith("Now b - a.<|im_end|>\n<|im_start|>assistant\n" + FENCE)
 
 
-def test_import_keeps_the_template_and_export_gives_it_back(tmp_path):
+def test_import_keeps_the_template_and_export_gives_it_back(tmp_path, capsys):
+    from codelm import cli
+
     hf_folder(tmp_path / "hf", "instruct")
-    import_hf(tmp_path / "hf", tmp_path / "run")
+    assert cli.main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 0
+    assert "parameters (F32), with its chat template -> " in capsys.readouterr().out
     assert (tmp_path / "run" / CHAT_FILE).is_file()
     _, tok = load_run(tmp_path / "run")
     assert tok.chat is not None and tok.uses_chat and tok.chat.tokens["bos_token"] == "<s>"
@@ -183,6 +186,7 @@ def test_a_template_codelm_cannot_use_is_left_out_with_a_note(config, why, tmp_p
     hf_folder(tmp_path / "hf", "chatml", **config)
     done = import_hf(tmp_path / "hf", tmp_path / "run")
     assert any(why in note and "chat template left out" in note for note in done.notes)
+    assert not done.chat_template
     assert not (tmp_path / "run" / CHAT_FILE).exists()
     assert load_run(tmp_path / "run")[1].chat is None
 
@@ -290,3 +294,16 @@ def test_the_gguf_file_carries_the_template_for_llama_cpp(tmp_path):
     import_hf(tmp_path / "hf", tmp_path / "run")
     export_gguf(tmp_path / "run", tmp_path / "m.gguf", "f32")
     assert gguf.GGUFReader(tmp_path / "m.gguf").fields["tokenizer.chat_template"].contents() == CHATML
+
+
+@pytest.mark.parametrize("damage", ["{not json", '{"chat_template": "{% if %}"}'])
+def test_a_damaged_chat_template_in_a_run_is_a_one_line_error(damage, tmp_path, capsys):
+    from codelm import cli
+
+    hf_folder(tmp_path / "hf", "chatml")
+    import_hf(tmp_path / "hf", tmp_path / "run")
+    (tmp_path / "run" / CHAT_FILE).write_text(damage)
+    capsys.readouterr()
+    assert cli.main(["generate", str(tmp_path / "run"), "--instruction", ASK, ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("codelm: error: ") and "chat template" in err and err.count("\n") == 1, err

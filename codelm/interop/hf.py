@@ -87,6 +87,7 @@ class Imported:
     dtype: str  # of the weights, as in safetensors: "BF16", "F32", ...
     params: int
     notes: list[str] = field(default_factory=list)  # what the user should know (a cut context)
+    chat_template: bool = False  # an instruct model's, kept (tokenizer/chat.py)
 
 
 def hf_plan(cfg: ModelConfig) -> Plan:
@@ -333,7 +334,7 @@ def import_hf(src: str | Path, out: str | Path) -> Imported:
             atomic_write_json(tmp / CONFIG, {"model": cfg.to_dict(), "source": source})
     dtype = "/".join(sorted({CODES[d] for d, _ in spec.values()}))
     params = sum(math.prod(s) for _, s in spec.values())
-    return Imported(cfg, hf["model_type"], dtype, params, notes)
+    return Imported(cfg, hf["model_type"], dtype, params, notes, chat is not None)
 
 
 def _source(run: Path) -> dict[str, Any]:
