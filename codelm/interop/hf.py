@@ -25,11 +25,8 @@ cuts the context to the window instead: up to the window, full attention is the 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import shutil
-import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +37,8 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from codelm.errors import CodelmError, first_line
-from codelm.fsutil import atomic_directory, atomic_write_json
+from codelm.fsutil import atomic_write_json
+from codelm.interop.folders import CODES, DTYPES, open_weights, read_json, replacing, write_safetensors
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import CONFIG, WEIGHTS, load_model, read_config, state_for_saving
 from codelm.tokenizer.chat import CHAT_FILE, ChatTemplate, read_hf
@@ -64,8 +62,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # codelm's MLPs compute SiLU (SwiGLU) and GELU's tanh approximation; the names HF gives them
 ACTIVATIONS = {"llama": ("silu",), "mistral": ("silu",), "qwen2": ("silu",)}
 ACTIVATIONS["starcoder2"] = ("gelu_pytorch_tanh", "gelu_new")
-DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-CODES = {v: k for k, v in DTYPES.items()}
 IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 # codelm module -> the HF module(s) whose rows, concatenated, make its weight (and bias)
 TOP = {"wte": "model.embed_tokens", "norm_f": "model.norm", "head": "lm_head"}
@@ -211,81 +207,11 @@ def hf_model_config(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
     return ModelConfig(**shape, **common, **biases, norm_eps=hf["rms_norm_eps"]), notes
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        read = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CodelmError(f"cannot read {path}: {first_line(e)}") from None
-    if not isinstance(read, dict):
-        raise CodelmError(f"cannot read {path}: a JSON {type(read).__name__}, not an object")
-    return read
-
-
-def _open_weights(src: Path, stack: contextlib.ExitStack) -> dict[str, Any]:
-    """Each tensor name of the folder's safetensors -> the open (memory-mapped) file holding it."""
-    index = src / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted({src / f for f in _read_json(index).get("weight_map", {}).values()})
-    else:
-        files = sorted(src.glob("model*.safetensors"))  # not Mistral's consolidated.safetensors
-    if not files:
-        pickles = sorted(p.name for p in src.glob("*.bin"))
-        if pickles:
-            raise CodelmError(f"{src} has pickled weights only ({pickles[0]}): codelm reads *.safetensors")
-        raise CodelmError(f"no model.safetensors in {src}")
-    where: dict[str, Any] = {}
-    for path in files:
-        if not path.is_file():
-            raise CodelmError(f"missing weights file {path} (listed in {index.name})")
-        try:
-            f = stack.enter_context(safe_open(str(path), framework="pt"))
-        except Exception as e:  # safetensors raises its own error types on damage
-            raise CodelmError(f"corrupt weights {path}: {first_line(e)}") from None
-        for name in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
-            where.setdefault(name, f)
-    return where
-
-
-@contextlib.contextmanager
-def _replacing(out: Path, reading: Path) -> Iterator[Path]:
-    """A temporary folder that replaces `out` on success (as `codelm data build` does)."""
-    if out.resolve() == reading.resolve() or out.resolve() in reading.resolve().parents:
-        raise CodelmError(f"--out {out} would replace {reading}, which is being read")
-    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / CONFIG).is_file()):
-        raise CodelmError(f"{out} exists and is not a model folder: not replacing it")
-    with atomic_directory(out) as tmp:
-        yield tmp
-
-
-def write_safetensors(
-    path: Path,
-    spec: dict[str, tuple[torch.dtype, tuple[int, ...]]],
-    tensors: Iterable[tuple[str, torch.Tensor]],
-) -> None:
-    """A safetensors file of the tensors `spec` announces (dtype, shape), written as
-    `tensors` yields them in the same order: one tensor in memory at a time."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, (dtype, shape) in spec.items():
-        size = math.prod(shape) * dtype.itemsize
-        header[name] = {"dtype": CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the data starts 8-aligned, as safetensors writes it
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head)
-        for (name, t), (expected, (dtype, shape)) in zip(tensors, spec.items(), strict=True):
-            assert name == expected and t.dtype == dtype and tuple(t.shape) == shape, name
-            f.write(t.contiguous().view(torch.uint8).numpy().data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _special_ids(src: Path, hf: dict[str, Any]) -> dict[str, Any]:
     """bos/eos/pad ids: config.json's, where generation_config.json does not override them."""
     ids = {k: hf.get(k) for k in IDS}
     gen = src / "generation_config.json"
-    return ids | ({k: v for k, v in _read_json(gen).items() if k in IDS} if gen.is_file() else {})
+    return ids | ({k: v for k, v in read_json(gen).items() if k in IDS} if gen.is_file() else {})
 
 
 def _check_tokenizer(path: Path, rows: int) -> None:
@@ -304,10 +230,10 @@ def import_hf(src: str | Path, out: str | Path) -> Imported:
     src, out = Path(src), Path(out)
     if not (src / CONFIG).is_file():
         raise CodelmError(f"no {CONFIG} in {src}" if src.is_dir() else f"not a folder: {src}")
-    hf = _read_json(src / CONFIG)
+    hf = read_json(src / CONFIG)
     cfg, notes = hf_model_config(hf)
     with contextlib.ExitStack() as stack:
-        where = _open_weights(src, stack)
+        where = open_weights(src, stack)
         found = {n: tuple(f.get_slice(n).get_shape()) for n, f in where.items()}
         # The embedding's rows may exceed the tokenizer's vocabulary (padding rows): they count.
         rows = found.get("model.embed_tokens.weight", (cfg.vocab_size,))[0]
@@ -326,7 +252,7 @@ def import_hf(src: str | Path, out: str | Path) -> Imported:
         source |= {"architectures": hf.get("architectures") or [], **_special_ids(src, hf)}
         chat, why = read_hf(src)  # one codelm cannot use is left out, and the user told why
         notes += [why] if why else []
-        with _replacing(out, src) as tmp:
+        with replacing(out, src) as tmp:
             shutil.copyfile(src / TOKENIZER, tmp / TOKENIZER)
             if chat is not None:
                 chat.save(tmp / CHAT_FILE)
@@ -402,7 +328,7 @@ def export_hf(run: str | Path, out: str | Path) -> str:
             norms = [n.removesuffix(".weight") for n in tensors if "norm" in n]
             tensors |= {f"{n}.bias": torch.zeros(cfg.n_embd) for n in norms}
         spec = {n: (dtype, tuple(t.shape)) for n, t in tensors.items()}
-        with _replacing(out, run) as tmp:
+        with replacing(out, run) as tmp:
             shutil.copyfile(run / TOKENIZER, tmp / TOKENIZER)
             if (run / CHAT_FILE).is_file():  # where transformers' apply_chat_template finds it
                 chat = ChatTemplate.load(run / CHAT_FILE)
