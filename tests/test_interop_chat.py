@@ -191,13 +191,15 @@ def test_a_template_codelm_cannot_use_is_left_out_with_a_note(config, why, tmp_p
     assert load_run(tmp_path / "run")[1].chat is None
 
 
-def test_named_templates_and_a_jinja_file_are_read(tmp_path):
+def test_named_templates_a_jinja_file_and_older_token_maps_are_read(tmp_path):
     folder = hf_folder(tmp_path / "hf", "chatml")
     named = [{"name": "tool_use", "template": "{{ 1/0 }}"}, {"name": "default", "template": CHATML}]
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": named}))
     assert read_hf(folder)[0].source == CHATML
     (folder / "chat_template.jinja").write_text(INSTRUCT)
-    assert read_hf(folder)[0].source == INSTRUCT
+    (folder / "special_tokens_map.json").write_text(json.dumps({"bos_token": {"content": "<s>"}}))
+    chat = read_hf(folder)[0]
+    assert chat.source == INSTRUCT and chat.render([{"role": "user", "content": ASK}]).startswith("<s>###")
 
 
 def test_the_fence_close_ends_the_code_outside_strings_only():

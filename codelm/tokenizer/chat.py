@@ -112,13 +112,13 @@ class ChatTemplate:
 
 def read_hf(folder: str | Path) -> tuple[ChatTemplate | None, str | None]:
     """The chat template of a Hugging Face model folder: `chat_template.jinja`, else
-    tokenizer_config.json's `chat_template` (a string, or named templates: "default").
-    (None, None) where it has none; (None, why) for one that codelm cannot use."""
+    tokenizer_config.json's `chat_template` (a string, or named templates: "default"), with
+    the special tokens of tokenizer_config.json, else of special_tokens_map.json (older
+    folders). (None, None) where it has none; (None, why) for one that codelm cannot use."""
     folder = Path(folder)
-    config: dict[str, Any] = {}
     try:
-        if (folder / "tokenizer_config.json").is_file():
-            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config = _json(folder / "tokenizer_config.json")
+        tokens = {**_json(folder / "special_tokens_map.json"), **{k: v for k, v in config.items() if v}}
         source = config.get("chat_template")
         if (folder / "chat_template.jinja").is_file():
             source = (folder / "chat_template.jinja").read_text(encoding="utf-8")
@@ -126,7 +126,7 @@ def read_hf(folder: str | Path) -> tuple[ChatTemplate | None, str | None]:
             source = next((t.get("template") for t in source if t.get("name") == "default"), None)
         if not isinstance(source, str) or not source.strip():
             return None, None
-        chat = ChatTemplate(source, {k: s for k in TOKEN_NAMES if (s := _token_text(config.get(k)))})
+        chat = ChatTemplate(source, {k: s for k in TOKEN_NAMES if (s := _token_text(tokens.get(k)))})
         chat.frame  # noqa: B018 - renders it once: one that cannot lay out an instruction fails here
     except (CodelmError, OSError, ValueError, AttributeError) as e:
         return None, f"chat template left out ({first_line(e)}): instructions go in as comments"
@@ -136,6 +136,10 @@ def read_hf(folder: str | Path) -> tuple[ChatTemplate | None, str | None]:
 def fence_close(code: str) -> str:
     """What closes a fenced answer whose code is `code`: ``` on a line of its own."""
     return ("" if not code or code.endswith("\n") else "\n") + "```"
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _token_text(value: Any) -> str | None:
