@@ -142,9 +142,8 @@ class Service:
             ids, context, echo, healing = self._encode(p, req, max_tokens)
             echoes.append(echo)
             fim = req.suffix is not None
-            fence = (
-                req.instruction is not None and isinstance(p, str) and self.tok.uses_chat
-            )  # prompts.fenced
+            # prompts.fenced: in a chat template's frame, the code's fence closing ends the answer
+            fence = req.instruction is not None and isinstance(p, str) and self.tok.uses_chat
             rules = build_rules(stops, context, self.tok.decode, fim, req.suffix or "", fence)
             for i in range(n):
                 sampling = self._sampling(req, max_tokens, None if req.seed is None else req.seed + i)
