@@ -265,8 +265,19 @@ def test_the_chat_route_answers_an_imported_instruct_model_in_its_template(taugh
         out = api.chat.completions.create(
             model="chat", messages=[{"role": "user", "content": ASK}], temperature=0, max_tokens=40
         )
+        stream = api.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": ASK}],
+            temperature=0,
+            max_tokens=40,
+            stream=True,
+        )
+        chunks = [c.choices[0] for c in stream if c.choices]
     assert out.choices[0].message.content == FENCE + CODE + "```"
     assert out.choices[0].finish_reason == "stop"
+    # Streamed, the fence's first backquotes are held back until the rule can tell: never shown twice.
+    assert "".join(c.delta.content or "" for c in chunks) == FENCE + CODE + "```"
+    assert chunks[-1].finish_reason == "stop"
     asked = encode_prompt(tok, Prompt("", instruction=ASK), 1000).ids
     assert out.usage.prompt_tokens == len(asked)
     turns = [
