@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codelm.generate import SamplingConfig, StopConfig, complete, generate, generate_batch, parses
-from codelm.generate.stopping import build_rules
+from codelm.generate.stopping import FenceEnd, build_rules
 from codelm.generate.text import TextState
 from codelm.generate.whole import Whole
 from codelm.model import ModelConfig, Transformer
@@ -244,3 +244,31 @@ def test_fuzz_a_stream_fed_one_byte_per_token_never_shows_half_a_character(token
     pieces.append(state.take(final=True)[0])
     assert "".join(pieces) == state.text and text.startswith(state.text)
     assert not any("\ufffd" in p for p in pieces)
+
+
+FENCE_PARTS = ["```", "`", "\n", "x = 1", '"""', " ", "```python\n", "def f():\n    return 2\n", "# ```"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    parts=st.lists(st.sampled_from(FENCE_PARTS), max_size=12),
+    prompt=st.sampled_from(["", "def f(", "x = 1\n"]),
+    trim=st.booleans(),
+)
+def test_fuzz_a_fenced_stream_never_shows_the_fence_or_what_follows(tokenizer, parts, prompt, trim):
+    """An answer in a chat template's frame, a byte a token: what is streamed is the final
+    text, and it ends no later than where the fence closes (FenceEnd), if it does."""
+    text = "".join(parts)
+    byte_token = {b: i for i, b in enumerate(tokenizer.token_bytes) if len(b) == 1}
+    rules = build_rules(StopConfig(trim=trim), prompt, tokenizer.decode, fenced=True)
+    state, streamed = TextState(tokenizer.token_bytes, rules), ""
+    for byte in text.encode():
+        if state.add(byte_token[bytes([byte])]) is not None:
+            break
+        streamed += state.take(final=False)[0]
+    else:
+        state.finish()
+    streamed += state.take(final=True)[0]
+    assert streamed == state.text and text.startswith(state.text)
+    closed = FenceEnd(prompt).check(text)
+    assert len(state.text) <= (len(text) if closed is None else closed)
