@@ -33,6 +33,14 @@ FAMILIES = {  # transformers' class, its config (q heads: 4), its tokens
     "llama_bias": ("LlamaForCausalLM", dict(num_key_value_heads=4, intermediate_size=80, attention_bias=True,
                    mlp_bias=True, tie_word_embeddings=True), SPM),
     "mistral": ("MistralForCausalLM", dict(num_key_value_heads=1, intermediate_size=96), SPM),
+    # DeepSeek-Coder's linear RoPE scaling; Llama 3.1's, whose 64-token original context puts the
+    # head's 8 frequencies in all three of its bands (kept, blended, divided).
+    "llama_linear": ("LlamaForCausalLM", dict(num_key_value_heads=2, intermediate_size=96,
+                     rope_parameters=dict(rope_type="linear", factor=4.0, rope_theta=1e5)), SPM),
+    "llama_llama3": ("LlamaForCausalLM", dict(num_key_value_heads=2, intermediate_size=96,
+                     rope_parameters=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                          high_freq_factor=4.0, original_max_position_embeddings=64,
+                                          rope_theta=5e5)), SPM),
     "qwen2": ("Qwen2ForCausalLM", dict(num_key_value_heads=2, intermediate_size=80, tie_word_embeddings=True),
               QWEN),
     "starcoder2": ("Starcoder2ForCausalLM", dict(num_key_value_heads=2, intermediate_size=128), STARCODER),
@@ -296,14 +304,16 @@ BAD_SOURCES = {
         "model_type 'gpt2' is not supported",
     ),
     "rope scaling": (
-        lambda hf: _edit_config(
-            hf, rope_parameters={"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}
-        ),
-        "RoPE scaling 'llama3' (rope_parameters) is not supported",
+        lambda hf: _edit_config(hf, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 5e5}),
+        "RoPE scaling 'yarn' (rope_parameters) is not supported",
     ),
     "old rope scaling": (
-        lambda hf: _edit_config(hf, rope_scaling={"type": "linear", "factor": 2.0}),
-        "RoPE scaling 'linear' (rope_scaling) is not supported",
+        lambda hf: _edit_config(hf, rope_scaling={"type": "dynamic", "factor": 2.0}),
+        "RoPE scaling 'dynamic' (rope_scaling) is not supported",
+    ),
+    "rope scaling without its factor": (
+        lambda hf: _edit_config(hf, rope_scaling={"type": "linear"}),
+        "rope_scaling: RoPE scaling 'linear' needs a number factor, got None",
     ),
     "head_dim": (lambda hf: _edit_config(hf, head_dim=32), "head_dim 32 is not hidden_size"),
     "activation": (

@@ -379,3 +379,29 @@ def test_a_sentencepiece_tokenizer_is_written_with_scores_that_merge_as_hf_does(
     tok = CodeTokenizer.load(run / "tokenizer.json")
     for text in ("def eeee x", " def", "deefxé e", "eee"):
         assert spm_encode(text, f["tokenizer.ggml.tokens"], f["tokenizer.ggml.scores"]) == tok.encode(text)
+
+
+def test_rope_scaling_is_written_as_llama_cpp_reads_it(tmp_path, spec):
+    """Linear as the scaling type and factor; llama3 as `rope_freqs`, each pair's divisor,
+    checked against transformers' own llama3 frequencies."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    export_gguf(
+        make_run(tmp_path / "linear", spec, rope_scaling="linear", rope_factor=4.0), tmp_path / "l.gguf"
+    )
+    f, t = read(tmp_path / "l.gguf")
+    assert (f["llama.rope.scaling.type"], f["llama.rope.scaling.factor"]) == ("linear", 4.0)
+    assert "rope_freqs.weight" not in t
+    shape = dict(rope_scaling="llama3", rope_factor=8.0, rope_original_context=64, rope_theta=5e5)
+    export_gguf(make_run(tmp_path / "llama3", spec, **shape), tmp_path / "3.gguf")
+    f, t = read(tmp_path / "3.gguf")
+    rope = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=64, rope_theta=5e5)  # fmt: skip
+    theirs, _ = ROPE_INIT_FUNCTIONS["llama3"](
+        LlamaConfig(hidden_size=64, num_attention_heads=4, rope_parameters=rope), "cpu"
+    )
+    plain = 1 / 5e5 ** (torch.arange(0, 16, 2).double() / 16)
+    divisors = (plain / theirs.double()).numpy()  # 1 (kept), blended, 8 (divided): every band
+    assert "llama.rope.scaling.type" not in f and len(set(np.round(divisors, 4))) == 3
+    np.testing.assert_allclose(t["rope_freqs.weight"].data, divisors, rtol=1e-5)

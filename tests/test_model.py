@@ -242,7 +242,8 @@ def test_grouped_query_attention_shapes():
 @pytest.mark.parametrize(
     "bad",
     [dict(n_kv_head=3), dict(n_kv_head=0), dict(n_kv_head=8), dict(rope_layout="neox"), dict(norm_eps=0.0)]
-    + [dict(mlp_hidden_size=0)],
+    + [dict(mlp_hidden_size=0), dict(rope_scaling="yarn"), dict(rope_factor=0.0)]
+    + [dict(rope_low_freq_factor=4.0, rope_high_freq_factor=4.0), dict(rope_original_context=0)],
 )
 def test_bad_variant_configs_are_one_line_user_errors(bad):
     with pytest.raises(CodelmError) as e:

@@ -25,9 +25,11 @@ Mistral) is model "llama", with scores that order merges as the file's merge ran
 Both start a prompt with `bos_id` (for codelm's tokenizers `<|endoftext|>`, so
 `add_bos_token` is true there too) and add no dummy space, as codelm's prompts do.
 
-An imported instruct model's chat template goes in as `tokenizer.chat_template`.
+An imported instruct model's chat template goes in as `tokenizer.chat_template`. RoPE scaling
+goes in as llama.cpp's converter writes it: linear as `rope.scaling.type` and its factor, llama3
+as the `rope_freqs` tensor of each pair's divisor (for "llama" only, the graph that reads it).
 
-What it does not do: learned positions, other norms or activations, RoPE scaling, other
+What it does not do: learned positions, other norms or activations, other RoPE scalings, other
 quantizations (llama.cpp's llama-quantize makes those from a bf16 file).
 """
 
@@ -35,11 +37,20 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, Keys, LlamaFileType, TokenType
+from gguf import (
+    GGML_QUANT_VERSION,
+    GGMLQuantizationType,
+    GGUFWriter,
+    Keys,
+    LlamaFileType,
+    RopeScalingType,
+    TokenType,
+)
 from gguf.quants import QuantError, quantize
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 
@@ -47,7 +58,7 @@ from codelm.errors import CodelmError
 from codelm.fsutil import make_dirs
 from codelm.model.config import ModelConfig
 from codelm.model.io import load_model
-from codelm.model.transformer import Transformer
+from codelm.model.transformer import Transformer, rope_frequencies
 from codelm.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, CodeTokenizer
 from codelm.tokenizer.pretokenize import PATTERN
 
@@ -156,6 +167,11 @@ def gguf_tensors(model: Transformer, arch: str) -> list[tuple[str, torch.Tensor]
     ]
     if not cfg.tie_embeddings:
         out.append(("output.weight", sd["head.weight"]))
+    if cfg.rope_scaling == "llama3":  # llama.cpp divides each pair's frequency by its factor
+        if arch != "llama":
+            raise CodelmError(f"llama3 RoPE scaling has no GGUF form for {arch}, only for llama")
+        plain = rope_frequencies(replace(cfg, rope_scaling=None))
+        out.append(("rope_freqs.weight", plain / rope_frequencies(cfg)))
     return out
 
 
@@ -180,6 +196,9 @@ def _add_hparams(w: GGUFWriter, model: Transformer, ftype: LlamaFileType, name: 
     w.add_head_count_kv(cfg.kv_heads)
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_rope_dimension_count(cfg.head_dim)  # every channel rotates (all three graphs assert it)
+    if cfg.rope_scaling == "linear":
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(cfg.rope_factor)
     eps = float(model.norm_f.eps)  # the module's own epsilon: config's norm_eps or its default
     if cfg.norm == "rmsnorm":
         w.add_layer_norm_rms_eps(eps)

@@ -149,17 +149,35 @@ def _half_layout(t: torch.Tensor, D: int) -> torch.Tensor:
     return t.unflatten(0, (-1, D))[:, perm].flatten(0, 1)
 
 
-def _rope_theta(hf: dict[str, Any]) -> float:
+# ModelConfig's RoPE scaling fields <- the HF rope_scaling (or rope_parameters) keys, per kind
+ROPE_KEYS = {
+    "linear": {"rope_factor": "factor"},
+    "llama3": {"rope_factor": "factor", "rope_low_freq_factor": "low_freq_factor",
+               "rope_high_freq_factor": "high_freq_factor",
+               "rope_original_context": "original_max_position_embeddings"},
+}  # fmt: skip
+
+
+def _rope(hf: dict[str, Any]) -> dict[str, Any]:
+    """ModelConfig's RoPE fields for an HF config: its base, and a linear or llama3 scaling
+    (transformers 5's `rope_parameters`, or 4's `rope_scaling` beside `rope_theta`)."""
+    out: dict[str, Any] = {}
     for key in ("rope_scaling", "rope_parameters"):
         rope = hf.get(key) or {}
         if any(isinstance(v, dict) for v in rope.values()):
             raise CodelmError(f"per-layer RoPE ({key} by layer type) is not supported")
         kind = rope.get("rope_type", rope.get("type", "default"))
-        if kind != "default":
-            raise CodelmError(f"RoPE scaling {kind!r} ({key}) is not supported: codelm computes plain RoPE")
+        if kind != "default" and kind not in ROPE_KEYS:
+            raise CodelmError(f"RoPE scaling {kind!r} ({key}) is not supported: only linear and llama3")
         if rope.get("partial_rotary_factor", 1.0) != 1.0:
             raise CodelmError("partial RoPE (partial_rotary_factor) is not supported")
-    return float((hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0)))
+        for ours, name in ROPE_KEYS.get(kind, {}).items():
+            value = rope.get(name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise CodelmError(f"{key}: RoPE scaling {kind!r} needs a number {name}, got {value!r}")
+            out |= {"rope_scaling": kind, ours: int(value) if ours == "rope_original_context" else value}
+    theta = (hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0))
+    return {**out, "rope_theta": float(theta)}
 
 
 # The sizes an HF config.json must give, as integers.
@@ -191,7 +209,7 @@ def hf_model_config(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
         block = window
     common = dict(
         block_size=block, n_kv_head=hf.get("num_key_value_heads") or H,
-        rope_theta=_rope_theta(hf), rope_layout="half", tie_embeddings=bool(hf["tie_word_embeddings"]),
+        **_rope(hf), rope_layout="half", tie_embeddings=bool(hf["tie_word_embeddings"]),
     )  # fmt: skip
     if kind == "starcoder2":
         if not hf["use_bias"]:  # its LayerNorms keep their biases: codelm has those only with bias=True
@@ -287,7 +305,9 @@ def export_kind(cfg: ModelConfig, source_type: str | None = None) -> str:
 
 def hf_config(cfg: ModelConfig, kind: str, dtype: torch.dtype, ids: dict[str, Any]) -> dict[str, Any]:
     """The config.json of the HF `kind` model computing codelm's model of `cfg`."""
-    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    scaling = {"rope_type": cfg.rope_scaling or "default"}
+    scaling |= {name: getattr(cfg, ours) for ours, name in ROPE_KEYS.get(cfg.rope_scaling or "", {}).items()}
+    rope = {**scaling, "rope_theta": cfg.rope_theta}
     d = dict(
         architectures=[CLASSES[kind]], model_type=kind, vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd,
         intermediate_size=cfg.mlp_hidden, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
@@ -296,6 +316,8 @@ def hf_config(cfg: ModelConfig, kind: str, dtype: torch.dtype, ids: dict[str, An
         tie_word_embeddings=cfg.tie_embeddings,
         dtype=str(dtype).removeprefix("torch."), use_cache=True, **ids,
     )  # fmt: skip
+    if cfg.rope_scaling:
+        d["rope_scaling"] = scaling  # as transformers 4.x reads it
     if kind != "llama":
         d["sliding_window"] = None  # full attention over the whole context, as codelm's
     if kind == "starcoder2":

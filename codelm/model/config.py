@@ -5,8 +5,8 @@ vocab_size=16384)` reads as what it is.
 
 Besides codelm's own choices, the fields cover the variants that pretrained code models
 use, so their checkpoints can be built as a codelm model: grouped-query attention
-(`n_kv_head`), biases (`qkv_bias`, `bias`), an untied head, RoPE's "half" layout and base
-(`rope_layout`, `rope_theta`), the norm's epsilon and the MLP's width. Every new field
+(`n_kv_head`), biases (`qkv_bias`, `bias`), an untied head, RoPE's "half" layout, base and
+scaling (`rope_layout`, `rope_theta`, `rope_scaling`), the norm's epsilon and the MLP's width. Every new field
 defaults to what codelm always did, so a config.json written before it loads unchanged.
 """
 
@@ -36,6 +36,16 @@ class ModelConfig:
     # Which channels RoPE rotates together: "interleaved", 2i with 2i+1 (the paper's, and
     # codelm's); "half", i with i + head_dim/2 (GPT-NeoX's, used by Llama's HF checkpoints).
     rope_layout: str = "interleaved"
+    # A pretrained model's RoPE scaling (its HF config's rope_scaling). "linear" divides every
+    # frequency by rope_factor: position interpolation (Chen et al. 2023), DeepSeek-Coder's 4.
+    # "llama3" divides the frequencies whose wavelength exceeds rope_original_context /
+    # rope_low_freq_factor by it, keeps those under rope_original_context / rope_high_freq_factor,
+    # and blends between (Llama 3.1 and 3.2). None: plain RoPE, codelm's own.
+    rope_scaling: str | None = None
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_context: int = 8192
     # RMSNorm is as good as LayerNorm at lower cost (Zhang & Sennrich 2019).
     norm: str = "rmsnorm"  # or "layernorm"
     norm_eps: float | None = None  # None: 1e-6 for RMSNorm, torch's 1e-5 for LayerNorm (as always)
@@ -61,6 +71,10 @@ class ModelConfig:
             raise CodelmError(f"model dropout must be in [0, 1), got {self.dropout}")
         if self.rope_theta <= 0:
             raise CodelmError(f"model rope_theta must be > 0, got {self.rope_theta}")
+        if not (self.rope_factor > 0 and self.rope_original_context > 0):
+            raise CodelmError("model rope_factor and rope_original_context must be > 0")
+        if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+            raise CodelmError("model rope_low_freq_factor must be > 0 and under rope_high_freq_factor")
         if self.n_embd % self.n_head:
             raise CodelmError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
         if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
@@ -76,6 +90,7 @@ class ModelConfig:
             ("norm", self.norm, ("rmsnorm", "layernorm")),
             ("mlp", self.mlp, ("swiglu", "gelu")),
             ("rope_layout", self.rope_layout, ("interleaved", "half")),
+            ("rope_scaling", self.rope_scaling, (None, "linear", "llama3")),
         ]:
             if value not in allowed:
                 raise CodelmError(f"model {name} must be one of {allowed}, got {value!r}")

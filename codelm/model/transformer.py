@@ -59,12 +59,26 @@ def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     of a pair share the angle, and sin carries the rotation's sign: -sin on the pair's
     first channel, +sin on its second.
     """
-    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
-    angles = torch.outer(torch.arange(cfg.block_size).float(), inv_freq)  # (block_size, D/2)
+    angles = torch.outer(torch.arange(cfg.block_size).float(), rope_frequencies(cfg))  # (block_size, D/2)
     cos, sin = angles.cos(), angles.sin()
     if cfg.rope_layout == "half":
         return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
     return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+
+
+def rope_frequencies(cfg: ModelConfig) -> torch.Tensor:
+    """The D/2 pairs' angular frequencies, theta^(-2i/D), scaled as `cfg.rope_scaling` says."""
+    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
+    if cfg.rope_scaling == "linear":
+        return inv_freq / cfg.rope_factor
+    if cfg.rope_scaling == "llama3":
+        # 0 for a wavelength past context / low_freq_factor (divided by the factor), 1 for one
+        # under context / high_freq_factor (kept), linear in context / wavelength between.
+        ratio = cfg.rope_original_context * inv_freq / (2 * math.pi)  # context / wavelength
+        low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        keep = ((ratio - low) / (high - low)).clamp(0, 1)
+        return (1 - keep) * inv_freq / cfg.rope_factor + keep * inv_freq
+    return inv_freq
 
 
 def apply_rope(
