@@ -127,6 +127,23 @@ def test_a_model_whose_documents_start_with_a_token_gets_it_once(name, tmp_path)
     assert list(stream[-1:]) == [tok.eot_id] and not any(mask[: len(ids)])
 
 
+def test_the_answer_starts_where_the_templates_answers_start():
+    """DeepSeek-Coder-Instruct's generation prompt ends `### Response:`, and its answers follow
+    it after a newline: the fence goes after the newline, where the model was taught to write."""
+    from codelm.tokenizer.chat import ChatTemplate
+
+    user = "{{ '### Instruction:\\n' + m['content'] + '\\n' }}"
+    answer = "{{ '### Response:\\n' + m['content'] + '\\n<|EOT|>\\n' }}"
+    source = (
+        f"{{% for m in messages %}}{{% if m['role'] == 'user' %}}{user}{{% else %}}{answer}{{% endif %}}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '### Response:' }}{% endif %}"
+    )
+    chat = ChatTemplate(source)
+    assert chat.render([{"role": "user", "content": ASK}]).endswith("### Response:")
+    assert chat.frame.between == "\n### Response:\n" and chat.frame.after == "\n<|EOT|>\n"
+    assert ChatTemplate(CHATML).frame.between == "<|im_end|>\n<|im_start|>assistant\n"  # already there
+
+
 def test_a_long_instruction_keeps_its_end_and_the_frame_whole(tmp_path):
     folder = hf_folder(tmp_path / "hf", "chatml")
     tok = CodeTokenizer.load(folder / "tokenizer.json")

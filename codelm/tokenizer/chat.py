@@ -72,24 +72,35 @@ class ChatTemplate:
     def frame(self) -> Frame:
         """The text around one instruction and its answer; CodelmError where the template does not
         show the instruction exactly once."""
-        before, between = self.around(())
-        exchange = [{"role": "user", "content": _ASKED}, {"role": "assistant", "content": _ANSWER}]
-        try:
-            done = self.render(exchange, add_generation_prompt=False)
-        except CodelmError:
-            done = ""
-        after = done.split(_ANSWER)[1] if done.count(_ANSWER) == 1 else ""
-        return Frame(before, between, after)
+        return self._cut(())
 
     def around(self, history: tuple[tuple[str, str], ...]) -> tuple[str, str]:
         """The text before and after a user's request that follows the `history` turns ((role,
         text); "developer" is a system message), up to where the answer begins."""
+        frame = self._cut(history)
+        return frame.before, frame.between
+
+    def _cut(self, history: tuple[tuple[str, str], ...]) -> Frame:
+        """The template rendered around marker strings, and cut at them. The answer begins
+        where the model's answers began in a finished exchange, where that extends the
+        generation prompt: DeepSeek-Coder's prompt ends `### Response:`, its answers follow that and
+        a newline, so the code's fence goes after the newline."""
         turns = [{"role": "system" if r == "developer" else r, "content": t} for r, t in history]
-        asked = self.render([*turns, {"role": "user", "content": _ASKED}], add_generation_prompt=True)
+        turns.append({"role": "user", "content": _ASKED})
+        asked = self.render(turns, add_generation_prompt=True)
         if asked.count(_ASKED) != 1:
             raise CodelmError("the chat template does not show the user's message as written")
         before, between = asked.split(_ASKED)
-        return before, between
+        try:
+            done = self.render(
+                [*turns, {"role": "assistant", "content": _ANSWER}], add_generation_prompt=False
+            )
+        except CodelmError:
+            return Frame(before, between, "")
+        if done.count(_ASKED) != 1 or done.count(_ANSWER) != 1:
+            return Frame(before, between, "")
+        answered, after = done.split(_ASKED)[1].split(_ANSWER)
+        return Frame(before, answered if answered.startswith(between) else between, after)
 
     def hf_config(self) -> dict[str, str]:
         """The tokenizer_config.json entries that give transformers this template back."""
