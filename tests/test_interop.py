@@ -43,6 +43,9 @@ FAMILIES = {  # transformers' class, its config (q heads: 4), its tokens
                                           rope_theta=5e5)), SPM),
     "qwen2": ("Qwen2ForCausalLM", dict(num_key_value_heads=2, intermediate_size=80, tie_word_embeddings=True),
               QWEN),
+    # Qwen3: QK-norm, and heads of 32 channels, not 64 / 4: q projects 64 to 128 and back
+    "qwen3": ("Qwen3ForCausalLM", dict(num_key_value_heads=2, intermediate_size=80, head_dim=32,
+              tie_word_embeddings=True), QWEN),
     "starcoder2": ("Starcoder2ForCausalLM", dict(num_key_value_heads=2, intermediate_size=128), STARCODER),
 }  # fmt: skip
 TEXT = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i * 2)\n"]
@@ -197,6 +200,10 @@ CODELM_SHAPES = {  # codelm-trained shapes (RoPE interleaved) -> the architectur
 }
 CODELM_SHAPES["LlamaForCausalLM "] = dict(bias=True, n_kv_head=2, norm_eps=1e-5, rope_theta=5e5)
 CODELM_SHAPES["Starcoder2ForCausalLM "] = dict(norm="layernorm", mlp="gelu")  # LayerNorm biases: zeros
+# interleaved RoPE with QK-norm: the norms' channels are permuted like q's and k's rows
+CODELM_SHAPES["Qwen3ForCausalLM"] = dict(
+    qk_norm=True, head_size=32, n_kv_head=2, rope_scaling="linear", rope_factor=2.0
+)
 
 
 def codelm_run(path: Path, tokenizer, **shape) -> Transformer:
@@ -315,7 +322,14 @@ BAD_SOURCES = {
         lambda hf: _edit_config(hf, rope_scaling={"type": "linear"}),
         "rope_scaling: RoPE scaling 'linear' needs a number factor, got None",
     ),
-    "head_dim": (lambda hf: _edit_config(hf, head_dim=32), "head_dim 32 is not hidden_size"),
+    "head_dim not a number": (
+        lambda hf: _edit_config(hf, head_dim="32"),
+        "config.json: head_dim must be an integer, got '32'",
+    ),
+    "head_dim unlike the weights": (
+        lambda hf: _edit_config(hf, head_dim=32),
+        "weight model.layers.0.self_attn.q_proj.weight has shape (64, 64), expected (128, 64)",
+    ),
     "activation": (
         lambda hf: _edit_config(hf, hidden_act="gelu"),
         "hidden_act 'gelu' of llama is not supported",

@@ -95,6 +95,8 @@ def expected_tensors(model: Transformer) -> dict[str, np.ndarray]:
                 "attn_output": "attn.proj",
                 "ffn_norm": "norm2",
                 "ffn_down": "mlp.down",
+                "attn_q_norm": "attn.q_norm",
+                "attn_k_norm": "attn.k_norm",
             }
             out |= {
                 f"{b}{g}.{kind}": sd[f"{p}{c}.{kind}"] for g, c in pairs.items() if f"{p}{c}.{kind}" in sd
@@ -138,8 +140,8 @@ def check_tensors(path: Path, model: Transformer, arch_layout: str, quant: str) 
     want = expected_tensors(model)
     assert set(tensors) == set(want)
     for name, w in want.items():
-        if name.split(".")[-2] in ("attn_q", "attn_k"):
-            heads = cfg.n_head if "attn_q" in name else cfg.kv_heads
+        if name.split(".")[-2] in ("attn_q", "attn_k", "attn_q_norm", "attn_k_norm"):
+            heads = 1 if "norm" in name else cfg.n_head if "attn_q" in name else cfg.kv_heads
             w = w[layout_rows(heads, cfg.head_dim, cfg.rope_layout, arch_layout)]
         t = tensors[name]
         assert list(t.shape) == list(reversed(w.shape)), name  # ggml lists the row length first
@@ -208,6 +210,18 @@ def test_a_qwen2_shaped_run_keeps_biases_gqa_and_its_head(tmp_path, spec, quant)
     assert set(types[300:]) == {T.UNUSED}
 
 
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_a_qwen3_shaped_run_keeps_qk_norm_and_its_heads_size(tmp_path, spec, layout):
+    """Heads of 32 channels on a width of 64, QK-norm: llama.cpp's qwen3, its key and value
+    lengths the heads' size, the norms' channels in its NEOX rope's order like q and k's."""
+    shape = dict(n_kv_head=2, head_size=32, qk_norm=True, rope_layout=layout)
+    run = make_run(tmp_path / "run", {**spec, "pre_tokenizer": QWEN2_PRE}, **shape)
+    export_gguf(run, tmp_path / "m.gguf", "f32")
+    f = check_tensors(tmp_path / "m.gguf", load_model(run), "half", "f32")
+    assert f["general.architecture"] == "qwen3" and f["qwen3.rope.dimension_count"] == 32
+    assert (f["qwen3.attention.key_length"], f["qwen3.attention.value_length"]) == (32, 32)
+
+
 def test_a_starcoder2_shaped_run_uses_layernorm_and_biases(tmp_path, spec):
     star = {**spec, "pre_tokenizer": STARCODER_PRE}
     run = make_run(tmp_path / "run", star, norm="layernorm", mlp="gelu", bias=True, norm_eps=1e-3)
@@ -267,6 +281,7 @@ def test_llama_cpp_rope_on_the_written_q_and_k_gives_codelm_attention_scores(tmp
         (dict(pos="learned"), "no GGUF architecture for pos=learned"),
         (dict(norm="layernorm", mlp="gelu"), "no GGUF architecture"),
         (dict(mlp="gelu"), "no GGUF architecture"),
+        (dict(qk_norm=True, qkv_bias=True), "no GGUF architecture .* qk_norm"),
     ],
 )
 def test_a_shape_llama_cpp_cannot_run_is_a_one_line_error(tmp_path, spec, shape, message):

@@ -391,6 +391,35 @@ def test_untied_head_and_biases_save_and_load(tmp_path):
     assert torch.equal(loaded(x), model(x))
 
 
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_heads_of_their_own_size_with_qk_norm_decode_as_they_recompute(weights):
+    """Qwen3's shape: 4 heads of 32 channels on a width of 64, QK-norm. The fused decode step
+    (heads that split the width, no QK-norm) is not used; the per-layer path decodes through
+    the KV cache as the full pass computes."""
+    from codelm.generate.quantize import prepare_model
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**GQA, head_size=32, qk_norm=True, rope_layout="half")).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.normal_(1.0, 0.5)  # they start at 1, where a missing norm weight would not show
+    assert model.blocks[0].attn.qkv.weight.shape == ((4 + 2 * 2) * 32, 64)
+    assert model.blocks[0].attn.proj.weight.shape == (64, 4 * 32)
+    fast = prepare_model(model, weights)
+    assert fast.fast_step is None
+    tol = 1e-5 if weights == "fp32" else 3e-2  # int8 weights, a bf16 cache
+    x = torch.randint(0, 97, (2, 30))
+    with torch.no_grad():
+        full = fast(x)
+        cache = fast.new_cache(2)
+        parts = [fast(x[:, :11], cache)] + [fast(x[:, t : t + 1], cache) for t in range(11, 30)]
+        torch.testing.assert_close(torch.cat(parts, 1), full, atol=tol, rtol=tol)
+        unnormed = Transformer(ModelConfig(**GQA, head_size=32, rope_layout="half")).eval()
+        unnormed.load_state_dict({k: v for k, v in model.state_dict().items() if "_norm." not in k})
+        assert (unnormed(x) - model(x)).abs().max() > 0.01  # the norms change what it computes
+
+
 @pytest.mark.parametrize("weights", ["bf16", "int8"])
 def test_generation_weights_keep_the_biases(weights):
     from codelm.generate.quantize import prepare_model

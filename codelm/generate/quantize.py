@@ -256,6 +256,8 @@ def fused_step(model: Transformer) -> FusedStep | None:
     cfg = model.cfg
     p = model.norm_f.weight
     fits = cfg.head_dim % 16 == 0 and cfg.n_embd % 16 == 0 and cfg.mlp_hidden % 16 == 0
+    # decode_block computes the attention of heads that split the width, without QK-norm
+    fits = fits and cfg.n_head * cfg.head_dim == cfg.n_embd and not cfg.qk_norm
     if not fits or p.device.type != "cpu" or p.dtype != torch.float32 or not native.available():
         return None
     blocks = []

@@ -2,13 +2,14 @@
 
 The architecture follows the config: RMSNorm + SwiGLU without biases is llama.cpp's
 "llama" (codelm-trained runs, imported Llama and Mistral), the same with q/k/v biases
-"qwen2", LayerNorm + GELU with biases "starcoder2". llama.cpp rotates channels 2i and
-2i+1 together for "llama" (its NORM rope) and i with i + D/2 for the other two (NEOX),
+"qwen2", with QK-norm "qwen3" (its heads' own size as the key and value lengths), LayerNorm +
+GELU with biases "starcoder2". llama.cpp rotates channels 2i and
+2i+1 together for "llama" (its NORM rope) and i with i + D/2 for the others (NEOX),
 so the q and k rows (and biases) of each head are reordered from the run's `rope_layout`
 to the one its architecture's rope expects; then llama.cpp computes codelm's attention.
 Tensors get llama.cpp's names; `attn.qkv` is cut into q, k, v and SwiGLU's `mlp.up`
 into gate and up (gate first, as `MLP.forward` chunks it). A tied head writes no
-`output.weight`: llama.cpp's loaders for all three fall back to `token_embd`.
+`output.weight`: llama.cpp's loaders for all four fall back to `token_embd`.
 
 Quantization, as llama.cpp's convert_hf_to_gguf.py does it: 1-D tensors (norms, biases)
 stay f32; matrices, the token embedding included, become bf16, q8_0 or f32. A matrix
@@ -68,7 +69,7 @@ QUANTS = {
     "f32": (LlamaFileType.ALL_F32, GGMLQuantizationType.F32),
 }
 # The rope each architecture's llama.cpp graph applies (llama_model_rope_type).
-ROPE_LAYOUT = {"llama": "interleaved", "qwen2": "half", "starcoder2": "half"}
+ROPE_LAYOUT = {"llama": "interleaved", "qwen2": "half", "qwen3": "half", "starcoder2": "half"}
 
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 # llama.cpp spells HF's case-insensitive `(?i:'s|...)` out with classes (llama-vocab.cpp).
@@ -123,13 +124,16 @@ def export_gguf(run: Path, out: Path, quant: str = "bf16") -> None:
 def gguf_arch(cfg: ModelConfig) -> str:
     """llama.cpp's architecture for a model of this shape; CodelmError if it has none."""
     if cfg.pos == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and not cfg.bias:
-        return "qwen2" if cfg.qkv_bias else "llama"
-    if cfg.pos == "rope" and cfg.norm == "layernorm" and cfg.mlp == "gelu" and cfg.bias:
+        if cfg.qk_norm and not cfg.qkv_bias:
+            return "qwen3"
+        if not cfg.qk_norm:
+            return "qwen2" if cfg.qkv_bias else "llama"
+    if cfg.pos == "rope" and cfg.norm == "layernorm" and cfg.mlp == "gelu" and cfg.bias and not cfg.qk_norm:
         return "starcoder2"
     raise CodelmError(
-        f"no GGUF architecture for pos={cfg.pos} norm={cfg.norm} mlp={cfg.mlp} bias={cfg.bias}: "
-        "export needs rope with rmsnorm+swiglu and no biases (llama, qwen2 with qkv_bias) "
-        "or with layernorm+gelu and biases (starcoder2)"
+        f"no GGUF architecture for pos={cfg.pos} norm={cfg.norm} mlp={cfg.mlp} bias={cfg.bias}"
+        f"{' qk_norm' if cfg.qk_norm else ''}: export needs rope with rmsnorm+swiglu and no biases "
+        "(llama, qwen2 with qkv_bias, qwen3 with QK-norm) or with layernorm+gelu and biases (starcoder2)"
     )
 
 
@@ -158,6 +162,9 @@ def gguf_tensors(model: Transformer, arch: str) -> list[tuple[str, torch.Tensor]
                 named["attn_q"] = to_rope_layout(q, cfg.n_head, cfg.rope_layout, rope)
                 named["attn_k"] = to_rope_layout(k, cfg.kv_heads, cfg.rope_layout, rope)
                 named["attn_v"] = v
+            for norm in ("q_norm", "k_norm"):  # Qwen3's: one head's channels, in its rope layout
+                if (w := sd.get(f"blocks.{i}.attn.{norm}.{kind}")) is not None:
+                    named[f"attn_{norm}"] = to_rope_layout(w, 1, cfg.rope_layout, rope)
             if (up := sd.get(f"blocks.{i}.mlp.up.{kind}")) is not None:
                 gate_up = up.chunk(2) if cfg.mlp == "swiglu" else (None, up)  # gelu: no gate
                 named |= dict(zip(("ffn_gate", "ffn_up"), gate_up, strict=True))
@@ -195,7 +202,10 @@ def _add_hparams(w: GGUFWriter, model: Transformer, ftype: LlamaFileType, name: 
     w.add_head_count(cfg.n_head)
     w.add_head_count_kv(cfg.kv_heads)
     w.add_rope_freq_base(cfg.rope_theta)
-    w.add_rope_dimension_count(cfg.head_dim)  # every channel rotates (all three graphs assert it)
+    w.add_rope_dimension_count(cfg.head_dim)  # every channel rotates (all four graphs assert it)
+    if cfg.head_dim * cfg.n_head != cfg.n_embd:  # heads of their own size (Qwen3)
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
     if cfg.rope_scaling == "linear":
         w.add_rope_scaling_type(RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(cfg.rope_factor)

@@ -1,6 +1,6 @@
 """Hugging Face model folders <-> codelm runs: `import_hf` and `export_hf`.
 
-`import_hf(SRC, OUT)` reads a local HF folder of a Llama, Mistral, Qwen2 or StarCoder2
+`import_hf(SRC, OUT)` reads a local HF folder of a Llama, Mistral, Qwen2, Qwen3 or StarCoder2
 model (config.json; model.safetensors, or its shards and model.safetensors.index.json;
 tokenizer.json) and writes the codelm run OUT: config.json ({"model": ..., "source":
 ...}), the tokenizer.json byte for byte, and model.safetensors in codelm's names and the
@@ -12,14 +12,16 @@ source and written one by one, so a large model is never held twice in memory.
 own architecture, a codelm-trained one as Llama, Qwen2 or StarCoder2 by its shape.
 
 The mapping: q, k and v projections are the rows of codelm's fused `attn.qkv`, gate and up
-those of `mlp.up` (gate first: `MLP.forward` takes `gate, up = h.chunk(2)`). HF's RoPE
-rotates channel i with i + D/2 (codelm's rope_layout "half"), so an imported model needs
-no permutation, and export permutes the q and k rows of an "interleaved" model per head.
+those of `mlp.up` (gate first: `MLP.forward` takes `gate, up = h.chunk(2)`); Qwen3's q_norm
+and k_norm are `attn.q_norm` and `attn.k_norm`. HF's RoPE rotates channel i with i + D/2
+(codelm's rope_layout "half"), so an imported model needs no permutation, and export permutes
+the q and k rows (and QK-norm weights) of an "interleaved" model per head.
 
 What it does not do: download, unpickle (`*.bin` checkpoints are refused), or convert what
-codelm's Transformer cannot compute exactly (RoPE scaling, other activations, other
-architectures): each is a one-line CodelmError. A sliding window shorter than the context
-cuts the context to the window instead: up to the window, full attention is the same.
+codelm's Transformer cannot compute exactly (RoPE scalings other than linear and llama3,
+other activations, other architectures): each is a one-line CodelmError. A sliding window
+shorter than the context cuts the context to the window instead: up to the window, full
+attention is the same.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ CLASSES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
     "starcoder2": "Starcoder2ForCausalLM",
 }
 # transformers' defaults for the keys a config.json may leave out
@@ -56,18 +59,20 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": dict(SILU, max_position_embeddings=2048),
     "mistral": dict(SILU, max_position_embeddings=131072, sliding_window=4096),
     "qwen2": dict(SILU, max_position_embeddings=32768),
+    "qwen3": dict(SILU, max_position_embeddings=32768, head_dim=128),
     "starcoder2": dict(hidden_act="gelu_pytorch_tanh", norm_epsilon=1e-5, tie_word_embeddings=True,
                        use_bias=True, max_position_embeddings=4096),
 }  # fmt: skip
 # codelm's MLPs compute SiLU (SwiGLU) and GELU's tanh approximation; the names HF gives them
-ACTIVATIONS = {"llama": ("silu",), "mistral": ("silu",), "qwen2": ("silu",)}
+ACTIVATIONS = {"llama": ("silu",), "mistral": ("silu",), "qwen2": ("silu",), "qwen3": ("silu",)}
 ACTIVATIONS["starcoder2"] = ("gelu_pytorch_tanh", "gelu_new")
 IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 # codelm module -> the HF module(s) whose rows, concatenated, make its weight (and bias)
 TOP = {"wte": "model.embed_tokens", "norm_f": "model.norm", "head": "lm_head"}
 LAYER = {"norm1": ["input_layernorm"], "norm2": ["post_attention_layernorm"],
          "attn.qkv": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-         "attn.proj": ["self_attn.o_proj"]}  # fmt: skip
+         "attn.proj": ["self_attn.o_proj"],
+         "attn.q_norm": ["self_attn.q_norm"], "attn.k_norm": ["self_attn.k_norm"]}  # fmt: skip
 MLP = {
     "swiglu": {"mlp.up": ["mlp.gate_proj", "mlp.up_proj"], "mlp.down": ["mlp.down_proj"]},
     "gelu": {"mlp.up": ["mlp.c_fc"], "mlp.down": ["mlp.c_proj"]},
@@ -101,7 +106,7 @@ def hf_plan(cfg: ModelConfig) -> Plan:
         _, layer, rest = module.split(".", 2)  # blocks.{i}.{rest}
         theirs = {**LAYER, **MLP[cfg.mlp]}[rest]
         D = cfg.head_dim
-        rows = [cfg.n_embd, cfg.kv_heads * D, cfg.kv_heads * D] if rest == "attn.qkv" else None
+        rows = [cfg.n_head * D, cfg.kv_heads * D, cfg.kv_heads * D] if rest == "attn.qkv" else None
         rows = rows or [shape[0] // len(theirs)] * len(theirs)  # gate and up: halves
         plan[name] = [
             (f"model.layers.{layer}.{m}.{param}", (r, *shape[1:])) for m, r in zip(theirs, rows, strict=True)
@@ -136,7 +141,7 @@ def to_hf(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.T
     for name, parts in hf_plan(cfg).items():
         pieces = state[name].split([s[0] for _, s in parts])
         for (theirs, _), t in zip(parts, pieces, strict=True):
-            rotated = theirs.split(".")[-2] in ("q_proj", "k_proj")
+            rotated = theirs.split(".")[-2] in ("q_proj", "k_proj", "q_norm", "k_norm")
             out[theirs] = _half_layout(t, cfg.head_dim) if rotated and cfg.rope_layout == "interleaved" else t
     return out
 
@@ -199,8 +204,10 @@ def hf_model_config(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
     C, H, block = hf["hidden_size"], hf["num_attention_heads"], hf["max_position_embeddings"]
     shape = dict(n_layer=hf["num_hidden_layers"], n_head=H, n_embd=C, vocab_size=hf["vocab_size"])
     shape["mlp_hidden_size"] = hf["intermediate_size"]
-    if hf.get("head_dim") not in (None, C // H):
-        raise CodelmError(f"head_dim {hf['head_dim']} is not hidden_size / num_attention_heads ({C // H})")
+    if hf.get("head_dim") not in (None, C // H):  # Qwen3's 128 at any width
+        if not isinstance(hf["head_dim"], int) or isinstance(hf["head_dim"], bool) or hf["head_dim"] < 2:
+            raise CodelmError(f"config.json: head_dim must be an integer, got {hf['head_dim']!r}")
+        shape["head_size"] = hf["head_dim"]
     if (act := hf["hidden_act"]) not in ACTIVATIONS[kind]:
         raise CodelmError(f"hidden_act {act!r} of {kind} is not supported (only {ACTIVATIONS[kind][0]})")
     notes, window = [], hf.get("sliding_window")
@@ -217,7 +224,9 @@ def hf_model_config(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
         return ModelConfig(
             **shape, **common, norm="layernorm", mlp="gelu", bias=True, norm_eps=hf["norm_epsilon"]
         ), notes
-    biases = dict(qkv_bias=kind == "qwen2")
+    biases: dict[str, Any] = dict(qkv_bias=kind == "qwen2", qk_norm=kind == "qwen3")
+    if kind == "qwen3" and hf.get("attention_bias"):
+        raise CodelmError("qwen3 with attention_bias is not supported")
     if kind == "llama" and (hf.get("attention_bias") or hf.get("mlp_bias")):
         if not (hf.get("attention_bias") and hf.get("mlp_bias")):  # codelm: all linear layers or none
             raise CodelmError("llama with attention_bias but not mlp_bias (or the reverse) is not supported")
@@ -292,6 +301,10 @@ def export_kind(cfg: ModelConfig, source_type: str | None = None) -> str:
     """The HF model_type that computes what codelm's model of `cfg` does."""
     if cfg.pos != "rope":
         raise CodelmError("a model with learned positions (pos 'learned') has no Hugging Face architecture")
+    if cfg.qk_norm:
+        if cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and not (cfg.bias or cfg.qkv_bias):
+            return "qwen3"
+        raise CodelmError("QK-norm has an HF architecture (qwen3) only with rmsnorm, swiglu and no biases")
     if cfg.norm == "rmsnorm" and cfg.mlp == "swiglu":
         kind = "qwen2" if cfg.qkv_bias and not cfg.bias else "llama"  # llama: biases everywhere or none
         return "mistral" if source_type == "mistral" and not cfg.bias else kind
@@ -323,9 +336,11 @@ def hf_config(cfg: ModelConfig, kind: str, dtype: torch.dtype, ids: dict[str, An
     if kind == "starcoder2":
         return d | dict(hidden_act="gelu_pytorch_tanh", norm_epsilon=cfg.norm_eps or 1e-5, use_bias=cfg.bias)
     d |= dict(hidden_act="silu", rms_norm_eps=cfg.norm_eps or 1e-6, head_dim=cfg.head_dim)
+    if kind in ("llama", "qwen3"):
+        d |= dict(attention_bias=cfg.bias)
     if kind == "llama":
-        d |= dict(attention_bias=cfg.bias, mlp_bias=cfg.bias)
-    return d | (dict(use_sliding_window=False) if kind == "qwen2" else {})
+        d |= dict(mlp_bias=cfg.bias)
+    return d | (dict(use_sliding_window=False) if kind in ("qwen2", "qwen3") else {})
 
 
 def export_hf(run: str | Path, out: str | Path) -> str:

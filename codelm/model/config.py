@@ -5,9 +5,10 @@ vocab_size=16384)` reads as what it is.
 
 Besides codelm's own choices, the fields cover the variants that pretrained code models
 use, so their checkpoints can be built as a codelm model: grouped-query attention
-(`n_kv_head`), biases (`qkv_bias`, `bias`), an untied head, RoPE's "half" layout, base and
-scaling (`rope_layout`, `rope_theta`, `rope_scaling`), the norm's epsilon and the MLP's width. Every new field
-defaults to what codelm always did, so a config.json written before it loads unchanged.
+(`n_kv_head`), a head size of its own and QK-norm (`head_size`, `qk_norm`), biases (`qkv_bias`,
+`bias`), an untied head, RoPE's "half" layout, base and scaling (`rope_layout`, `rope_theta`,
+`rope_scaling`), the norm's epsilon and the MLP's width. Every new field defaults to what codelm
+always did, so a config.json written before it loads unchanged.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ class ModelConfig:
     # values, a smaller KV cache to read per decoded token; 1 is multi-query attention
     # (Shazeer 2019). None: n_head, plain multi-head attention.
     n_kv_head: int | None = None
+    # A pretrained model's own head size where it is not n_embd // n_head (Qwen3: 128 for any
+    # width); the attention then projects n_embd to n_head * head_size and back. None: the rule.
+    head_size: int | None = None
+    # RMSNorm on each head's queries and keys before RoPE (Qwen3's QK-norm). codelm's own
+    # models leave it off.
+    qk_norm: bool = False
     block_size: int = 512  # context length in tokens
     # RoPE: relative positions generalise better than learned absolute ones and
     # add no parameters (Su et al. 2021); "learned" is the GPT-2 choice.
@@ -75,15 +82,17 @@ class ModelConfig:
             raise CodelmError("model rope_factor and rope_original_context must be > 0")
         if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
             raise CodelmError("model rope_low_freq_factor must be > 0 and under rope_high_freq_factor")
-        if self.n_embd % self.n_head:
+        if self.head_size is None and self.n_embd % self.n_head:
             raise CodelmError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        if self.head_size is not None and self.head_size < 1:
+            raise CodelmError(f"model head_size must be at least 1, got {self.head_size}")
         if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
             raise CodelmError(f"model n_kv_head must divide n_head {self.n_head}, got {self.n_kv_head}")
         if self.mlp_hidden_size is not None and self.mlp_hidden_size < 1:
             raise CodelmError(f"model mlp_hidden_size must be at least 1, got {self.mlp_hidden_size}")
         if self.norm_eps is not None and not self.norm_eps > 0:
             raise CodelmError(f"model norm_eps must be > 0, got {self.norm_eps}")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+        if self.pos == "rope" and self.head_dim % 2:
             raise CodelmError("RoPE needs an even head size")
         for name, value, allowed in [
             ("pos", self.pos, ("rope", "learned")),
@@ -97,7 +106,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
 
     @property
     def kv_heads(self) -> int:

@@ -164,7 +164,10 @@ class Attention(nn.Module):
         self.cfg, self.layer = cfg, layer
         width = (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim  # fused q, k, v heads: one matmul
         self.qkv = nn.Linear(cfg.n_embd, width, bias=cfg.qkv_bias or cfg.bias)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
+        if cfg.qk_norm:  # over each head's D channels, one weight shared by the heads
+            self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps or 1e-6)
+            self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps or 1e-6)
 
     def forward(
         self,
@@ -178,6 +181,8 @@ class Attention(nn.Module):
         H, Hkv, D = self.cfg.n_head, self.cfg.kv_heads, self.cfg.head_dim
         heads = self.qkv(x).view(B, T, H + 2 * Hkv, D).transpose(1, 2)  # (B, H + 2 Hkv, T, D)
         q, k, v = heads.split_with_sizes((H, Hkv, Hkv), dim=1)  # q (B, H, T, D); k, v (B, Hkv, T, D)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if cos is not None:
             layout = self.cfg.rope_layout
             q, k = apply_rope(q, cos, sin, layout), apply_rope(k, cos, sin, layout)
@@ -192,7 +197,7 @@ class Attention(nn.Module):
             else:  # a bf16 cache (Transformer.kv_dtype) computes in float
                 keys, values = keys.type_as(q), values.type_as(q)
                 y = F.scaled_dot_product_attention(q, keys, values, attn_mask=where.mask, enable_gqa=Hkv != H)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H * D): C, unless the heads have their own size
         return self.proj(y)
 
 
