@@ -142,6 +142,12 @@ def test_the_answer_starts_where_the_templates_answers_start():
     assert chat.render([{"role": "user", "content": ASK}]).endswith("### Response:")
     assert chat.frame.between == "\n### Response:\n" and chat.frame.after == "\n<|EOT|>\n"
     assert ChatTemplate(CHATML).frame.between == "<|im_end|>\n<|im_start|>assistant\n"  # already there
+    # Qwen3's shape: a finished answer carries an empty think block, which the fence then follows
+    qwen3 = CHATML.replace(
+        "m['content'] + '<|im_end|>",
+        "(m['role'] == 'assistant') * '<think>\\n\\n</think>\\n\\n' + m['content'] + '<|im_end|>",
+    )
+    assert ChatTemplate(qwen3).frame.between == "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 
 def test_a_long_instruction_keeps_its_end_and_the_frame_whole(tmp_path):
