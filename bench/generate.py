@@ -4,10 +4,12 @@ memory-bandwidth bound (weight bytes read per token / the best copy bandwidth me
 this run, one reading after each repetition).
 
     .venv/bin/python bench/generate.py [--presets tiny,small,base] [--vocab 16384]
-        [--prompt 512] [--new 128] [--reps 3] [--weights fp32,bf16,int8]
+        [--prompt 512] [--new 128] [--reps 3] [--weights fp32,bf16,int8] [--qk-norm]
 
 Our weights are mapped into a LlamaForCausalLM (the same RoPE, RMSNorm and SwiGLU
-architecture) and the logits are checked to match in fp32 before any timing.
+architecture) and the logits are checked to match in fp32 before any timing. `--qk-norm`
+gives every preset Qwen3's QK-norm (and RoPE's half layout), against transformers'
+Qwen3ForCausalLM, and times codelm's int8 once more with the fused block step off.
 transformers runs in bf16 (its faster CPU format); codelm runs in each `--weights`
 format of codelm.generate.quantize. Greedy, 128 new tokens after a 512-token
 prompt, so every preset's context is raised to 1024 (tiny and small have less).
@@ -35,8 +37,22 @@ from common import copy_bandwidth, llama_config, machine, summary  # noqa: E402
 from codelm.generate.config import SamplingConfig  # noqa: E402
 from codelm.generate.generator import generate_ids  # noqa: E402
 from codelm.generate.quantize import prepare_model  # noqa: E402
-from codelm.interop.hf import to_hf  # noqa: E402
+from codelm.interop.hf import export_kind, hf_config, to_hf  # noqa: E402
 from codelm.model import ModelConfig, Transformer, native  # noqa: E402
+
+
+def to_qwen3(model: Transformer):
+    """A Qwen3ForCausalLM computing the same function as `model` (QK-norm), as export maps it."""
+    import transformers
+
+    ids = dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"))
+    d = hf_config(model.cfg, export_kind(model.cfg), torch.float32, ids)
+    keep = {k: v for k, v in d.items() if k not in ("architectures", "model_type", "dtype")}
+    hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**keep, attn_implementation="sdpa"))
+    state = {k: v.detach().clone() for k, v in to_hf(model.cfg, model.state_dict()).items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)  # tied
+    return hf.eval()
 
 
 def to_llama(model: Transformer):
@@ -107,14 +123,24 @@ def weight_bytes(model: Transformer, bytes_per_weight: float) -> float:
 
 def bench_preset(name: str, a: argparse.Namespace) -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig.from_preset(name, vocab_size=a.vocab, block_size=max(1024, a.prompt + a.new))
+    qk = dict(qk_norm=True, rope_layout="half") if a.qk_norm else {}
+    cfg = ModelConfig.from_preset(name, vocab_size=a.vocab, block_size=max(1024, a.prompt + a.new), **qk)
     ours = Transformer(cfg).eval()
-    hf = to_llama(ours)
+    if a.qk_norm:
+        with torch.no_grad():  # norms at 1 would hide a missing one from the logits check
+            for n, p in ours.named_parameters():
+                if n.endswith(("q_norm.weight", "k_norm.weight")):
+                    p.normal_(1.0, 0.2)
+    hf = to_qwen3(ours) if a.qk_norm else to_llama(ours)
     diff = check_same_function(ours, hf)
     hf = hf.to(torch.bfloat16)
     prompt = torch.randint(0, a.vocab, (a.prompt,)).tolist()
     models = {f"codelm {w}": prepare_model(ours, w) for w in a.weights}
     runs = {k: (lambda m=m: time_ours(m, prompt, a.new)) for k, m in models.items()}
+    if a.qk_norm and "int8" in a.weights:  # the same int8 model through the blocks in Python
+        unfused = prepare_model(ours, "int8")
+        unfused.fast_step = None
+        runs["codelm int8 unfused"] = lambda: time_ours(unfused, prompt, a.new)
     runs["transformers bf16"] = lambda: time_hf(hf, prompt, a.new)
     for fn in runs.values():  # warm up: first calls build kernels and caches
         fn()
@@ -136,14 +162,14 @@ def bench_preset(name: str, a: argparse.Namespace) -> None:
           f"(best of {len(readings)}, lowest {min(readings) / 1e9:.1f}): "
           f"bf16 weights bound {bf16_bound:.0f} tok/s")  # fmt: skip
     hf_med = statistics.median(tps["transformers bf16"])
-    print(f"  {'engine':18s} {'TTFT ms (median)':>16s} {'decode tok/s (median, min, max)':>34s} "
+    print(f"  {'engine':20s} {'TTFT ms (median)':>16s} {'decode tok/s (median, min, max)':>34s} "
           f"{'x transformers':>15s} {'of bf16 bound':>14s} {'of own bound':>13s}")  # fmt: skip
     for k in runs:
         med = statistics.median(tps[k])
-        own = {"fp32": 4, "bf16": 2, "int8": 1}.get(k.split()[-1], 2)
+        own = {"fp32": 4, "bf16": 2, "int8": 1}.get(k.split()[1] if k.startswith("codelm") else "", 2)
         own_bound = bandwidth / weight_bytes(ours, own)
         ratios = f"{med / hf_med:14.2f}x {100 * med / bf16_bound:13.0f}% {100 * med / own_bound:12.0f}%"
-        print(f"  {k:18s} {statistics.median(ttft[k]):16.0f} {summary(tps[k]):>34s} {ratios}")
+        print(f"  {k:20s} {statistics.median(ttft[k]):16.0f} {summary(tps[k]):>34s} {ratios}")
 
 
 def main() -> None:
@@ -154,6 +180,7 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--weights", default="fp32,bf16,int8", help="codelm formats to time")
+    ap.add_argument("--qk-norm", action="store_true", help="Qwen3's QK-norm on every preset")
     a = ap.parse_args()
     print(machine())
     a.weights = a.weights.split(",")

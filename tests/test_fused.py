@@ -20,6 +20,8 @@ VARIANTS = {  # the architectures codelm runs: its own, and the pretrained model
     "llama": dict(n_kv_head=2, rope_layout="half", mlp_hidden_size=96, norm_eps=1e-5),
     "qwen2": dict(n_kv_head=1, rope_layout="half", qkv_bias=True),  # multi-query, q/k/v biases
     "starcoder2": dict(n_kv_head=2, norm="layernorm", mlp="gelu", bias=True, rope_layout="half"),
+    # QK-norm, and 4 heads of 32 channels on a width of 64: the attention is 128 wide
+    "qwen3": dict(n_kv_head=2, rope_layout="half", head_size=32, qk_norm=True),
     "gpt2": dict(pos="learned", norm="layernorm", mlp="gelu", bias=True),  # no RoPE
 }
 

@@ -256,8 +256,6 @@ def fused_step(model: Transformer) -> FusedStep | None:
     cfg = model.cfg
     p = model.norm_f.weight
     fits = cfg.head_dim % 16 == 0 and cfg.n_embd % 16 == 0 and cfg.mlp_hidden % 16 == 0
-    # decode_block computes the attention of heads that split the width, without QK-norm
-    fits = fits and cfg.n_head * cfg.head_dim == cfg.n_embd and not cfg.qk_norm
     if not fits or p.device.type != "cpu" or p.dtype != torch.float32 or not native.available():
         return None
     blocks = []
@@ -267,7 +265,8 @@ def fused_step(model: Transformer) -> FusedStep | None:
         if any(layer is None for layer in layers):
             return None
         norms = [[n.weight, getattr(n, "bias", None)] for n in (block.norm1, block.norm2)]
-        blocks.append(norms[0] + layers[0] + layers[1] + norms[1] + layers[2] + layers[3])
+        qk = [attn.q_norm.weight, attn.k_norm.weight] if cfg.qk_norm else [None, None]  # Qwen3's
+        blocks.append(norms[0] + layers[0] + layers[1] + norms[1] + layers[2] + layers[3] + qk)
     return FusedStep(model, blocks)
 
 

@@ -29,8 +29,8 @@
 //   12 query heads over 2 kv heads of 128 at 2,000 positions, 150 us per layer against 255
 //   for a task per query head in float; 165 either way in bf16, where the kv head is small
 //   enough to stay in L2 between heads.
-// - decode_block runs transformer.py's Block for T = 1: norm, qkv, RoPE at each row's own
-//   position, the cache write, attend_one's loops, proj, residual, norm, up, SwiGLU or GELU,
+// - decode_block runs transformer.py's Block for T = 1: norm, qkv, QK-norm (Qwen3's, where the
+//   model has it), RoPE at each row's own position, the cache write, attend_one's loops, proj, residual, norm, up, SwiGLU or GELU,
 //   down, residual; int8, bf16 or fp32 weights (fp32: the bf16 loop over float rows; `small`'s
 //   six blocks, 42 MB, in 0.94 ms, where its 24 layers alone took 1.72 ms by F.linear). In
 //   Python a block was ~40 torch ops whose dispatch cost more than their arithmetic. A step's
@@ -159,7 +159,7 @@ at::Tensor decode_block(const at::Tensor& x, const Params& params, const at::Ten
   int64_t B = k.size(1), C = x.size(-1), D = k.size(4), Hkv = k.size(2);
   TORCH_CHECK(x.dim() == 3 && x.size(0) == B && x.size(1) >= 1, "decode_block: x must be (B, T, C), B cache rows");
   TORCH_CHECK(k.stride(4) == 1 && k.stride(3) == D && layer >= 0 && layer < k.size(0) &&
-                  params.size() == PER_BLOCK && n_head * D == C && n_head % Hkv == 0 && D % 16 == 0,
+                  params.size() == PER_BLOCK && n_head % Hkv == 0 && D % 16 == 0,
               "decode_block: the cache, params and x do not match");
   Step s{B * x.size(1), x.size(1), C, n_head, Hkv, D, static_cast<float>(eps), layernorm, gelu, half_rope};
   int64_t table_rows = k.size(3);

@@ -37,8 +37,9 @@ void attend_rows(const float* qp, const T* kp, const T* vp, const int64_t* lens,
 
 // A block's tensors in decode_block's `params`, in this order (quantize.py's fused_step lists
 // them): norm1's weight and bias, qkv's weight, scale and bias, proj's three, norm2's two, up's
-// three, down's three; biases and non-int8 scales may be None.
-constexpr int64_t PER_BLOCK = 16;
+// three, down's three, then QK-norm's q and k weights (Qwen3); biases, non-int8 scales and
+// QK-norm's weights may be None.
+constexpr int64_t PER_BLOCK = 18;
 using Params = c10::List<std::optional<at::Tensor>>;
 
 // A linear layer as generation stores it (codelm/generate/quantize.py): int8 tiles (N/R, K/16,
@@ -61,6 +62,8 @@ struct Block {
   Linear qkv, proj;
   Norm norm2;
   Linear up, down;
+  const float* q_norm;  // RMSNorm weights over each head's D channels, or null: no QK-norm
+  const float* k_norm;
 };
 
 // params[i]: null when None, else its n contiguous floats.
@@ -111,7 +114,8 @@ void linear(const Linear& l, const float* x, int64_t M, float* paired, float* y)
 
 // A block's step: the shapes, the norm and MLP kinds, RoPE's tables (null for learned
 // positions) and each token's position; scratch rows for the activations. x's M rows are the
-// cache's M / T rows' T new tokens each: row m is token m % T of cache row m / T.
+// cache's M / T rows' T new tokens each: row m is token m % T of cache row m / T. The H heads
+// of D channels need not split C (Qwen3's are wider): the attention's output is H * D wide.
 struct Step {
   int64_t M, T, C, H, Hkv, D;
   float eps;
@@ -120,7 +124,7 @@ struct Step {
   const float* sin;
   std::vector<int64_t> pos, lens;  // row m's token sits at pos[m] and sees lens[m] = pos[m] + 1 keys
   int64_t S;                       // the most keys a token sees
-  float *h, *qkv, *q, *att, *up, *act, *y, *paired, *swapped, *rotated;
+  float *h, *qkv, *q, *att, *up, *act, *y, *paired, *swapped, *rotated, *normed;
 };
 
 void normalize(const Step& s, const Norm& n, const float* x, float* out) {
@@ -132,8 +136,13 @@ void normalize(const Step& s, const Norm& n, const float* x, float* out) {
   }
 }
 
-// One head of row b at `x` into `out`, rotated by RoPE at the row's position if the model has it.
-void rotate(const Step& s, int64_t b, const float* x, float* out) {
+// One head of row b at `x` into `out`: RMSNorm'd by `norm` if the model has QK-norm, then
+// rotated by RoPE at the row's position if the model has it.
+void rotate(const Step& s, int64_t b, const float* x, const float* norm, float* out) {
+  if (norm) {
+    rmsnorm(x, s.D, norm, s.eps, s.normed);
+    x = s.normed;
+  }
   if (s.cos)
     rope(x, s.D, s.cos + s.pos[b] * s.D, s.sin + s.pos[b] * s.D, s.half_rope, s.swapped, out);
   else
@@ -143,11 +152,11 @@ void rotate(const Step& s, int64_t b, const float* x, float* out) {
 // Row b's query heads into s.q (B, H, D), rotated; its key (rotated) and value heads into the
 // cache slot of its position, k and v (Hkv, ..., D) at head stride sh.
 template <typename T>
-void place_heads(const Step& s, int64_t b, T* k, T* v, int64_t sh) {
+void place_heads(const Step& s, const Block& blk, int64_t b, T* k, T* v, int64_t sh) {
   const float* row = s.qkv + b * (s.H + 2 * s.Hkv) * s.D;  // q heads, then k heads, then v heads
-  for (int64_t h = 0; h < s.H; ++h) rotate(s, b, row + h * s.D, s.q + (b * s.H + h) * s.D);
+  for (int64_t h = 0; h < s.H; ++h) rotate(s, b, row + h * s.D, blk.q_norm, s.q + (b * s.H + h) * s.D);
   for (int64_t h = 0; h < s.Hkv; ++h) {
-    rotate(s, b, row + (s.H + h) * s.D, s.rotated);
+    rotate(s, b, row + (s.H + h) * s.D, blk.k_norm, s.rotated);
     store_row(s.rotated, s.D, k + h * sh);
     store_row(row + (s.H + s.Hkv + h) * s.D, s.D, v + h * sh);
   }
@@ -166,7 +175,7 @@ void block_step(const Step& s, const Block& blk, T* k, T* v, int64_t sb, int64_t
   linear(blk.qkv, s.h, M, s.paired, s.qkv);
   for (int64_t m = 0; m < M; ++m) {
     int64_t slot = m / s.T * sb + s.pos[m] * s.D;
-    place_heads(s, m, k + slot, v + slot, sh);
+    place_heads(s, blk, m, k + slot, v + slot, sh);
   }
   attend_rows(s.q, k, v, s.lens.data(), M, s.H, s.H / s.Hkv, s.S, s.D, sb, sh, s.att, s.T);
   linear(blk.proj, s.att, M, s.paired, s.y);
@@ -190,7 +199,9 @@ Block block_of(const Step& s, const Params& params) {
   TORCH_CHECK(norm1.w && norm2.w, "decode_block: a norm needs its weight");
   Linear up = linear_at(params, 10, C);
   int64_t F = s.gelu ? up.N : up.N / 2;  // SwiGLU's up is [gate, up], each F wide
-  Block blk{norm1, linear_at(params, 2, C), linear_at(params, 5, C), norm2, up, linear_at(params, 13, F)};
+  Block blk{norm1, linear_at(params, 2, C), linear_at(params, 5, s.H * s.D), norm2, up, linear_at(params, 13, F),
+            floats(params, 16, s.D), floats(params, 17, s.D)};
+  TORCH_CHECK(!blk.q_norm == !blk.k_norm, "decode_block: QK-norm needs both weights");
   TORCH_CHECK(blk.qkv.N == (s.H + 2 * s.Hkv) * s.D && blk.proj.N == C && blk.down.N == C && F % 16 == 0 &&
                   (s.gelu || up.N == 2 * F),
               "decode_block: the block's layers do not match the model's shapes");
@@ -217,14 +228,16 @@ void read_positions(Step& s, const at::Tensor& pos, int64_t max_len, int64_t tab
 
 // Scratch for the block's activations, carved out of one float tensor.
 at::Tensor scratch(Step& s, const Block& blk) {
-  int64_t B = s.M, W = (s.H + 2 * s.Hkv) * s.D, F = blk.up.N, K = std::max(s.C, blk.down.K);
-  int64_t sizes[] = {B * s.C, B * W, B * s.C, B * s.C, B * F, B * F, B * s.C, B * K, s.D, s.D};
-  float** parts[] = {&s.h, &s.qkv, &s.q, &s.att, &s.up, &s.act, &s.y, &s.paired, &s.swapped, &s.rotated};
+  int64_t B = s.M, W = (s.H + 2 * s.Hkv) * s.D, F = blk.up.N, HD = s.H * s.D;
+  int64_t K = std::max({s.C, blk.down.K, HD});  // the widest input a linear layer pairs
+  int64_t sizes[] = {B * s.C, B * W, B * HD, B * HD, B * F, B * F, B * s.C, B * K, s.D, s.D, s.D};
+  float** parts[] = {&s.h,      &s.qkv,   &s.q,       &s.att,     &s.up,   &s.act,
+                     &s.y,      &s.paired, &s.swapped, &s.rotated, &s.normed};
   int64_t total = 0;
   for (int64_t n : sizes) total += n;
   at::Tensor buf = at::empty({total}, at::kFloat);
   float* p = buf.data_ptr<float>();
-  for (int i = 0; i < 10; ++i) {
+  for (int i = 0; i < 11; ++i) {
     *parts[i] = p;
     p += sizes[i];
   }
