@@ -30,15 +30,15 @@
 //   for a task per query head in float; 165 either way in bf16, where the kv head is small
 //   enough to stay in L2 between heads.
 // - decode_block runs transformer.py's Block for T = 1: norm, qkv, QK-norm (Qwen3's, where the
-//   model has it), RoPE at each row's own position, the cache write, attend_one's loops, proj, residual, norm, up, SwiGLU or GELU,
-//   down, residual; int8, bf16 or fp32 weights (fp32: the bf16 loop over float rows; `small`'s
-//   six blocks, 42 MB, in 0.94 ms, where its 24 layers alone took 1.72 ms by F.linear). In
-//   Python a block was ~40 torch ops whose dispatch cost more than their arithmetic. A step's
-//   forward after 512 tokens, in ms, before -> with it: `small` int8 1.86 -> 0.91, bf16 2.06 ->
-//   1.06, fp32 3.13 -> 1.73; `tiny` int8 1.01 -> 0.39; `base` int8 6.6 -> 3.5. `bench/generate.py
-//   --presets small,base --weights int8,bf16`: `small` int8 525 -> 1,109 tokens/s (34% -> 72%
-//   of its bandwidth bound), `base` 105 -> 207 (38% -> 76%); the AVX2 branch 537 -> 1,096 and
-//   86 -> 207. One op per block or one over all blocks timed the same (434 against 427-437 us
+//   model has it), RoPE at each row's own position, the cache write, attend_one's loops, proj,
+//   residual, norm, up, SwiGLU or GELU, down, residual; int8, bf16 or fp32 weights (fp32: the
+//   bf16 loop over float rows; `small`'s six blocks, 42 MB, in 0.94 ms, where its 24 layers
+//   alone took 1.72 ms by F.linear). In Python a block was ~40 torch ops whose dispatch cost
+//   more than their arithmetic. A step's forward after 512 tokens, in ms, before -> with it:
+//   `small` int8 1.86 -> 0.91, bf16 2.06 -> 1.06, fp32 3.13 -> 1.73; `tiny` int8 1.01 -> 0.39;
+//   `base` int8 6.6 -> 3.5. `bench/generate.py --presets small,base --weights int8,bf16`:
+//   `small` int8 525 -> 1,109 tokens/s (34% -> 72% of its bandwidth bound), `base` 105 -> 207
+//   (38% -> 76%); the AVX2 branch 537 -> 1,096 and 86 -> 207. One op per block or one over all blocks timed the same (434 against 427-437 us
 //   for `small`'s six). The elementwise loops stay on one thread (a few us a block); the GEMVs
 //   take both even at `tiny`'s width of 256 (its blocks: 179 us against 257 on one thread).
 //   With T > 1 every linear runs on all B * T rows at once (the weights read once), each token

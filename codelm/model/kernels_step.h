@@ -231,8 +231,8 @@ at::Tensor scratch(Step& s, const Block& blk) {
   int64_t B = s.M, W = (s.H + 2 * s.Hkv) * s.D, F = blk.up.N, HD = s.H * s.D;
   int64_t K = std::max({s.C, blk.down.K, HD});  // the widest input a linear layer pairs
   int64_t sizes[] = {B * s.C, B * W, B * HD, B * HD, B * F, B * F, B * s.C, B * K, s.D, s.D, s.D};
-  float** parts[] = {&s.h,      &s.qkv,   &s.q,       &s.att,     &s.up,   &s.act,
-                     &s.y,      &s.paired, &s.swapped, &s.rotated, &s.normed};
+  float** parts[] = {&s.h, &s.qkv, &s.q,       &s.att,     &s.up,
+                     &s.act, &s.y, &s.paired, &s.swapped, &s.rotated, &s.normed};
   int64_t total = 0;
   for (int64_t n : sizes) total += n;
   at::Tensor buf = at::empty({total}, at::kFloat);
