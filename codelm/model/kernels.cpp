@@ -38,9 +38,10 @@
 //   `small` int8 1.86 -> 0.91, bf16 2.06 -> 1.06, fp32 3.13 -> 1.73; `tiny` int8 1.01 -> 0.39;
 //   `base` int8 6.6 -> 3.5. `bench/generate.py --presets small,base --weights int8,bf16`:
 //   `small` int8 525 -> 1,109 tokens/s (34% -> 72% of its bandwidth bound), `base` 105 -> 207
-//   (38% -> 76%); the AVX2 branch 537 -> 1,096 and 86 -> 207. One op per block or one over all blocks timed the same (434 against 427-437 us
-//   for `small`'s six). The elementwise loops stay on one thread (a few us a block); the GEMVs
-//   take both even at `tiny`'s width of 256 (its blocks: 179 us against 257 on one thread).
+//   (38% -> 76%); the AVX2 branch 537 -> 1,096 and 86 -> 207. One op per block or one over
+//   all blocks timed the same (434 against 427-437 us for `small`'s six). The elementwise
+//   loops stay on one thread (a few us a block); the GEMVs take both even at `tiny`'s width
+//   of 256 (its blocks: 179 us against 257 on one thread).
 //   With T > 1 every linear runs on all B * T rows at once (the weights read once), each token
 //   at its own position attending to its row's keys up to it, every row's arithmetic the same
 //   whatever B and T: a token's outputs are the bits of a T = 1 call (tests/test_fused.py).
