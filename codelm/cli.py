@@ -299,6 +299,12 @@ def _interop_parsers(sub) -> None:
     im = sub.add_parser("import", help="a local Hugging Face model folder -> a RUN")
     im.add_argument("src", metavar="HF_DIR", help="config.json, *.safetensors, tokenizer.json")
     im.add_argument("--out", required=True, help="RUN directory to write (replaced atomically)")
+    im.add_argument(
+        "--no-chat-template",
+        dest="chat_template",
+        action="store_false",
+        help="leave the folder's chat template out (a base model's): instructions go in as # comments",
+    )
     im.set_defaults(func=commands.cmd_import)
     what = "a RUN -> a Hugging Face folder (hf), a llama.cpp file (gguf), or one weights file (safetensors)"
     ex = sub.add_parser("export", help=what)

@@ -223,7 +223,7 @@ def cmd_testgen(a: argparse.Namespace) -> None:
 def cmd_import(a: argparse.Namespace) -> None:
     from codelm.interop.hf import import_hf
 
-    done = import_hf(a.src, a.out)
+    done = import_hf(a.src, a.out, chat_template=a.chat_template)
     for note in done.notes:
         print(f"codelm: {note}", file=sys.stderr)
     chat = ", with its chat template" if done.chat_template else ""

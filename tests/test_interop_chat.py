@@ -197,6 +197,20 @@ def test_import_keeps_the_template_and_export_gives_it_back(tmp_path, capsys):
     assert back == tok.chat.render(messages) == f"<s>### Instruction:\n{ASK}\n### Response:\n"
 
 
+def test_a_base_model_imports_without_its_familys_template_when_asked(tmp_path, capsys):
+    """Qwen2.5's and Llama 3.2's base folders ship the family's chat template too."""
+    from codelm import cli
+
+    hf_folder(tmp_path / "hf", "chatml")
+    argv = ["import", str(tmp_path / "hf"), "--out", str(tmp_path / "run"), "--no-chat-template"]
+    assert cli.main(argv) == 0
+    assert "chat template" not in capsys.readouterr().out
+    _, tok = load_run(tmp_path / "run")
+    assert tok.chat is None and not (tmp_path / "run" / CHAT_FILE).exists()
+    ids = encode_prompt(tok, Prompt("", instruction=ASK), 1000).ids
+    assert tok.decode(ids).endswith(f"# {ASK}\n\n")  # the comment block base models read
+
+
 @pytest.mark.parametrize(
     "config, why",
     [

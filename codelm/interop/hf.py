@@ -252,8 +252,9 @@ def _check_tokenizer(path: Path, rows: int) -> None:
         raise CodelmError(f"{path} has {n} tokens, more than the model's {rows} embedding rows")
 
 
-def import_hf(src: str | Path, out: str | Path) -> Imported:
-    """Write the codelm run `out` from the local Hugging Face model folder `src`."""
+def import_hf(src: str | Path, out: str | Path, chat_template: bool = True) -> Imported:
+    """Write the codelm run `out` from the local Hugging Face model folder `src`; with its chat
+    template unless `chat_template` is off (a base model's folder often ships its family's)."""
     src, out = Path(src), Path(out)
     if not (src / CONFIG).is_file():
         raise CodelmError(f"no {CONFIG} in {src}" if src.is_dir() else f"not a folder: {src}")
@@ -277,7 +278,7 @@ def import_hf(src: str | Path, out: str | Path) -> Imported:
             spec[name] = (DTYPES[code], (sum(s[0] for _, s in parts), *parts[0][1][1:]))
         source = {"format": "hf", "model_type": hf["model_type"], "path": str(src.resolve())}
         source |= {"architectures": hf.get("architectures") or [], **_special_ids(src, hf)}
-        chat, why = read_hf(src)  # one codelm cannot use is left out, and the user told why
+        chat, why = read_hf(src) if chat_template else (None, None)  # one codelm cannot use: told why
         notes += [why] if why else []
         with replacing(out, src) as tmp:
             shutil.copyfile(src / TOKENIZER, tmp / TOKENIZER)
