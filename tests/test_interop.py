@@ -161,6 +161,18 @@ def test_greedy_tokens_match_transformers_in_a_batch_of_prompts(family, tmp_path
         assert row.tokens == out[0, len(p) :].tolist()
 
 
+def test_llama3_scaling_without_its_original_context_takes_the_models_as_transformers_does(tmp_path):
+    make_hf(tmp_path / "hf", "llama_llama3")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    rope = {k: v for k, v in cfg["rope_parameters"].items() if k != "original_max_position_embeddings"}
+    edit_config(tmp_path / "hf", rope_parameters=rope)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    import_hf(tmp_path / "hf", tmp_path / "run")
+    ours = load_model(tmp_path / "run")
+    assert (ours.cfg.rope_scaling, ours.cfg.rope_original_context) == ("llama3", 128)
+    assert_same_logits(ours, theirs, tokens())
+
+
 def test_sharded_bf16_weights_import_as_bf16_and_decode(tmp_path):
     hf = make_hf(tmp_path / "hf", "qwen2", dtype=torch.bfloat16, shard="20KB")
     assert len(list((tmp_path / "hf").glob("model-*-of-*.safetensors"))) > 3

@@ -176,6 +176,10 @@ def _rope(hf: dict[str, Any]) -> dict[str, Any]:
             raise CodelmError(f"RoPE scaling {kind!r} ({key}) is not supported: only linear and llama3")
         if rope.get("partial_rotary_factor", 1.0) != 1.0:
             raise CodelmError("partial RoPE (partial_rotary_factor) is not supported")
+        if kind == "llama3":  # as transformers reads it: the config's own key first, then the
+            # scaling's, then the config's context
+            name = "original_max_position_embeddings"
+            rope = {**rope, name: hf.get(name) or rope.get(name) or hf.get("max_position_embeddings")}
         for ours, name in ROPE_KEYS.get(kind, {}).items():
             value = rope.get(name)
             if not isinstance(value, int | float) or isinstance(value, bool):
