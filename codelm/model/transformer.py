@@ -22,7 +22,9 @@ int8 weights took 1.86 ms a step, 0.91 through `fast_step` (kernels.cpp has the 
 
 With `n_kv_head` < `n_head` (grouped-query attention) query head h reads key/value
 head h // (n_head / n_kv_head), as torch's `enable_gqa` and HF's checkpoints have it;
-the cache holds only the n_kv_head heads.
+the cache holds only the n_kv_head heads. Imported models may have heads of their own size
+(`head_size`: the attention is n_head * head_size wide, not n_embd), QK-norm (each head's
+queries and keys RMSNorm'd before RoPE) and scaled RoPE frequencies (`rope_frequencies`).
 """
 
 from __future__ import annotations
