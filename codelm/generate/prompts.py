@@ -142,7 +142,7 @@ def _chat_turns(tok: CodeTokenizer, history: tuple[tuple[str, str], ...], room: 
     rendered as turns; while those ids take more than half of `room`, its oldest exchange (a
     user's message and the answers after it; never a system message) is left out, so the
     turns still alternate. Returns the ids and the count of tokens left out."""
-    head, mid = tok.chat_turn_ids(history)
+    head, mid = tok.chat_turn_ids(history) if history else tok.chat_ids[:2]  # rendered once
     full = len(head) + len(mid)
     system = [t for t in history if t[0] in ("system", "developer")]
     turns = [t for t in history if t[0] not in ("system", "developer")]
