@@ -1,7 +1,8 @@
 """A run in the kernel as the magic's source of candidates (`%codelm_model RUN`).
 
 The run is loaded once (int8 on CPU) and decoded by the one engine in one batch, in
-instruction mode (`<|instruction|> ... <|code|>`), the first sample greedy. A cell has
+instruction mode (`<|instruction|> ... <|code|>`; an imported instruct model: its chat
+template, the code in a fence whose close ends it), the first sample greedy. A cell has
 no enclosing block, so the block-end rule is off: the model's end-of-text, a line limit
 and the repetition rule end it.
 """
