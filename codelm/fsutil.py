@@ -1,4 +1,4 @@
-"""Crash-safe file writes shared by every stage.
+"""Crash-safe file writes shared by every stage, and `read_json` for the JSON files they read.
 
 A file is written to a temporary name in the same directory, flushed, fsynced
 and renamed over the target, so a reader sees the old file or the new one and
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from codelm.errors import CodelmError
+from codelm.errors import CodelmError, first_line
 
 # pyarrow and safetensors report a full disk in their own exception types; their text
 # still carries the C library's message or Rust's "os error 28".
@@ -150,3 +150,16 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from `path`; a one-line CodelmError for a file that is missing, not JSON,
+    or not an object."""
+    path = Path(path)
+    try:
+        read = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CodelmError(f"cannot read {path}: {first_line(e)}") from None
+    if not isinstance(read, dict):
+        raise CodelmError(f"cannot read {path}: a JSON {type(read).__name__}, not an object")
+    return read

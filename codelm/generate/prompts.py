@@ -137,7 +137,9 @@ def encode_prompt(tok: CodeTokenizer, prompt: Prompt, room: int) -> Encoded:
     return Encoded(head + a_kept + mid + b_kept + tail, len(a) - ka + len(b) - kb + left_out)
 
 
-def _chat_turns(tok: CodeTokenizer, history: tuple[tuple[str, str], ...], room: int):
+def _chat_turns(
+    tok: CodeTokenizer, history: tuple[tuple[str, str], ...], room: int
+) -> tuple[list[int], list[int], int]:
     """A chat template's ids before and after the request, with the conversation's `history`
     rendered as turns; while those ids take more than half of `room`, its oldest exchange (a
     user's message and the answers after it; never a system message) is left out, so the

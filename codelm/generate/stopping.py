@@ -79,6 +79,24 @@ class StopStrings:
         return len(text) - held
 
 
+def _starts_line(prompt: str) -> bool:
+    """Whether a completion of `prompt` begins a line (else it goes on the prompt's last one)."""
+    return not prompt or prompt.endswith("\n")
+
+
+def _completion_lines(text: str, starts_line: bool) -> Iterable[tuple[int, str]]:
+    """(offset, line) of each line that begins inside the completion `text`."""
+    pos = 0 if starts_line else text.find("\n") + 1
+    if pos == 0 and not starts_line:
+        return  # no line has begun inside the completion yet
+    while True:
+        end = text.find("\n", pos)
+        yield pos, text[pos:] if end == -1 else text[pos:end]
+        if end == -1:
+            return
+        pos = end + 1
+
+
 class FenceEnd:
     """The close of the ```python fence an answer in a chat template's frame was opened with
     (prompts.fenced): a line that starts with ``` outside any string. The completion is cut
@@ -88,18 +106,13 @@ class FenceEnd:
 
     def __init__(self, prompt: str):
         self.prompt_state = scan_open(prompt)
-        self.starts_line = not prompt or prompt.endswith("\n")
+        self.starts_line = _starts_line(prompt)
 
     def check(self, text: str, tokens: Sequence[int] = ()) -> int | None:
-        pos = 0 if self.starts_line else text.find("\n") + 1
-        if pos == 0 and not self.starts_line:
-            return None  # no line has begun inside the completion yet
-        while True:
-            if text.startswith("```", pos) and not scan_open(text[:pos], self.prompt_state)[1]:
-                return pos
-            pos = text.find("\n", pos) + 1
-            if pos == 0:
-                return None
+        for start, line in _completion_lines(text, self.starts_line):
+            if line.startswith("```") and not scan_open(text[:start], self.prompt_state)[1]:
+                return start
+        return None
 
     def safe(self, text: str, tokens: Sequence[int] = ()) -> int:
         # Hold back a line that has begun as a fence (`, ``) and may yet close it.
@@ -151,13 +164,13 @@ class BlockEnd:
             tail = lines
         # A prompt that already holds body lines below its last opener has started the body.
         self.body_in_prompt = any(ln.strip() and indent_of(ln) > self.level for ln in tail)
-        self.prompt = prompt
+        self.starts_line = _starts_line(prompt)
         self.prompt_state = scan_open(prompt)
         self.program = not prompt.strip()
 
     def check(self, text: str, tokens: Sequence[int] = ()) -> int | None:
         body = self.body_in_prompt
-        for start, line in self._lines(text):
+        for start, line in _completion_lines(text, self.starts_line):
             if not line.strip():
                 continue
             if indent_of(line) > self.level:
@@ -170,26 +183,11 @@ class BlockEnd:
 
     def safe(self, text: str, tokens: Sequence[int] = ()) -> int:
         last = text.rfind("\n")
-        if last == -1 and not self._starts_line():
+        if last == -1 and not self.starts_line:
             return len(text)  # still the prompt's own last line, which is never cut
         if text[last + 1 :].strip():
             return len(text)  # the current line has begun and did not stop: it stays
         return _trim_blank_tail(text[: last + 1])  # a blank tail may still be dropped
-
-    def _starts_line(self) -> bool:
-        return not self.prompt or self.prompt.endswith("\n")
-
-    def _lines(self, text: str) -> Iterable[tuple[int, str]]:
-        """(offset, line) of each line that begins inside the completion."""
-        pos = 0 if self._starts_line() else text.find("\n") + 1
-        if pos == 0 and not self._starts_line():
-            return  # no line has begun inside the completion yet
-        while True:
-            end = text.find("\n", pos)
-            yield pos, text[pos:] if end == -1 else text[pos:end]
-            if end == -1:
-                return
-            pos = end + 1
 
 
 def _trim_blank_tail(completion: str) -> int:
@@ -207,7 +205,7 @@ class MaxLines:
 
     def __init__(self, n: int, prompt: str):
         self.n = n
-        self.starts_line = not prompt or prompt.endswith("\n")
+        self.starts_line = _starts_line(prompt)
 
     def check(self, text: str, tokens: Sequence[int] = ()) -> int | None:
         skip_first = not self.starts_line and text.startswith("\n")

@@ -1,6 +1,6 @@
-"""The files of model folders: JSON read with one-line errors, a Hugging Face folder's
-safetensors memory-mapped tensor by tensor, and a run or HF folder written whole or not at
-all, its safetensors streamed one tensor at a time (interop/hf.py's import and export)."""
+"""The files of model folders: a Hugging Face folder's safetensors memory-mapped tensor by
+tensor, and a run or HF folder written whole or not at all, its safetensors streamed one
+tensor at a time (interop/hf.py's import and export)."""
 
 from __future__ import annotations
 
@@ -17,21 +17,11 @@ import torch
 from safetensors import safe_open
 
 from codelm.errors import CodelmError, first_line
-from codelm.fsutil import atomic_directory
+from codelm.fsutil import atomic_directory, read_json
 from codelm.model.io import CONFIG
 
 DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 CODES = {v: k for k, v in DTYPES.items()}
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        read = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CodelmError(f"cannot read {path}: {first_line(e)}") from None
-    if not isinstance(read, dict):
-        raise CodelmError(f"cannot read {path}: a JSON {type(read).__name__}, not an object")
-    return read
 
 
 def open_weights(src: Path, stack: contextlib.ExitStack) -> dict[str, Any]:

@@ -39,8 +39,8 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from codelm.errors import CodelmError, first_line
-from codelm.fsutil import atomic_write_json
-from codelm.interop.folders import CODES, DTYPES, open_weights, read_json, replacing, write_safetensors
+from codelm.fsutil import atomic_write_json, read_json
+from codelm.interop.folders import CODES, DTYPES, open_weights, replacing, write_safetensors
 from codelm.model import ModelConfig, Transformer
 from codelm.model.io import CONFIG, WEIGHTS, load_model, read_config, state_for_saving
 from codelm.tokenizer.chat import CHAT_FILE, ChatTemplate, read_hf

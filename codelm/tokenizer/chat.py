@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from codelm.errors import CodelmError, first_line
+from codelm.fsutil import atomic_write_json, read_json
 
 CHAT_FILE = "chat_template.json"  # in a run, beside tokenizer.json
 FENCE = "```python\n"  # opens the code of every answer: prefilled, never sampled
@@ -77,7 +78,7 @@ class ChatTemplate:
     def around(self, history: tuple[tuple[str, str], ...]) -> tuple[str, str]:
         """The text before and after a user's request that follows the `history` turns ((role,
         text); "developer" is a system message), up to where the answer begins."""
-        frame = self._cut(history)
+        frame = self._cut(history) if history else self.frame  # the frame: rendered once
         return frame.before, frame.between
 
     def _cut(self, history: tuple[tuple[str, str], ...]) -> Frame:
@@ -107,18 +108,19 @@ class ChatTemplate:
         return {"chat_template": self.source, **self.tokens}
 
     def save(self, path: str | Path) -> None:
-        from codelm.fsutil import atomic_write_json
-
         atomic_write_json(path, self.hf_config())
 
     @classmethod
     def load(cls, path: str | Path) -> ChatTemplate:
         try:
-            saved = json.loads(Path(path).read_text(encoding="utf-8"))
-            source = saved["chat_template"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CodelmError(f"cannot read the chat template {path}: {first_line(e)}") from None
-        return cls(source, {k: saved[k] for k in TOKEN_NAMES if isinstance(saved.get(k), str)})
+            saved = read_json(path)
+        except CodelmError as e:
+            raise CodelmError(f"the chat template: {e}") from None
+        if not isinstance(saved.get("chat_template"), str):
+            raise CodelmError(f"the chat template: {path} holds no chat_template string")
+        return cls(
+            saved["chat_template"], {k: saved[k] for k in TOKEN_NAMES if isinstance(saved.get(k), str)}
+        )
 
 
 def read_hf(folder: str | Path) -> tuple[ChatTemplate | None, str | None]:
@@ -128,8 +130,11 @@ def read_hf(folder: str | Path) -> tuple[ChatTemplate | None, str | None]:
     folders). (None, None) where it has none; (None, why) for one that codelm cannot use."""
     folder = Path(folder)
     try:
-        config = _json(folder / "tokenizer_config.json")
-        tokens = {**_json(folder / "special_tokens_map.json"), **{k: v for k, v in config.items() if v}}
+        config = _json_if_there(folder / "tokenizer_config.json")
+        tokens = {
+            **_json_if_there(folder / "special_tokens_map.json"),
+            **{k: v for k, v in config.items() if v},
+        }
         source = config.get("chat_template")
         if (folder / "chat_template.jinja").is_file():
             source = (folder / "chat_template.jinja").read_text(encoding="utf-8")
@@ -149,8 +154,8 @@ def fence_close(code: str) -> str:
     return ("" if not code or code.endswith("\n") else "\n") + "```"
 
 
-def _json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+def _json_if_there(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
 
 
 def _token_text(value: Any) -> str | None:

@@ -131,11 +131,9 @@ class CodeTokenizer:
     def chat_ids(self) -> tuple[list[int], list[int], list[int]]:
         """The chat template's ids around an instruction and its code: before the instruction
         (the document start first), between it and the code (the assistant's turn opened and
-        a ```python fence), and after the code (the turn's end; end-of-text without one)."""
-        if self.chat is None:
-            raise CodelmError("this tokenizer has no chat template")
-        after = self.encode(self.chat.frame.after, allow_special=True) or [self.eot_id]
-        return *self.chat_turn_ids(()), after
+        a ```python fence), and after the code (the turn's end; none where the template shows none)."""
+        before, between = self.chat_turn_ids(())  # a CodelmError without a template
+        return before, between, self.encode(self.chat.frame.after, allow_special=True)
 
     def chat_turn_ids(self, history: tuple[tuple[str, str], ...]) -> tuple[list[int], list[int]]:
         """Ids before and after a request that follows the `history` turns ((role, text)), as in

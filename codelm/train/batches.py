@@ -181,7 +181,7 @@ def tokenize_split(
         before, between, after = tok.chat_ids
         # chat_ids' before starts with the document start where it is a token of its own:
         # `assemble` puts that one first already. Every document ends with end-of-text.
-        end = after if after[-1] == tok.eot_id else [*after, tok.eot_id]
+        end = after if after[-1:] == [tok.eot_id] else [*after, tok.eot_id]
         chat = (before[1:] if tok.bos_id != tok.eot_id else before, between, end)
     dtype = token_dtype(tok.vocab_size)
     id_chunks: list[np.ndarray] = []
